@@ -1,0 +1,62 @@
+# finetune-operator: see README.md. Every target works from a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: install test test-unit test-e2e lint format crds crds-check demo demo-down cluster-up cluster-down binaries bench bench-trainer clean
+
+install: $(STAMP) ## a .venv with the operator, the trainer and the development tools
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools wheel
+	$(PY) -m pip install -q -e '.[trainer,bench,dev]'
+	touch $(STAMP)
+
+binaries: ## build the test control plane, MinIO, helm and kubeconform from Go modules (cached)
+	hack/build-binaries.sh
+
+test: install ## the whole suite, as CI runs it: lint, CRD staleness, unit, trainer and e2e tests
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-unit: install
+	$(PY) -m pytest -m "not e2e and not trainer and not s3" $(PYTEST_ARGS)
+
+test-e2e: install
+	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+crds: install ## regenerate crds/ (and the chart's copy) from the pydantic models
+	$(PY) -m finetune_operator.crdgen --out crds
+
+cluster-up: install binaries ## start the test control plane; prints the KUBECONFIG to export
+	$(PY) hack/cluster.py up
+
+cluster-down:
+	$(PY) hack/cluster.py down
+
+demo: install ## run the main job (see README)
+	$(PY) hack/demo.py up
+
+demo-down:
+	$(PY) hack/demo.py down
+
+bench: bench-trainer
+
+bench-trainer: install
+	$(PY) -m benchmarks.trainer $(if $(GPU),--gpu,)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

@@ -1,0 +1,115 @@
+"""The API of finetune-operator: FineTuneJob, ModelAdapter and the trainer's configuration.
+
+One source of truth: the CRDs in crds/ are generated from these models, the operator validates
+with them, and the trainer reads its configuration with them. This package imports nothing but
+pydantic and the standard library, so the trainer image can use it without the operator's
+dependencies.
+"""
+
+from .base import API_VERSION, GROUP, VERSION, Condition, SecretReference, format_validation_error
+from .exitcodes import ExitCode, describe_exit_code
+from .finetunejob import (
+    CheckpointStatus,
+    Data,
+    DataSource,
+    EvalData,
+    Evaluation,
+    EvaluationSummary,
+    FineTuneJob,
+    FineTuneJobSpec,
+    FineTuneJobStatus,
+    Gate,
+    GeneralData,
+    LoraSettings,
+    LossComparison,
+    Method,
+    ModelSource,
+    ObjectMeta,
+    Progress,
+    Resources,
+    Template,
+    Training,
+)
+from .gate import allows_publishing, judge, relative_change
+from .manifest import Manifest, ManifestEntry, build_manifest, digest_of, manifest_of_directory
+from .modeladapter import (
+    VLLM_MAX_LORA_RANKS,
+    AdapterLora,
+    Artifact,
+    BaseModelRef,
+    ModelAdapter,
+    ModelAdapterSpec,
+    ModelAdapterStatus,
+    SourceJob,
+    required_max_lora_rank,
+)
+from .reports import (
+    MANIFEST_FILE_NAME,
+    REPORT_FILE_NAME,
+    ArtifactReport,
+    CheckpointReport,
+    ProgressReport,
+    SourceStatistics,
+    TrainingReport,
+)
+from .trainer import CONFIG_FILE_NAME, JobIdentity, ProgressEndpoint, TrainerConfig, TrainerOutput
+
+__all__ = [
+    "API_VERSION",
+    "CONFIG_FILE_NAME",
+    "GROUP",
+    "MANIFEST_FILE_NAME",
+    "REPORT_FILE_NAME",
+    "VERSION",
+    "VLLM_MAX_LORA_RANKS",
+    "AdapterLora",
+    "Artifact",
+    "ArtifactReport",
+    "BaseModelRef",
+    "CheckpointReport",
+    "CheckpointStatus",
+    "Condition",
+    "Data",
+    "DataSource",
+    "EvalData",
+    "Evaluation",
+    "EvaluationSummary",
+    "ExitCode",
+    "FineTuneJob",
+    "FineTuneJobSpec",
+    "FineTuneJobStatus",
+    "Gate",
+    "GeneralData",
+    "JobIdentity",
+    "LoraSettings",
+    "LossComparison",
+    "Manifest",
+    "ManifestEntry",
+    "Method",
+    "ModelAdapter",
+    "ModelAdapterSpec",
+    "ModelAdapterStatus",
+    "ModelSource",
+    "ObjectMeta",
+    "Progress",
+    "ProgressEndpoint",
+    "ProgressReport",
+    "Resources",
+    "SecretReference",
+    "SourceJob",
+    "SourceStatistics",
+    "Template",
+    "TrainerConfig",
+    "TrainerOutput",
+    "Training",
+    "TrainingReport",
+    "allows_publishing",
+    "build_manifest",
+    "describe_exit_code",
+    "digest_of",
+    "format_validation_error",
+    "judge",
+    "manifest_of_directory",
+    "relative_change",
+    "required_max_lora_rank",
+]

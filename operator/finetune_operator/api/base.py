@@ -1,0 +1,119 @@
+"""Building blocks shared by every API model: camelCase aliases, strictness and common types.
+
+The CRD schemas in ``crds/`` are generated from these models (``make crds``), so a constraint
+written here is enforced twice: by pydantic in the operator and trainer, and by the API server.
+Every string has a maximum length and every list a maximum size because the API server's CEL
+cost estimator refuses rules over unbounded values.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic.alias_generators import to_camel
+
+GROUP = "finetune.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+
+class ApiModel(BaseModel):
+    """A Kubernetes-style object part: camelCase in YAML, snake_case in Python, unknown fields refused."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        validate_default=True,
+    )
+
+    def to_api(self) -> dict[str, Any]:
+        """The object as the API server would hold it: camelCase keys, unset optional fields left out."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def text(max_length: int, pattern: str | None = None, min_length: int = 0) -> Any:
+    return Annotated[str, StringConstraints(max_length=max_length, min_length=min_length, pattern=pattern)]
+
+
+# RFC 1123 subdomain: names of Secrets, ServiceAccounts, ConfigMaps, PriorityClasses...
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ObjectName = text(253, DNS_SUBDOMAIN_PATTERN, min_length=1)
+# RFC 1123 label: names that become part of other names (Services, Jobs, DNS names of pods).
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+LabelName = text(63, DNS_LABEL_PATTERN, min_length=1)
+
+# A Kubernetes resource quantity ("32", "256Gi", "500m"), kept as text like the API does.
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+Quantity = text(64, QUANTITY_PATTERN, min_length=1)
+
+# Where models, data and outputs live. file:// is for local runs of the trainer and the test node.
+MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*)$"
+DATA_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*|hf://datasets/.+)$"
+STORAGE_URI_PATTERN = (
+    r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*)$"
+)
+ModelUri = text(1024, MODEL_URI_PATTERN, min_length=1)
+DataUri = text(1024, DATA_URI_PATTERN, min_length=1)
+StorageUri = text(1024, STORAGE_URI_PATTERN, min_length=1)
+
+Timestamp = text(64)  # RFC 3339, as the API server writes metav1.Time
+
+
+def describe(description: str, **kwargs: Any) -> Any:
+    """A Field with documentation: every field of the API carries one (``kubectl explain`` shows it)."""
+    return Field(description=description, **kwargs)
+
+
+def cel(rule: str, message: str, **extra: Any) -> dict[str, Any]:
+    """One x-kubernetes-validations entry: a CEL rule the API server checks, with a message naming the field."""
+    return {"rule": rule, "message": message, **extra}
+
+
+class SecretReference(ApiModel):
+    """A Secret in the same namespace."""
+
+    name: ObjectName = describe("Name of a Secret in the same namespace as this object.")
+
+
+class LocalObjectReference(ApiModel):
+    name: ObjectName = describe("Name of the object in the same namespace.")
+
+
+# Conditions are a list-map keyed by type: server-side apply merges them per type.
+CONDITIONS_LIST_MAP = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+class Condition(ApiModel):
+    """A metav1.Condition: the latest observation of one aspect of the object's state."""
+
+    type: text(
+        316,
+        r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        1,
+    ) = describe("Type of condition in CamelCase, for example Succeeded.")
+    status: Literal["True", "False", "Unknown"] = describe("Status of the condition: True, False or Unknown.")
+    reason: text(1024, r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$", 1) = describe(
+        "Programmatic identifier in CamelCase for the reason of the last transition."
+    )
+    message: text(32768) = describe("Human-readable details of the last transition.", default="")
+    last_transition_time: Timestamp = describe(
+        "When the condition last changed status (RFC 3339).", json_schema_extra={"format": "date-time"}
+    )
+    observed_generation: int | None = describe("The metadata.generation the condition was set for.", default=None, ge=0)
+
+
+def format_validation_error(exc: Exception) -> list[str]:
+    """One line per problem of a pydantic ValidationError, each starting with the field's dotted path."""
+    errors = getattr(exc, "errors", None)
+    if errors is None:
+        return [str(exc)]
+    lines = []
+    for error in errors():
+        path = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}" if path else message)
+    return lines
