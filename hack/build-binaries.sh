@@ -7,6 +7,7 @@
 # usage: hack/build-binaries.sh [kubernetes|etcd|kwok|minio|helm|kubeconform ...]   (default: all)
 # Prints one line per component: <component>=<directory holding its binaries>.
 set -euo pipefail
+shopt -s inherit_errexit
 
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env

@@ -121,18 +121,21 @@ class _Translator:
     def property(self, name: str, sub: dict[str, Any], parent: dict[str, Any]) -> dict[str, Any]:
         out = self.node(sub)
         # A sub-object with a default_factory in the model has no default in pydantic's schema (and,
-        # unlike an Optional one, no null branch): default it to {} so the API server fills in its
-        # own fields' defaults.
-        defaulted_object = (
-            name not in parent.get("required", [])
-            and "default" not in out
-            and out.get("type") == "object"
-            and "properties" in out
-            and not any(branch.get("type") == "null" for branch in sub.get("anyOf", []))
-        )
-        if defaulted_object:
-            out["default"] = {}
+        # unlike an Optional one, no null branch). Give it the model's own default, spelled out: the
+        # API server then fills in the sub-object when it is omitted, and checks the object's CEL
+        # rules against that default without applying nested defaults first.
+        model = self.models.get(sub.get("$ref", "").rsplit("/", 1)[-1])
+        if model is not None and name not in parent.get("required", []) and "default" not in out:
+            out["default"] = _without_empty(model().model_dump(by_alias=True, exclude_none=True, mode="json"))
         return out
+
+
+def _without_empty(value: Any) -> Any:
+    """Drop empty lists and maps: defaults that say nothing only clutter the stored objects."""
+    if isinstance(value, dict):
+        cleaned = {k: _without_empty(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v not in ({}, [])}
+    return value
 
 
 def structural_schema(model: type[BaseModel]) -> dict[str, Any]:

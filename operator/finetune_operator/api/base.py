@@ -107,13 +107,14 @@ class Condition(ApiModel):
 
 
 def format_validation_error(exc: Exception) -> list[str]:
-    """One line per problem of a pydantic ValidationError, each starting with the field's dotted path."""
+    """One line per problem of a pydantic ValidationError, each starting with the field's path as the API
+    server writes it (spec.data.train[0].weight)."""
     errors = getattr(exc, "errors", None)
     if errors is None:
         return [str(exc)]
     lines = []
     for error in errors():
-        path = ".".join(str(part) for part in error["loc"])
+        path = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"]).lstrip(".")
         message = error["msg"].removeprefix("Value error, ")
         lines.append(f"{path}: {message}" if path else message)
     return lines

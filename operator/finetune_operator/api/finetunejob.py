@@ -505,7 +505,7 @@ SPEC_RULES = [
         holds=lambda s: s.evaluation.gate.mode != "enforce" or s.data.general is not None,
     ),
     Rule(
-        cel="size(self.evaluation.metrics) == 0 || self.objective == 'sft'",
+        cel="!has(self.evaluation.metrics) || size(self.evaluation.metrics) == 0 || self.objective == 'sft'",
         message="spec.evaluation.metrics (exactMatch, jsonValid) score generated completions and need "
         "spec.objective sft",
         holds=lambda s: not s.evaluation.metrics or s.objective == "sft",

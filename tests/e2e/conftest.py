@@ -1,0 +1,62 @@
+"""The real control plane for e2e tests: started once per session, one namespace per test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import time
+from pathlib import Path
+
+import pytest
+from localcluster import LocalCluster
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if Path(item.fspath).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    with LocalCluster() as running:
+        running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        running.run_kubectl(
+            "wait",
+            "--for=condition=Established",
+            "crd/finetunejobs.finetune.dev",
+            "crd/modeladapters.finetune.dev",
+            "--timeout=60s",
+        )
+        # The CRDs' OpenAPI is published a moment after they are Established; kubectl explain needs it.
+        deadline = time.monotonic() + 60
+        while running.run_kubectl("explain", "finetunejob.spec", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the CRDs' OpenAPI schema was never published"
+            time.sleep(0.5)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster):
+    from kubernetes import config
+
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+@pytest.fixture
+def namespace(cluster, request):
+    """A fresh namespace named after the test; deleted afterwards (without waiting)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"{slug}-{hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:6]}"
+    labels = getattr(request, "param", None) or {}
+    cluster.run_kubectl(
+        "apply",
+        "-f",
+        "-",
+        input=json.dumps({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}}),
+    )
+    yield name
+    cluster.run_kubectl("delete", "namespace", name, "--wait=false", check=False)

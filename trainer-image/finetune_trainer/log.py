@@ -1,0 +1,105 @@
+"""Structured logging: one JSON object per line on stderr, which is what the cluster's log stack parses.
+
+Every line carries the time, level, event name, and the process's rank when it is one of several.
+Call sites pass facts as fields, never formatted sentences with values buried in them:
+
+    log.info("checkpoint_saved", step=200, uri="s3://bucket/job/checkpoints/step-200")
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import sys
+import time
+from typing import Any
+
+_LOGGER = logging.getLogger("finetune_trainer")
+
+# Libraries that otherwise fill the log with per-request lines or with notes that do not apply to us
+# (bitsandbytes warns on CPU about optional kernels it cannot download).
+_QUIET_LIBRARIES = {
+    "botocore": logging.WARNING,
+    "boto3": logging.WARNING,
+    "urllib3": logging.WARNING,
+    "s3transfer": logging.WARNING,
+    "httpx": logging.WARNING,
+    "huggingface_hub": logging.WARNING,
+    "filelock": logging.WARNING,
+    "bitsandbytes": logging.ERROR,
+}
+
+
+class JsonLinesFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "event": record.getMessage(),
+        }
+        if not record.name.startswith("finetune_trainer"):
+            line["logger"] = record.name
+        rank = os.environ.get("RANK")
+        if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1":
+            line["rank"] = int(rank)
+        line.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            line["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(line, default=_json_default, allow_nan=False)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy and torch scalars
+        return value.item()
+    return str(value)
+
+
+def _finite(fields: dict[str, Any]) -> dict[str, Any]:
+    # JSON has no NaN or Infinity; a diverged loss is still worth logging, as a string.
+    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
+
+
+def configure(level: str | None = None) -> None:
+    """Send the trainer's log, and the warnings of the libraries it uses, to stderr as JSON lines; idempotent."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonLinesFormatter())
+    _LOGGER.handlers[:] = [handler]
+    _LOGGER.setLevel(level or os.environ.get("FINETUNE_LOG_LEVEL", "INFO").upper())
+    _LOGGER.propagate = False
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    for name, library_level in _QUIET_LIBRARIES.items():
+        logging.getLogger(name).setLevel(library_level)
+
+
+def route_transformers_logging() -> None:
+    """transformers prints through a handler of its own; send its warnings through ours instead."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_default_handler()
+    transformers_logging.enable_propagation()
+    transformers_logging.set_verbosity_warning()
+    transformers_logging.disable_progress_bar()  # progress bars are not log lines
+
+
+def _emit(level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
+    _LOGGER.log(level, event, extra={"fields": _finite(fields)}, exc_info=exc_info)
+
+
+def debug(event: str, **fields: Any) -> None:
+    _emit(logging.DEBUG, event, fields)
+
+
+def info(event: str, **fields: Any) -> None:
+    _emit(logging.INFO, event, fields)
+
+
+def warning(event: str, **fields: Any) -> None:
+    _emit(logging.WARNING, event, fields)
+
+
+def error(event: str, exc_info: bool = False, **fields: Any) -> None:
+    _emit(logging.ERROR, event, fields, exc_info=exc_info)

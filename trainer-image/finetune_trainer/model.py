@@ -1,0 +1,225 @@
+"""Loading the base model and making it trainable: LoRA, QLoRA (4-bit NF4 base) or full fine-tuning.
+
+Attention keeps packed examples apart through their position ids, which restart at 0 for every
+example: transformers (5.x) derives the example boundaries from them when no attention mask is
+given. With FlashAttention (CUDA) that becomes the variable-length kernel, so a micro-batch is fed
+as one flat row without padding; with SDPA (CPU, or CUDA without flash-attn) it becomes a
+block-diagonal causal mask, and a micro-batch keeps its rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from finetune_operator.api import Method, Training
+
+from . import log
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which precision the model runs."""
+
+    device: torch.device
+    compute_dtype: torch.dtype  # autocast dtype on GPU; float32 on CPU
+    distributed_full_shard: bool = False  # full fine-tuning sharded with FSDP across processes
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def placement_for(training: Training, device: torch.device, fsdp: bool = False) -> Placement:
+    if device.type != "cuda":
+        # CPUs have no fast bf16 matmul everywhere and tests need exact arithmetic: fp32 on CPU.
+        return Placement(device=device, compute_dtype=torch.float32)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[training.precision]
+    return Placement(device=device, compute_dtype=dtype, distributed_full_shard=fsdp)
+
+
+def attention_implementation(placement: Placement) -> str:
+    """flash_attention_2 (variable-length kernels, padding-free) when installed on CUDA, else sdpa."""
+    if placement.on_gpu and placement.compute_dtype != torch.float32 and importlib.util.find_spec("flash_attn"):
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def packs_flat(attn_implementation: str) -> bool:
+    """Whether a micro-batch is best fed as one padding-free row (varlen kernels skip masked blocks)."""
+    return attn_implementation.startswith("flash_attention")
+
+
+@dataclass
+class TrainableModel:
+    model: torch.nn.Module  # a PeftModel for lora/qlora, the transformers model for full
+    attn_implementation: str
+    is_adapter: bool
+    gradient_checkpointing: bool
+
+    @property
+    def base_config(self):
+        return self.model.config
+
+
+def check_method_supported(method: Method, placement: Placement) -> None:
+    """Refuse combinations that cannot run here before anything is loaded."""
+    if method.type == "qlora":
+        if not placement.on_gpu:
+            raise ConfigError(
+                "method.type qlora needs an NVIDIA GPU (bitsandbytes 4-bit NF4 runs on CUDA only) and this pod has "
+                "none: set resources.gpusPerNode >= 1, or use method.type lora on CPU"
+            )
+        if importlib.util.find_spec("bitsandbytes") is None:
+            raise ConfigError("method.type qlora needs the bitsandbytes package, which this trainer image lacks")
+
+
+def load_tokenizer(path: Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        # Padding tokens never reach the loss (labels -100) nor attention of real tokens: any id will do.
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_trainable_model(
+    path: Path,
+    method: Method,
+    training: Training,
+    placement: Placement,
+    *,
+    micro_batch_tokens: int,
+) -> TrainableModel:
+    """The base model from ``path``, on ``placement.device``, with the trainable parts of ``method``."""
+    from transformers import AutoModelForCausalLM
+
+    check_method_supported(method, placement)
+    attn = attention_implementation(placement)
+    kwargs: dict = {"attn_implementation": attn}
+    if method.type == "full":
+        # Master weights in fp32; Accelerate's autocast computes in bf16/fp16 on GPU.
+        kwargs["dtype"] = torch.float32
+    elif method.type == "lora":
+        # The frozen base needs no fp32 master copy: hold it in the compute dtype.
+        kwargs["dtype"] = placement.compute_dtype
+    else:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["dtype"] = placement.compute_dtype
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=placement.compute_dtype,
+        )
+        kwargs["device_map"] = {"": placement.device}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"model at {path} cannot be loaded as a causal language model: {error}") from error
+    model.config.use_cache = False  # a KV cache in training only costs memory, and it disables packing detection
+    if method.type != "qlora" and not placement.distributed_full_shard:
+        model.to(placement.device)
+
+    checkpointing = wants_gradient_checkpointing(model, method, training, placement, micro_batch_tokens)
+    if method.type == "full":
+        model.requires_grad_(True)
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        log.info("model_loaded", method="full", parameters=_count(model), attention=attn, checkpointing=checkpointing)
+        return TrainableModel(model, attn, is_adapter=False, gradient_checkpointing=checkpointing)
+
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if method.type == "qlora":
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    elif checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    lora = method.lora
+    targets = lora.target_modules
+    peft_config = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        use_rslora=lora.rslora,
+        bias="none",
+        target_modules="all-linear" if targets == ["all-linear"] else list(targets),
+    )
+    try:
+        # autocast_adapter_dtype keeps the adapter weights in fp32 on a bf16 base: their updates are tiny.
+        model = get_peft_model(model, peft_config, autocast_adapter_dtype=True)
+    except ValueError as error:
+        raise ConfigError(f"method.lora.targetModules {targets}: {error}") from error
+    trainable = _count(model, trainable_only=True)
+    log.info(
+        "model_loaded",
+        method=method.type,
+        parameters=_count(model),
+        trainable_parameters=trainable,
+        attention=attn,
+        checkpointing=checkpointing,
+    )
+    return TrainableModel(model, attn, is_adapter=True, gradient_checkpointing=checkpointing)
+
+
+def frozen_reference(model: torch.nn.Module, placement: Placement) -> torch.nn.Module:
+    """A frozen copy of a fully fine-tuned model's starting point: the DPO reference.
+
+    LoRA needs none (the base with the adapter disabled is the reference); full fine-tuning does,
+    held in the compute dtype because it is only ever run forward.
+    """
+    reference = copy.deepcopy(model).to(dtype=placement.compute_dtype).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+def wants_gradient_checkpointing(
+    model: torch.nn.Module, method: Method, training: Training, placement: Placement, micro_batch_tokens: int
+) -> bool:
+    if training.gradient_checkpointing != "auto":
+        return training.gradient_checkpointing == "on"
+    if not placement.on_gpu:
+        return False  # CPU runs have host memory to spare and nothing to gain from recomputation
+    free_bytes, _ = torch.cuda.mem_get_info(placement.device)
+    needed = estimated_training_bytes(model.config, _count(model), method, micro_batch_tokens, placement)
+    decision = needed > 0.85 * free_bytes
+    log.info("gradient_checkpointing_auto", estimated_bytes=needed, free_bytes=free_bytes, enabled=decision)
+    return decision
+
+
+def estimated_training_bytes(config, parameters: int, method: Method, tokens: int, placement: Placement) -> int:
+    """A deliberately rough upper estimate of the memory one micro-batch of training needs.
+
+    Weights and optimizer states, plus the activations kept for the backward pass: per token and
+    layer the inputs of the attention and MLP projections and norms, about (10 h + 4 i) values in
+    the compute dtype (after Korthikanti et al., 2022, without the attention scores, which
+    FlashAttention and SDPA do not store), plus the fp32 logits and their gradient.
+    """
+    hidden = config.hidden_size
+    intermediate = getattr(config, "intermediate_size", 4 * hidden)
+    layers = config.num_hidden_layers
+    element = torch.finfo(placement.compute_dtype).bits // 8
+    if method.type == "full":
+        weights = parameters * 16  # fp32 weights, gradients and two Adam moments
+    elif method.type == "qlora":
+        weights = parameters // 2
+    else:
+        weights = parameters * element
+    activations = tokens * layers * (10 * hidden + 4 * intermediate) * element
+    logits = tokens * config.vocab_size * 4 * 2
+    return int(weights + activations + logits)
+
+
+def _count(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)

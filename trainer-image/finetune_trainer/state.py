@@ -1,0 +1,53 @@
+"""The resumable state of a run besides weights and optimizer: position in the data, counters, RNG."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # the epoch the next step comes from
+    step_in_epoch: int = 0  # steps of that epoch already done: the exact data position
+    tokens_seen: int = 0  # real (non-padding) tokens, all ranks
+    wall_seconds: float = 0.0  # training time summed over attempts
+    last_loss: float | None = None
+    last_eval_loss: float | None = None
+    resumed_from_step: int | None = None
+    # Base-model losses measured before the first step (full fine-tuning has no adapter to switch off).
+    base_losses: dict[str, Any] | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)  # periodic evals: {"step", "eval_loss"}
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> TrainState:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def capture_rng() -> dict[str, Any]:
+    """Every generator a training step draws from (dropout, shuffles): restored on resume."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

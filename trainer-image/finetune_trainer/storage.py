@@ -1,0 +1,539 @@
+"""Where things live: URIs to local paths, downloads of models and data, uploads of outputs.
+
+Schemes:
+- ``file:///abs/path``: a local path (laptops, the test node).
+- ``pvc://claim/path``: ``${FINETUNE_PVC_ROOT:-/mnt/pvc}/claim/path``; the operator mounts each claim there.
+- ``s3://bucket/prefix``: any S3-compatible store through boto3.
+- ``hf://org/name`` (models) and ``hf://datasets/org/name[/sub/path]`` (data): the Hugging Face Hub or
+  the mirror in HF_ENDPOINT, pinned to a revision that is resolved to a commit and reported.
+
+Credentials: the operator mounts each referenced Secret as files under
+``${FINETUNE_CREDENTIALS_DIR:-/var/run/finetune/credentials}/{model,data,output}/<KEY>``. Where the
+directory of a purpose is absent, the process environment is used. Values are never logged.
+
+Output locations (:class:`Location`) are directories with a small set of operations. Their writers
+keep one rule: a directory is complete only once its marker file exists, and the marker is written
+last (a rename on local storage, the last upload on S3), so a reader never takes a partial upload.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Literal
+
+from . import log
+from .errors import ConfigError, DataError
+
+Purpose = Literal["model", "data", "output"]
+CREDENTIAL_KEYS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+
+# Weight formats other than safetensors and framework exports we never load: not worth downloading.
+HF_IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.h5", "*.msgpack", "*.ot", "original/*"]
+
+
+def pvc_root() -> Path:
+    return Path(os.environ.get("FINETUNE_PVC_ROOT", "/mnt/pvc"))
+
+
+def credentials_root() -> Path:
+    return Path(os.environ.get("FINETUNE_CREDENTIALS_DIR", "/var/run/finetune/credentials"))
+
+
+def cache_root() -> Path:
+    """Downloads (models, data) that survive a retry of the pod when it is a volume; else a temp dir."""
+    return Path(os.environ.get("FINETUNE_CACHE_DIR", Path.home() / ".cache" / "finetune-trainer"))
+
+
+# ---------------------------------------------------------------------------------------------
+# credentials
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """The credential values for one purpose. ``repr`` shows the keys present, never a value."""
+
+    source: str
+    values: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    def get(self, key: str) -> str | None:
+        return self.values.get(key) or None
+
+    def __repr__(self) -> str:
+        return f"Credentials(source={self.source!r}, keys={sorted(self.values)})"
+
+
+def credentials_for(purpose: Purpose) -> Credentials:
+    directory = credentials_root() / purpose
+    if directory.is_dir():
+        values = {}
+        for key in CREDENTIAL_KEYS:
+            path = directory / key
+            if path.is_file():
+                # Secrets written by hand often end with a newline that is not part of the key.
+                values[key] = path.read_text(encoding="utf-8").strip()
+        return Credentials(source=str(directory), values=values)
+    return Credentials(source="environment", values={k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)})
+
+
+# ---------------------------------------------------------------------------------------------
+# URIs
+
+
+@dataclass(frozen=True)
+class Uri:
+    scheme: str  # file, pvc, s3, hf
+    authority: str  # bucket, claim, or "" for file://
+    path: str  # without leading slash for s3/pvc/hf; absolute for file
+
+    @property
+    def text(self) -> str:
+        if self.scheme == "file":
+            return f"file://{self.path}"
+        return f"{self.scheme}://{self.authority}/{self.path}".rstrip("/")
+
+
+def parse_uri(uri: str) -> Uri:
+    scheme, sep, rest = uri.partition("://")
+    if not sep or scheme not in ("file", "pvc", "s3", "hf"):
+        raise ConfigError(f"unsupported URI {uri!r}: use file:///abs/path, pvc://claim/path, s3://bucket/prefix or hf://")
+    if scheme == "file":
+        if not rest.startswith("/"):
+            raise ConfigError(f"file URI {uri!r} must be absolute: file:///abs/path")
+        return Uri("file", "", rest)
+    authority, _, path = rest.partition("/")
+    if not authority:
+        raise ConfigError(f"URI {uri!r} lacks the {'bucket' if scheme == 's3' else 'name'} after {scheme}://")
+    return Uri(scheme, authority, path.strip("/"))
+
+
+def local_path(uri: str) -> Path | None:
+    """The local path of a file:// or pvc:// URI; None for remote schemes."""
+    parsed = parse_uri(uri)
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "pvc":
+        return pvc_root() / parsed.authority / parsed.path
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# S3
+
+
+def s3_client(credentials: Credentials):
+    import boto3
+    from botocore.config import Config
+
+    endpoint = credentials.get("AWS_ENDPOINT_URL")
+    # S3-compatible servers (MinIO, Ceph, on-prem appliances) rarely serve virtual-host bucket names.
+    addressing = "path" if endpoint else "auto"
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        region_name=credentials.get("AWS_REGION") or "us-east-1",
+        aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
+        aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+        config=Config(s3={"addressing_style": addressing}, retries={"max_attempts": 10, "mode": "adaptive"}),
+    )
+
+
+# Answers no retry can change: the user must fix the Secret, the bucket or the URI.
+_S3_USER_ERRORS = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "NoSuchBucket", "403", "404"}
+
+
+def _s3_user_error(error: Exception, uri: str, purpose: Purpose) -> Exception:
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    if isinstance(error, NoCredentialsError):
+        return ConfigError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the {purpose} Secret")
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", ""))
+        if code in _S3_USER_ERRORS:
+            return ConfigError(f"{uri}: S3 refused the request ({code}): check the URI and the {purpose} credentials")
+    return error
+
+
+def _s3_key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}" if prefix else name
+
+
+def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
+    """Download every object under ``prefix/`` (or the object ``prefix`` itself) into ``dest``; returns files.
+
+    Files already present with the right size are skipped, so a retried pod resumes a large download.
+    """
+    count = 0
+    paginator = client.get_paginator("list_objects_v2")
+    listing_prefix = f"{prefix}/" if prefix else ""
+    for page in paginator.paginate(Bucket=bucket, Prefix=listing_prefix):
+        for obj in page.get("Contents", []):
+            relative = obj["Key"][len(listing_prefix) :]
+            if not relative or relative.endswith("/"):
+                continue
+            target = dest / relative
+            if target.is_file() and target.stat().st_size == obj["Size"]:
+                count += 1
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = target.with_name(f".{target.name}.partial")
+            client.download_file(bucket, obj["Key"], str(partial))
+            partial.replace(target)
+            count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------
+# reading models and data
+
+
+@dataclass(frozen=True)
+class FetchedModel:
+    path: Path
+    revision: str | None  # the resolved commit of an hf:// model
+
+
+def fetch_model(uri: str, revision: str | None = None) -> FetchedModel:
+    """A local directory with the base model of ``uri``, downloading it into the cache if remote."""
+    parsed = parse_uri(uri)
+    if parsed.scheme in ("file", "pvc"):
+        path = local_path(uri)
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"model.uri {uri}: no config.json at {path}: point it at a model directory")
+        return FetchedModel(path=path, revision=None)
+    if parsed.scheme == "hf":
+        if revision is None:
+            revision = "main"
+        repo_id = f"{parsed.authority}/{parsed.path}" if parsed.path else parsed.authority
+        path, commit = hf_snapshot(repo_id, revision, repo_type="model", uri=uri)
+        return FetchedModel(path=path, revision=commit)
+    credentials = credentials_for("model")
+    dest = cache_root() / "models" / parsed.authority / parsed.path
+    count = _download_s3_tree(parsed, dest, credentials, "model", uri)
+    if count == 0 or not (dest / "config.json").is_file():
+        raise ConfigError(f"model.uri {uri}: no config.json under that prefix: point it at a model directory")
+    return FetchedModel(path=dest, revision=None)
+
+
+def _download_s3_tree(parsed: Uri, dest: Path, credentials: Credentials, purpose: Purpose, uri: str) -> int:
+    try:
+        client = s3_client(credentials)
+        count = s3_download(client, parsed.authority, parsed.path, dest)
+        if count == 0 and parsed.path:
+            # The URI may name one object rather than a prefix.
+            dest.mkdir(parents=True, exist_ok=True)
+            target = dest / PurePosixPath(parsed.path).name
+            client.download_file(parsed.authority, parsed.path, str(target))
+            count = 1
+    except Exception as error:
+        raise _s3_user_error(error, uri, purpose) from error
+    log.info("downloaded", uri=uri, files=count, path=str(dest))
+    return count
+
+
+def hf_snapshot(repo_id: str, revision: str, *, repo_type: str, uri: str) -> tuple[Path, str]:
+    """Download (or find in the cache) a Hub repository at ``revision``; returns its path and commit.
+
+    HF_ENDPOINT selects a mirror, HF_HUB_OFFLINE=1 uses only the local cache (HF_HOME / HF_HUB_CACHE),
+    and HF_TOKEN comes from the credentials of the purpose.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub import errors as hf_errors
+
+    purpose: Purpose = "model" if repo_type == "model" else "data"
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        path = snapshot_download(
+            repo_id,
+            repo_type=repo_type,
+            revision=revision,
+            token=credentials_for(purpose).get("HF_TOKEN") or False,
+            endpoint=os.environ.get("HF_ENDPOINT") or None,
+            local_files_only=offline,
+            ignore_patterns=HF_IGNORE_PATTERNS if repo_type == "model" else None,
+        )
+    except hf_errors.GatedRepoError as error:
+        raise ConfigError(f"{uri}: the repository is gated: accept its terms and give an HF_TOKEN that may read it") from error
+    except hf_errors.RepositoryNotFoundError as error:
+        raise ConfigError(f"{uri}: repository not found (or private: give an HF_TOKEN that may read it)") from error
+    except hf_errors.RevisionNotFoundError as error:
+        raise ConfigError(f"{uri}: revision {revision!r} not found: use an existing branch, tag or commit") from error
+    except hf_errors.LocalEntryNotFoundError as error:
+        where = "in the offline cache (HF_HUB_OFFLINE is set)" if offline else "locally and the Hub is unreachable"
+        raise ConfigError(f"{uri}@{revision}: not found {where}: pre-populate HF_HOME or unset HF_HUB_OFFLINE") from error
+    path = Path(path)
+    # The cache layout is .../snapshots/<commit>: the directory name is the resolved commit.
+    commit = path.name
+    log.info("hf_snapshot", uri=uri, revision=revision, commit=commit, offline=offline)
+    return path, commit
+
+
+def resolve_data(uri: str) -> Path:
+    """A local file or directory with the data of ``uri``, downloading it into the cache if remote."""
+    parsed = parse_uri(uri)
+    if parsed.scheme in ("file", "pvc"):
+        path = local_path(uri)
+        if not path.exists():
+            raise DataError(f"data {uri}: nothing at {path}")
+        return path
+    if parsed.scheme == "hf":
+        if parsed.authority != "datasets" or not parsed.path:
+            raise ConfigError(f"data {uri}: Hub data must be hf://datasets/org/name[/path]")
+        parts = parsed.path.split("/")
+        repo_id, inner = "/".join(parts[:2]), "/".join(parts[2:])
+        revision = "main"
+        if "@" in repo_id:
+            repo_id, revision = repo_id.split("@", 1)
+        root, _ = hf_snapshot(repo_id, revision, repo_type="dataset", uri=uri)
+        path = root / inner if inner else root
+        if not path.exists():
+            raise DataError(f"data {uri}: no {inner} in the dataset repository")
+        return path
+    dest = cache_root() / "data" / parsed.authority / parsed.path
+    count = _download_s3_tree(parsed, dest, credentials_for("data"), "data", uri)
+    if count == 0:
+        raise DataError(f"data {uri}: no objects under that prefix")
+    single = dest / PurePosixPath(parsed.path).name
+    return single if count == 1 and single.is_file() else dest
+
+
+# ---------------------------------------------------------------------------------------------
+# output locations
+
+
+class Location(ABC):
+    """A directory in local storage or S3 that the trainer writes checkpoints and artifacts to."""
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+
+    @abstractmethod
+    def child(self, name: str) -> Location:
+        """The location of ``name`` below this one."""
+
+    @abstractmethod
+    def read_bytes(self, name: str) -> bytes | None:
+        """The content of file ``name``, or None when it does not exist."""
+
+    @abstractmethod
+    def list_dirs(self) -> list[str]:
+        """Names of the subdirectories (prefixes on S3)."""
+
+    @abstractmethod
+    def staging_dir(self, name: str) -> Path:
+        """A local directory to write ``name``'s files in before :meth:`publish` makes them visible."""
+
+    @abstractmethod
+    def upload(self, staging: Path, name: str) -> None:
+        """Make the files of ``staging`` part of ``name``, still invisible (every rank calls it for its own)."""
+
+    @abstractmethod
+    def seal(self, staging: Path, name: str, marker: str, content: bytes) -> None:
+        """Write ``marker`` last, making ``name`` complete, and clean up ``staging``."""
+
+    @abstractmethod
+    def delete(self, name: str, marker: str) -> None:
+        """Remove ``name``, its marker first so that it is never seen half-deleted as complete."""
+
+    @abstractmethod
+    def download(self, name: str) -> Path:
+        """A local directory with the files of ``name`` (the directory itself for local storage)."""
+
+    def exists(self, name: str) -> bool:
+        return self.read_bytes(name) is not None
+
+
+class LocalLocation(Location):
+    """A directory on a local filesystem or a mounted PVC: completion is an atomic rename."""
+
+    def __init__(self, uri: str, root: Path):
+        super().__init__(uri)
+        self.root = root
+
+    def child(self, name: str) -> LocalLocation:
+        return LocalLocation(f"{self.uri}/{name}", self.root / name)
+
+    def read_bytes(self, name: str) -> bytes | None:
+        try:
+            return (self.root / name).read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def list_dirs(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+    def staging_dir(self, name: str) -> Path:
+        # Next to the destination (same filesystem) so that sealing is a rename, not a copy. The name is
+        # deterministic so that every rank of a job writes into the same one on shared storage.
+        return self.root / f".partial-{name}"
+
+    def upload(self, staging: Path, name: str) -> None:
+        """Nothing to copy: staging already is on the destination's filesystem."""
+
+    def seal(self, staging: Path, name: str, marker: str, content: bytes) -> None:
+        _write_durably(staging / marker, content)
+        target = self.root / name
+        if target.exists():
+            # An incomplete leftover of an earlier attempt (a complete one is never re-sealed).
+            _remove_tree(target, self.root)
+        os.replace(staging, target)
+        _fsync_dir(self.root)
+
+    def delete(self, name: str, marker: str) -> None:
+        target = self.root / name
+        if not target.exists():
+            return
+        (target / marker).unlink(missing_ok=True)
+        _remove_tree(target, self.root)
+
+    def download(self, name: str) -> Path:
+        return self.root / name
+
+
+class S3Location(Location):
+    """A prefix in an S3-compatible bucket: completion is the marker object, uploaded last."""
+
+    def __init__(self, uri: str, bucket: str, prefix: str, credentials: Credentials, purpose: Purpose = "output"):
+        super().__init__(uri)
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.credentials = credentials
+        self.purpose = purpose
+        self._client = None
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = s3_client(self.credentials)
+        return self._client
+
+    def child(self, name: str) -> S3Location:
+        location = S3Location(f"{self.uri}/{name}", self.bucket, _s3_key(self.prefix, name), self.credentials)
+        location._client = self._client
+        return location
+
+    def read_bytes(self, name: str) -> bytes | None:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=_s3_key(self.prefix, name))["Body"].read()
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise _s3_user_error(error, self.uri, self.purpose) from error
+
+    def list_dirs(self) -> list[str]:
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        names = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+                names.extend(p["Prefix"][len(prefix) :].rstrip("/") for p in page.get("CommonPrefixes", []))
+        except Exception as error:
+            raise _s3_user_error(error, self.uri, self.purpose) from error
+        return sorted(names)
+
+    def staging_dir(self, name: str) -> Path:
+        # Each process stages its own files locally; only the upload meets in the bucket.
+        return scratch_dir() / f"{name}-{uuid.uuid4().hex[:8]}"
+
+    def upload(self, staging: Path, name: str) -> None:
+        try:
+            for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+                key = _s3_key(_s3_key(self.prefix, name), path.relative_to(staging).as_posix())
+                self.client.upload_file(str(path), self.bucket, key)
+        except Exception as error:
+            raise _s3_user_error(error, self.uri, self.purpose) from error
+        shutil.rmtree(staging, ignore_errors=True)  # private to this process, and now in the bucket
+
+    def seal(self, staging: Path, name: str, marker: str, content: bytes) -> None:
+        key = _s3_key(_s3_key(self.prefix, name), marker)
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=content)
+        except Exception as error:
+            raise _s3_user_error(error, self.uri, self.purpose) from error
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def delete(self, name: str, marker: str) -> None:
+        base = _s3_key(self.prefix, name)
+        self.client.delete_object(Bucket=self.bucket, Key=_s3_key(base, marker))
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=f"{base}/"):
+            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
+            if keys:
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
+
+    def download(self, name: str) -> Path:
+        dest = scratch_dir() / "downloads" / f"{name}-{uuid.uuid4().hex[:8]}"
+        try:
+            s3_download(self.client, self.bucket, _s3_key(self.prefix, name), dest)
+        except Exception as error:
+            raise _s3_user_error(error, self.uri, self.purpose) from error
+        return dest
+
+
+def open_location(uri: str, purpose: Purpose = "output") -> Location:
+    """The output location of ``uri`` (file://, pvc:// or s3://)."""
+    parsed = parse_uri(uri)
+    if parsed.scheme in ("file", "pvc"):
+        return LocalLocation(uri, local_path(uri))
+    if parsed.scheme == "s3":
+        return S3Location(uri, parsed.authority, parsed.path, credentials_for(purpose), purpose)
+    raise ConfigError(f"output {uri}: outputs go to s3://, pvc:// or file://, not {parsed.scheme}://")
+
+
+def scratch_dir() -> Path:
+    """Local space for staging uploads; ephemeral (an emptyDir in the pod)."""
+    path = Path(os.environ.get("FINETUNE_SCRATCH_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "finetune-scratch"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def unique_suffix() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def _write_durably(path: Path, content: bytes) -> None:
+    with path.open("wb") as handle:
+        handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some network filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _remove_tree(target: Path, root: Path) -> None:
+    # Rename first, so that a crash mid-removal leaves a hidden directory rather than a half-deleted one.
+    doomed = root / f".deleting-{target.name}-{unique_suffix()}"
+    os.replace(target, doomed)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def sync_files(staging: Path) -> None:
+    """fsync every file under ``staging`` (before a marker declares them complete)."""
+    for path in staging.rglob("*"):
+        if path.is_file():
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+
+
+DataResolver = Callable[[str], Path]
