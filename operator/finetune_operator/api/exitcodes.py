@@ -15,10 +15,11 @@ class ExitCode(IntEnum):
     DATA_ERROR = 65  # EX_DATAERR: the data is unusable (too many invalid rows, empty): not retried
     PREEMPTED = 75  # EX_TEMPFAIL: stopped by SIGTERM after saving a checkpoint: retried, resumes
     CONFIG_ERROR = 78  # EX_CONFIG: the configuration cannot work (QLoRA on CPU, missing template...): not retried
+    GATE_FAILED = 79  # trained, but the enforced evaluation gate refused the result: not retried, not published
 
     @property
     def retriable(self) -> bool:
-        return self not in (ExitCode.DATA_ERROR, ExitCode.CONFIG_ERROR)
+        return self not in (ExitCode.DATA_ERROR, ExitCode.CONFIG_ERROR, ExitCode.GATE_FAILED)
 
     @property
     def meaning(self) -> str:
@@ -31,6 +32,7 @@ _MEANINGS = {
     ExitCode.DATA_ERROR: "data error (not retried: fix the data)",
     ExitCode.PREEMPTED: "preempted after saving a checkpoint (retried, resumes from it)",
     ExitCode.CONFIG_ERROR: "configuration error (not retried: fix the FineTuneJob)",
+    ExitCode.GATE_FAILED: "the evaluation gate failed (not retried; the adapter is stored but not published)",
 }
 
 

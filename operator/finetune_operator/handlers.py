@@ -1,0 +1,87 @@
+"""kopf handlers: thin. Watch events of FineTuneJobs and of their Jobs and pods only enqueue the
+job's key; the controller's workers do the work.
+
+Only event handlers are used (no create/update/delete handlers, timers or daemons), so kopf never
+writes to the user's objects: no finalizers that could block a deletion while the operator is
+down, no annotations that GitOps tools would see as drift.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+from .api import GROUP, VERSION
+from .controller import Controller
+from .naming import ANNOTATION_PREFIX, JOB_LABEL
+
+
+def configure_kopf(settings: kopf.OperatorSettings) -> None:
+    # Nothing is stored with event handlers alone; should a change handler ever be added, kopf's
+    # bookkeeping goes to annotations with our own prefix, never to status (whose schema prunes it).
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=ANNOTATION_PREFIX,
+        key="last-handled-configuration",
+        ignored_fields=[
+            "metadata.annotations.kubectl.kubernetes.io/last-applied-configuration",
+            "metadata.annotations.argocd.argoproj.io/tracking-id",
+            "metadata.labels.argocd.argoproj.io/instance",
+        ],
+    )
+    settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
+    settings.posting.enabled = False  # our own Events say what happened; kopf's would repeat its logs
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.networking.request_timeout = 60
+
+
+def connection_info(api_client) -> kopf.ConnectionInfo:
+    """kopf's watches use the same credentials as our client (kubeconfig or in-cluster, refreshed)."""
+    configuration = api_client.configuration
+    if configuration.refresh_api_key_hook is not None:
+        configuration.refresh_api_key_hook(configuration)
+    header = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken") or ""
+    token = header.removeprefix("Bearer").strip() or None
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert,
+        insecure=not configuration.verify_ssl,
+        scheme="Bearer" if token else None,
+        token=token,
+        certificate_path=configuration.cert_file,
+        private_key_path=configuration.key_file,
+    )
+
+
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=registry)
+    def login(**_) -> kopf.ConnectionInfo:
+        return connection_info(controller.context.kube.api_client)
+
+    @kopf.on.startup(registry=registry)
+    def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
+        configure_kopf(settings)
+        controller.start()
+        logger.info("controller started")
+
+    @kopf.on.cleanup(registry=registry)
+    def cleanup(**_) -> None:
+        controller.stop()
+
+    @kopf.on.event(GROUP, VERSION, "finetunejobs", registry=registry)
+    async def finetunejob_event(type: str, namespace: str, name: str, **_) -> None:
+        controller.enqueue(namespace, name)
+
+    @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
+    async def job_event(namespace: str, labels: dict, **_) -> None:
+        controller.enqueue(namespace, labels[JOB_LABEL])
+
+    @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
+    async def pod_event(namespace: str, labels: dict, **_) -> None:
+        controller.enqueue(namespace, labels[JOB_LABEL])
+
+    return registry

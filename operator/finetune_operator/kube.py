@@ -1,0 +1,187 @@
+"""The operator's only door to the Kubernetes API: a thin, synchronous client over the official one.
+
+Objects travel as plain dicts in the API's own JSON shape (camelCase), exactly as the builders
+produce them and the status functions read them. Creates are idempotent: AlreadyExists means
+another run of the same handler got there first, and the existing object is returned.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+from .api import GROUP, VERSION
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Kind:
+    group: str  # "" for the core group
+    version: str
+    plural: str
+    namespaced: bool = True
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        if self.namespaced and namespace:
+            base += f"/namespaces/{namespace}"
+        base += f"/{self.plural}"
+        if name:
+            base += f"/{name}"
+        if subresource:
+            base += f"/{subresource}"
+        return base
+
+
+FINETUNEJOBS = Kind(GROUP, VERSION, "finetunejobs")
+MODELADAPTERS = Kind(GROUP, VERSION, "modeladapters")
+JOBS = Kind("batch", "v1", "jobs")
+PODS = Kind("", "v1", "pods")
+SERVICES = Kind("", "v1", "services")
+CONFIGMAPS = Kind("", "v1", "configmaps")
+SERVICEACCOUNTS = Kind("", "v1", "serviceaccounts")
+SECRETS = Kind("", "v1", "secrets")
+PVCS = Kind("", "v1", "persistentvolumeclaims")
+EVENTS = Kind("", "v1", "events")
+TOKENREVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
+
+KINDS = {
+    "FineTuneJob": FINETUNEJOBS,
+    "ModelAdapter": MODELADAPTERS,
+    "Job": JOBS,
+    "Pod": PODS,
+    "Service": SERVICES,
+    "ConfigMap": CONFIGMAPS,
+    "ServiceAccount": SERVICEACCOUNTS,
+    "Secret": SECRETS,
+    "PersistentVolumeClaim": PVCS,
+}
+
+
+class KubeError(RuntimeError):
+    def __init__(self, status: int, reason: str, body: str):
+        super().__init__(f"{status} {reason}: {body[:500]}")
+        self.status = status
+        self.reason = reason
+        self.body = body
+
+
+def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
+    """In a pod: the ServiceAccount's in-cluster config. Elsewhere: KUBECONFIG or ~/.kube/config."""
+    try:
+        config.load_incluster_config()
+        return client.ApiClient()
+    except config.ConfigException:
+        return config.new_client_from_config(config_file=kubeconfig)
+
+
+class Kube:
+    def __init__(self, api_client: client.ApiClient):
+        self.api_client = api_client
+
+    # -- raw requests ------------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> dict[str, Any]:
+        method, url, headers, serialized, _ = self.api_client.param_serialize(
+            method=method,
+            resource_path=path,
+            query_params=query or [],
+            header_params={"Accept": "application/json", "Content-Type": content_type},
+            body=body,
+            auth_settings=["BearerToken"],
+        )
+        try:
+            response = self.api_client.call_api(
+                method, url, header_params=headers, body=serialized, _request_timeout=60
+            )
+        except ApiException as error:
+            raise KubeError(error.status or 0, error.reason or "", error.body or "") from None
+        data = response.read()
+        if response.status >= 400:
+            raise KubeError(response.status, response.reason or "", data.decode(errors="replace") if data else "")
+        return json.loads(data) if data else {}
+
+    # -- reads -------------------------------------------------------------------------------
+
+    def get(self, kind: Kind, namespace: str | None, name: str) -> dict[str, Any] | None:
+        try:
+            return self._call("GET", kind.path(namespace, name))
+        except KubeError as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+        query = [("labelSelector", label_selector)] if label_selector else []
+        return self._call("GET", kind.path(namespace), query=query).get("items", [])
+
+    def exists(self, kind: Kind, namespace: str, name: str) -> bool:
+        return self.get(kind, namespace, name) is not None
+
+    # -- writes ------------------------------------------------------------------------------
+
+    def create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``manifest``; returns (object, created). An existing object of that name is returned as is."""
+        kind = KINDS[manifest["kind"]]
+        namespace = manifest["metadata"].get("namespace")
+        try:
+            return self._call("POST", kind.path(namespace), body=manifest), True
+        except KubeError as error:
+            if error.status != 409:
+                raise
+        existing = self.get(kind, namespace, manifest["metadata"]["name"])
+        if existing is None:  # deleted in between: the next reconcile creates it
+            raise KubeError(409, "Conflict", f"{manifest['kind']} {manifest['metadata']['name']} is being deleted")
+        return existing, False
+
+    def merge_patch(
+        self, kind: Kind, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None
+    ) -> dict[str, Any]:
+        return self._call(
+            "PATCH", kind.path(namespace, name, subresource), body=patch, content_type="application/merge-patch+json"
+        )
+
+    def delete(self, kind: Kind, namespace: str, name: str, propagation: str = "Background") -> bool:
+        try:
+            self._call(
+                "DELETE",
+                kind.path(namespace, name),
+                body={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+            )
+            return True
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def create_event(self, event: dict[str, Any]) -> None:
+        try:
+            self._call("POST", EVENTS.path(event["metadata"]["namespace"]), body=event)
+        except KubeError as error:
+            # Events are for people; failing to record one must never fail a reconcile.
+            log.warning("could not record event %s: %s", event.get("reason"), error)
+
+    def token_review(self, token: str, audiences: list[str]) -> dict[str, Any]:
+        body = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences},
+        }
+        return self._call("POST", TOKENREVIEWS.path(), body=body).get("status", {})

@@ -1,0 +1,49 @@
+"""Deterministic names and labels of everything the operator creates for a FineTuneJob.
+
+Names derive from the job's name only, so a handler that runs twice (or an operator restarted
+mid-way) finds what it created before instead of creating it again.
+"""
+
+from __future__ import annotations
+
+JOB_LABEL = "finetune.dev/job"
+MANAGED_BY = "finetune-operator"
+ANNOTATION_PREFIX = "finetune.dev"
+SPEC_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/spec-hash"
+CONFIG_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/config-hash"
+TRAINER_CONTAINER = "trainer"
+KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
+
+
+def training_job_name(job_name: str) -> str:
+    return job_name
+
+
+def service_name(job_name: str) -> str:
+    return job_name
+
+
+def config_map_name(job_name: str) -> str:
+    return f"{job_name}-config"
+
+
+def service_account_name(job_name: str) -> str:
+    return f"{job_name}-trainer"
+
+
+def rank0_address(job_name: str, namespace: str) -> str:
+    """Stable DNS name of rank 0: Indexed Job pods are named <job>-<index> under the headless Service."""
+    return f"{training_job_name(job_name)}-0.{service_name(job_name)}.{namespace}.svc"
+
+
+def selector_labels(job_name: str) -> dict[str, str]:
+    return {JOB_LABEL: job_name}
+
+
+def child_labels(job_name: str) -> dict[str, str]:
+    return {
+        **selector_labels(job_name),
+        "app.kubernetes.io/name": "finetune-trainer",
+        "app.kubernetes.io/instance": job_name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }

@@ -1,0 +1,204 @@
+"""Reconcile one FineTuneJob: read what is, render what should be, converge, and write the status.
+
+Level-triggered and idempotent: it may run any number of times, in any order with the events
+that trigger it, and after the operator was killed at any instant; it only ever creates what is
+missing and patches what differs. Nothing is created while a reference is missing, so a job is
+never left with half of its children.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
+
+from .api import FineTuneJob, format_validation_error
+from .events import event_for
+from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, Kube, KubeError
+from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
+from .render import (
+    ResolutionError,
+    data_hash,
+    references,
+    render_config_map,
+    render_job,
+    render_service,
+    render_service_account,
+    resolve_trainer_config,
+)
+from .settings import Settings
+from .status.observe import Blocker, Observation, compute_status, is_finished
+
+log = logging.getLogger(__name__)
+
+# Status fields this reconciler owns; progress, checkpoint, evaluation and adapter are written by
+# the progress endpoint and the publisher, and a merge patch leaves them alone.
+OWNED_STATUS_FIELDS = (
+    "phase",
+    "observedGeneration",
+    "conditions",
+    "startTime",
+    "completionTime",
+    "restarts",
+    "jobName",
+    "progress",
+)
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: Settings
+    progress_ca: str | None = None
+
+
+def reconcile(context: Context, namespace: str, name: str) -> str | None:
+    """Converge one job; returns its phase (None when the job is gone)."""
+    raw = context.kube.get(FINETUNEJOBS, namespace, name)
+    if raw is None or raw["metadata"].get("deletionTimestamp"):
+        return None  # children go with it through their ownerReferences
+    try:
+        job = FineTuneJob.model_validate(raw)
+    except ValidationError as error:
+        return _report_invalid(context, raw, error)
+
+    now = utc_now()
+    blockers = _missing_references(context, job)
+    training_job = context.kube.get(JOBS, namespace, training_job_name(name))
+    if not is_finished(job.status):
+        try:
+            config = resolve_trainer_config(job, context.settings)
+        except ResolutionError as error:
+            blockers.append(Blocker("OutputNotConfigured", str(error)))
+            config = None
+        if training_job is not None and not _owned_by(training_job, job):
+            blockers.append(
+                Blocker("JobNameTaken", f"a Job named {training_job_name(name)} exists and is not this job's")
+            )
+            training_job = None
+        elif not blockers and config is not None:
+            training_job = _converge_children(context, job, config, training_job)
+
+    pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
+    status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
+    _write_status(context, raw, job, status)
+    for change in changes:
+        context.kube.create_event(event_for(raw, change, now))
+    return status.phase
+
+
+def _selector(name: str) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
+
+
+def _owned_by(child: dict[str, Any], job: FineTuneJob) -> bool:
+    return any(ref.get("uid") == job.metadata.uid for ref in child["metadata"].get("ownerReferences", []))
+
+
+def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
+    namespace = job.metadata.namespace
+    missing = []
+    for reference in references(job, context.settings):
+        if not context.kube.exists(KINDS[reference.kind], namespace, reference.name):
+            missing.append(
+                Blocker(
+                    f"{reference.kind}NotFound",
+                    f"{reference.describe()} not found in namespace {namespace}: create it and the job proceeds",
+                )
+            )
+    return missing
+
+
+def _converge_children(context: Context, job: FineTuneJob, config, training_job: dict[str, Any] | None):
+    """Create what is missing, in dependency order: the Job last, so its pods find everything."""
+    kube = context.kube
+    account = render_service_account(job)
+    if account is not None:
+        kube.create(account)
+    config_map = render_config_map(job, config, context.progress_ca)
+    existing_config, created = kube.create(config_map)
+    if not created and existing_config.get("data") != config_map["data"]:
+        kube.merge_patch(
+            CONFIGMAPS, job.metadata.namespace, config_map_name(job.metadata.name), {"data": config_map["data"]}
+        )
+    kube.create(render_service(job, context.settings))
+
+    desired = render_job(job, context.settings, data_hash(config_map["data"]))
+    if training_job is None:
+        created_job, _ = kube.create(desired)
+        return created_job
+    return _converge_job(context, job, desired, training_job)
+
+
+def _converge_job(context: Context, job: FineTuneJob, desired: dict[str, Any], existing: dict[str, Any]):
+    kube, namespace, name = context.kube, job.metadata.namespace, existing["metadata"]["name"]
+    existing_hash = existing["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+    desired_hash = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
+    suspended = bool(existing["spec"].get("suspend"))
+    if existing_hash != desired_hash and suspended and not existing.get("status", {}).get("active"):
+        # A Job's pod template is immutable; while it is suspended (no pods) it is safe to replace it.
+        # The next reconcile creates the new one, which resumes from the last checkpoint.
+        log.info("replacing suspended Job %s/%s to apply the changed spec", namespace, name)
+        kube.delete(JOBS, namespace, name)
+        return None
+    queued = any(label.startswith("kueue.x-k8s.io/") for label in existing["metadata"].get("labels", {}))
+    if job.spec.suspend and not suspended:
+        return kube.merge_patch(JOBS, namespace, name, {"spec": {"suspend": True}})
+    if not job.spec.suspend and suspended and not queued:
+        # A queued Job is unsuspended by Kueue when it admits it, never by us.
+        return kube.merge_patch(JOBS, namespace, name, {"spec": {"suspend": False}})
+    config_hash = desired["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
+    if existing["metadata"].get("annotations", {}).get(CONFIG_HASH_ANNOTATION) != config_hash:
+        patch = {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: config_hash}}}
+        return kube.merge_patch(JOBS, namespace, name, patch)
+    return existing
+
+
+def _status_patch(current: dict[str, Any], desired: dict[str, Any]) -> dict[str, Any]:
+    patch = {}
+    for key in OWNED_STATUS_FIELDS:
+        if desired.get(key) != current.get(key):
+            patch[key] = desired.get(key)
+    return patch
+
+
+def _write_status(context: Context, raw: dict[str, Any], job: FineTuneJob, status) -> None:
+    desired = status.to_api()
+    patch = _status_patch(raw.get("status") or {}, desired)
+    if not patch:
+        return
+    try:
+        context.kube.merge_patch(FINETUNEJOBS, job.metadata.namespace, job.metadata.name, {"status": patch}, "status")
+    except KubeError as error:
+        if error.status != 404:
+            raise
+
+
+def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationError) -> str:
+    """A stored object the models refuse (written before a schema change, say): say so, touch nothing."""
+    from .api import Condition
+
+    message = "; ".join(format_validation_error(error))[:2048]
+    now = utc_now()
+    condition = Condition(
+        type="Created",
+        status="False",
+        reason="InvalidSpec",
+        message=f"the spec is invalid: {message}",
+        last_transition_time=now,
+        observed_generation=raw["metadata"].get("generation"),
+    ).to_api()
+    current = (raw.get("status") or {}).get("conditions") or []
+    if any(c.get("type") == "Created" and c.get("message") == condition["message"] for c in current):
+        return "Pending"
+    conditions = [c for c in current if c.get("type") != "Created"] + [condition]
+    patch = {"status": {"phase": "Pending", "conditions": conditions}}
+    context.kube.merge_patch(FINETUNEJOBS, raw["metadata"]["namespace"], raw["metadata"]["name"], patch, "status")
+    return "Pending"

@@ -1,0 +1,77 @@
+"""The objects a FineTuneJob refers to and that must exist before its pods can start."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api import FineTuneJob
+from ..settings import Settings
+from .trainer_config import output_secret
+
+
+@dataclass(frozen=True)
+class Reference:
+    kind: str  # Secret | PersistentVolumeClaim | ServiceAccount
+    name: str
+    field: str  # where the job names it
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.name} ({self.field})"
+
+
+def pvc_claim(uri: str | None) -> str | None:
+    if uri and uri.startswith("pvc://"):
+        return uri.removeprefix("pvc://").split("/", 1)[0]
+    return None
+
+
+def claims(job: FineTuneJob, settings: Settings) -> dict[str, bool]:
+    """PersistentVolumeClaims the pods mount: claim -> whether the trainer writes to it."""
+    spec = job.spec
+    read_only_uris = [spec.model.uri, *(s.uri for s in spec.data.train)]
+    if spec.data.eval and spec.data.eval.uri:
+        read_only_uris.append(spec.data.eval.uri)
+    if spec.data.general:
+        read_only_uris.append(spec.data.general.uri)
+    result: dict[str, bool] = {}
+    for uri in read_only_uris:
+        if claim := pvc_claim(uri):
+            result.setdefault(claim, False)
+    if claim := pvc_claim(spec.output.uri or settings.default_output_uri):
+        result[claim] = True
+    return dict(sorted(result.items()))
+
+
+def credential_secrets(job: FineTuneJob, settings: Settings) -> dict[str, str]:
+    """purpose (model, data, output) -> Secret name, for the Secrets mounted into the trainer."""
+    spec = job.spec
+    secrets = {}
+    if spec.model.credentials_secret_ref:
+        secrets["model"] = spec.model.credentials_secret_ref.name
+    if spec.data.credentials_secret_ref:
+        secrets["data"] = spec.data.credentials_secret_ref.name
+    if name := output_secret(job, settings):
+        secrets["output"] = name
+    return secrets
+
+
+def references(job: FineTuneJob, settings: Settings) -> list[Reference]:
+    spec = job.spec
+    fields = {
+        "model": "spec.model.credentialsSecretRef",
+        "data": "spec.data.credentialsSecretRef",
+        "output": "spec.output.credentialsSecretRef"
+        if spec.output.credentials_secret_ref
+        else "operator default output",
+    }
+    found = [Reference("Secret", name, fields[purpose]) for purpose, name in credential_secrets(job, settings).items()]
+    found += [Reference("Secret", s.name, "spec.template.imagePullSecrets") for s in spec.template.image_pull_secrets]
+    found += [Reference("PersistentVolumeClaim", claim, "a pvc:// URI") for claim in claims(job, settings)]
+    if spec.template.service_account_name:
+        found.append(
+            Reference("ServiceAccount", spec.template.service_account_name, "spec.template.serviceAccountName")
+        )
+    unique: dict[tuple[str, str], Reference] = {}
+    for reference in found:
+        unique.setdefault((reference.kind, reference.name), reference)
+    return list(unique.values())

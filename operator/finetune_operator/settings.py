@@ -1,0 +1,128 @@
+"""The operator's own configuration, from command-line flags or FINETUNE_* environment variables.
+
+Flags win over the environment; the Helm chart sets the environment. Every value is validated
+at start-up, so a misconfigured operator stops at once with a message naming the setting,
+instead of failing on the first FineTuneJob.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .api import format_validation_error
+from .api.base import STORAGE_URI_PATTERN
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
+PROGRESS_AUDIENCE = "finetune.dev/progress"
+
+
+class SettingsError(ValueError):
+    pass
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespaces: list[str] = Field(
+        default_factory=list, description="Namespaces to watch; empty means all namespaces (cluster-wide)."
+    )
+    trainer_image: str = Field(DEFAULT_TRAINER_IMAGE, min_length=1, description="Default trainer image.")
+    trainer_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    default_output_uri: str | None = Field(
+        None, pattern=STORAGE_URI_PATTERN, description="output.uri of jobs that set none (s3:// or pvc://)."
+    )
+    default_output_secret: str | None = Field(
+        None, description="Secret with S3 credentials for the default output (in each job's namespace)."
+    )
+    progress_url: str | None = Field(
+        None,
+        pattern=r"^https://",
+        description="HTTPS URL of this operator's progress endpoint as the trainer pods reach it.",
+    )
+    progress_port: int = Field(8443, ge=0, le=65535, description="Port of the progress endpoint (0: disabled).")
+    progress_tls_secret: str | None = Field(
+        None, description="namespace/name of a kubernetes.io/tls Secret for the progress endpoint."
+    )
+    progress_ca_file: str | None = Field(None, description="CA bundle the pods trust for the progress endpoint.")
+    progress_audience: str = Field(PROGRESS_AUDIENCE, min_length=1)
+    metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics (0: disabled).")
+    health_port: int = Field(8081, ge=0, le=65535, description="Port of the kopf liveness endpoint /healthz.")
+    log_format: Literal["json", "text"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    resync_seconds: float = Field(30.0, gt=0, description="How often every job is reconciled even without events.")
+    termination_grace_seconds: int = Field(
+        120, ge=10, le=3600, description="Time a preempted trainer gets to save its checkpoint."
+    )
+    rendezvous_port: int = Field(29500, ge=1024, le=65535)
+
+    @field_validator("namespaces")
+    @classmethod
+    def _namespaces(cls, value: list[str]) -> list[str]:
+        return sorted({n.strip() for n in value if n.strip()})
+
+    @field_validator("progress_tls_secret")
+    @classmethod
+    def _secret_ref(cls, value: str | None) -> str | None:
+        if value is not None and value.count("/") != 1:
+            raise ValueError("must be namespace/name")
+        return value
+
+    @property
+    def clusterwide(self) -> bool:
+        return not self.namespaces
+
+
+# setting name -> (flag, environment variable, help)
+_OPTIONS = {
+    "namespaces": ("--namespace", "FINETUNE_NAMESPACES", "namespace to watch (repeatable; comma list in env)"),
+    "trainer_image": ("--trainer-image", "FINETUNE_TRAINER_IMAGE", "default trainer image"),
+    "trainer_image_pull_policy": ("--trainer-image-pull-policy", "FINETUNE_TRAINER_IMAGE_PULL_POLICY", None),
+    "default_output_uri": ("--default-output-uri", "FINETUNE_DEFAULT_OUTPUT_URI", "output.uri for jobs without one"),
+    "default_output_secret": ("--default-output-secret", "FINETUNE_DEFAULT_OUTPUT_SECRET", None),
+    "progress_url": ("--progress-url", "FINETUNE_PROGRESS_URL", "progress endpoint URL as pods reach it"),
+    "progress_port": ("--progress-port", "FINETUNE_PROGRESS_PORT", None),
+    "progress_tls_secret": ("--progress-tls-secret", "FINETUNE_PROGRESS_TLS_SECRET", "namespace/name"),
+    "progress_ca_file": ("--progress-ca-file", "FINETUNE_PROGRESS_CA_FILE", None),
+    "progress_audience": ("--progress-audience", "FINETUNE_PROGRESS_AUDIENCE", None),
+    "metrics_port": ("--metrics-port", "FINETUNE_METRICS_PORT", None),
+    "health_port": ("--health-port", "FINETUNE_HEALTH_PORT", None),
+    "log_format": ("--log-format", "FINETUNE_LOG_FORMAT", "json or text"),
+    "log_level": ("--log-level", "FINETUNE_LOG_LEVEL", None),
+    "resync_seconds": ("--resync-seconds", "FINETUNE_RESYNC_SECONDS", None),
+    "termination_grace_seconds": ("--termination-grace-seconds", "FINETUNE_TERMINATION_GRACE_SECONDS", None),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    for name, (flag, env, help_text) in _OPTIONS.items():
+        default_text = f" (env {env})"
+        if name == "namespaces":
+            parser.add_argument(flag, dest=name, action="append", default=None, help=(help_text or "") + default_text)
+        else:
+            parser.add_argument(
+                flag, dest=name, default=None, help=(help_text or name.replace("_", " ")) + default_text
+            )
+
+
+def from_arguments(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:
+    environ = os.environ if environ is None else environ
+    values: dict[str, object] = {}
+    for name, (_flag, env, _) in _OPTIONS.items():
+        value = getattr(args, name, None)
+        if value is None and environ.get(env):
+            value = environ[env].split(",") if name == "namespaces" else environ[env]
+        if value is not None:
+            values[name] = value
+    try:
+        return Settings.model_validate(values)
+    except ValidationError as error:
+        names = {name: f"{flag} / {env}" for name, (flag, env, _) in _OPTIONS.items()}
+        lines = []
+        for line in format_validation_error(error):
+            field, _, message = line.partition(": ")
+            lines.append(f"{names.get(field, field)}: {message}")
+        raise SettingsError("invalid operator settings:\n  " + "\n  ".join(lines)) from None

@@ -1,0 +1,63 @@
+"""Conditions as Kubernetes API conventions want them: one per type, with the transition time kept
+while the status stays the same."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..api import Condition
+
+
+@dataclass(frozen=True)
+class Change:
+    """A condition whose status or reason changed: worth a Kubernetes Event."""
+
+    condition: Condition
+    previous_status: str | None
+
+
+def set_condition(
+    conditions: list[Condition],
+    type_: str,
+    status: str,
+    reason: str,
+    message: str,
+    now: str,
+    generation: int | None,
+) -> Change | None:
+    """Set ``type_`` in place; returns the change when status or reason moved (None otherwise)."""
+    for index, existing in enumerate(conditions):
+        if existing.type != type_:
+            continue
+        moved = existing.status != status
+        updated = Condition(
+            type=type_,
+            status=status,
+            reason=reason,
+            message=message,
+            last_transition_time=now if moved else existing.last_transition_time,
+            observed_generation=generation,
+        )
+        conditions[index] = updated
+        if moved or existing.reason != reason:
+            return Change(updated, existing.status)
+        return None
+    created = Condition(
+        type=type_,
+        status=status,
+        reason=reason,
+        message=message,
+        last_transition_time=now,
+        observed_generation=generation,
+    )
+    conditions.append(created)
+    return Change(created, None)
+
+
+def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
+    return next((c for c in conditions if c.type == type_), None)
+
+
+def is_true(conditions: list[Condition], type_: str) -> bool:
+    condition = get_condition(conditions, type_)
+    return condition is not None and condition.status == "True"

@@ -1,0 +1,232 @@
+"""What a FineTuneJob's status is, given what the operator observed: its training Job, the Job's
+pods and anything that blocks it. Pure: no I/O, the same inputs give the same status."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..api import ExitCode, FineTuneJob, FineTuneJobStatus, describe_exit_code
+from ..naming import KUEUE_LABELS, TRAINER_CONTAINER
+from .conditions import Change, get_condition, is_true, set_condition
+
+MAX_MESSAGE = 2048
+
+REASON_BY_EXIT_CODE = {
+    ExitCode.CONFIG_ERROR: "ConfigurationError",
+    ExitCode.DATA_ERROR: "DataError",
+    ExitCode.GATE_FAILED: "GateFailed",
+}
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """Something that keeps the job from starting: a missing Secret, an unusable setting."""
+
+    reason: str  # CamelCase, e.g. SecretNotFound
+    message: str
+
+
+@dataclass(frozen=True)
+class Observation:
+    job: FineTuneJob
+    training_job: dict[str, Any] | None
+    pods: list[dict[str, Any]]
+    now: str
+    blockers: list[Blocker] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Termination:
+    pod: str
+    exit_code: int
+    message: str
+    finished_at: str
+
+    def describe(self) -> str:
+        text = f"pod {self.pod} exited with code {self.exit_code} ({describe_exit_code(self.exit_code)})"
+        if self.message.strip():
+            text += f": {self.message.strip()}"
+        return text
+
+
+def is_finished(status: FineTuneJobStatus) -> bool:
+    """Succeeded and Failed are terminal: a finished job is never restarted."""
+    return is_true(status.conditions, "Succeeded") or is_true(status.conditions, "Failed")
+
+
+def last_termination(pods: list[dict[str, Any]]) -> Termination | None:
+    """The trainer's exit of the most recently failed pod."""
+    found: list[Termination] = []
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if container.get("name") == TRAINER_CONTAINER and terminated and terminated.get("exitCode", 0) != 0:
+                found.append(
+                    Termination(
+                        pod=pod["metadata"]["name"],
+                        exit_code=int(terminated["exitCode"]),
+                        message=terminated.get("message") or "",
+                        finished_at=terminated.get("finishedAt") or "",
+                    )
+                )
+    return max(found, key=lambda t: t.finished_at) if found else None
+
+
+def _job_condition(training_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    for condition in training_job.get("status", {}).get("conditions") or []:
+        if condition.get("type") == type_ and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _failure(training_job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str]:
+    condition = _job_condition(training_job, "Failed") or _job_condition(training_job, "FailureTarget") or {}
+    termination = last_termination(pods)
+    reason = condition.get("reason") or "JobFailed"
+    if termination is not None and termination.exit_code in REASON_BY_EXIT_CODE:
+        reason = REASON_BY_EXIT_CODE[ExitCode(termination.exit_code)]
+    parts = [f"training Job failed ({condition.get('reason', 'Failed')})"]
+    if condition.get("message"):
+        parts.append(condition["message"])
+    if termination is not None:
+        parts.append(termination.describe())
+    return reason, _clip("; ".join(parts))
+
+
+def _clip(message: str) -> str:
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def _unschedulable(pods: list[dict[str, Any]]) -> str | None:
+    for pod in pods:
+        for condition in pod.get("status", {}).get("conditions") or []:
+            if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
+                return condition.get("message") or "unschedulable"
+    return None
+
+
+def _active(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        p
+        for p in pods
+        if not p["metadata"].get("deletionTimestamp") and p.get("status", {}).get("phase") in ("Pending", "Running")
+    ]
+
+
+def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Change]]:
+    job = observation.job
+    status = job.status.model_copy(deep=True)
+    generation = job.metadata.generation
+    changes: list[Change] = []
+
+    def condition(type_: str, value: str, reason: str, message: str) -> None:
+        change = set_condition(status.conditions, type_, value, reason, message, observation.now, generation)
+        if change is not None:
+            changes.append(change)
+
+    status.observed_generation = generation
+    blockers = observation.blockers
+    if blockers:
+        condition("ReferencesResolved", "False", blockers[0].reason, _clip("; ".join(b.message for b in blockers)))
+    else:
+        condition("ReferencesResolved", "True", "AllFound", "everything the job refers to exists")
+
+    if is_finished(job.status):
+        # Terminal: the Job may be gone (ttlSecondsAfterFinished) and nothing may bring it back.
+        return _finish(status), changes
+
+    training_job = observation.training_job
+    if training_job is None:
+        if blockers:
+            condition("Created", "False", blockers[0].reason, "the training Job is not created until this is fixed")
+        else:
+            condition("Created", "False", "Creating", "creating the training Job")
+        condition("Running", "False", "NotStarted", "no training Job yet")
+        condition("Succeeded", "Unknown", "Pending", "the job has not started")
+        status.phase = "Pending"
+        return status, changes
+
+    name = training_job["metadata"]["name"]
+    nodes = training_job["spec"].get("completions", 1)
+    job_status = training_job.get("status", {})
+    status.job_name = name
+    status.restarts = int(job_status.get("failed") or 0)
+    condition("Created", "True", "JobCreated", f"created Job {name} with {nodes} indexed pod(s)")
+
+    complete = _job_condition(training_job, "Complete")
+    failed = _job_condition(training_job, "Failed") or _job_condition(training_job, "FailureTarget")
+    queue = next((training_job["metadata"].get("labels", {}).get(k) for k in KUEUE_LABELS[:1]), None)
+
+    if complete is not None:
+        status.phase = "Succeeded"
+        status.completion_time = (
+            job_status.get("completionTime") or complete.get("lastTransitionTime") or observation.now
+        )
+        condition("Running", "False", "JobFinished", "training finished")
+        condition("Failed", "False", "TrainingSucceeded", "training succeeded")
+        condition("Succeeded", "True", "TrainingSucceeded", f"Job {name} completed")
+        return _finish(status), changes
+
+    if failed is not None:
+        reason, message = _failure(training_job, observation.pods)
+        status.phase = "Failed"
+        status.completion_time = failed.get("lastTransitionTime") or observation.now
+        condition("Running", "False", "JobFinished", "training stopped")
+        condition("Failed", "True", reason, message)
+        condition("Succeeded", "False", reason, message)
+        return status, changes
+
+    condition("Failed", "False", "NoFailure", "no unrecoverable failure")
+    condition("Succeeded", "Unknown", "Training", "training has not finished")
+    if training_job["spec"].get("suspend"):
+        status.phase = "Suspended"
+        if job.spec.suspend:
+            condition("Suspended", "True", "JobSuspended", "suspended by spec.suspend; pods are stopped")
+        elif queue:
+            condition("Suspended", "True", "QueuedByKueue", f"waiting for Kueue to admit it from queue {queue}")
+        else:
+            condition("Suspended", "True", "JobSuspended", "the training Job is suspended")
+        condition("Running", "False", "Suspended", "the job is suspended")
+        return status, changes
+
+    if queue:
+        condition("Suspended", "False", "Admitted", f"admitted by Kueue from queue {queue}")
+    else:
+        condition("Suspended", "False", "NotSuspended", "the job is not suspended")
+
+    active = _active(observation.pods)
+    running = [p for p in active if p["status"].get("phase") == "Running"]
+    if running:
+        status.phase = "Running"
+        status.start_time = status.start_time or job_status.get("startTime") or observation.now
+        condition("Running", "True", "PodsRunning", f"{len(running)} of {nodes} training pod(s) running")
+        return status, changes
+
+    status.phase = "Pending"
+    if message := _unschedulable(active):
+        condition("Running", "False", "Unschedulable", _clip(message))
+    elif status.restarts and (termination := last_termination(observation.pods)):
+        condition("Running", "False", "Restarting", _clip(f"retrying after {termination.describe()}"))
+    else:
+        condition("Running", "False", "PodsPending", "waiting for the training pods to start")
+    return status, changes
+
+
+def _finish(status: FineTuneJobStatus) -> FineTuneJobStatus:
+    """A succeeded job's progress is complete, whatever the last report said."""
+    if status.phase == "Succeeded" and status.progress is not None:
+        progress = status.progress.model_copy(update={"percent": 100, "eta_seconds": 0, "eta": "0s"})
+        if progress.total_steps:
+            progress = progress.model_copy(update={"step": max(progress.step, progress.total_steps)})
+        status.progress = progress
+    return status
+
+
+def phase_of(status: FineTuneJobStatus) -> str:
+    return status.phase or "Pending"
+
+
+def condition_reason(status: FineTuneJobStatus, type_: str) -> str | None:
+    found = get_condition(status.conditions, type_)
+    return found.reason if found else None
