@@ -60,3 +60,27 @@ def namespace(cluster, request):
     )
     yield name
     cluster.run_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+def start_operator(cluster, namespace, tmp_path):
+    """Start the operator watching the test's namespace; stopped (and its log shown on failure) afterwards."""
+    from operator_process import OperatorProcess
+
+    started: list[OperatorProcess] = []
+
+    def start(*args: str, env: dict[str, str] | None = None) -> OperatorProcess:
+        process = OperatorProcess(
+            cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log", f"--namespace={namespace}", *args, env=env
+        )
+        started.append(process)
+        return process.start()
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def operator(start_operator):
+    return start_operator()

@@ -262,12 +262,14 @@ def render_job(job: FineTuneJob, settings: Settings, config_hash: str) -> dict[s
     nodes = job.spec.resources.nodes
     labels = child_labels(name)
     labels.update({key: job.metadata.labels[key] for key in KUEUE_LABELS if key in job.metadata.labels})
+    queued = KUEUE_LABELS[0] in labels
     spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": nodes,
         "parallelism": nodes,
         "backoffLimit": job.spec.backoff_limit,
-        "suspend": job.spec.suspend,
+        # A queued Job starts suspended; Kueue unsuspends it when the ClusterQueue has quota.
+        "suspend": job.spec.suspend or queued,
         # A replacement pod starts only once the failed one is gone: two copies of a rank would
         # corrupt the rendezvous and race on checkpoints.
         "podReplacementPolicy": "Failed",

@@ -1,0 +1,88 @@
+"""Small helpers for e2e tests: kubectl as a user would run it, and patient waiting."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def apply(cluster, manifest: dict[str, Any]) -> None:
+    cluster.run_kubectl("apply", "--server-side", "-f", "-", input=json.dumps(manifest))
+
+
+def get(cluster, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    result = cluster.run_kubectl("get", kind, name, "-n", namespace, "-o", "json", check=False)
+    return json.loads(result.stdout) if result.returncode == 0 else None
+
+
+def items(cluster, kind: str, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
+    args = ["get", kind, "-n", namespace, "-o", "json"]
+    if selector:
+        args += ["-l", selector]
+    return json.loads(cluster.run_kubectl(*args).stdout)["items"]
+
+
+def wait_for(what: str, probe: Callable[[], T], timeout: float = 60.0, interval: float = 0.3) -> T:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except Exception as error:  # probes may fail while things settle
+            last = error
+        else:
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
+    for found in ((obj or {}).get("status") or {}).get("conditions") or []:
+        if found["type"] == type_:
+            return found
+    return None
+
+
+def condition_is(cluster, namespace: str, name: str, type_: str, status: str = "True", kind: str = "ftj"):
+    def probe():
+        found = condition(get(cluster, kind, namespace, name), type_)
+        return found if found and found["status"] == status else None
+
+    return probe
+
+
+def patch_pod_status(cluster, namespace: str, pod: str, phase: str, exit_code: int, message: str = "") -> None:
+    """Write a pod's final status as its kubelet would."""
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    terminated = {
+        "exitCode": exit_code,
+        "reason": "Error" if exit_code else "Completed",
+        "message": message,
+        "startedAt": now,
+        "finishedAt": now,
+    }
+    patch = {
+        "status": {
+            "phase": phase,
+            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "image": "trainer",
+                    "imageID": "",
+                    "ready": False,
+                    "restartCount": 0,
+                    "started": False,
+                    "state": {"terminated": terminated},
+                }
+            ],
+        }
+    }
+    cluster.run_kubectl(
+        "patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
+    )
