@@ -224,8 +224,8 @@ class LocalCluster:
     # -- components --------------------------------------------------------------------------
 
     def _write_pki(self) -> None:
-        ca_cert, ca_key = pki.write_ca(self.pki_dir)
-        pki.write_serving_cert(self.pki_dir, "apiserver", ca_cert, ca_key, pki.API_SERVER_NAMES, pki.API_SERVER_IPS)
+        ca = pki.write_ca(self.pki_dir)
+        pki.write_serving_cert(self.pki_dir, "apiserver", ca, [*pki.API_SERVER_NAMES, *pki.API_SERVER_IPS])
         pki.write_service_account_keys(self.pki_dir)
         # A static token in system:masters for the admin; operators under test get ServiceAccount tokens.
         (self.pki_dir / "tokens.csv").write_text(f'{self.admin_token},admin,admin-uid,"system:masters"\n')

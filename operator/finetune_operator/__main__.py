@@ -38,10 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     from .controller import Controller
     from .handlers import build_registry
     from .kube import Kube, load_api_client
+    from .metrics import OperatorMetrics
     from .reconcile import Context
 
     kube = Kube(load_api_client(args.kubeconfig))
-    controller = Controller(Context(kube=kube, settings=settings), workers=args.workers)
+    controller = Controller(Context(kube=kube, settings=settings), OperatorMetrics(), workers=args.workers)
     registry = build_registry(controller)
     log.info(
         "watching %s", "all namespaces" if settings.clusterwide else "namespaces " + ", ".join(settings.namespaces)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 
 from .kube import FINETUNEJOBS, KubeError
-from .reconcile import Context, reconcile
+from .metrics import OperatorMetrics
+from .reconcile import Context, Outcome, reconcile
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -18,11 +18,11 @@ Key = tuple[str, str]  # (namespace, name)
 
 
 class Controller:
-    def __init__(self, context: Context, workers: int = 4, on_result: Callable[..., None] | None = None):
+    def __init__(self, context: Context, metrics: OperatorMetrics, workers: int = 4):
         self.context = context
+        self.metrics = metrics
         self.queue = WorkQueue()
         self.workers = workers
-        self.on_result = on_result or (lambda **_: None)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -52,20 +52,33 @@ class Controller:
             namespace, name = key
             started = time.monotonic()
             try:
-                phase = reconcile(self.context, namespace, name)
+                outcome = reconcile(self.context, namespace, name)
             except Exception as error:  # a failed reconcile is retried, never fatal
                 delay = self.queue.retry(key)
                 log.warning("reconcile of %s/%s failed, retrying in %.1fs: %s", namespace, name, delay, error)
-                self.on_result(
-                    namespace=namespace, name=name, phase=None, error=error, seconds=time.monotonic() - started
-                )
+                self.metrics.reconciled("finetunejob", time.monotonic() - started, error)
             else:
                 self.queue.forget(key)
-                self.on_result(
-                    namespace=namespace, name=name, phase=phase, error=None, seconds=time.monotonic() - started
-                )
+                self.metrics.reconciled("finetunejob", time.monotonic() - started, None)
+                self._record(namespace, name, outcome)
             finally:
                 self.queue.done(key)
+
+    def _record(self, namespace: str, name: str, outcome: Outcome) -> None:
+        self.metrics.job_phase(namespace, name, outcome.phase)
+        status = outcome.status
+        for change in outcome.changes:
+            condition = change.condition
+            if condition.status != "True" or status is None:
+                continue
+            if condition.type == "Running" and status.restarts == 0:
+                self.metrics.job_started(outcome.created, status.start_time)
+            elif condition.type in ("Succeeded", "Failed"):
+                result = "succeeded" if condition.type == "Succeeded" else "failed"
+                self.metrics.job_finished(result, status.start_time, status.completion_time)
+
+    def observe_queue(self) -> None:
+        self.metrics.workqueue_depth.labels("finetunejob").set(len(self.queue))
 
     def _resync(self) -> None:
         while not self._stop.wait(self.context.settings.resync_seconds):

@@ -8,13 +8,25 @@ down, no annotations that GitOps tools would see as drift.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 
 import kopf
+from aiohttp import web
 
 from .api import GROUP, VERSION
 from .controller import Controller
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
+from .progress.server import ProgressService, build_app, build_metrics_app
+from .progress.tls import load_serving_tls
+
+
+async def _serve(app: web.Application, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port, ssl_context=ssl_context).start()
+    return runner
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -62,18 +74,33 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     def login(**_) -> kopf.ConnectionInfo:
         return connection_info(controller.context.kube.api_client)
 
+    runners: list[web.AppRunner] = []
+
     @kopf.on.startup(registry=registry)
-    def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
+    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
         configure_kopf(settings)
+        context = controller.context
+        if context.settings.progress_port:
+            tls = await asyncio.to_thread(load_serving_tls, context.kube, context.settings)
+            # Published before the first reconcile, so every job's ConfigMap carries the CA.
+            context.progress_ca = tls.ca_pem
+            service = ProgressService(context.kube, context.settings, controller.metrics)
+            runners.append(await _serve(build_app(service), context.settings.progress_port, tls.ssl_context()))
+            logger.info("progress endpoint listening on port %d (HTTPS)", context.settings.progress_port)
+        if context.settings.metrics_port:
+            app = build_metrics_app(controller.metrics, controller.observe_queue)
+            runners.append(await _serve(app, context.settings.metrics_port, None))
+            logger.info("metrics on port %d at /metrics", context.settings.metrics_port)
         controller.start()
-        logger.info("controller started")
 
     @kopf.on.cleanup(registry=registry)
-    def cleanup(**_) -> None:
+    async def cleanup(**_) -> None:
         controller.stop()
+        for runner in runners:
+            await runner.cleanup()
 
     @kopf.on.event(GROUP, VERSION, "finetunejobs", registry=registry)
-    async def finetunejob_event(type: str, namespace: str, name: str, **_) -> None:
+    async def finetunejob_event(namespace: str, name: str, **_) -> None:
         controller.enqueue(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)

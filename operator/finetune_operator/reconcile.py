@@ -15,7 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import FineTuneJob, format_validation_error
+from .api import FineTuneJob, FineTuneJobStatus, format_validation_error
 from .events import event_for
 from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, Kube, KubeError
 from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
@@ -30,6 +30,7 @@ from .render import (
     resolve_trainer_config,
 )
 from .settings import Settings
+from .status.conditions import Change
 from .status.observe import Blocker, Observation, compute_status, is_finished
 
 log = logging.getLogger(__name__)
@@ -59,22 +60,32 @@ class Context:
     progress_ca: str | None = None
 
 
-def reconcile(context: Context, namespace: str, name: str) -> str | None:
-    """Converge one job; returns its phase (None when the job is gone)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile found: the job's phase (None when it is gone) and the transitions it made."""
+
+    phase: str | None
+    changes: tuple[Change, ...] = ()
+    status: FineTuneJobStatus | None = None
+    created: str | None = None
+
+
+def reconcile(context: Context, namespace: str, name: str) -> Outcome:
+    """Converge one job."""
     raw = context.kube.get(FINETUNEJOBS, namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
-        return None  # children go with it through their ownerReferences
+        return Outcome(None)  # children go with it through their ownerReferences
     try:
         job = FineTuneJob.model_validate(raw)
     except ValidationError as error:
-        return _report_invalid(context, raw, error)
+        return Outcome(_report_invalid(context, raw, error))
 
     now = utc_now()
     blockers = _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
     if not is_finished(job.status):
         try:
-            config = resolve_trainer_config(job, context.settings)
+            config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
         except ResolutionError as error:
             blockers.append(Blocker("OutputNotConfigured", str(error)))
             config = None
@@ -91,7 +102,7 @@ def reconcile(context: Context, namespace: str, name: str) -> str | None:
     _write_status(context, raw, job, status)
     for change in changes:
         context.kube.create_event(event_for(raw, change, now))
-    return status.phase
+    return Outcome(status.phase, tuple(changes), status, job.metadata.creation_timestamp)
 
 
 def _selector(name: str) -> str:

@@ -47,8 +47,10 @@ class Settings(BaseModel):
     progress_tls_secret: str | None = Field(
         None, description="namespace/name of a kubernetes.io/tls Secret for the progress endpoint."
     )
-    progress_ca_file: str | None = Field(None, description="CA bundle the pods trust for the progress endpoint.")
     progress_audience: str = Field(PROGRESS_AUDIENCE, min_length=1)
+    operator_namespace: str | None = Field(
+        None, description="The operator's own namespace, where it keeps its progress CA Secret."
+    )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics (0: disabled).")
     health_port: int = Field(8081, ge=0, le=65535, description="Port of the kopf liveness endpoint /healthz.")
     log_format: Literal["json", "text"] = "text"
@@ -67,8 +69,10 @@ class Settings(BaseModel):
     @field_validator("progress_tls_secret")
     @classmethod
     def _secret_ref(cls, value: str | None) -> str | None:
-        if value is not None and value.count("/") != 1:
-            raise ValueError("must be namespace/name")
+        if value is not None:
+            parts = value.split("/")
+            if len(parts) != 2 or not all(parts):
+                raise ValueError("must be namespace/name")
         return value
 
     @property
@@ -86,8 +90,8 @@ _OPTIONS = {
     "progress_url": ("--progress-url", "FINETUNE_PROGRESS_URL", "progress endpoint URL as pods reach it"),
     "progress_port": ("--progress-port", "FINETUNE_PROGRESS_PORT", None),
     "progress_tls_secret": ("--progress-tls-secret", "FINETUNE_PROGRESS_TLS_SECRET", "namespace/name"),
-    "progress_ca_file": ("--progress-ca-file", "FINETUNE_PROGRESS_CA_FILE", None),
     "progress_audience": ("--progress-audience", "FINETUNE_PROGRESS_AUDIENCE", None),
+    "operator_namespace": ("--operator-namespace", "FINETUNE_OPERATOR_NAMESPACE", "the operator's own namespace"),
     "metrics_port": ("--metrics-port", "FINETUNE_METRICS_PORT", None),
     "health_port": ("--health-port", "FINETUNE_HEALTH_PORT", None),
     "log_format": ("--log-format", "FINETUNE_LOG_FORMAT", "json or text"),

@@ -72,7 +72,8 @@ class WorkQueue:
         with self._condition:
             failures = self._failures.get(key, 0) + 1
             self._failures[key] = failures
-        delay = min(self.base_delay * 2 ** (failures - 1), self.max_delay)
+        # The exponent is capped first: 2.0 ** 1100 overflows, and a worker thread must never die of it.
+        delay = min(self.base_delay * 2.0 ** min(failures - 1, 30), self.max_delay)
         self.add_after(key, delay)
         return delay
 

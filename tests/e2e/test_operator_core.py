@@ -55,8 +55,9 @@ def test_a_lora_job_gets_its_children_and_succeeds(cluster, namespace, operator)
     pod_spec = spec["template"]["spec"]
     (trainer,) = pod_spec["containers"]
     assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "8", "cpu": "16", "memory": "64Gi"}
-    assert trainer["command"][:2] == ["accelerate", "launch"]
-    assert "--num_processes=8" in trainer["command"] and "--multi_gpu" in trainer["command"]
+    assert trainer["command"] == ["python", "-m", "finetune_trainer.launch", "--"]
+    assert trainer["args"][:2] == ["accelerate", "launch"]
+    assert "--num_processes=8" in trainer["args"] and "--multi_gpu" in trainer["args"]
     assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod_spec["tolerations"]
     assert pod_spec["securityContext"]["runAsNonRoot"] is True
     assert trainer["securityContext"]["capabilities"] == {"drop": ["ALL"]}
@@ -103,7 +104,7 @@ def test_a_two_node_job_gets_two_ranks_that_rendezvous_at_rank_zero(cluster, nam
             pod["spec"]["hostname"]
             == f"two-nodes-{pod['metadata']['annotations']['batch.kubernetes.io/job-completion-index']}"
         )
-        command = pod["spec"]["containers"][0]["command"]
+        command = pod["spec"]["containers"][0]["args"]
         assert "--num_machines=2" in command and "--num_processes=16" in command
         assert "--machine_rank=$(MACHINE_RANK)" in command
         assert f"--main_process_ip=two-nodes-0.two-nodes.{namespace}.svc" in command

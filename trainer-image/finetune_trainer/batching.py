@@ -74,7 +74,7 @@ def plan_epoch(
     for start in range(0, len(order), window):
         chunk = order[start : start + window]
         if packing:
-            micro_batches.extend(_pack(chunk, [packed_length(examples[i]) for i in chunk], micro_batch_tokens))
+            micro_batches.extend(_pack(chunk, [item_tokens(examples[i]) for i in chunk], micro_batch_tokens))
         else:
             micro_batches.extend(_bucket(chunk, examples, micro_batch_tokens))
     seeded_rng(seed, "micro-batch-order", epoch).shuffle(micro_batches)
@@ -108,8 +108,11 @@ def group_into_steps(
     own if it has at least half of ``batch_tokens``, else it joins the step before; when its count
     of micro-batches is not a multiple of ``world_size``, the micro-batches with the most examples
     are halved until it is.
+
+    A step is at least one micro-batch per rank: keep ``micro_batch_tokens * world_size`` at or
+    below ``batch_tokens``, or steps grow past what was asked.
     """
-    tokens = [sum(real_length(examples[i]) for i in micro_batch) for micro_batch in micro_batches]
+    tokens = [sum(item_tokens(examples[i]) for i in micro_batch) for micro_batch in micro_batches]
     groups: list[list[MicroBatch]] = []
     current: list[MicroBatch] = []
     current_tokens = 0
@@ -120,7 +123,9 @@ def group_into_steps(
             continue
         next_round = tokens[position + 1 : position + 1 + world_size]
         overshoot = current_tokens + sum(next_round) - batch_tokens
-        if current_tokens >= batch_tokens or (len(next_round) == world_size and overshoot > batch_tokens - current_tokens):
+        if current_tokens >= batch_tokens or (
+            len(next_round) == world_size and overshoot > batch_tokens - current_tokens
+        ):
             groups.append(current)
             current, current_tokens = [], 0
     if current:
@@ -162,17 +167,14 @@ def collate(examples: Sequence[Item], indices: Sequence[int], packing: bool, pad
     )
 
 
-def packed_length(item: Item) -> int:
-    """Tokens an item takes in a pack (both sequences of a pair)."""
+def item_tokens(item: Item) -> int:
+    """An item's tokens without padding (both sequences of a pair): its room in a pack, its real tokens."""
     return sum(len(sequence) for sequence in _sequences([item]))
-
-
-real_length = packed_length  # the item's non-padding tokens: the same count
 
 
 def trained_tokens(item: Item) -> int:
     """Tokens the loss is taken on; a sequence's first token never is (see :func:`collate`)."""
-    return sum(sum(1 for label in sequence.labels[1:] if label != IGNORE_INDEX) for sequence in _sequences([item]))
+    return sum(_trained_in(sequence.labels) for sequence in _sequences([item]))
 
 
 def _pack(chunk: Sequence[int], lengths: Sequence[int], budget: int) -> list[MicroBatch]:
@@ -231,7 +233,7 @@ def _step(group: list[MicroBatch], examples: Sequence[Item], world_size: int) ->
         micro_batches=tuple(
             tuple(tuple(micro_batch) for micro_batch in group[rank::world_size]) for rank in range(world_size)
         ),
-        real_tokens=sum(real_length(examples[i]) for i in indices),
+        real_tokens=sum(item_tokens(examples[i]) for i in indices),
         trained_tokens=sum(trained_tokens(examples[i]) for i in indices),
         examples=len(indices),
     )
@@ -245,6 +247,12 @@ def _sequences(items: Sequence[Item]) -> list[Example]:
     if items and isinstance(items[0], PreferenceExample):
         return [pair.chosen for pair in items] + [pair.rejected for pair in items]
     return list(items)
+
+
+def _trained_in(labels: list[int]) -> int:
+    if not labels:
+        return 0
+    return len(labels) - labels.count(IGNORE_INDEX) - (labels[0] != IGNORE_INDEX)
 
 
 def _labels(sequence: Example) -> list[int]:

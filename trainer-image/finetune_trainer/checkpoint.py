@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from finetune_operator.api import CheckpointReport
 from safetensors.torch import load_file, save_file
 
 from . import log
@@ -106,6 +105,7 @@ class Checkpointer:
             (staging / STATE_FILE).write_text(json.dumps(payload, indent=1), encoding="utf-8")
             if metrics_file is not None and metrics_file.is_file():
                 shutil.copyfile(metrics_file, staging / METRICS_FILE)
+        self.dist.barrier()  # on shared storage the ranks write into one directory: all files must be closed
         sync_files(staging)
         self.location.upload(staging, name)
         self.dist.barrier()
@@ -124,6 +124,14 @@ class Checkpointer:
         for old in complete[: max(0, len(complete) - self.keep)]:
             self.location.delete(old.name, MARKER)
             log.info("checkpoint_deleted", step=old.step, uri=old.uri)
+        # Uploads of attempts that died before sealing (S3 shows them as prefixes): never to be completed.
+        newest = complete[-1].step if complete else 0
+        sealed = {c.name for c in complete}
+        for name in self.location.list_dirs():
+            match = _STEP_DIR.match(name)
+            if match and name not in sealed and int(match.group(1)) < newest:
+                self.location.delete(name, MARKER)
+                log.info("partial_checkpoint_deleted", uri=f"{self.location.uri}/{name}")
 
     # ---- restoring
 

@@ -1,7 +1,8 @@
 """The trainer's failures, each tied to the exit code the Job's podFailurePolicy acts on.
 
 A user can fix a ConfigError (the FineTuneJob) or a DataError (the data); retrying either wastes
-GPUs, so their exit codes are not retried. Preempted means a checkpoint was saved and a retry
+GPUs, so their exit codes are not retried, and neither is GateFailed (training again on the same
+data gives the same verdict). Preempted means a checkpoint was saved and a retry
 resumes from it. Anything else is a bug or an infrastructure fault: exit 1, retried.
 """
 
@@ -26,6 +27,12 @@ class DataError(TrainerError):
     """The data is unusable: the message names the source (file:line where known) and the problem."""
 
     exit_code = ExitCode.DATA_ERROR
+
+
+class GateFailed(TrainerError):
+    """The enforced evaluation gate refused the trained model: it is stored for inspection, never published."""
+
+    exit_code = ExitCode.GATE_FAILED
 
 
 class Preempted(TrainerError):

@@ -23,7 +23,6 @@ class ModelInputs:
     targets: torch.Tensor  # (rows, length): the token each position predicts, IGNORE_INDEX where none
     example_index: torch.Tensor  # (rows, length): which example (0..examples-1) a position belongs to, -1 padding
     examples: int
-    real_tokens: int
 
     @property
     def target_mask(self) -> torch.Tensor:
@@ -40,24 +39,22 @@ class ModelInputs:
             targets=self.targets.to(device, non_blocking=True),
             example_index=self.example_index.to(device, non_blocking=True),
             examples=self.examples,
-            real_tokens=self.real_tokens,
         )
 
 
-def count_targets(batch: Batch) -> int:
-    """Tokens that carry a loss once shifted: labelled tokens that are not the first of their example."""
-    total = 0
-    for labels, lengths in zip(batch.labels, batch.seq_lens, strict=True):
-        start = 0
-        for length in lengths:
-            total += sum(1 for label in labels[start + 1 : start + length] if label != IGNORE_INDEX)
-            start += length
-    return total
+# A micro-batch for a rank with nothing left to do in a step: one token, no target. It still runs
+# forward and backward, because every rank must take part in the same collectives.
+FILLER_BATCH = Batch(input_ids=[[0]], labels=[[IGNORE_INDEX]], position_ids=[[0]], seq_lens=[[1]], real_tokens=0)
 
 
 def to_model_inputs(batch: Batch, pad_token_id: int, flat: bool = False) -> ModelInputs:
     """Tensors for ``batch``; ``flat`` joins all rows into one padding-free row (for varlen attention)."""
-    rows = [_row(ids, labels, lengths) for ids, labels, lengths in zip(batch.input_ids, batch.labels, batch.seq_lens)]
+    if not batch.input_ids:
+        batch = FILLER_BATCH
+    rows = [
+        _row(ids, labels, lengths)
+        for ids, labels, lengths in zip(batch.input_ids, batch.labels, batch.seq_lens, strict=True)
+    ]
     if flat:
         rows = [_join(rows)]
     length = max(len(r[0]) for r in rows)
@@ -81,7 +78,6 @@ def to_model_inputs(batch: Batch, pad_token_id: int, flat: bool = False) -> Mode
         targets=targets,
         example_index=example_index,
         examples=offset,
-        real_tokens=batch.real_tokens,
     )
 
 

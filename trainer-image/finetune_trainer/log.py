@@ -69,10 +69,12 @@ def configure(level: str | None = None) -> None:
     _LOGGER.setLevel(level or os.environ.get("FINETUNE_LOG_LEVEL", "INFO").upper())
     _LOGGER.propagate = False
     root = logging.getLogger()
-    root.handlers[:] = [handler]
+    # Replace only our own handler: others (a test runner's capture) keep working.
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonLinesFormatter)] + [handler]
     root.setLevel(logging.WARNING)
     for name, library_level in _QUIET_LIBRARIES.items():
         logging.getLogger(name).setLevel(library_level)
+    logging.captureWarnings(True)  # Python warnings (deprecations of the libraries) as JSON lines too
 
 
 def route_transformers_logging() -> None:

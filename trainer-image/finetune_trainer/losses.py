@@ -70,8 +70,9 @@ def dpo_losses(
 
 
 def split_pairs(sequence_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chosen and rejected values of a preference batch, whose examples alternate chosen, rejected."""
-    return sequence_values[0::2], sequence_values[1::2]
+    """Chosen and rejected values of a preference batch: every chosen sequence first, then the rejected ones."""
+    half = sequence_values.shape[0] // 2
+    return sequence_values[:half], sequence_values[half:]
 
 
 @contextlib.contextmanager
@@ -95,7 +96,7 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _zero_through(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
-    # A micro-batch without targets (possible at the tail of a plan) still runs forward and backward so
-    # that every rank takes part in the same collectives; its loss is an exact zero.
+    # A micro-batch without targets (a filler) still runs forward and backward so that every rank takes
+    # part in the same collectives; its loss is an exact zero.
     output = model(input_ids=inputs.input_ids[:, :1], position_ids=inputs.position_ids[:, :1], use_cache=False)
     return output.logits.float().sum() * 0.0

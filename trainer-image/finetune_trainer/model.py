@@ -27,19 +27,19 @@ class Placement:
 
     device: torch.device
     compute_dtype: torch.dtype  # autocast dtype on GPU; float32 on CPU
-    distributed_full_shard: bool = False  # full fine-tuning sharded with FSDP across processes
+    shards: int = 1  # processes a fully fine-tuned model is sharded over with FSDP (1: not sharded)
 
     @property
     def on_gpu(self) -> bool:
         return self.device.type == "cuda"
 
 
-def placement_for(training: Training, device: torch.device, fsdp: bool = False) -> Placement:
+def placement_for(training: Training, device: torch.device, fsdp_shards: int = 1) -> Placement:
     if device.type != "cuda":
         # CPUs have no fast bf16 matmul everywhere and tests need exact arithmetic: fp32 on CPU.
         return Placement(device=device, compute_dtype=torch.float32)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[training.precision]
-    return Placement(device=device, compute_dtype=dtype, distributed_full_shard=fsdp)
+    return Placement(device=device, compute_dtype=dtype, shards=fsdp_shards)
 
 
 def attention_implementation(placement: Placement) -> str:
@@ -60,10 +60,6 @@ class TrainableModel:
     attn_implementation: str
     is_adapter: bool
     gradient_checkpointing: bool
-
-    @property
-    def base_config(self):
-        return self.model.config
 
 
 def check_method_supported(method: Method, placement: Placement) -> None:
@@ -124,14 +120,14 @@ def load_trainable_model(
     except (OSError, ValueError) as error:
         raise ConfigError(f"model at {path} cannot be loaded as a causal language model: {error}") from error
     model.config.use_cache = False  # a KV cache in training only costs memory, and it disables packing detection
-    if method.type != "qlora" and not placement.distributed_full_shard:
+    if method.type != "qlora" and placement.shards == 1:  # FSDP places the shards itself
         model.to(placement.device)
 
     checkpointing = wants_gradient_checkpointing(model, method, training, placement, micro_batch_tokens)
     if method.type == "full":
         model.requires_grad_(True)
         if checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            _enable_checkpointing(model)
         log.info("model_loaded", method="full", parameters=_count(model), attention=attn, checkpointing=checkpointing)
         return TrainableModel(model, attn, is_adapter=False, gradient_checkpointing=checkpointing)
 
@@ -144,7 +140,7 @@ def load_trainable_model(
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     elif checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _enable_checkpointing(model)
     lora = method.lora
     targets = lora.target_modules
     peft_config = LoraConfig(
@@ -173,6 +169,15 @@ def load_trainable_model(
     return TrainableModel(model, attn, is_adapter=True, gradient_checkpointing=checkpointing)
 
 
+def _enable_checkpointing(model: torch.nn.Module) -> None:
+    # Non-reentrant checkpointing needs no inputs that require gradients, which a frozen (LoRA) base lacks.
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
 def frozen_reference(model: torch.nn.Module, placement: Placement) -> torch.nn.Module:
     """A frozen copy of a fully fine-tuned model's starting point: the DPO reference.
 
@@ -192,33 +197,33 @@ def wants_gradient_checkpointing(
     if not placement.on_gpu:
         return False  # CPU runs have host memory to spare and nothing to gain from recomputation
     free_bytes, _ = torch.cuda.mem_get_info(placement.device)
-    needed = estimated_training_bytes(model.config, _count(model), method, micro_batch_tokens, placement)
+    needed = additional_training_bytes(model.config, _count(model), method, micro_batch_tokens, placement)
     decision = needed > 0.85 * free_bytes
     log.info("gradient_checkpointing_auto", estimated_bytes=needed, free_bytes=free_bytes, enabled=decision)
     return decision
 
 
-def estimated_training_bytes(config, parameters: int, method: Method, tokens: int, placement: Placement) -> int:
-    """A deliberately rough upper estimate of the memory one micro-batch of training needs.
+def additional_training_bytes(config, parameters: int, method: Method, tokens: int, placement: Placement) -> int:
+    """A deliberately rough upper estimate of the GPU memory training needs beyond the loaded weights.
 
-    Weights and optimizer states, plus the activations kept for the backward pass: per token and
-    layer the inputs of the attention and MLP projections and norms, about (10 h + 4 i) values in
-    the compute dtype (after Korthikanti et al., 2022, without the attention scores, which
-    FlashAttention and SDPA do not store), plus the fp32 logits and their gradient.
+    Gradients and Adam moments of the trained weights, plus the activations one micro-batch keeps for
+    the backward pass: per token and layer the inputs of the attention and MLP projections and norms,
+    about (10 h + 4 i) values in the compute dtype (after Korthikanti et al., 2022, without attention
+    scores, which FlashAttention and SDPA do not store), plus fp32 logits and their gradient.
     """
     hidden = config.hidden_size
     intermediate = getattr(config, "intermediate_size", 4 * hidden)
     layers = config.num_hidden_layers
     element = torch.finfo(placement.compute_dtype).bits // 8
-    if method.type == "full":
-        weights = parameters * 16  # fp32 weights, gradients and two Adam moments
-    elif method.type == "qlora":
-        weights = parameters // 2
+    if method.type != "full":
+        states = 0  # adapters are a fraction of a percent of the model
+    elif placement.shards > 1:
+        states = parameters * 16 // placement.shards  # FSDP: the weights arrive sharded, with their states
     else:
-        weights = parameters * element
+        states = parameters * 12  # fp32 gradients and two Adam moments next to the resident fp32 weights
     activations = tokens * layers * (10 * hidden + 4 * intermediate) * element
     logits = tokens * config.vocab_size * 4 * 2
-    return int(weights + activations + logits)
+    return int(states + activations + logits)
 
 
 def _count(model: torch.nn.Module, trainable_only: bool = False) -> int:

@@ -18,7 +18,9 @@ def build_optimizer(model: torch.nn.Module, training: Training) -> torch.optim.A
     if no_decay:
         groups.append({"params": no_decay, "weight_decay": 0.0})
     on_gpu = bool(decay) and decay[0].is_cuda
-    return torch.optim.AdamW(groups, lr=training.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True if on_gpu else None)
+    return torch.optim.AdamW(
+        groups, lr=training.learning_rate, betas=(0.9, 0.999), eps=1e-8, fused=True if on_gpu else None
+    )
 
 
 def warmup_steps(training: Training, total_steps: int) -> int:

@@ -128,7 +128,7 @@ class JsonLogHooks(TrainingHooks):
         log.info("checkpoint_saved", step=checkpoint.step, uri=checkpoint.uri)
 
     def on_stage(self, progress):
-        log.info("stage", stage=progress.stage, step=progress.step)
+        log.info("stage", **progress.model_dump(exclude_none=True))
 
     def on_evaluation(self, summary):
         log.info("evaluation", **summary.model_dump(exclude_none=True))

@@ -23,9 +23,9 @@ import shutil
 import socket
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Literal
 
 from . import log
@@ -102,7 +102,9 @@ class Uri:
 def parse_uri(uri: str) -> Uri:
     scheme, sep, rest = uri.partition("://")
     if not sep or scheme not in ("file", "pvc", "s3", "hf"):
-        raise ConfigError(f"unsupported URI {uri!r}: use file:///abs/path, pvc://claim/path, s3://bucket/prefix or hf://")
+        raise ConfigError(
+            f"unsupported URI {uri!r}: use file:///abs/path, pvc://claim/path, s3://bucket/prefix or hf://"
+        )
     if scheme == "file":
         if not rest.startswith("/"):
             raise ConfigError(f"file URI {uri!r} must be absolute: file:///abs/path")
@@ -152,7 +154,9 @@ def _s3_user_error(error: Exception, uri: str, purpose: Purpose) -> Exception:
     from botocore.exceptions import ClientError, NoCredentialsError
 
     if isinstance(error, NoCredentialsError):
-        return ConfigError(f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the {purpose} Secret")
+        return ConfigError(
+            f"{uri}: no S3 credentials: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY in the {purpose} Secret"
+        )
     if isinstance(error, ClientError):
         code = str(error.response.get("Error", {}).get("Code", ""))
         if code in _S3_USER_ERRORS:
@@ -213,28 +217,32 @@ def fetch_model(uri: str, revision: str | None = None) -> FetchedModel:
         repo_id = f"{parsed.authority}/{parsed.path}" if parsed.path else parsed.authority
         path, commit = hf_snapshot(repo_id, revision, repo_type="model", uri=uri)
         return FetchedModel(path=path, revision=commit)
-    credentials = credentials_for("model")
-    dest = cache_root() / "models" / parsed.authority / parsed.path
-    count = _download_s3_tree(parsed, dest, credentials, "model", uri)
+    dest, count = download_s3(parsed, cache_root() / "models", credentials_for("model"), "model", uri)
     if count == 0 or not (dest / "config.json").is_file():
         raise ConfigError(f"model.uri {uri}: no config.json under that prefix: point it at a model directory")
     return FetchedModel(path=dest, revision=None)
 
 
-def _download_s3_tree(parsed: Uri, dest: Path, credentials: Credentials, purpose: Purpose, uri: str) -> int:
+def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Purpose, uri: str) -> tuple[Path, int]:
+    """Mirror the prefix (or the single object) of ``parsed`` under ``cache/<bucket>/<key>``; returns it and its files.
+
+    The cache mirrors the bucket's layout, so an object and a prefix that contains it share the file.
+    """
+    local = cache / parsed.authority / parsed.path
     try:
         client = s3_client(credentials)
-        count = s3_download(client, parsed.authority, parsed.path, dest)
+        count = s3_download(client, parsed.authority, parsed.path, local)
         if count == 0 and parsed.path:
             # The URI may name one object rather than a prefix.
-            dest.mkdir(parents=True, exist_ok=True)
-            target = dest / PurePosixPath(parsed.path).name
-            client.download_file(parsed.authority, parsed.path, str(target))
+            local.parent.mkdir(parents=True, exist_ok=True)
+            partial = local.with_name(f".{local.name}.partial")
+            client.download_file(parsed.authority, parsed.path, str(partial))
+            partial.replace(local)
             count = 1
     except Exception as error:
         raise _s3_user_error(error, uri, purpose) from error
-    log.info("downloaded", uri=uri, files=count, path=str(dest))
-    return count
+    log.info("downloaded", uri=uri, files=count, path=str(local))
+    return local, count
 
 
 def hf_snapshot(repo_id: str, revision: str, *, repo_type: str, uri: str) -> tuple[Path, str]:
@@ -243,30 +251,42 @@ def hf_snapshot(repo_id: str, revision: str, *, repo_type: str, uri: str) -> tup
     HF_ENDPOINT selects a mirror, HF_HUB_OFFLINE=1 uses only the local cache (HF_HOME / HF_HUB_CACHE),
     and HF_TOKEN comes from the credentials of the purpose.
     """
-    from huggingface_hub import snapshot_download
     from huggingface_hub import errors as hf_errors
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars
+
+    disable_progress_bars()  # progress bars are not log lines
 
     purpose: Purpose = "model" if repo_type == "model" else "data"
+    # Read at call time: huggingface_hub reads these once, at import, before the trainer sets anything up.
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    cache_dir = os.environ.get("HF_HUB_CACHE") or (
+        Path(os.environ["HF_HOME"]) / "hub" if os.environ.get("HF_HOME") else None
+    )
     try:
         path = snapshot_download(
             repo_id,
             repo_type=repo_type,
             revision=revision,
+            cache_dir=cache_dir,
             token=credentials_for(purpose).get("HF_TOKEN") or False,
             endpoint=os.environ.get("HF_ENDPOINT") or None,
             local_files_only=offline,
             ignore_patterns=HF_IGNORE_PATTERNS if repo_type == "model" else None,
         )
     except hf_errors.GatedRepoError as error:
-        raise ConfigError(f"{uri}: the repository is gated: accept its terms and give an HF_TOKEN that may read it") from error
+        raise ConfigError(
+            f"{uri}: the repository is gated: accept its terms and give an HF_TOKEN that may read it"
+        ) from error
     except hf_errors.RepositoryNotFoundError as error:
         raise ConfigError(f"{uri}: repository not found (or private: give an HF_TOKEN that may read it)") from error
     except hf_errors.RevisionNotFoundError as error:
         raise ConfigError(f"{uri}: revision {revision!r} not found: use an existing branch, tag or commit") from error
     except hf_errors.LocalEntryNotFoundError as error:
         where = "in the offline cache (HF_HUB_OFFLINE is set)" if offline else "locally and the Hub is unreachable"
-        raise ConfigError(f"{uri}@{revision}: not found {where}: pre-populate HF_HOME or unset HF_HUB_OFFLINE") from error
+        raise ConfigError(
+            f"{uri}@{revision}: not found {where}: pre-populate HF_HOME or unset HF_HUB_OFFLINE"
+        ) from error
     path = Path(path)
     # The cache layout is .../snapshots/<commit>: the directory name is the resolved commit.
     commit = path.name
@@ -295,12 +315,10 @@ def resolve_data(uri: str) -> Path:
         if not path.exists():
             raise DataError(f"data {uri}: no {inner} in the dataset repository")
         return path
-    dest = cache_root() / "data" / parsed.authority / parsed.path
-    count = _download_s3_tree(parsed, dest, credentials_for("data"), "data", uri)
+    local, count = download_s3(parsed, cache_root() / "data", credentials_for("data"), "data", uri)
     if count == 0:
         raise DataError(f"data {uri}: no objects under that prefix")
-    single = dest / PurePosixPath(parsed.path).name
-    return single if count == 1 and single.is_file() else dest
+    return local
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,6 +338,10 @@ class Location(ABC):
     @abstractmethod
     def read_bytes(self, name: str) -> bytes | None:
         """The content of file ``name``, or None when it does not exist."""
+
+    @abstractmethod
+    def write_bytes(self, name: str, content: bytes) -> None:
+        """Replace file ``name`` atomically (readers see the old or the new content, never a mix)."""
 
     @abstractmethod
     def list_dirs(self) -> list[str]:
@@ -364,6 +386,13 @@ class LocalLocation(Location):
             return (self.root / name).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
+
+    def write_bytes(self, name: str, content: bytes) -> None:
+        target = self.root / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{unique_suffix()}")
+        _write_durably(partial, content)
+        os.replace(partial, target)
 
     def list_dirs(self) -> list[str]:
         if not self.root.is_dir():
@@ -428,6 +457,12 @@ class S3Location(Location):
         except ClientError as error:
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
+            raise _s3_user_error(error, self.uri, self.purpose) from error
+
+    def write_bytes(self, name: str, content: bytes) -> None:
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=_s3_key(self.prefix, name), Body=content)
+        except Exception as error:
             raise _s3_user_error(error, self.uri, self.purpose) from error
 
     def list_dirs(self) -> list[str]:
@@ -534,6 +569,3 @@ def sync_files(staging: Path) -> None:
         if path.is_file():
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
-
-
-DataResolver = Callable[[str], Path]

@@ -635,6 +635,14 @@ class AdapterStatus(ApiModel):
     digest: text(80) | None = describe("sha256 digest of the artifact.", default=None)
 
 
+class ArtifactStatus(ApiModel):
+    """The artifact the trainer stored, as it reported it; published as status.adapter once the gate allows."""
+
+    uri: text(2048) = describe("Directory of the artifact.")
+    digest: text(71, r"^sha256:[a-f0-9]{64}$") = describe("Digest over the artifact's files (its manifest's).")
+    size_bytes: int = describe("Total size of the files.", ge=0)
+
+
 class ModelStatus(ApiModel):
     """The base model as resolved by the trainer."""
 
@@ -664,6 +672,7 @@ class FineTuneJobStatus(ApiModel):
     progress: Progress | None = describe("Live progress from the trainer.", default=None)
     checkpoint: CheckpointStatus | None = describe("The newest complete checkpoint.", default=None)
     evaluation: EvaluationSummary | None = describe("The final evaluation and the gate's verdict.", default=None)
+    artifact: ArtifactStatus | None = describe("The stored artifact, as the trainer reported it.", default=None)
     adapter: AdapterStatus | None = describe("The published ModelAdapter.", default=None)
 
 

@@ -42,6 +42,11 @@ def processes(job: FineTuneJob) -> int:
     return resources.nodes * max(resources.gpus_per_node, 1)
 
 
+# accelerate launch turns every worker failure into exit 1 and does not pass SIGTERM on; the trainer's
+# launcher keeps exit codes (the podFailurePolicy's input) and signals (preemption) intact.
+LAUNCHER = ["python", "-m", "finetune_trainer.launch", "--"]
+
+
 def trainer_command(job: FineTuneJob, settings: Settings) -> list[str]:
     """``accelerate launch`` with the topology of the job: machines, ranks, processes, rendezvous."""
     resources = job.spec.resources
@@ -85,7 +90,8 @@ def _environment(job: FineTuneJob) -> list[dict[str, Any]]:
         {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "FINETUNE_CREDENTIALS_DIR", "value": paths.CREDENTIALS_DIR},
         {"name": "FINETUNE_PVC_ROOT", "value": paths.PVC_ROOT},
-        {"name": "FINETUNE_SCRATCH_DIR", "value": scratch},
+        {"name": "FINETUNE_SCRATCH_DIR", "value": f"{scratch}/work"},
+        {"name": "FINETUNE_CACHE_DIR", "value": f"{scratch}/cache/finetune"},
         # The root filesystem is read-only: everything libraries cache goes to scratch.
         {"name": "HOME", "value": f"{scratch}/home"},
         {"name": "TMPDIR", "value": f"{scratch}/tmp"},
@@ -199,7 +205,8 @@ def render_pod_template(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "name": TRAINER_CONTAINER,
         "image": template.image or settings.trainer_image,
         "imagePullPolicy": template.image_pull_policy or settings.trainer_image_pull_policy,
-        "command": trainer_command(job, settings),
+        "command": LAUNCHER,
+        "args": trainer_command(job, settings),
         "env": _environment(job),
         "volumeMounts": mounts,
         "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port}],

@@ -55,7 +55,7 @@ def served_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
-def resolve_trainer_config(job: FineTuneJob, settings: Settings) -> TrainerConfig:
+def resolve_trainer_config(job: FineTuneJob, settings: Settings, progress_ca: bool = False) -> TrainerConfig:
     spec = job.spec
     namespace = job.metadata.namespace or "default"
     prefix = output_uri(job, settings)
@@ -83,7 +83,7 @@ def resolve_trainer_config(job: FineTuneJob, settings: Settings) -> TrainerConfi
     if settings.progress_url:
         progress = ProgressEndpoint(
             url=f"{settings.progress_url.rstrip('/')}/v1/namespaces/{namespace}/finetunejobs/{job.metadata.name}/progress",
-            ca_file=paths.PROGRESS_CA_FILE if settings.progress_ca_file else None,
+            ca_file=paths.PROGRESS_CA_FILE if progress_ca else None,
             token_file=paths.PROGRESS_TOKEN_FILE,
         )
 

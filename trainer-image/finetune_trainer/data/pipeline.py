@@ -16,7 +16,7 @@ from typing import Any
 
 from finetune_operator.api import TrainerConfig
 
-from .errors import ConfigError
+from ..errors import ConfigError
 from .mixing import cap_rows, mix_by_weight, split_holdout
 from .sources import LoadedSource, Row, SourceSpec, load_source
 from .tokenize import ExampleBuilder
@@ -58,6 +58,11 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
     the configuration (chat rows without a chat template, preference rows without dpo, ...).
     """
     data, training = config.data, config.training
+    if data.general is not None and data.general.format == "preference":
+        raise ConfigError(
+            "spec.data.general.format is preference, but general data is scored by its loss: give it text "
+            "or sft data (text, messages, prompt-completion, alpaca or sharegpt)"
+        )
     preference = config.objective == "dpo"
     builder = ExampleBuilder(
         tokenizer,
@@ -95,11 +100,6 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
 
     general_source = None
     if data.general is not None:
-        if data.general.format == "preference":
-            raise ConfigError(
-                "spec.data.general.format is preference, but general data is scored by its loss: give it text "
-                "or sft data (text, messages, prompt-completion, alpaca or sharegpt)"
-            )
         spec = SourceSpec(data.general.uri, "spec.data.general", data.general.format)
         general_source = load(spec, preference_rows=False)
 

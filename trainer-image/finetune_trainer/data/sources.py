@@ -10,11 +10,11 @@ the GPUs and produce a model nobody asked for.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 from .formats import CHAT_FORMATS, DETECTION_ROWS, FORMATS, RowError, detect_format, parse_row
 from .readers import SUPPORTED_SUFFIXES, RawRow, read_source
 from .tokenize import ExampleBuilder
@@ -43,10 +43,6 @@ class LoadedSource:
     stats: SourceStats
     rows: list[Row] = field(default_factory=list)
 
-    @property
-    def examples(self) -> list[Example] | list[PreferenceExample]:
-        return [example for row in self.rows for example in row]
-
 
 def load_source(
     spec: SourceSpec,
@@ -59,7 +55,7 @@ def load_source(
 ) -> LoadedSource:
     """Read and tokenize one source; ``preference`` says whether the objective trains on preference rows."""
     rows = read_source(local_path, spec.uri)
-    first = list(itertools.islice(rows, DETECTION_ROWS))
+    first = _first_decoded(rows, DETECTION_ROWS)
     format_name = spec.declared_format or _detect(spec, first)
     _check_format_fits(spec, format_name, preference, builder)
 
@@ -67,8 +63,8 @@ def load_source(
     try:
         for raw in itertools.chain(first, rows):
             _add_row(loaded, raw, format_name, builder, spec.index)
-    except ConfigError as error:  # raised by the chat template of a conversational preference row
-        raise ConfigError(f"{spec.field} ({spec.uri}) holds conversational {format_name} rows, but {error}") from error
+    except ConfigError as error:  # from the chat template: missing (preference rows) or unusable without markers
+        raise ConfigError(f"{spec.field} ({spec.uri}): {error}") from error
     _check_usable(spec, loaded.stats, max_invalid_fraction, max_seq_length)
     return loaded
 
@@ -94,6 +90,18 @@ def _add_row(loaded: LoadedSource, raw: RawRow, format_name: str, builder: Examp
     loaded.rows.append(tokenized.examples)
 
 
+def _first_decoded(rows: Iterator[RawRow], count: int) -> list[RawRow]:
+    """Rows from the start up to the ``count``-th decoded one: malformed lines must not blind the detection."""
+    first: list[RawRow] = []
+    decoded = 0
+    for raw in rows:
+        first.append(raw)
+        decoded += raw.error is None
+        if decoded == count:
+            break
+    return first
+
+
 def _detect(spec: SourceSpec, first: list[RawRow]) -> str:
     detected = detect_format(raw.value for raw in first if raw.error is None)
     if detected is not None:
@@ -102,7 +110,12 @@ def _detect(spec: SourceSpec, first: list[RawRow]) -> str:
         raise DataError(_empty_message(spec))
     fields = sorted({key for raw in first if isinstance(raw.value, dict) for key in raw.value})
     problems = [f"{raw.origin}: {raw.error}" for raw in first if raw.error is not None]
-    seen = f"its first rows have the fields {', '.join(fields)}" if fields else "its first rows are not objects"
+    if fields:
+        seen = f"its first rows have the fields {', '.join(fields)}"
+    elif len(problems) == len(first):
+        seen = "none of its rows could be decoded"
+    else:
+        seen = "its first rows are not objects"
     raise DataError(
         f"{spec.field} ({spec.uri}): cannot tell the format of this source: {seen}. Expected the fields of one of "
         f"{', '.join(FORMATS)} (for example messages, prompt+completion, instruction+output, conversations, "
@@ -132,7 +145,12 @@ def _check_format_fits(spec: SourceSpec, format_name: str, preference: bool, bui
 def _check_usable(spec: SourceSpec, stats: SourceStats, max_invalid_fraction: float, max_seq_length: int) -> None:
     if stats.rows == 0:
         raise DataError(_empty_message(spec))
-    if stats.invalid_rows > max_invalid_fraction * stats.rows or stats.invalid_rows == stats.rows:
+    if stats.invalid_rows == stats.rows:
+        raise DataError(
+            f"{spec.field} ({spec.uri}): none of its {stats.rows} rows is valid; fix them, or check that the "
+            f"format ({stats.format}) is the one intended.{_listing(stats.invalid_examples)}"
+        )
+    if stats.invalid_rows > max_invalid_fraction * stats.rows:
         raise DataError(
             f"{spec.field} ({spec.uri}): {stats.invalid_rows} of {stats.rows} rows are invalid "
             f"({stats.invalid_rows / stats.rows:.1%}), more than spec.data.maxInvalidFraction allows "

@@ -20,7 +20,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 GENERATION_MARKER = re.compile(r"\{%-?\s*generation\s*-?%\}")
 

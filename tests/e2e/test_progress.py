@@ -1,0 +1,243 @@
+"""Trainer pods push progress to the operator's HTTPS endpoint with a projected ServiceAccount token;
+the operator verifies it with a TokenReview and the pod's ownership, and writes the status."""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import pytest
+from catalog import valid_job
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding
+from kubehelpers import apply, get, items, wait_for
+from localcluster import free_port
+from prometheus_client.parser import text_string_to_metric_families
+
+AUDIENCE = "finetune.dev/progress"
+
+
+@dataclass
+class Endpoint:
+    url: str
+    metrics_url: str
+    ca_file: str
+
+    def post(self, namespace: str, name: str, body: bytes | dict, token: str | None) -> tuple[int, dict]:
+        data = body if isinstance(body, bytes) else json.dumps(body).encode()
+        request = urllib.request.Request(
+            f"{self.url}/v1/namespaces/{namespace}/finetunejobs/{name}/progress", data=data, method="POST"
+        )
+        request.add_header("Content-Type", "application/json")
+        if token is not None:
+            request.add_header("Authorization", f"Bearer {token}")
+        context = ssl.create_default_context(cafile=self.ca_file)
+        try:
+            with urllib.request.urlopen(request, context=context, timeout=10) as response:
+                return response.status, {}
+        except urllib.error.HTTPError as error:
+            return error.code, json.loads(error.read() or b"{}")
+
+    def metrics(self) -> dict[tuple[str, tuple], float]:
+        with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
+            text = response.read().decode()
+        samples = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+        return samples
+
+
+@pytest.fixture
+def endpoint(start_operator, namespace, tmp_path, cluster):
+    port, metrics_port = free_port(), free_port()
+    start_operator(
+        f"--progress-port={port}",
+        f"--progress-url=https://127.0.0.1:{port}",
+        f"--metrics-port={metrics_port}",
+        f"--operator-namespace={namespace}",
+    )
+    secret = wait_for(
+        "the progress CA Secret", lambda: get(cluster, "secret", namespace, "finetune-operator-progress-ca")
+    )
+    ca_file = tmp_path / "progress-ca.crt"
+    ca_file.write_bytes(base64.b64decode(secret["data"]["ca.crt"]))
+    return Endpoint(f"https://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics", str(ca_file))
+
+
+def running_job(cluster, namespace: str, name: str, nodes: int = 1) -> list[dict]:
+    manifest = valid_job(name)
+    manifest["metadata"]["namespace"] = namespace
+    manifest["spec"]["resources"] = {"gpusPerNode": 1, "nodes": nodes}
+    manifest["spec"]["template"] = {"podAnnotations": {"test.finetune.dev/run-duration": "1h"}}
+    apply(cluster, manifest)
+
+    def pods():
+        found = [
+            p
+            for p in items(cluster, "pods", namespace, f"finetune.dev/job={name}")
+            if p["status"].get("phase") == "Running"
+        ]
+        return (
+            sorted(found, key=lambda p: p["metadata"]["annotations"]["batch.kubernetes.io/job-completion-index"])
+            if len(found) == nodes
+            else None
+        )
+
+    return wait_for(f"{nodes} running pod(s) of {name}", pods)
+
+
+def token_for(api_client, namespace: str, pod: dict, audience: str = AUDIENCE) -> str:
+    from kubernetes import client
+
+    request = client.AuthenticationV1TokenRequest(
+        spec=client.V1TokenRequestSpec(
+            audiences=[audience],
+            expiration_seconds=600,
+            bound_object_ref=client.V1BoundObjectReference(
+                kind="Pod", api_version="v1", name=pod["metadata"]["name"], uid=pod["metadata"]["uid"]
+            ),
+        )
+    )
+    account = pod["spec"]["serviceAccountName"]
+    return (
+        client.CoreV1Api(api_client).create_namespaced_service_account_token(account, namespace, request).status.token
+    )
+
+
+def expired_token_for(cluster, namespace: str, pod: dict) -> str:
+    """A token like the API server's own, signed with its key, that expired a minute ago."""
+
+    def b64(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    key = serialization.load_pem_private_key((cluster.pki_dir / "sa.key").read_bytes(), password=None)
+    now = int(time.time())
+    account = pod["spec"]["serviceAccountName"]
+    claims = {
+        "iss": "https://kubernetes.default.svc.cluster.local",
+        "sub": f"system:serviceaccount:{namespace}:{account}",
+        "aud": [AUDIENCE],
+        "iat": now - 1200,
+        "nbf": now - 1200,
+        "exp": now - 60,
+        "kubernetes.io": {
+            "namespace": namespace,
+            "pod": {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]},
+            "serviceaccount": {
+                "name": account,
+                "uid": get(cluster, "serviceaccount", namespace, account)["metadata"]["uid"],
+            },
+        },
+    }
+    signing_input = f"{b64(json.dumps({'alg': 'RS256', 'typ': 'JWT'}).encode())}.{b64(json.dumps(claims).encode())}"
+    signature = key.sign(signing_input.encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{signing_input}.{b64(signature)}"
+
+
+REPORT = {
+    "step": 120,
+    "totalSteps": 400,
+    "epoch": 0.3,
+    "trainLoss": 1.2345,
+    "learningRate": 8e-5,
+    "tokensPerSecond": 11234.5,
+    "etaSeconds": 3725,
+}
+
+
+def test_a_pushed_report_shows_in_kubectl_get_within_a_second(cluster, namespace, endpoint, api_client):
+    (pod,) = running_job(cluster, namespace, "live")
+    token = token_for(api_client, namespace, pod)
+    sent = time.monotonic()
+    status, _ = endpoint.post(namespace, "live", REPORT, token)
+    assert status == 204
+
+    def columns():
+        out = cluster.run_kubectl("get", "ftj", "live", "-n", namespace, "--no-headers").stdout.split()
+        return out if out[2:5] == ["30", "1.2345", "1h2m"] else None
+
+    row = wait_for("the PROGRESS, LOSS and ETA columns", columns, timeout=5, interval=0.05)
+    assert time.monotonic() - sent < 1.0
+    assert row[1] == "Running"
+
+    checkpoint = {"step": 200, "totalSteps": 400, "checkpoint": {"step": 200, "uri": "s3://adapters/ckpt/step-200/"}}
+    assert endpoint.post(namespace, "live", checkpoint, token)[0] == 204
+    status = get(cluster, "ftj", namespace, "live")["status"]
+    assert status["checkpoint"]["step"] == 200 and status["progress"]["percent"] == 50
+    assert status["progress"]["trainLoss"] == 1.2345, "fields a report leaves out keep their last value"
+
+
+def test_refused_reports_get_the_right_code_are_counted_and_write_nothing(cluster, namespace, endpoint, api_client):
+    (mine,) = running_job(cluster, namespace, "mine")
+    (other,) = running_job(cluster, namespace, "other")
+    good = token_for(api_client, namespace, mine)
+    assert endpoint.post(namespace, "mine", REPORT, good)[0] == 204
+    before = get(cluster, "ftj", namespace, "mine")["status"]["progress"]
+
+    cases = [
+        ("no token", None, REPORT, 401, "missing_token"),
+        (
+            "wrong audience",
+            token_for(api_client, namespace, mine, audience="someone-else"),
+            REPORT,
+            401,
+            "invalid_token",
+        ),
+        ("expired", expired_token_for(cluster, namespace, mine), REPORT, 401, "invalid_token"),
+        ("another job's pod", token_for(api_client, namespace, other), REPORT, 403, "wrong_job"),
+        ("malformed body", good, b"{not json", 400, "invalid_body"),
+        ("invalid field", good, {"step": -5, "trainLoss": "low"}, 400, "invalid_body"),
+    ]
+    for label, token, body, code, reason in cases:
+        status, answer = endpoint.post(
+            namespace, "mine", {**body, "step": 999} if isinstance(body, dict) and body is REPORT else body, token
+        )
+        assert (status, answer.get("error")) == (code, reason), label
+    status, answer = endpoint.post(namespace, "mine", {"step": -5}, good)
+    assert "step" in answer["message"]
+
+    assert get(cluster, "ftj", namespace, "mine")["status"]["progress"] == before, "a refused report wrote something"
+    metrics = endpoint.metrics()
+    for reason in ("missing_token", "invalid_token", "wrong_job", "invalid_body"):
+        key = ("finetune_operator_progress_reports_total", (("reason", reason), ("result", "rejected")))
+        assert metrics.get(key, 0) >= 1, reason
+
+
+def test_only_rank_zero_may_report_and_a_deleted_pod_may_not(cluster, namespace, endpoint, api_client):
+    rank0, rank1 = running_job(cluster, namespace, "ranks", nodes=2)
+    status, answer = endpoint.post(namespace, "ranks", REPORT, token_for(api_client, namespace, rank1))
+    assert (status, answer["error"]) == (403, "not_rank_zero")
+
+    token = token_for(api_client, namespace, rank0)
+    cluster.run_kubectl("delete", "pod", rank0["metadata"]["name"], "-n", namespace, "--grace-period=0", "--force")
+    wait_for("the pod to go", lambda: get(cluster, "pod", namespace, rank0["metadata"]["name"]) is None)
+    time.sleep(11)  # past the endpoint's TokenReview cache
+    status, answer = endpoint.post(namespace, "ranks", REPORT, token)
+    assert status in (401, 403) and answer["error"] in ("invalid_token", "pod_gone")
+
+
+def test_metrics_follow_a_jobs_life_and_forget_it_when_it_is_deleted(cluster, namespace, endpoint, api_client):
+    (pod,) = running_job(cluster, namespace, "metered")
+    assert endpoint.post(namespace, "metered", REPORT, token_for(api_client, namespace, pod))[0] == 204
+    labels = (("name", "metered"), ("namespace", namespace))
+    metrics = endpoint.metrics()
+    assert metrics[("finetune_operator_job_train_loss", labels)] == pytest.approx(1.2345)
+    assert metrics[("finetune_operator_job_progress_ratio", labels)] == pytest.approx(0.3)
+    assert metrics[("finetune_operator_job_tokens_per_second", labels)] == pytest.approx(11234.5)
+    assert metrics[("finetune_operator_jobs", (("phase", "Running"),))] >= 1
+    assert metrics[("finetune_operator_reconcile_total", (("controller", "finetunejob"), ("result", "success")))] > 0
+    assert metrics[("finetune_operator_job_queue_wait_seconds_count", ())] >= 1
+    assert metrics[("finetune_operator_time_to_first_progress_seconds_count", ())] >= 1
+
+    cluster.run_kubectl("delete", "ftj", "metered", "-n", namespace)
+    wait_for(
+        "the per-job series to go",
+        lambda: ("finetune_operator_job_train_loss", labels) not in endpoint.metrics(),
+        timeout=30,
+    )

@@ -1,0 +1,206 @@
+"""S3 storage against a real MinIO server: models, data, checkpoints and artifacts through an S3 API.
+
+MinIO is built from Go modules into the binary cache (``make binaries``); the tests skip, saying
+so, when it has not been built.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+import torch
+from finetune_operator.api import Manifest, manifest_of_directory
+from finetune_trainer.checkpoint import Checkpointer
+from finetune_trainer.errors import ConfigError, Preempted
+from finetune_trainer.report import TrainingHooks
+from finetune_trainer.run import run
+from finetune_trainer.storage import (
+    S3Location,
+    credentials_for,
+    fetch_model,
+    open_location,
+    resolve_data,
+    s3_client,
+    s3_download,
+)
+from trainer_data import sft_rows, write_jsonl
+
+pytestmark = [pytest.mark.trainer, pytest.mark.s3]
+
+BINARY_CACHE = Path(os.environ.get("FINETUNE_BIN_CACHE", Path.home() / ".cache" / "finetune-operator" / "bin"))
+ACCESS_KEY, SECRET_KEY = "finetune-test", "finetune-test-secret"
+
+
+def minio_binary() -> Path | None:
+    found = sorted(BINARY_CACHE.glob("minio-*/minio"))
+    return found[-1] if found else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def minio(tmp_path_factory) -> str:
+    """A MinIO server on a free loopback port; yields its endpoint URL."""
+    binary = minio_binary()
+    if binary is None:
+        pytest.skip(f"no MinIO binary under {BINARY_CACHE}/minio-*/minio: run `make binaries` to build it")
+    port = free_port()
+    env = {**os.environ, "MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY, "MINIO_BROWSER": "off"}
+    data = tmp_path_factory.mktemp("minio")
+    process = subprocess.Popen(
+        [str(binary), "server", str(data), "--address", f"127.0.0.1:{port}", "--quiet"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/minio/health/live", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                pytest.fail(f"MinIO did not start: {process.stderr.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+    yield endpoint
+    process.terminate()
+    process.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_secret(minio, trainer_env) -> Path:
+    """The operator's mounted Secrets for model, data and output, all pointing at MinIO."""
+    root = trainer_env / "credentials"
+    for purpose in ("model", "data", "output"):
+        directory = root / purpose
+        directory.mkdir(parents=True)
+        for key, value in {
+            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ENDPOINT_URL": minio,
+            "AWS_REGION": "us-east-1",
+        }.items():
+            (directory / key).write_text(value + "\n")
+    return root
+
+
+@pytest.fixture
+def bucket(s3_secret) -> str:
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client(credentials_for("output")).create_bucket(Bucket=name)
+    return name
+
+
+def upload_tree(client, bucket: str, prefix: str, directory: Path) -> None:
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
+
+
+def test_a_directory_on_s3_is_visible_only_once_its_marker_is_written(bucket):
+    location = open_location(f"s3://{bucket}/runs/job/checkpoints")
+    assert isinstance(location, S3Location)
+    staging = location.staging_dir("step-5")
+    staging.mkdir(parents=True)
+    (staging / "weights.safetensors").write_bytes(b"weights")
+    (staging / "nested").mkdir()
+    (staging / "nested" / "file").write_bytes(b"x")
+
+    location.upload(staging, "step-5")
+    checkpointer = Checkpointer(location, keep=2, dist=None)
+    assert location.list_dirs() == ["step-5"]
+    assert checkpointer.complete() == []  # uploaded but not sealed: a partial checkpoint
+
+    location.seal(staging, "step-5", "complete.json", b"{}")
+    assert [c.step for c in checkpointer.complete()] == [5]
+    downloaded = location.download("step-5")
+    assert (downloaded / "nested" / "file").read_bytes() == b"x"
+
+    location.delete("step-5", "complete.json")
+    assert location.list_dirs() == []
+
+
+def test_a_model_and_data_are_read_from_s3_with_the_mounted_credentials(bucket, tiny_model_dir, trainer_env):
+    client = s3_client(credentials_for("model"))
+    upload_tree(client, bucket, "models/tiny", tiny_model_dir)
+    data = write_jsonl(trainer_env / "train.jsonl", sft_rows(5))
+    client.upload_file(str(data), bucket, "data/train.jsonl")
+
+    fetched = fetch_model(f"s3://{bucket}/models/tiny")
+    assert (fetched.path / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    assert resolve_data(f"s3://{bucket}/data/train.jsonl").read_text() == data.read_text()
+    assert resolve_data(f"s3://{bucket}/data").is_dir()
+
+
+def test_wrong_s3_keys_are_a_configuration_error(bucket, s3_secret):
+    (s3_secret / "model" / "AWS_SECRET_ACCESS_KEY").write_text("wrong")
+    with pytest.raises(ConfigError, match="S3 refused"):
+        fetch_model(f"s3://{bucket}/models/tiny")
+
+
+class SigtermAfterStep(TrainingHooks):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step(self, metrics):
+        if metrics.step == self.step:
+            os.kill(os.getpid(), 15)
+
+
+def test_a_run_on_s3_checkpoints_resumes_and_publishes_an_adapter_that_loads(
+    bucket, make_job, tiny_model_dir, trainer_env
+):
+    client = s3_client(credentials_for("output"))
+    upload_tree(client, bucket, "models/tiny", tiny_model_dir)
+    prefix = f"s3://{bucket}/out/team"
+    config = make_job(
+        model_uri=f"s3://{bucket}/models/tiny",
+        training={"maxSteps": 12, "checkpointEverySteps": 4},
+        output={"checkpointsUri": f"{prefix}/job/checkpoints", "artifactUri": f"{prefix}/job-adapter/v1"},
+    )
+
+    with pytest.raises(Preempted):
+        run(config, hooks=[SigtermAfterStep(6)])
+    steps = [c.step for c in Checkpointer(open_location(f"{prefix}/job/checkpoints"), 2, None).complete()]
+    assert steps == [4, 6]
+    report = run(config)
+    assert report.resumed_from_step == 6
+
+    downloaded = trainer_env / "downloaded"
+    s3_download(client, bucket, "out/team/job-adapter/v1", downloaded)
+    manifest = Manifest.model_validate_json((downloaded / "manifest.json").read_text())
+    assert manifest.digest == manifest_of_directory(downloaded).digest == report.artifact.digest
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), downloaded).eval()
+    tokenizer = AutoTokenizer.from_pretrained(downloaded)
+    prompt = tokenizer("What colour is the sky?", return_tensors="pt")
+    with torch.no_grad():
+        output = model.generate(**prompt, max_new_tokens=4, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert output.shape[1] > prompt["input_ids"].shape[1]
+
+    # A retry of the same job finds its artifact complete and is done.
+    assert run(config) is None
+
+
+def test_a_published_artifact_is_never_overwritten_by_another_job(bucket, make_job, tiny_model_dir):
+    artifact = f"s3://{bucket}/out/team/adapter/v1"
+    first = make_job(name="first", training={"maxSteps": 2}, output={"artifactUri": artifact})
+    run(first)
+    second = make_job(name="second", training={"maxSteps": 2}, output={"artifactUri": artifact})
+    with pytest.raises(ConfigError, match="immutable"):
+        run(second)

@@ -1,0 +1,188 @@
+"""Storage: URIs to local paths, credentials, Hub models from an offline cache or a mirror, output locations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from finetune_trainer.errors import ConfigError, DataError
+from finetune_trainer.run import run
+from finetune_trainer.storage import (
+    LocalLocation,
+    credentials_for,
+    fetch_model,
+    local_path,
+    open_location,
+    parse_uri,
+    resolve_data,
+)
+from hub_mirror import HubMirror, populate_hub_cache
+
+pytestmark = pytest.mark.trainer
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+# ---- URIs
+
+
+def test_file_uris_are_absolute_local_paths():
+    assert local_path("file:///data/train.jsonl") == Path("/data/train.jsonl")
+    with pytest.raises(ConfigError, match="absolute"):
+        parse_uri("file://relative/path")
+
+
+def test_pvc_uris_live_under_the_mount_root(trainer_env):
+    assert local_path("pvc://datasets/team/train.jsonl") == trainer_env / "pvc" / "datasets" / "team" / "train.jsonl"
+
+
+def test_pvc_mount_root_defaults_to_mnt_pvc(monkeypatch):
+    monkeypatch.delenv("FINETUNE_PVC_ROOT", raising=False)
+    assert local_path("pvc://claim/a/b") == Path("/mnt/pvc/claim/a/b")
+
+
+def test_remote_uris_have_no_local_path():
+    assert local_path("s3://bucket/prefix") is None
+    assert parse_uri("s3://bucket/some/prefix/").path == "some/prefix"
+
+
+def test_an_unknown_scheme_is_a_configuration_error():
+    with pytest.raises(ConfigError, match="unsupported URI"):
+        parse_uri("gs://bucket/x")
+
+
+def test_data_on_a_pvc_resolves_to_the_mounted_file(trainer_env):
+    target = trainer_env / "pvc" / "claim" / "train.jsonl"
+    target.parent.mkdir(parents=True)
+    target.write_text("{}\n")
+    assert resolve_data("pvc://claim/train.jsonl") == target
+    with pytest.raises(DataError, match="nothing at"):
+        resolve_data("pvc://claim/missing.jsonl")
+
+
+# ---- credentials
+
+
+def test_credentials_come_from_the_mounted_secret_when_there_is_one(trainer_env, monkeypatch):
+    mounted = trainer_env / "credentials" / "output"
+    mounted.mkdir(parents=True)
+    (mounted / "AWS_ACCESS_KEY_ID").write_text("from-secret\n")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "from-environment")
+
+    output = credentials_for("output")
+
+    assert output.get("AWS_ACCESS_KEY_ID") == "from-secret"
+    assert credentials_for("model").get("AWS_ACCESS_KEY_ID") == "from-environment"
+
+
+def test_credentials_never_show_their_values(trainer_env, monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
+    shown = repr(credentials_for("model")) + str(credentials_for("model"))
+    assert "hf_secret_value" not in shown and "HF_TOKEN" in shown
+
+
+# ---- Hugging Face Hub
+
+
+def test_an_hf_model_is_found_in_the_offline_cache_and_pinned_to_its_commit(trainer_env, tiny_model_dir, monkeypatch):
+    cache = trainer_env / "hf-cache"
+    snapshot = populate_hub_cache(cache, "org/tiny", tiny_model_dir, COMMIT, refs=("main", "v1"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: offline must not try
+
+    assert fetch_model("hf://org/tiny") == fetch_model("hf://org/tiny", "v1")
+    fetched = fetch_model("hf://org/tiny", COMMIT)
+    assert fetched.path == snapshot and fetched.revision == COMMIT
+
+
+def test_an_hf_revision_missing_from_the_offline_cache_says_so(trainer_env, tiny_model_dir, monkeypatch):
+    populate_hub_cache(trainer_env / "hf-cache", "org/tiny", tiny_model_dir, COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match="offline cache"):
+        fetch_model("hf://org/tiny", "v2")
+
+
+def test_an_hf_model_downloads_from_the_mirror_in_hf_endpoint(trainer_env, tiny_model_dir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with HubMirror("org/tiny", tiny_model_dir, COMMIT) as mirror:
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        fetched = fetch_model("hf://org/tiny", "main")
+        assert any(r.startswith("GET /api/models/org/tiny/revision/main") for r in mirror.requests)
+    assert fetched.revision == COMMIT
+    assert (fetched.path / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_an_hf_token_from_the_model_secret_is_sent_to_the_mirror(trainer_env, tiny_model_dir, monkeypatch):
+    secret = trainer_env / "credentials" / "model"
+    secret.mkdir(parents=True)
+    (secret / "HF_TOKEN").write_text("hf_from_secret")
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    seen = []
+    with HubMirror("org/tiny", tiny_model_dir, COMMIT) as mirror:
+        handler = mirror._server.RequestHandlerClass
+        original = handler._serve
+
+        def recording(self, body):
+            seen.append(self.headers.get("Authorization"))
+            original(self, body)
+
+        handler._serve = recording
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        fetch_model("hf://org/tiny", "main")
+    assert "Bearer hf_from_secret" in seen
+
+
+def test_a_run_on_an_hf_model_pins_the_adapter_to_the_resolved_commit(
+    make_job, tiny_model_dir, trainer_env, monkeypatch
+):
+    populate_hub_cache(trainer_env / "hf-cache", "org/tiny", tiny_model_dir, COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    config = make_job(model_uri="hf://org/tiny", training={"maxSteps": 2})
+
+    report = run(config)
+
+    assert report.model_revision == COMMIT
+    adapter_config = json.loads((Path(report.artifact.uri.removeprefix("file://")) / "adapter_config.json").read_text())
+    assert adapter_config["base_model_name_or_path"] == "hf://org/tiny"
+    assert adapter_config["revision"] == COMMIT
+
+
+# ---- output locations on local storage
+
+
+def test_a_local_location_shows_a_directory_only_once_sealed(trainer_env):
+    location = open_location(f"file://{trainer_env}/out")
+    assert isinstance(location, LocalLocation)
+    staging = location.staging_dir("step-1")
+    staging.mkdir(parents=True)
+    (staging / "weights").write_bytes(b"w")
+    location.upload(staging, "step-1")
+    assert location.list_dirs() == []
+
+    location.seal(staging, "step-1", "complete.json", b"{}")
+
+    assert location.list_dirs() == ["step-1"]
+    assert location.child("step-1").read_bytes("weights") == b"w"
+    assert location.exists("step-1/complete.json")
+    assert not staging.exists()
+
+
+def test_deleting_removes_the_marker_first_and_the_directory(trainer_env):
+    location = open_location(f"file://{trainer_env}/out")
+    staging = location.staging_dir("a")
+    staging.mkdir(parents=True)
+    location.seal(staging, "a", "complete.json", b"{}")
+    location.delete("a", "complete.json")
+    assert location.list_dirs() == []
+    assert not any((trainer_env / "out").iterdir())
+
+
+def test_hf_uris_are_not_output_locations():
+    with pytest.raises(ConfigError, match="outputs go to"):
+        open_location("hf://org/name")

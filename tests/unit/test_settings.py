@@ -1,0 +1,112 @@
+"""The operator's settings: flags over FINETUNE_* environment variables, validated at start-up."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from finetune_operator.settings import PROGRESS_AUDIENCE, Settings, SettingsError, add_arguments, from_arguments
+
+
+def settings_from(argv: list[str], environ: dict[str, str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return from_arguments(parser.parse_args(argv), environ or {})
+
+
+def error_from(argv: list[str], environ: dict[str, str] | None = None) -> str:
+    with pytest.raises(SettingsError) as raised:
+        settings_from(argv, environ)
+    return str(raised.value)
+
+
+def test_no_flags_and_no_environment_give_the_defaults():
+    assert settings_from([]) == Settings()
+
+
+def test_the_defaults_watch_every_namespace_without_an_output_location():
+    settings = Settings()
+    assert settings.clusterwide
+    assert settings.default_output_uri is None
+    assert settings.progress_url is None
+    assert settings.progress_audience == PROGRESS_AUDIENCE
+
+
+def test_the_environment_sets_values():
+    settings = settings_from([], {"FINETUNE_TRAINER_IMAGE": "example.com/trainer:2", "FINETUNE_METRICS_PORT": "9090"})
+    assert settings.trainer_image == "example.com/trainer:2"
+    assert settings.metrics_port == 9090
+
+
+def test_flags_override_the_environment():
+    settings = settings_from(["--trainer-image", "flag/image:1"], {"FINETUNE_TRAINER_IMAGE": "env/image:1"})
+    assert settings.trainer_image == "flag/image:1"
+
+
+def test_an_empty_environment_variable_is_ignored():
+    assert settings_from([], {"FINETUNE_TRAINER_IMAGE": ""}).trainer_image == Settings().trainer_image
+
+
+def test_namespaces_from_the_environment_are_comma_separated():
+    settings = settings_from([], {"FINETUNE_NAMESPACES": "team-b, team-a,,team-b"})
+    assert settings.namespaces == ["team-a", "team-b"]
+    assert not settings.clusterwide
+
+
+def test_the_namespace_flag_is_repeatable_and_replaces_the_environment():
+    settings = settings_from(["--namespace", "x", "--namespace", "y"], {"FINETUNE_NAMESPACES": "a,b"})
+    assert settings.namespaces == ["x", "y"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "names"),
+    [
+        (["--progress-url", "http://operator:8443"], {}, "--progress-url / FINETUNE_PROGRESS_URL"),
+        ([], {"FINETUNE_PROGRESS_URL": "http://operator:8443"}, "--progress-url / FINETUNE_PROGRESS_URL"),
+        (["--metrics-port", "70000"], {}, "--metrics-port / FINETUNE_METRICS_PORT"),
+        ([], {"FINETUNE_RESYNC_SECONDS": "often"}, "--resync-seconds / FINETUNE_RESYNC_SECONDS"),
+        (["--log-format", "xml"], {}, "--log-format / FINETUNE_LOG_FORMAT"),
+        (["--default-output-uri", "hf://org/x"], {}, "--default-output-uri / FINETUNE_DEFAULT_OUTPUT_URI"),
+        (["--termination-grace-seconds", "1"], {}, "--termination-grace-seconds / FINETUNE_TERMINATION_GRACE_SECONDS"),
+        (["--progress-tls-secret", "just-a-name"], {}, "--progress-tls-secret / FINETUNE_PROGRESS_TLS_SECRET"),
+    ],
+)
+def test_a_validation_error_names_the_flag_and_the_environment_variable(argv, environ, names):
+    assert f"\n  {names}: " in error_from(argv, environ)
+
+
+def test_every_invalid_setting_is_reported_at_once():
+    message = error_from(["--metrics-port", "-1", "--log-level", "LOUD"])
+    assert message.startswith("invalid operator settings:")
+    assert "--metrics-port / FINETUNE_METRICS_PORT" in message
+    assert "--log-level / FINETUNE_LOG_LEVEL" in message
+
+
+@pytest.mark.parametrize("value", ["operator-system/progress-tls", "ns/name"])
+def test_the_progress_tls_secret_is_namespace_slash_name(value):
+    assert Settings(progress_tls_secret=value).progress_tls_secret == value
+
+
+@pytest.mark.parametrize("value", ["progress-tls", "a/b/c"])
+def test_a_progress_tls_secret_without_exactly_one_slash_is_refused(value):
+    assert "must be namespace/name" in error_from(["--progress-tls-secret", value])
+
+
+@pytest.mark.parametrize("value", ["/progress-tls", "operator-system/"])
+def test_a_progress_tls_secret_with_an_empty_part_is_refused(value):
+    assert "must be namespace/name" in error_from(["--progress-tls-secret", value])
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket/prefix", "pvc://claim/path", "file:///data/out"])
+def test_the_default_output_uri_accepts_storage_schemes(uri):
+    assert settings_from(["--default-output-uri", uri]).default_output_uri == uri
+
+
+def test_settings_are_frozen():
+    with pytest.raises(ValueError):
+        Settings().trainer_image = "other"  # type: ignore[misc]
+
+
+def test_unknown_settings_are_refused():
+    with pytest.raises(ValueError):
+        Settings(unknown=1)  # type: ignore[call-arg]

@@ -1,0 +1,94 @@
+"""Entry point: ``python -m finetune_trainer --config config.json`` (alone, or under ``accelerate launch``).
+
+The exit status is an API (finetune_operator.api.ExitCode): 0 success, 78 configuration error,
+65 data error, 79 evaluation gate failed (none of them retried), 75 preempted after a checkpoint
+(retried, resumes), 1 anything else. A failure's one-line reason also goes to the container's termination message, where the
+operator reads it for the job's conditions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+
+from finetune_operator.api import ExitCode
+
+from . import log
+from .errors import exit_code_of
+
+DEFAULT_CONFIG = Path("/etc/finetune/config.json")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_trainer",
+        description="Fine-tune a causal language model (LoRA, QLoRA or full; SFT, chat, continued "
+        "pre-training or DPO) as the resolved trainer configuration of a FineTuneJob describes, then "
+        "evaluate it against its base and publish the artifact.",
+        epilog="Exit codes: 0 success, 1 unexpected failure, 65 data error, 75 preempted (checkpoint "
+        "saved), 78 configuration error, 79 evaluation gate failed. Run several processes with accelerate "
+        "launch, through python -m finetune_trainer.launch.",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"the resolved trainer configuration, JSON (default: {DEFAULT_CONFIG})",
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    log.configure()
+    register_with_launcher()
+    try:
+        from .run import run  # torch and transformers load here, after --help has had its chance
+
+        run(args.config)
+        code = ExitCode.SUCCESS
+    except Exception as error:
+        code = exit_code_of(error)
+        if code == ExitCode.FAILURE:
+            log.error("failed", exc_info=True, error=f"{type(error).__name__}: {error}", exit_code=int(code))
+        else:
+            log.error("stopped", reason=code.name.lower(), message=str(error), exit_code=int(code))
+        write_termination_message(f"{code.meaning}: {error}")
+    record_exit_code(code)
+    return int(code)
+
+
+def write_termination_message(message: str) -> None:
+    """The reason for Kubernetes' terminationMessagePath (the pod's status shows it)."""
+    path = Path(os.environ.get("FINETUNE_TERMINATION_LOG", "/dev/termination-log"))
+    try:
+        with path.open("w", encoding="utf-8") as handle:
+            handle.write(message[:4000])  # the kubelet keeps at most 4096 bytes
+    except OSError:
+        pass  # not in a pod, or not writable: the log line says the same
+
+
+def register_with_launcher() -> None:
+    """Tell the launcher wrapper (finetune_trainer.launch) which process to send SIGTERM to."""
+    _tell_launcher("pid", str(os.getpid()))
+
+
+def record_exit_code(code: ExitCode) -> None:
+    """Tell the launcher wrapper this rank's exit code (accelerate launch does not pass it on)."""
+    _tell_launcher("rank", str(int(code)))
+
+
+def _tell_launcher(kind: str, value: str) -> None:
+    directory = os.environ.get("FINETUNE_EXIT_CODE_DIR")
+    if not directory:
+        return
+    rank = os.environ.get("RANK", "0")
+    with contextlib.suppress(OSError):
+        Path(directory, f"{kind}-{rank}").write_text(value, encoding="utf-8")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
