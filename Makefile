@@ -39,7 +39,7 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 crds: install ## regenerate crds/ (and the chart's copy) from the pydantic models
-	$(PY) -m finetune_operator.crdgen --out crds
+	$(PY) -m finetune_operator.crdgen --out crds --out charts/finetune-operator/crds
 
 cluster-up: install binaries ## start the test control plane; prints the KUBECONFIG to export
 	$(PY) hack/cluster.py up

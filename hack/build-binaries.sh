@@ -105,14 +105,22 @@ go_install() {  # go_install <name> <version> <package> <binary>
   log "$name $v"
   local tmp
   tmp=$(mktemp -d "$cache/work.XXXXXX")
-  GOBIN=$tmp go install -trimpath -ldflags "-s -w" "$pkg@$v"
+  GOBIN=$tmp go install -trimpath -ldflags "-s -w ${GO_LDFLAGS:-}" "$pkg@$v"
   finish "$tmp" "$out"
   echo "$out"
 }
 
 build_kwok() { go_install kwok "$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok kwok; }
 build_kubeconform() { go_install kubeconform "$KUBECONFORM_VERSION" github.com/yannh/kubeconform/cmd/kubeconform kubeconform; }
-build_helm() { go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm; }
+# helm's default Kubernetes version comes from ldflags (without them it assumes v1.20, and charts that
+# need a newer one fail `helm template`): the same version as the control plane.
+build_helm() {
+  local minor
+  IFS=. read -r _ minor _ <<<"${KUBERNETES_VERSION#v}"
+  GO_LDFLAGS="-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$minor
+    -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$minor" \
+    go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm
+}
 build_minio() { go_install minio "$MINIO_VERSION" github.com/minio/minio minio; }
 
 mkdir -p "$cache/bin"

@@ -35,15 +35,21 @@ def main(argv: list[str] | None = None) -> int:
 
     import kopf
 
-    from .controller import Controller
+    from .adapters.reconcile import reconcile_adapter
+    from .context import Context
+    from .controller import Controller, job_metrics_recorder
     from .handlers import build_registry
-    from .kube import Kube, load_api_client
+    from .kube import FINETUNEJOBS, MODELADAPTERS, Kube, load_api_client
     from .metrics import OperatorMetrics
-    from .reconcile import Context
+    from .reconcile import reconcile
 
-    kube = Kube(load_api_client(args.kubeconfig))
-    controller = Controller(Context(kube=kube, settings=settings), OperatorMetrics(), workers=args.workers)
-    registry = build_registry(controller)
+    context = Context(kube=Kube(load_api_client(args.kubeconfig)), settings=settings)
+    metrics = OperatorMetrics()
+    jobs = Controller(
+        "finetunejob", FINETUNEJOBS, reconcile, context, metrics, args.workers, job_metrics_recorder(metrics)
+    )
+    adapters = Controller("modeladapter", MODELADAPTERS, reconcile_adapter, context, metrics, workers=2)
+    registry = build_registry(jobs, adapters)
     log.info(
         "watching %s", "all namespaces" if settings.clusterwide else "namespaces " + ", ".join(settings.namespaces)
     )

@@ -1,37 +1,53 @@
-"""Workers that drain the work queue into reconciles, and the periodic resync that re-checks every
-job even when no event arrives (a Secret created later, a lost watch event)."""
+"""Workers that drain a work queue into reconciles, and the periodic resync that re-checks every
+object even when no event arrives (a Secret created later, a lost watch event, an upload that
+finished after the last look). One Controller per kind: FineTuneJobs and ModelAdapters."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
 
-from .kube import FINETUNEJOBS, KubeError
+from .context import Context, Outcome
+from .kube import Kind, KubeError
 from .metrics import OperatorMetrics
-from .reconcile import Context, Outcome, reconcile
 from .workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]  # (namespace, name)
+Reconciler = Callable[[Context, str, str], Outcome]
 
 
 class Controller:
-    def __init__(self, context: Context, metrics: OperatorMetrics, workers: int = 4):
+    def __init__(
+        self,
+        name: str,
+        kind: Kind,
+        reconcile: Reconciler,
+        context: Context,
+        metrics: OperatorMetrics,
+        workers: int = 2,
+        record: Callable[[str, str, Outcome], None] | None = None,
+    ):
+        self.name = name
+        self.kind = kind
+        self.reconcile = reconcile
         self.context = context
         self.metrics = metrics
         self.queue = WorkQueue()
         self.workers = workers
+        self.record = record or (lambda *_: None)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
     def start(self) -> None:
         for index in range(self.workers):
-            thread = threading.Thread(target=self._work, name=f"reconcile-{index}", daemon=True)
+            thread = threading.Thread(target=self._work, name=f"{self.name}-{index}", daemon=True)
             thread.start()
             self._threads.append(thread)
-        resync = threading.Thread(target=self._resync, name="resync", daemon=True)
+        resync = threading.Thread(target=self._resync, name=f"{self.name}-resync", daemon=True)
         resync.start()
         self._threads.append(resync)
 
@@ -44,6 +60,9 @@ class Controller:
     def enqueue(self, namespace: str, name: str) -> None:
         self.queue.add((namespace, name))
 
+    def observe_queue(self) -> None:
+        self.metrics.workqueue_depth.labels(self.name).set(len(self.queue))
+
     def _work(self) -> None:
         while not self._stop.is_set():
             key = self.queue.get(timeout=1.0)
@@ -52,46 +71,48 @@ class Controller:
             namespace, name = key
             started = time.monotonic()
             try:
-                outcome = reconcile(self.context, namespace, name)
+                outcome = self.reconcile(self.context, namespace, name)
             except Exception as error:  # a failed reconcile is retried, never fatal
                 delay = self.queue.retry(key)
-                log.warning("reconcile of %s/%s failed, retrying in %.1fs: %s", namespace, name, delay, error)
-                self.metrics.reconciled("finetunejob", time.monotonic() - started, error)
+                log.warning("%s %s/%s failed, retrying in %.1fs: %s", self.name, namespace, name, delay, error)
+                self.metrics.reconciled(self.name, time.monotonic() - started, error)
             else:
                 self.queue.forget(key)
-                self.metrics.reconciled("finetunejob", time.monotonic() - started, None)
-                self._record(namespace, name, outcome)
+                self.metrics.reconciled(self.name, time.monotonic() - started, None)
+                self.record(namespace, name, outcome)
             finally:
                 self.queue.done(key)
 
-    def _record(self, namespace: str, name: str, outcome: Outcome) -> None:
-        self.metrics.job_phase(namespace, name, outcome.phase)
+    def _resync(self) -> None:
+        while not self._stop.wait(self.context.settings.resync_seconds):
+            try:
+                for namespace, name in self.list_keys():
+                    self.enqueue(namespace, name)
+            except KubeError as error:
+                log.warning("%s resync could not list: %s", self.name, error)
+
+    def list_keys(self) -> list[Key]:
+        keys = []
+        for namespace in self.context.settings.namespaces or [None]:
+            for item in self.context.kube.list(self.kind, namespace):
+                keys.append((item["metadata"]["namespace"], item["metadata"]["name"]))
+        return keys
+
+
+def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcome], None]:
+    """Jobs by phase, queue wait and duration, from what each FineTuneJob reconcile found."""
+
+    def record(namespace: str, name: str, outcome: Outcome) -> None:
+        metrics.job_phase(namespace, name, outcome.phase)
         status = outcome.status
         for change in outcome.changes:
             condition = change.condition
             if condition.status != "True" or status is None:
                 continue
             if condition.type == "Running" and status.restarts == 0:
-                self.metrics.job_started(outcome.created, status.start_time)
+                metrics.job_started(outcome.created, status.start_time)
             elif condition.type in ("Succeeded", "Failed"):
                 result = "succeeded" if condition.type == "Succeeded" else "failed"
-                self.metrics.job_finished(result, status.start_time, status.completion_time)
+                metrics.job_finished(result, status.start_time, status.completion_time)
 
-    def observe_queue(self) -> None:
-        self.metrics.workqueue_depth.labels("finetunejob").set(len(self.queue))
-
-    def _resync(self) -> None:
-        while not self._stop.wait(self.context.settings.resync_seconds):
-            try:
-                for namespace, name in self.list_jobs():
-                    self.enqueue(namespace, name)
-            except KubeError as error:
-                log.warning("resync could not list FineTuneJobs: %s", error)
-
-    def list_jobs(self) -> list[Key]:
-        namespaces = self.context.settings.namespaces or [None]
-        keys = []
-        for namespace in namespaces:
-            for item in self.context.kube.list(FINETUNEJOBS, namespace):
-                keys.append((item["metadata"]["namespace"], item["metadata"]["name"]))
-        return keys
+    return record

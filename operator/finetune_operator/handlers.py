@@ -1,5 +1,5 @@
-"""kopf handlers: thin. Watch events of FineTuneJobs and of their Jobs and pods only enqueue the
-job's key; the controller's workers do the work.
+"""kopf handlers: thin. Watch events of FineTuneJobs (and of their Jobs and pods) and of
+ModelAdapters only enqueue a key; the controllers' workers do the work.
 
 Only event handlers are used (no create/update/delete handlers, timers or daemons), so kopf never
 writes to the user's objects: no finalizers that could block a deletion while the operator is
@@ -44,6 +44,9 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     )
     settings.persistence.finalizer = f"{ANNOTATION_PREFIX}/kopf-finalizer"
     settings.posting.enabled = False  # our own Events say what happened; kopf's would repeat its logs
+    # The resources are known and installed with the chart: no cluster-wide watch of CRDs (and of
+    # namespaces in namespaced mode) just to discover them, and no RBAC for it.
+    settings.scanning.disabled = True
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -67,48 +70,54 @@ def connection_info(api_client) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
     def login(**_) -> kopf.ConnectionInfo:
-        return connection_info(controller.context.kube.api_client)
+        return connection_info(jobs.context.kube.api_client)
 
     runners: list[web.AppRunner] = []
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
         configure_kopf(settings)
-        context = controller.context
+        context = jobs.context
         if context.settings.progress_port:
             tls = await asyncio.to_thread(load_serving_tls, context.kube, context.settings)
             # Published before the first reconcile, so every job's ConfigMap carries the CA.
             context.progress_ca = tls.ca_pem
-            service = ProgressService(context.kube, context.settings, controller.metrics)
+            service = ProgressService(context.kube, context.settings, jobs.metrics)
             runners.append(await _serve(build_app(service), context.settings.progress_port, tls.ssl_context()))
             logger.info("progress endpoint listening on port %d (HTTPS)", context.settings.progress_port)
         if context.settings.metrics_port:
-            app = build_metrics_app(controller.metrics, controller.observe_queue)
+            app = build_metrics_app(jobs.metrics, lambda: (jobs.observe_queue(), adapters.observe_queue()))
             runners.append(await _serve(app, context.settings.metrics_port, None))
             logger.info("metrics on port %d at /metrics", context.settings.metrics_port)
-        controller.start()
+        jobs.start()
+        adapters.start()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_) -> None:
-        controller.stop()
+        jobs.stop()
+        adapters.stop()
         for runner in runners:
             await runner.cleanup()
 
     @kopf.on.event(GROUP, VERSION, "finetunejobs", registry=registry)
     async def finetunejob_event(namespace: str, name: str, **_) -> None:
-        controller.enqueue(namespace, name)
+        jobs.enqueue(namespace, name)
+
+    @kopf.on.event(GROUP, VERSION, "modeladapters", registry=registry)
+    async def modeladapter_event(namespace: str, name: str, **_) -> None:
+        adapters.enqueue(namespace, name)
 
     @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
     async def job_event(namespace: str, labels: dict, **_) -> None:
-        controller.enqueue(namespace, labels[JOB_LABEL])
+        jobs.enqueue(namespace, labels[JOB_LABEL])
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
     async def pod_event(namespace: str, labels: dict, **_) -> None:
-        controller.enqueue(namespace, labels[JOB_LABEL])
+        jobs.enqueue(namespace, labels[JOB_LABEL])
 
     return registry

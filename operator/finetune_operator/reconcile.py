@@ -8,17 +8,17 @@ never left with half of its children.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 from pydantic import ValidationError
 
-from .api import FineTuneJob, FineTuneJobStatus, format_validation_error
+from .api import FineTuneJob, format_validation_error
+from .context import Context, Outcome, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, Kube, KubeError
+from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, KubeError
 from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
+from .publish import publish
 from .render import (
     ResolutionError,
     data_hash,
@@ -29,14 +29,13 @@ from .render import (
     render_service_account,
     resolve_trainer_config,
 )
-from .settings import Settings
-from .status.conditions import Change
 from .status.observe import Blocker, Observation, compute_status, is_finished
 
 log = logging.getLogger(__name__)
 
-# Status fields this reconciler owns; progress, checkpoint, evaluation and adapter are written by
-# the progress endpoint and the publisher, and a merge patch leaves them alone.
+# Status fields a reconcile may write. The progress endpoint writes progress, checkpoint, evaluation
+# and artifact too: a field is patched only when this reconcile changed it, so the two never undo
+# each other's writes.
 OWNED_STATUS_FIELDS = (
     "phase",
     "observedGeneration",
@@ -46,28 +45,10 @@ OWNED_STATUS_FIELDS = (
     "restarts",
     "jobName",
     "progress",
+    "artifact",
+    "evaluation",
+    "adapter",
 )
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@dataclass
-class Context:
-    kube: Kube
-    settings: Settings
-    progress_ca: str | None = None
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What a reconcile found: the job's phase (None when it is gone) and the transitions it made."""
-
-    phase: str | None
-    changes: tuple[Change, ...] = ()
-    status: FineTuneJobStatus | None = None
-    created: str | None = None
 
 
 def reconcile(context: Context, namespace: str, name: str) -> Outcome:
@@ -99,6 +80,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
 
     pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
+    changes += publish(context, job, status, now)
     _write_status(context, raw, job, status)
     for change in changes:
         context.kube.create_event(event_for(raw, change, now))

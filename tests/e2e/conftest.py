@@ -84,3 +84,21 @@ def start_operator(cluster, namespace, tmp_path):
 @pytest.fixture
 def operator(start_operator):
     return start_operator()
+
+
+@pytest.fixture(scope="session")
+def local_node(cluster, tmp_path_factory):
+    """The local node agent (hack/nodeagent): pods bound to node local-cpu-0 run as local processes."""
+    from nodeagent import LocalNodeAgent
+
+    with LocalNodeAgent(cluster.kubeconfig, workdir=tmp_path_factory.mktemp("nodeagent")) as agent:
+        yield agent
+
+
+@pytest.fixture(scope="session")
+def minio():
+    """A real S3-compatible server (MinIO built from Go modules), shared by the session."""
+    from localcluster.minio import MinioServer
+
+    with MinioServer() as server:
+        yield server

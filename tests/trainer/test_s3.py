@@ -7,10 +7,6 @@ so, when it has not been built.
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -30,54 +26,18 @@ from finetune_trainer.storage import (
     s3_client,
     s3_download,
 )
+from localcluster import minio as minio_credentials
+from localcluster.minio import MinioServer
 from trainer_data import sft_rows, write_jsonl
 
 pytestmark = [pytest.mark.trainer, pytest.mark.s3]
 
-BINARY_CACHE = Path(os.environ.get("FINETUNE_BIN_CACHE", Path.home() / ".cache" / "finetune-operator" / "bin"))
-ACCESS_KEY, SECRET_KEY = "finetune-test", "finetune-test-secret"
-
-
-def minio_binary() -> Path | None:
-    found = sorted(BINARY_CACHE.glob("minio-*/minio"))
-    return found[-1] if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
-def minio(tmp_path_factory) -> str:
-    """A MinIO server on a free loopback port; yields its endpoint URL."""
-    binary = minio_binary()
-    if binary is None:
-        pytest.skip(f"no MinIO binary under {BINARY_CACHE}/minio-*/minio: run `make binaries` to build it")
-    port = free_port()
-    env = {**os.environ, "MINIO_ROOT_USER": ACCESS_KEY, "MINIO_ROOT_PASSWORD": SECRET_KEY, "MINIO_BROWSER": "off"}
-    data = tmp_path_factory.mktemp("minio")
-    process = subprocess.Popen(
-        [str(binary), "server", str(data), "--address", f"127.0.0.1:{port}", "--quiet"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{endpoint}/minio/health/live", timeout=1)
-            break
-        except OSError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"MinIO did not start: {process.stderr.read().decode(errors='replace')[-2000:]}")
-            time.sleep(0.1)
-    yield endpoint
-    process.terminate()
-    process.wait(timeout=10)
+def minio() -> str:
+    """A MinIO server on a free loopback port (built from Go modules on first use); yields its endpoint URL."""
+    with MinioServer() as server:
+        yield server.endpoint
 
 
 @pytest.fixture
@@ -88,8 +48,8 @@ def s3_secret(minio, trainer_env) -> Path:
         directory = root / purpose
         directory.mkdir(parents=True)
         for key, value in {
-            "AWS_ACCESS_KEY_ID": ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": SECRET_KEY,
+            "AWS_ACCESS_KEY_ID": minio_credentials.ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": minio_credentials.SECRET_KEY,
             "AWS_ENDPOINT_URL": minio,
             "AWS_REGION": "us-east-1",
         }.items():

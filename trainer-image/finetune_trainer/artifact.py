@@ -78,6 +78,9 @@ def is_same_job(report: TrainingReport | None, job_uid: str, config_sha256: str)
     return report is not None and report.job.get("uid", "") == job_uid and report.config_sha256 == config_sha256
 
 
+BASE_MODEL_CONFIG = "base_model_config.json"
+
+
 def write_model_files(
     staging: Path,
     model: torch.nn.Module,
@@ -97,6 +100,8 @@ def write_model_files(
         # artifact; training_report.json describes the run.
         (staging / "README.md").unlink(missing_ok=True)
         _describe_base_model(staging / "adapter_config.json", model_uri, revision)
+        # The base's architecture, so a reader can check the target modules exist in it without the base.
+        inner.get_base_model().config.to_json_file(staging / BASE_MODEL_CONFIG)
     else:
         # Serving stacks want the compute dtype (bf16 on GPU), not the fp32 master weights.
         weights = state_dict if state_dict is not None else inner.state_dict()

@@ -37,6 +37,7 @@ from .errors import ConfigError, DataError, GateFailed, Preempted
 from .evaluate import EvalSet, Evaluator, SetScores
 from .layout import BatchLayout, choose_layout
 from .loop import TrainingRun, save_checkpoint, total_steps_for, train
+from .metrics_server import metrics_hooks
 from .model import (
     Placement,
     TrainableModel,
@@ -49,6 +50,7 @@ from .model import (
 )
 from .objectives import DirectPreference, LanguageModelling
 from .optim import build_optimizer, build_scheduler
+from .progress_push import progress_hooks
 from .report import CompositeHooks, JsonLogHooks, MetricsFileHooks, TrainingHooks
 from .signals import StopRequest
 from .state import TrainState, capture_rng, restore_rng
@@ -179,7 +181,13 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
     metrics_file = scratch_dir() / f"{config.job.namespace}-{config.job.name}" / "metrics.jsonl"
     metrics_file.unlink(missing_ok=True)
     hooks = CompositeHooks(
-        [JsonLogHooks(every_steps=max(1, total_steps // 100)), MetricsFileHooks(metrics_file), *extra_hooks]
+        [
+            JsonLogHooks(every_steps=max(1, total_steps // 100)),
+            MetricsFileHooks(metrics_file),
+            *metrics_hooks(),
+            *progress_hooks(config.progress),
+            *extra_hooks,
+        ]
         if dist.is_main
         else []
     )

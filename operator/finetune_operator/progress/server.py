@@ -19,10 +19,10 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from ..api import ProgressReport, format_validation_error
+from ..context import utc_now
 from ..kube import FINETUNEJOBS, JOBS, PODS, Kube
 from ..metrics import OperatorMetrics
 from ..naming import training_job_name
-from ..reconcile import utc_now
 from ..settings import Settings
 from .identity import Refusal, caller_from_review, check_chain
 from .ratelimit import RateLimiter

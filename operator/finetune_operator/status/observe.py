@@ -19,6 +19,15 @@ REASON_BY_EXIT_CODE = {
 }
 
 
+# The gate's verdict as the Evaluated condition: Warned is True (published, with a warning event).
+EVALUATED = {
+    "Passed": ("True", "GatePassed"),
+    "Warned": ("True", "GateWarned"),
+    "Skipped": ("True", "GateSkipped"),
+    "Failed": ("False", "GateFailed"),
+}
+
+
 @dataclass(frozen=True)
 class Blocker:
     """Something that keeps the job from starting: a missing Secret, an unusable setting."""
@@ -131,6 +140,11 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         condition("ReferencesResolved", "False", blockers[0].reason, _clip("; ".join(b.message for b in blockers)))
     else:
         condition("ReferencesResolved", "True", "AllFound", "everything the job refers to exists")
+
+    if status.evaluation is not None and status.evaluation.gate:
+        verdict, message = status.evaluation.gate, status.evaluation.message or ""
+        value, reason = EVALUATED[verdict]
+        condition("Evaluated", value, reason, _clip(message or f"gate {verdict.lower()}"))
 
     if is_finished(job.status):
         # Terminal: the Job may be gone (ttlSecondsAfterFinished) and nothing may bring it back.

@@ -1,0 +1,81 @@
+{{/* Names, labels and the small computations several templates share. */}}
+
+{{- define "finetune-operator.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "finetune-operator.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "finetune-operator.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "finetune-operator.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: finetune-operator
+{{- end }}
+
+{{- define "finetune-operator.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "finetune-operator.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* repository:tag or repository@digest; the tag defaults to the chart's appVersion. */}}
+{{- define "finetune-operator.imageRef" -}}
+{{- $image := index . 0 }}
+{{- $chart := index . 1 }}
+{{- if $image.digest }}
+{{- printf "%s@%s" $image.repository $image.digest }}
+{{- else }}
+{{- printf "%s:%s" $image.repository (default $chart.AppVersion $image.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "finetune-operator.progressUrl" -}}
+{{- default (printf "https://%s.%s.svc:%d" (include "finetune-operator.fullname" .) .Release.Namespace (int .Values.progress.port)) .Values.progress.url }}
+{{- end }}
+
+{{/* The rules of files/operator-rbac.yaml for one scope, as a YAML list ("[]" when none applies). */}}
+{{- define "finetune-operator.operatorRules" -}}
+{{- $root := index . 0 }}
+{{- $scopes := index . 1 }}
+{{- $values := $root.Values }}
+{{- $conditions := dict
+      "clusterwide" (empty $values.operator.watchNamespaces)
+      "namespaced" (not (empty $values.operator.watchNamespaces))
+      "progress" $values.progress.enabled
+      "selfSignedTLS" (and $values.progress.enabled (empty $values.progress.tls.secretName)) }}
+{{- $rules := list }}
+{{- range ($root.Files.Get "files/operator-rbac.yaml" | fromYaml).rules }}
+{{- $applies := has .scope $scopes }}
+{{- range (default list .when) }}
+{{- if not (hasKey $conditions .) }}
+{{- fail (printf "files/operator-rbac.yaml: unknown condition %q" .) }}
+{{- end }}
+{{- $applies = and $applies (get $conditions .) }}
+{{- end }}
+{{- if $applies }}
+{{- $rule := dict "apiGroups" .apiGroups "resources" .resources "verbs" (keys .verbs | sortAlpha) }}
+{{- $rules = append $rules $rule }}
+{{- end }}
+{{- end }}
+{{- toYaml $rules }}
+{{- end }}

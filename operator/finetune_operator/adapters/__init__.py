@@ -1,0 +1,1 @@
+"""ModelAdapters: verifying stored artifacts and whether serving stacks can load them."""

@@ -1,0 +1,33 @@
+"""What every reconcile shares: the API client, the settings, the published progress CA; and what a
+reconcile returns."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+from .api import FineTuneJobStatus
+from .kube import Kube
+from .settings import Settings
+from .status.conditions import Change
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class Context:
+    kube: Kube
+    settings: Settings
+    progress_ca: str | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a reconcile found: the object's phase (None when it is gone) and the transitions it made."""
+
+    phase: str | None
+    changes: tuple[Change, ...] = ()
+    status: FineTuneJobStatus | None = None
+    created: str | None = None

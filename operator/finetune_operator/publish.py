@@ -1,0 +1,94 @@
+"""Publishing: a succeeded FineTuneJob whose gate allows it gets its ModelAdapter.
+
+The artifact's location and digest come from the trainer's final progress report (status.artifact);
+when that report never arrived (progress disabled, operator away at the time), the training
+report the trainer leaves next to its checkpoints is read instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pydantic import ValidationError
+
+from .api import REPORT_FILE_NAME, FineTuneJob, FineTuneJobStatus, TrainingReport, allows_publishing
+from .api.finetunejob import AdapterStatus, ArtifactStatus
+from .context import Context
+from .render import resolve_trainer_config
+from .render.modeladapter import render_model_adapter
+from .render.trainer_config import output_secret
+from .status.conditions import Change, is_true, set_condition
+from .storage import StorageUnreachable, open_store, secret_credentials
+
+log = logging.getLogger(__name__)
+
+
+def _training_report(context: Context, job: FineTuneJob) -> TrainingReport | None:
+    config = resolve_trainer_config(job, context.settings)
+    try:
+        credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
+        raw = open_store(config.output.checkpoints_uri, credentials).read(REPORT_FILE_NAME)
+    except StorageUnreachable:
+        return None
+    if raw is None:
+        return None
+    try:
+        return TrainingReport.model_validate_json(raw)
+    except ValidationError:
+        log.warning("unreadable %s for %s/%s", REPORT_FILE_NAME, job.metadata.namespace, job.metadata.name)
+        return None
+
+
+def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus) -> list[str]:
+    """The module names PEFT resolved (all-linear becomes q_proj, ...), from the artifact itself."""
+    try:
+        credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
+        raw = open_store(artifact.uri, credentials).read("adapter_config.json")
+    except StorageUnreachable:
+        return []
+    if raw is None:
+        return []
+    targets = json.loads(raw).get("target_modules") or []
+    targets = [targets] if isinstance(targets, str) else targets
+    return sorted({t.rsplit(".", 1)[-1] for t in targets})
+
+
+def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: str) -> list[Change]:
+    """Create the ModelAdapter once; record it in ``status`` (Published condition, status.adapter)."""
+    if not is_true(status.conditions, "Succeeded") or is_true(status.conditions, "Published"):
+        return []
+    generation = job.metadata.generation
+
+    def condition(value: str, reason: str, message: str) -> list[Change]:
+        change = set_condition(status.conditions, "Published", value, reason, message, now, generation)
+        return [change] if change else []
+
+    artifact, evaluation, revision = status.artifact, status.evaluation, status.model.revision if status.model else None
+    if artifact is None:
+        report = _training_report(context, job)
+        if report is not None and report.artifact is not None:
+            artifact = ArtifactStatus.model_validate(report.artifact.model_dump())
+            evaluation = evaluation or report.evaluation
+            revision = revision or report.model_revision
+            status.artifact, status.evaluation = artifact, evaluation
+    if artifact is None:
+        return condition(
+            "False",
+            "ArtifactUnknown",
+            "training succeeded but no artifact was reported (neither a final progress report nor a "
+            f"{REPORT_FILE_NAME} next to the checkpoints)",
+        )
+    if not allows_publishing(evaluation, job.spec.evaluation.gate):
+        return condition("False", "GateFailed", (evaluation.message if evaluation else None) or "the gate failed")
+
+    manifest = render_model_adapter(
+        job, artifact, evaluation, context.settings, _target_modules(context, job, artifact), revision
+    )
+    name = manifest["metadata"]["name"]
+    existing, created = context.kube.create(manifest)
+    source = (existing.get("spec") or {}).get("source") or {}
+    if not created and source.get("uid") != job.metadata.uid:
+        return condition("False", "AdapterNameTaken", f"ModelAdapter {name} exists and was not published by this job")
+    status.adapter = AdapterStatus(name=name, uri=artifact.uri, digest=artifact.digest)
+    return condition("True", "AdapterPublished", f"published ModelAdapter {name} ({artifact.digest})")

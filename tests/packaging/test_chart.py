@@ -1,0 +1,477 @@
+"""The Helm chart: it lints, renders valid manifests for the cluster's Kubernetes version with default values
+and with every option on, grants the operator exactly the permissions files/operator-rbac.yaml declares,
+and configures the operator with settings the operator itself accepts."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+from chartkit import CHART, RELEASE_NAMESPACE, REPO, kubeconform, operator_rbac, write_schemas
+
+ALL_FEATURES = {
+    "operator": {
+        "logFormat": "text",
+        "logLevel": "DEBUG",
+        "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
+    },
+    "trainer": {"image": {"repository": "registry.example/trainer", "tag": "1.2.3"}},
+    "output": {"defaultUri": "s3://adapters/", "credentialsSecret": "s3-creds"},
+    "progress": {"tls": {"secretName": "progress-tls"}, "url": "https://progress.example:8443"},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "podMonitor": {"enabled": True}},
+    "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
+    "crds": {"asTemplates": True},
+    "image": {"digest": "sha256:" + "a" * 64},
+    "imagePullSecrets": ["registry-creds"],
+    "podAnnotations": {"example.com/team": "ml-platform"},
+    "priorityClassName": "system-cluster-critical",
+    "tolerations": [{"key": "dedicated", "operator": "Equal", "value": "platform", "effect": "NoSchedule"}],
+    "topologySpreadConstraints": [
+        {"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "ScheduleAnyway"}
+    ],
+}
+NAMESPACED = {"operator": {"watchNamespaces": ["team-a", "team-b"]}}
+EVERYTHING_NAMESPACED = {**ALL_FEATURES, "operator": {**ALL_FEATURES["operator"], **NAMESPACED["operator"]}}
+
+
+def docs_of(text: str) -> list[dict]:
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def find(docs: list[dict], kind: str, name: str | None = None, namespace: str | None = None) -> list[dict]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (name is None or d["metadata"]["name"] == name)
+        and (namespace is None or d["metadata"].get("namespace") == namespace)
+    ]
+
+
+def validate(tools, openapi, tmp_path, text: str) -> subprocess.CompletedProcess:
+    kinds = {(d["apiVersion"], d["kind"]) for d in docs_of(text)}
+    return kubeconform(tools, text, write_schemas(openapi, kinds, tmp_path / "schemas"))
+
+
+# -- lint and schema validation --------------------------------------------------------------------
+
+
+def test_helm_lint_passes_in_strict_mode(tools):
+    result = tools.run_helm("lint", str(CHART), "--strict", "--namespace", RELEASE_NAMESPACE)
+    assert "0 chart(s) failed" in result.stdout
+
+
+@pytest.mark.parametrize("values", [ALL_FEATURES, EVERYTHING_NAMESPACED], ids=["clusterwide", "namespaced"])
+def test_helm_lint_passes_with_every_feature_on(tools, tmp_path, values):
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    tools.run_helm("lint", str(CHART), "--strict", "--values", str(values_file))
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        NAMESPACED,
+        ALL_FEATURES,
+        EVERYTHING_NAMESPACED,
+        {"progress": {"enabled": False}, "metrics": {"enabled": False}},
+    ],
+    ids=["default", "namespaced", "all-features", "all-features-namespaced", "no-endpoints"],
+)
+def test_rendered_manifests_pass_kubeconform_strict_for_the_clusters_kubernetes_version(
+    tools, openapi, tmp_path, values
+):
+    result = validate(tools, openapi, tmp_path, tools.template(values))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Invalid: 0, Errors: 0, Skipped: 0" in result.stdout, result.stdout
+
+
+def test_every_feature_renders_every_kind(tools):
+    kinds = {d["kind"] for d in tools.render(EVERYTHING_NAMESPACED)}
+    assert kinds == {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "ConfigMap",
+        "CustomResourceDefinition",
+        "Deployment",
+        "PodMonitor",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "ServiceAccount",
+        "ServiceMonitor",
+    }
+
+
+def test_the_top_level_crds_pass_kubeconform_strict(tools, openapi, tmp_path):
+    text = "\n---\n".join(path.read_text() for path in sorted((REPO / "crds").glob("*.yaml")))
+    result = validate(tools, openapi, tmp_path, text)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_kubeconform_rejects_a_field_the_api_does_not_define(tools, openapi, tmp_path):
+    """The validation above is strict for real: a misspelled field fails it."""
+    docs = tools.render()
+    (deployment,) = find(docs, "Deployment")
+    deployment["spec"]["replica"] = 1
+    result = validate(tools, openapi, tmp_path, yaml.safe_dump_all(docs))
+    assert result.returncode != 0
+    assert "replica" in result.stdout
+
+
+def test_kubeconform_rejects_a_misspelled_service_monitor_field(tools, openapi, tmp_path):
+    docs = tools.render(ALL_FEATURES)
+    (monitor,) = find(docs, "ServiceMonitor")
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    result = validate(tools, openapi, tmp_path, yaml.safe_dump_all(docs))
+    assert result.returncode != 0 and "intervall" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"operator": {"logFormat": "xml"}}, "logFormat"),
+        ({"operator": {"watchNamespace": ["a"]}}, "watchNamespace"),
+        ({"output": {"defaultUri": "http://bucket/"}}, "defaultUri"),
+        ({"progress": {"url": "http://operator:8443"}}, "url"),
+        ({"trainer": {"terminationGraceSeconds": 5}}, "terminationGraceSeconds"),
+        ({"operator": {"watchNamespaces": ["Team_A"]}}, "watchNamespaces"),
+    ],
+    ids=["log-format", "misspelled-key", "output-scheme", "progress-http", "grace-too-short", "namespace-name"],
+)
+def test_values_schema_refuses_bad_values_naming_them(tools, tmp_path, values, message):
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    result = tools.run_helm("template", "x", str(CHART), "--values", str(values_file), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+# -- CRDs ------------------------------------------------------------------------------------------
+
+
+def test_chart_crds_are_identical_to_the_top_level_crds():
+    top = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert chart == top, "charts/finetune-operator/crds/ is stale: run `make crds` (it copies crds/ there)"
+
+
+def test_crds_are_not_templates_by_default(tools):
+    assert not find(tools.render(), "CustomResourceDefinition")
+
+
+def test_crds_as_templates_are_the_crds_kept_on_uninstall_and_synced_first(tools):
+    rendered = {
+        d["metadata"]["name"]: d
+        for d in find(tools.render({"crds": {"asTemplates": True}}), "CustomResourceDefinition")
+    }
+    for path in sorted((REPO / "crds").glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text())
+        got = rendered.pop(crd["metadata"]["name"])
+        annotations = got["metadata"].pop("annotations")
+        assert annotations["helm.sh/resource-policy"] == "keep"
+        assert int(annotations["argocd.argoproj.io/sync-wave"]) < 0
+        assert got == crd
+    assert not rendered
+
+
+def test_crds_as_templates_without_keep_have_no_resource_policy(tools):
+    for crd in find(tools.render({"crds": {"asTemplates": True, "keep": False}}), "CustomResourceDefinition"):
+        assert "helm.sh/resource-policy" not in crd["metadata"]["annotations"]
+
+
+# -- the operator's RBAC ---------------------------------------------------------------------------
+
+
+def expected_rules(values: dict, scopes: set[str]) -> set[tuple]:
+    """files/operator-rbac.yaml read independently of the template: (groups, resources, verbs) per rule."""
+    namespaced = bool(values.get("operator", {}).get("watchNamespaces"))
+    progress = values.get("progress", {}).get("enabled", True)
+    conditions = {
+        "clusterwide": not namespaced,
+        "namespaced": namespaced,
+        "progress": progress,
+        "selfSignedTLS": progress and not values.get("progress", {}).get("tls", {}).get("secretName"),
+    }
+    return {
+        (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])))
+        for rule in operator_rbac()
+        if rule["scope"] in scopes and all(conditions[c] for c in rule.get("when", []))
+    }
+
+
+def rules_of(obj: dict) -> set[tuple]:
+    return {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in obj["rules"]}
+
+
+def operator_objects(docs: list[dict]) -> list[dict]:
+    return [
+        d
+        for d in docs
+        if d["kind"] in ("ClusterRole", "Role") and not d["metadata"]["name"].endswith(("-edit", "-view"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"progress": {"enabled": False}},
+        {"progress": {"tls": {"secretName": "progress-tls"}}},
+        NAMESPACED,
+        {**NAMESPACED, "progress": {"tls": {"secretName": "progress-tls"}}},
+        {**NAMESPACED, "progress": {"enabled": False}},
+    ],
+    ids=["clusterwide", "no-progress", "tls-secret", "namespaced", "namespaced-tls-secret", "namespaced-no-progress"],
+)
+def test_the_operator_gets_exactly_the_declared_rules(tools, values):
+    docs = tools.render(values)
+    namespaced = bool(values.get("operator", {}).get("watchNamespaces"))
+    by_place = {(d["kind"], d["metadata"].get("namespace")): rules_of(d) for d in operator_objects(docs)}
+    expected = {("ClusterRole", None): expected_rules(values, {"cluster"} if namespaced else {"cluster", "watched"})}
+    for namespace in values.get("operator", {}).get("watchNamespaces", []):
+        expected[("Role", namespace)] = expected_rules(values, {"watched"})
+    if own := expected_rules(values, {"operator"}):
+        expected[("Role", RELEASE_NAMESPACE)] = own
+    assert by_place == expected
+
+
+def test_every_operator_role_is_bound_to_the_operators_service_account(tools):
+    docs = tools.render(EVERYTHING_NAMESPACED)
+    (account,) = find(docs, "ServiceAccount")
+    roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in operator_objects(docs)}
+    bound = set()
+    for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}
+        ]
+        kind = binding["roleRef"]["kind"]
+        bound.add((kind, binding["metadata"].get("namespace") if kind == "Role" else None, binding["roleRef"]["name"]))
+    assert bound == roles
+
+
+def test_no_rule_of_the_chart_uses_a_wildcard(tools):
+    for doc in find(tools.render(EVERYTHING_NAMESPACED), "ClusterRole") + find(tools.render(ALL_FEATURES), "Role"):
+        for rule in doc["rules"]:
+            for field in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert "*" not in rule.get(field, []), (doc["metadata"]["name"], rule)
+
+
+def test_every_declared_verb_says_which_code_needs_it():
+    for rule in operator_rbac():
+        assert rule["scope"] in ("watched", "cluster", "operator")
+        assert set(rule.get("when", [])) <= {"clusterwide", "namespaced", "progress", "selfSignedTLS"}
+        for verb, reason in rule["verbs"].items():
+            assert verb in {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
+            assert isinstance(reason, str) and len(reason) > 10, (rule["resources"], verb)
+
+
+def test_rbac_create_false_renders_no_rbac(tools):
+    kinds = {d["kind"] for d in tools.render({"rbac": {"create": False}})}
+    assert not kinds & {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
+
+
+def test_user_roles_aggregate_to_the_built_in_admin_edit_and_view_roles(tools):
+    docs = tools.render()
+    (edit,) = find(docs, "ClusterRole", "fto-finetune-operator-edit")
+    (view,) = find(docs, "ClusterRole", "fto-finetune-operator-view")
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-admin"] == "true"
+    assert edit["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert view["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-view"] == "true"
+    (edit_rule,) = edit["rules"]
+    assert set(edit_rule["resources"]) == {"finetunejobs", "modeladapters"}, "status stays the operator's"
+    assert {"create", "delete", "patch", "update"} <= set(edit_rule["verbs"])
+    (view_rule,) = view["rules"]
+    assert set(view_rule["verbs"]) == {"get", "list", "watch"}
+
+
+# -- the Deployment --------------------------------------------------------------------------------
+
+
+def operator_container(docs: list[dict]) -> dict:
+    (deployment,) = find(docs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def environment(container: dict) -> dict[str, str]:
+    env = {}
+    for var in container["env"]:
+        if "valueFrom" in var:
+            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, var
+            env[var["name"]] = RELEASE_NAMESPACE
+        else:
+            env[var["name"]] = var["value"]
+    return env
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED, ALL_FEATURES], ids=["default", "namespaced", "all-features"])
+def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values):
+    from finetune_operator.__main__ import parse
+    from finetune_operator.settings import from_arguments
+
+    container = operator_container(tools.render(values))
+    env = {k: v for k, v in environment(container).items() if k.startswith("FINETUNE_")}
+    settings = from_arguments(parse(container["args"]), environ=env)
+    assert settings.namespaces == sorted(values.get("operator", {}).get("watchNamespaces", []))
+    assert settings.operator_namespace == RELEASE_NAMESPACE
+    assert settings.progress_port == 8443 and settings.metrics_port == 8080
+    assert settings.progress_url.startswith("https://")
+    if values is ALL_FEATURES:
+        assert settings.progress_tls_secret == f"{RELEASE_NAMESPACE}/progress-tls"
+        assert settings.trainer_image == "registry.example/trainer:1.2.3"
+        assert settings.default_output_uri == "s3://adapters/" and settings.default_output_secret == "s3-creds"
+
+
+def test_every_environment_variable_the_chart_sets_is_an_operator_setting(tools):
+    result = subprocess.run(
+        [sys.executable, "-m", "finetune_operator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
+    )
+    known = set(re.findall(r"\(env\s+(FINETUNE_[A-Z_]+)\)", result.stdout))
+    container = operator_container(tools.render(ALL_FEATURES))
+    assert {v["name"] for v in container["env"] if v["name"].startswith("FINETUNE_")} <= known
+
+
+def test_the_default_trainer_image_is_the_operators_default():
+    from finetune_operator.settings import DEFAULT_TRAINER_IMAGE
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    image = values["trainer"]["image"]
+    assert f"{image['repository']}:{image['tag'] or chart['appVersion']}" == DEFAULT_TRAINER_IMAGE
+
+
+def test_the_deployment_runs_one_operator_replaced_never_alongside_another(tools):
+    (deployment,) = find(tools.render(), "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+
+
+def test_the_operator_pod_meets_the_restricted_pod_security_standard(tools):
+    (deployment,) = find(tools.render(ALL_FEATURES), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsUser"] != 0
+    for container in pod["containers"]:
+        context = container["securityContext"]
+        assert context["allowPrivilegeEscalation"] is False
+        assert context["capabilities"] == {"drop": ["ALL"]}
+        assert context["readOnlyRootFilesystem"] is True
+    assert not any(k in pod for k in ("hostNetwork", "hostPID", "hostIPC"))
+    assert all("hostPath" not in volume for volume in pod["volumes"])
+
+
+def test_liveness_and_readiness_probe_kopfs_health_endpoint(tools):
+    container = operator_container(tools.render())
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    for probe in (container["livenessProbe"], container["readinessProbe"]):
+        assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert str(ports["health"]) == environment(container)["FINETUNE_HEALTH_PORT"]
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+
+def test_the_service_exposes_progress_on_8443_and_metrics_on_8080(tools):
+    docs = tools.render()
+    (service,) = find(docs, "Service")
+    ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
+    assert ports == {"progress": (8443, "progress"), "metrics": (8080, "metrics")}
+    container = operator_container(docs)
+    assert {p["name"] for p in container["ports"]} >= {"progress", "metrics"}
+    env = environment(container)
+    assert env["FINETUNE_PROGRESS_URL"] == f"https://fto-finetune-operator.{RELEASE_NAMESPACE}.svc:8443"
+
+
+def test_disabled_endpoints_are_off_in_the_operator_and_absent_from_the_service(tools):
+    docs = tools.render({"progress": {"enabled": False}, "metrics": {"enabled": False}})
+    assert not find(docs, "Service")
+    env = environment(operator_container(docs))
+    assert env["FINETUNE_PROGRESS_PORT"] == "0" and env["FINETUNE_METRICS_PORT"] == "0"
+
+
+def test_the_pod_monitor_selects_trainer_pods_in_the_watched_namespaces(tools):
+    from finetune_operator.naming import child_labels
+
+    (monitor,) = find(tools.render(EVERYTHING_NAMESPACED), "PodMonitor")
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= child_labels("any-job").items()
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
+    (everywhere,) = find(tools.render(ALL_FEATURES), "PodMonitor")
+    assert everywhere["spec"]["namespaceSelector"] == {"any": True}
+
+
+# -- dashboard, NOTES, Argo CD ---------------------------------------------------------------------
+
+
+def dashboard_metrics() -> set[str]:
+    dashboard = json.loads((CHART / "dashboards" / "finetune-operator.json").read_text())
+    expressions = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    expressions += [v["query"]["query"] for v in dashboard["templating"]["list"] if isinstance(v.get("query"), dict)]
+    return set(re.findall(r"\b(finetune_(?:operator|trainer)_[a-z_]+)", " ".join(expressions)))
+
+
+def test_the_dashboard_queries_only_metrics_the_operator_exports():
+    from finetune_operator.metrics import OperatorMetrics
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    exported = {m.name + suffix for m in OperatorMetrics().registry.collect() for suffix in suffixes[m.type]}
+    operator_metrics = {m for m in dashboard_metrics() if m.startswith("finetune_operator_")}
+    assert operator_metrics, "the dashboard shows the operator's metrics"
+    assert operator_metrics <= exported, operator_metrics - exported
+
+
+def test_the_dashboard_is_shipped_in_a_config_map_for_grafanas_sidecar(tools):
+    (config_map,) = find(tools.render({"grafanaDashboard": {"enabled": True}}), "ConfigMap")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    dashboard = json.loads(config_map["data"]["finetune-operator.json"])
+    titles = {p["title"] for p in dashboard["panels"]}
+    assert {"FineTuneJobs by phase", "Loss", "Tokens per second", "Progress"} <= titles
+
+
+def render_notes(tools, tmp_path, values: dict | None = None) -> str:
+    """NOTES.txt as `helm install` prints it. `helm install --dry-run=client` insists on reaching a cluster
+    (helm 3.19), so a copy of the chart renders the file through `tpl` in a ConfigMap of `helm template`."""
+    chart = tmp_path / "finetune-operator"
+    shutil.copytree(CHART, chart)
+    shutil.copy(chart / "templates" / "NOTES.txt", chart / "notes-under-test.txt")
+    (chart / "templates" / "notes-under-test.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: notes-under-test\n"
+        'data:\n  notes: {{ tpl (.Files.Get "notes-under-test.txt") . | toJson }}\n'
+    )
+    docs = docs_of(tools.template(values, chart=chart))
+    (config_map,) = find(docs, "ConfigMap", "notes-under-test")
+    return config_map["data"]["notes"]
+
+
+def test_notes_tell_how_to_check_and_use_the_operator(tools, tmp_path):
+    notes = render_notes(tools, tmp_path)
+    assert "kubectl -n finetune-system rollout status deployment/fto-finetune-operator" in notes
+    assert "all namespaces" in notes
+    assert "every FineTuneJob must set spec.output.uri" in notes
+    assert "admin or edit role" in notes
+
+
+def test_notes_name_the_watched_namespaces_and_the_default_output(tools, tmp_path):
+    notes = render_notes(tools, tmp_path, EVERYTHING_NAMESPACED)
+    assert "the namespaces team-a, team-b" in notes
+    assert "s3://adapters/ with the credentials of the Secret s3-creds" in notes
+    assert "--skip-crds" in notes
+
+
+def test_argocd_cm_embeds_the_health_scripts_verbatim():
+    config = yaml.safe_load((CHART / "argocd" / "argocd-cm.yaml").read_text())["data"]
+    for kind, script in [("FineTuneJob", "finetunejob-health.lua"), ("ModelAdapter", "modeladapter-health.lua")]:
+        assert config[f"resource.customizations.health.finetune.dev_{kind}"] == (CHART / "argocd" / script).read_text()
+
+
+def test_argocd_ignore_resource_updates_covers_the_progress_churn():
+    config = yaml.safe_load((CHART / "argocd" / "argocd-cm-ignore-resource-updates.yaml").read_text())["data"]
+    pointers = yaml.safe_load(config["resource.customizations.ignoreResourceUpdates.finetune.dev_FineTuneJob"])
+    assert "/status/progress" in pointers["jsonPointers"]
+    assert "/status/phase" not in pointers["jsonPointers"] and "/status" not in pointers["jsonPointers"]
