@@ -25,6 +25,7 @@ class MinioServer:
     def __post_init__(self) -> None:
         self._own_dir = self.data_dir is None
         self.data_dir = Path(self.data_dir or tempfile.mkdtemp(prefix="fto-minio-"))
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.endpoint = f"http://127.0.0.1:{self.port}"
 

@@ -65,7 +65,7 @@ def namespace(cluster, request):
 @pytest.fixture
 def start_operator(cluster, namespace, tmp_path):
     """Start the operator watching the test's namespace; stopped (and its log shown on failure) afterwards."""
-    from operator_process import OperatorProcess
+    from localcluster.operator_process import OperatorProcess
 
     started: list[OperatorProcess] = []
 

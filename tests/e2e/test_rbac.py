@@ -35,7 +35,7 @@ from catalog import valid_job
 from finetune_operator.api import TrainerConfig
 from kubehelpers import condition, get, items, patch_pod_status
 from localcluster import LocalCluster, build_binaries, free_port
-from operator_process import OperatorProcess
+from localcluster.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "finetune-operator"

@@ -50,6 +50,7 @@ def trainer_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FINETUNE_TERMINATION_LOG", str(tmp_path / "termination-log"))
     monkeypatch.setenv("FINETUNE_PVC_ROOT", str(tmp_path / "pvc"))
     monkeypatch.setenv("OMP_NUM_THREADS", str(TORCH_THREADS))
+    monkeypatch.setenv("FINETUNE_METRICS_PORT", "0")  # in-process runs: no /metrics server per test
     monkeypatch.delenv("FINETUNE_EXIT_CODE_DIR", raising=False)
     _reset_accelerate()
     yield tmp_path

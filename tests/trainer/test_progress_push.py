@@ -86,7 +86,7 @@ class FakeOperator:
         context.load_cert_chain(directory / "tls.crt", directory / "tls.key")
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.url = f"https://127.0.0.1:{self.server.server_port}{PATH}"
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True)
         self._thread.start()
 
     def wait_for(self, count: int) -> list[dict]:
@@ -177,7 +177,7 @@ def test_routine_reports_are_coalesced_and_the_newest_wins(operator, make_pusher
     operator.release.set()
     reports = operator.wait_for(2)
     pusher.close(timeout=WAIT)
-    assert [r["step"] for r in operator.received] == [1, 20]
+    assert [r.report["step"] for r in operator.received] == [1, 20]
     assert reports[1]["trainLoss"] == pytest.approx(1.8) and reports[1]["totalSteps"] == 100
     assert pusher.counters.superseded == 18 and pusher.counters.dropped == 0
 
@@ -232,15 +232,24 @@ def test_a_server_error_or_rate_limit_is_retried_until_delivered(operator, make_
     assert (pusher.counters.sent, pusher.counters.retries, pusher.counters.failed) == (1, 2, 0)
 
 
+class Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 @pytest.fixture
-def trainer_log(caplog) -> Iterator[pytest.LogCaptureFixture]:
-    """The trainer's log records, also when log.configure() has stopped them from propagating."""
+def trainer_log() -> Iterator[Records]:
+    """Every record of the trainer's log, whether or not log.configure() stopped it propagating."""
     logger = logging.getLogger("finetune_trainer")
-    level = logger.level
-    logger.addHandler(caplog.handler)
+    level, records = logger.level, Records()
+    logger.addHandler(records)
     logger.setLevel(logging.DEBUG)
-    yield caplog
-    logger.removeHandler(caplog.handler)
+    yield records
+    logger.removeHandler(records)
     logger.setLevel(level)
 
 

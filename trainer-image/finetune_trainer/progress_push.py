@@ -258,7 +258,7 @@ class ProgressPusher(TrainingHooks):
             try:
                 answer = self._post(body)
             except _Unreachable as error:
-                answer, reason = None, str(error)
+                reason = str(error)
             else:
                 if answer.status < 300:
                     self._delivered()

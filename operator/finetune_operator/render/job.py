@@ -35,6 +35,7 @@ from .references import claims, credential_secrets
 MACHINE_RANK_ENV = "MACHINE_RANK"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 PROGRESS_TOKEN_SECONDS = 3600  # the kubelet refreshes it at 80% of its life
+TRAINER_METRICS_PORT = 9400  # rank 0 serves Prometheus /metrics there (the chart's PodMonitor scrapes it)
 
 
 def processes(job: FineTuneJob) -> int:
@@ -99,6 +100,7 @@ def _environment(job: FineTuneJob) -> list[dict[str, Any]]:
         {"name": "TRITON_CACHE_DIR", "value": f"{scratch}/triton"},
         {"name": "XDG_CACHE_HOME", "value": f"{scratch}/cache"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        {"name": "FINETUNE_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
     ]
     env += [e.to_api() for e in job.spec.template.env]
     return env
@@ -209,7 +211,10 @@ def render_pod_template(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "args": trainer_command(job, settings),
         "env": _environment(job),
         "volumeMounts": mounts,
-        "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port}],
+        "ports": [
+            {"name": "rendezvous", "containerPort": settings.rendezvous_port},
+            {"name": "metrics", "containerPort": TRAINER_METRICS_PORT},
+        ],
         "securityContext": _container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }

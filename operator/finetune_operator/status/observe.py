@@ -217,6 +217,12 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         condition("Running", "True", "PodsRunning", f"{len(running)} of {nodes} training pod(s) running")
         return status, changes
 
+    if any(p.get("status", {}).get("phase") == "Succeeded" for p in observation.pods) and not active:
+        # The trainer exited 0; the Job controller has yet to mark the Job Complete (a moment).
+        status.phase = "Running"
+        condition("Running", "True", "Completing", "the training pods finished; completing the Job")
+        return status, changes
+
     status.phase = "Pending"
     if message := _unschedulable(active):
         condition("Running", "False", "Unschedulable", _clip(message))

@@ -10,7 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from localcluster import free_port
+from .cluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,0 +1,293 @@
+#!/usr/bin/env python3
+"""The quickstart, end to end on this machine (make demo / make demo-down).
+
+    hack/demo.py up     start everything, run examples/quickstart.yaml, show its progress, print the result
+    hack/demo.py down   stop everything
+    hack/demo.py serve  (internal) the supervisor that owns every process of the demo
+
+What runs: the test control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok),
+MinIO as the S3 store, the operator (as a process, with its HTTPS progress endpoint), and the local
+node agent, which runs the training pod's container command on this machine's CPU. A tiny Llama
+and its tokenizer are built here (no network) and uploaded to MinIO with the bundled dataset.
+Everything stays up after `up` so you can look around with kubectl; `down` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HACK = Path(__file__).resolve().parent
+REPO = HACK.parent
+sys.path.insert(0, str(HACK))
+
+from localcluster import LocalCluster, free_port  # noqa: E402
+
+STATE_DIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "demo"
+STATE = STATE_DIR / "state.json"
+NAMESPACE = "demo"
+OPERATOR_NAMESPACE = "finetune-system"
+QUICKSTART = REPO / "examples" / "quickstart.yaml"
+DATA = REPO / "examples" / "data" / "quickstart"
+JOB = "ticket-triage"
+ADAPTER = "ticket-triage-v1"
+
+
+def say(message: str) -> None:
+    print(f"==> {message}", flush=True)
+
+
+# -- the supervisor ------------------------------------------------------------------------------
+
+
+def build_base_model(out: Path) -> Path:
+    from finetune_trainer.tiny import build_tiny_model
+
+    corpus = []
+    for name in ("train.jsonl", "general.jsonl"):
+        for line in (DATA / name).read_text().splitlines():
+            row = json.loads(line)
+            corpus += [m["content"] for m in row.get("messages", [])] + ([row["text"]] if "text" in row else [])
+    return build_tiny_model(
+        out, corpus=corpus, vocab_size=1024, hidden_size=128, layers=4, heads=4, kv_heads=2, intermediate_size=256
+    )
+
+
+def upload_directory(client, bucket: str, prefix: str, directory: Path) -> None:
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
+
+
+def serve() -> int:
+    from localcluster.minio import MinioServer
+    from localcluster.operator_process import OperatorProcess
+    from nodeagent import LocalNodeAgent
+
+    stop = False
+
+    def request_stop(*_):
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    run = STATE_DIR / "run"
+    shutil.rmtree(run, ignore_errors=True)
+    run.mkdir(parents=True)
+    cluster = LocalCluster(workdir=run / "cluster")
+    minio = MinioServer(data_dir=run / "minio")
+    operator = agent = None
+    try:
+        cluster.start()
+        cluster.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+        cluster.run_kubectl(
+            "wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev", "crd/modeladapters.finetune.dev"
+        )
+        minio.start()
+        s3 = minio.client()
+        for bucket in ("models", "datasets", "adapters"):
+            minio.create_bucket(bucket)
+        upload_directory(s3, "models", "tiny-llama", build_base_model(run / "tiny-llama"))
+        upload_directory(s3, "datasets", "quickstart", DATA)
+
+        for namespace in (NAMESPACE, OPERATOR_NAMESPACE):
+            cluster.run_kubectl("create", "namespace", namespace)
+        keys = [f"--from-literal={k}={v}" for k, v in minio.credentials.items()]
+        cluster.run_kubectl("create", "secret", "generic", "s3-creds", "-n", NAMESPACE, *keys)
+
+        progress_port, metrics_port = free_port(), free_port()
+        operator = OperatorProcess(
+            cluster.kubeconfig,
+            run / "operator.log",
+            f"--progress-port={progress_port}",
+            f"--progress-url=https://127.0.0.1:{progress_port}",
+            f"--metrics-port={metrics_port}",
+            f"--operator-namespace={OPERATOR_NAMESPACE}",
+            "--log-format=text",
+            env={"FINETUNE_DEFAULT_OUTPUT_URI": ""},
+        ).start()
+        agent = LocalNodeAgent(cluster.kubeconfig, workdir=run / "node")
+        agent.start()
+        STATE.write_text(
+            json.dumps(
+                {
+                    "supervisor": os.getpid(),
+                    "kubeconfig": str(cluster.kubeconfig),
+                    "kubectl": cluster.kubectl,
+                    "minio": minio.credentials,
+                    "operator_log": str(run / "operator.log"),
+                    "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+                    "node_dir": str(run / "node"),
+                },
+                indent=2,
+            )
+        )
+        while not stop:
+            time.sleep(0.5)
+    finally:
+        STATE.unlink(missing_ok=True)
+        if agent is not None:
+            agent.stop()
+        if operator is not None:
+            operator.stop()
+        minio.stop()
+        cluster.stop()
+    return 0
+
+
+# -- the user's side -----------------------------------------------------------------------------
+
+
+def _running() -> dict | None:
+    if not STATE.exists():
+        return None
+    state = json.loads(STATE.read_text())
+    try:
+        os.kill(state["supervisor"], 0)
+    except ProcessLookupError:
+        STATE.unlink(missing_ok=True)
+        return None
+    return state
+
+
+def start_supervisor() -> dict:
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    log_path = STATE_DIR / "supervisor.log"
+    log = log_path.open("wb")
+    supervisor = subprocess.Popen(
+        [sys.executable, __file__, "serve"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
+    )
+    deadline = time.monotonic() + 1800  # a first run builds the binaries from Go modules
+    while (state := _running()) is None:
+        if supervisor.poll() is not None:
+            sys.exit(f"the demo environment did not start:\n{log_path.read_text()[-4000:]}")
+        if time.monotonic() > deadline:
+            sys.exit("the demo environment did not start in time")
+        time.sleep(0.5)
+    return state
+
+
+def kubectl(state: dict, *args: str, check: bool = True) -> str:
+    result = subprocess.run(
+        [state["kubectl"], f"--kubeconfig={state['kubeconfig']}", *args], capture_output=True, text=True
+    )
+    if check and result.returncode != 0:
+        sys.exit(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+    return result.stdout
+
+
+def get(state: dict, kind: str, name: str) -> dict | None:
+    out = kubectl(state, "get", kind, name, "-n", NAMESPACE, "-o", "json", check=False)
+    return json.loads(out) if out else None
+
+
+def conditions(obj: dict | None) -> dict[str, dict]:
+    return {c["type"]: c for c in ((obj or {}).get("status") or {}).get("conditions") or []}
+
+
+def follow(state: dict, timeout: float = 900) -> dict:
+    """Print the job's row whenever it changes, like `kubectl get ftj -w`, until it finishes."""
+    say(f"kubectl get ftj {JOB} -n {NAMESPACE} (refreshing)")
+    print(kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE).splitlines()[0], flush=True)
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        row = kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE, "--no-headers", check=False).strip()
+        columns = row.rsplit(None, 1)[0] if row else None  # all but AGE, which changes every second
+        if columns and columns != last:
+            print(row, flush=True)
+            last = columns
+        job = get(state, "ftj", JOB)
+        found = conditions(job)
+        if found.get("Failed", {}).get("status") == "True":
+            return job
+        if found.get("Succeeded", {}).get("status") == "True" and "Published" in found:
+            return job
+        time.sleep(1)
+    sys.exit("the job did not finish in time")
+
+
+def report(state: dict, job: dict) -> int:
+    found = conditions(job)
+    if found.get("Failed", {}).get("status") == "True":
+        say(f"the job failed: {found['Failed']['reason']}: {found['Failed']['message']}")
+        print(f"operator log: {state['operator_log']}\npod logs: {state['node_dir']}/pods/*/logs/")
+        return 1
+    evaluation = job["status"].get("evaluation") or {}
+    task, general = evaluation.get("task") or {}, evaluation.get("general") or {}
+    say("evaluation (base model -> fine-tuned adapter, mean token loss on held-out data)")
+    print(
+        f"  task (held-out tickets):  {task.get('baseLoss', float('nan')):.3f} -> {task.get('adapterLoss', float('nan')):.3f}"
+    )
+    print(
+        f"  general text:             {general.get('baseLoss', float('nan')):.3f} -> {general.get('adapterLoss', float('nan')):.3f}"
+    )
+    print(f"  gate: {evaluation.get('gate')}: {evaluation.get('message')}")
+    if found.get("Published", {}).get("status") != "True":
+        say(f"not published: {found.get('Published', {}).get('message')}")
+        return 1
+    deadline = time.monotonic() + 120
+    while (adapter := get(state, "modeladapters.finetune.dev", ADAPTER)) and (adapter.get("status") or {}).get(
+        "phase"
+    ) != "Ready":
+        if time.monotonic() > deadline or (adapter.get("status") or {}).get("phase") == "Failed":
+            break
+        time.sleep(1)
+    say(f"kubectl get modeladapters.finetune.dev -n {NAMESPACE}")
+    print(kubectl(state, "get", "modeladapters.finetune.dev", "-n", NAMESPACE, "-o", "wide"), end="")
+    spec, status = adapter["spec"], adapter.get("status") or {}
+    say("the adapter")
+    print(f"  phase:     {status.get('phase')}  ({conditions(adapter).get('Ready', {}).get('message')})")
+    print(f"  artifact:  {spec['artifact']['uri']}")
+    print(f"  digest:    {spec['artifact'].get('digest')}")
+    print(f"  base:      {spec['baseModel']['uri']}  (vLLM: --max-lora-rank {status.get('requiredMaxLoraRank')})")
+    print(f"  S3:        {state['minio']['AWS_ENDPOINT_URL']} (key {state['minio']['AWS_ACCESS_KEY_ID']})")
+    say(f"still running; look around with: export KUBECONFIG={state['kubeconfig']}; stop it with: make demo-down")
+    return 0 if status.get("phase") == "Ready" else 1
+
+
+def up() -> int:
+    started = time.monotonic()
+    state = _running()
+    if state is None:
+        say("starting the control plane, MinIO, the operator and the local node (binaries are built on first use)")
+        state = start_supervisor()
+    else:
+        say("the demo environment is already running; running the quickstart again")
+        kubectl(state, "delete", "ftj", JOB, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
+        kubectl(state, "delete", "modeladapters.finetune.dev", ADAPTER, "-n", NAMESPACE, "--ignore-not-found")
+    say(f"environment ready in {time.monotonic() - started:.0f}s; kubectl apply -f examples/quickstart.yaml")
+    print(kubectl(state, "apply", "-f", str(QUICKSTART)), end="")
+    job = follow(state)
+    code = report(state, job)
+    say(f"done in {time.monotonic() - started:.0f}s")
+    return code
+
+
+def down() -> int:
+    state = _running()
+    if state is None:
+        say("the demo is not running")
+        return 0
+    os.kill(state["supervisor"], signal.SIGTERM)
+    deadline = time.monotonic() + 60
+    while _running() is not None and time.monotonic() < deadline:
+        time.sleep(0.3)
+    say("demo stopped")
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["up", "down", "serve"])
+    return {"up": up, "down": down, "serve": serve}[parser.parse_args().command]()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
