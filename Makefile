@@ -40,6 +40,7 @@ format: install
 
 crds: install ## regenerate crds/ (and the chart's copy) from the pydantic models
 	$(PY) -m finetune_operator.crdgen --out crds --out charts/finetune-operator/crds
+	$(PY) -m finetune_operator.apidocs --out docs/api.md
 
 cluster-up: install binaries ## start the test control plane; prints the KUBECONFIG to export
 	$(PY) hack/cluster.py up

@@ -433,3 +433,9 @@ def test_every_cel_rule_has_a_message_naming_a_field():
     for _, _, actual, _ in PLACEMENTS:
         for validation in actual:
             assert "spec." in validation["message"], validation
+
+
+def test_the_api_reference_is_generated_from_the_current_models():
+    from finetune_operator import apidocs
+
+    assert (REPO / "docs" / "api.md").read_text() == apidocs.render(), "docs/api.md is stale: run `make crds`"

@@ -62,8 +62,8 @@ class ModelSource(ApiModel):
     )
     credentials_secret_ref: SecretReference | None = describe(
         "Secret with the credentials to read the model: HF_TOKEN for hf://, or AWS_ACCESS_KEY_ID, "
-        "AWS_SECRET_ACCESS_KEY, and optionally AWS_ENDPOINT_URL and AWS_REGION for s3://. Its values are "
-        "passed to the trainer as environment variables and never copied anywhere else.",
+        "AWS_SECRET_ACCESS_KEY, and optionally AWS_ENDPOINT_URL and AWS_REGION for s3://. The Secret is "
+        "mounted into the trainer as files; its values are never copied anywhere else.",
         default=None,
     )
     served_name: text(253) | None = describe(
