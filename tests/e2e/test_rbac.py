@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 from catalog import valid_job
-from finetune_operator.api import TrainerConfig
+from finetune_operator.api import MANIFEST_FILE_NAME, TrainerConfig, manifest_of_directory
 from kubehelpers import condition, get, items, patch_pod_status
 from localcluster import LocalCluster, build_binaries, free_port
 from localcluster.operator_process import OperatorProcess
@@ -289,6 +289,7 @@ class Run:
     namespaces: dict[str, str] = field(default_factory=dict)
     operator: OperatorProcess | None = None
     progress_port: int = 0
+    progress: tuple[str, Path] | None = None  # the pod-bound token and the CA, once step_progress has them
     audit: Audit | None = None
     cluster_objects: list[tuple[str, str]] = field(default_factory=list)
 
@@ -532,9 +533,19 @@ def step_progress(run: Run, pod: dict) -> None:
         f"--bound-object-uid={pod['metadata']['uid']}",
         "--duration=10m",
     ).stdout.strip()
+    run.progress = (token, ca_file)
+    post_report(run, {"step": 120, "totalSteps": 400, "trainLoss": 1.25})
+    run.wait(
+        "status.progress.step 120",
+        lambda: ((get(run.cluster, "ftj", ns, "alpha").get("status") or {}).get("progress") or {}).get("step") == 120,
+    )
+
+
+def post_report(run: Run, report: dict) -> None:
+    token, ca_file = run.progress
     request = urllib.request.Request(
-        f"https://127.0.0.1:{run.progress_port}/v1/namespaces/{ns}/finetunejobs/alpha/progress",
-        data=json.dumps({"step": 120, "totalSteps": 400, "trainLoss": 1.25}).encode(),
+        f"https://127.0.0.1:{run.progress_port}/v1/namespaces/{run.workload}/finetunejobs/alpha/progress",
+        data=json.dumps(report).encode(),
         method="POST",
         headers={"Content-Type": "application/json", "Authorization": f"Bearer {token}"},
     )
@@ -547,10 +558,47 @@ def step_progress(run: Run, pod: dict) -> None:
         run.check()  # a refusal of the operator's own requests explains a 500 best
         raise ScenarioFailed(f"the progress report was refused: {error.code} {error.read()[:300]!r}") from None
     assert status == 204
-    run.wait(
-        "status.progress.step 120",
-        lambda: ((get(run.cluster, "ftj", ns, "alpha").get("status") or {}).get("progress") or {}).get("step") == 120,
+
+
+def step_report_artifact(run: Run) -> None:
+    """The trainer's final report: the evaluation and the artifact it stored (here a local directory)."""
+    artifact = run.tmp_path / f"{run.name}-artifact"
+    artifact.mkdir()
+    adapter_config = {
+        "peft_type": "LORA",
+        "r": 16,
+        "lora_alpha": 32,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "none",
+        "base_model_name_or_path": valid_job("alpha")["spec"]["model"]["uri"],
+    }
+    (artifact / "adapter_config.json").write_text(json.dumps(adapter_config))
+    (artifact / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    manifest = manifest_of_directory(artifact)
+    (artifact / MANIFEST_FILE_NAME).write_text(manifest.model_dump_json(by_alias=True))
+    evaluation = {
+        "task": {"baseLoss": 2.0, "adapterLoss": 1.5},
+        "general": {"baseLoss": 2.5, "adapterLoss": 2.51},
+        "gate": "Passed",
+        "message": "passed",
+    }
+    artifact_report = {"uri": f"file://{artifact}/", "digest": manifest.digest, "sizeBytes": manifest.size_bytes}
+    post_report(
+        run, {"stage": "done", "step": 400, "totalSteps": 400, "evaluation": evaluation, "artifact": artifact_report}
     )
+
+
+def step_publish(run: Run) -> None:
+    """The succeeded job's ModelAdapter is created, then verified by the operator (its status written)."""
+    ns = run.workload
+    run.wait("alpha Published", condition_of(run, "alpha", "Published"))
+
+    def ready():
+        adapter = get(run.cluster, "modeladapters.finetune.dev", ns, "alpha")
+        return adapter if ((adapter or {}).get("status") or {}).get("phase") == "Ready" else None
+
+    adapter = run.wait("the ModelAdapter Ready", ready)
+    assert adapter["spec"]["source"]["fineTuneJob"] == "alpha"
 
 
 def step_succeed(run: Run, pod: dict) -> None:
@@ -604,8 +652,9 @@ def run_scenario(run: Run) -> Outcome:
         step_resize(run)
         pod = step_run(run)
         step_progress(run, pod)
+        step_report_artifact(run)
         step_succeed(run, pod)
-        # Publishing a ModelAdapter joins here once the operator publishes (modeladapters rules are planned).
+        step_publish(run)
         step_delete(run)
         run.check()  # a refusal at the very end counts too
     except ScenarioFailed as error:
