@@ -24,20 +24,21 @@ from .storage import StorageUnreachable, open_store, secret_credentials
 log = logging.getLogger(__name__)
 
 
-def _training_report(context: Context, job: FineTuneJob) -> TrainingReport | None:
+def _training_report(context: Context, job: FineTuneJob) -> tuple[TrainingReport | None, str]:
+    """The report the trainer leaves next to its checkpoints, or None and why it could not be read."""
     config = resolve_trainer_config(job, context.settings)
+    location = f"{config.output.checkpoints_uri}{REPORT_FILE_NAME}"
     try:
         credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
         raw = open_store(config.output.checkpoints_uri, credentials).read(REPORT_FILE_NAME)
-    except StorageUnreachable:
-        return None
+    except StorageUnreachable as problem:
+        return None, problem.message
     if raw is None:
-        return None
+        return None, f"no {location}"
     try:
-        return TrainingReport.model_validate_json(raw)
-    except ValidationError:
-        log.warning("unreadable %s for %s/%s", REPORT_FILE_NAME, job.metadata.namespace, job.metadata.name)
-        return None
+        return TrainingReport.model_validate_json(raw), ""
+    except ValidationError as error:
+        return None, f"{location} is not a training report: {error.errors()[0]['msg']}"
 
 
 def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus) -> list[str]:
@@ -46,7 +47,7 @@ def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus
         credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
         raw = open_store(artifact.uri, credentials).read("adapter_config.json")
     except StorageUnreachable:
-        return []
+        return []  # the ModelAdapter's own verification reports what is wrong with the storage
     if raw is None:
         return []
     targets = json.loads(raw).get("target_modules") or []
@@ -65,20 +66,17 @@ def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: 
         return [change] if change else []
 
     artifact, evaluation, revision = status.artifact, status.evaluation, status.model.revision if status.model else None
+    why = "no final progress report"
     if artifact is None:
-        report = _training_report(context, job)
+        report, problem = _training_report(context, job)
+        why += f", and {problem}" if problem else ", and the training report names no artifact"
         if report is not None and report.artifact is not None:
             artifact = ArtifactStatus.model_validate(report.artifact.model_dump())
             evaluation = evaluation or report.evaluation
             revision = revision or report.model_revision
             status.artifact, status.evaluation = artifact, evaluation
     if artifact is None:
-        return condition(
-            "False",
-            "ArtifactUnknown",
-            "training succeeded but no artifact was reported (neither a final progress report nor a "
-            f"{REPORT_FILE_NAME} next to the checkpoints)",
-        )
+        return condition("False", "ArtifactUnknown", f"training succeeded but no artifact is known: {why}")
     if not allows_publishing(evaluation, job.spec.evaluation.gate):
         return condition("False", "GateFailed", (evaluation.message if evaluation else None) or "the gate failed")
 

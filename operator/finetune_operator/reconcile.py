@@ -29,6 +29,7 @@ from .render import (
     render_service_account,
     resolve_trainer_config,
 )
+from .status.conditions import set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,15 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
 
     pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
-    changes += publish(context, job, status, now)
+    try:
+        changes += publish(context, job, status, now)
+    except KubeError as error:
+        # Publishing is retried at every resync; the training's own status must not wait for it.
+        log.warning("publishing %s/%s failed: %s", namespace, name, error)
+        change = set_condition(
+            status.conditions, "Published", "False", "PublishFailed", str(error)[:1024], now, job.metadata.generation
+        )
+        changes += [change] if change else []
     _write_status(context, raw, job, status)
     for change in changes:
         context.kube.create_event(event_for(raw, change, now))

@@ -81,41 +81,33 @@ class S3Store:
             config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3}),
         )
 
-    def _missing(self, error) -> bool:
-        code = getattr(error, "response", {}).get("Error", {}).get("Code", "")
-        return code in ("404", "NoSuchKey", "NotFound")
+    def _call(self, action, name: str):
+        """Run one S3 request: a missing object is None; any other failure is StorageUnreachable."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return action(Bucket=self.bucket, Key=self.prefix + name)
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise StorageUnreachable("StorageError", f"{self.uri}{name}: {error}") from None
+        except BotoCoreError as error:  # no credentials, endpoint unreachable, timeouts
+            raise StorageUnreachable("StorageError", f"{self.uri}{name}: {error}") from None
 
     def read(self, name: str) -> bytes | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            return self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"].read()
-        except ClientError as error:
-            if self._missing(error):
-                return None
-            raise
+        found = self._call(self.client.get_object, name)
+        return None if found is None else found["Body"].read()
 
     def size(self, name: str) -> int | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self.prefix + name)["ContentLength"])
-        except ClientError as error:
-            if self._missing(error):
-                return None
-            raise
+        found = self._call(self.client.head_object, name)
+        return None if found is None else int(found["ContentLength"])
 
     def sha256(self, name: str) -> str | None:
-        from botocore.exceptions import ClientError
-
-        try:
-            body = self.client.get_object(Bucket=self.bucket, Key=self.prefix + name)["Body"]
-        except ClientError as error:
-            if self._missing(error):
-                return None
-            raise
+        found = self._call(self.client.get_object, name)
+        if found is None:
+            return None
         digest = hashlib.sha256()
-        for chunk in body.iter_chunks(1 << 20):
+        for chunk in found["Body"].iter_chunks(1 << 20):
             digest.update(chunk)
         return digest.hexdigest()
 

@@ -3,7 +3,9 @@
 The results are equal either way; the speed is not (design/trainer-notes.md). With variable-length
 attention kernels (FlashAttention on GPU) packing wastes nothing and removes all padding. Without
 them the block-diagonal mask of a pack is dense, and on CPU grouping rows of similar length is
-about twice as fast. ``FINETUNE_PACKING=on|off`` overrides the choice (for benchmarks).
+about twice as fast. ``FINETUNE_PACKING=on|off`` overrides the choice (for benchmarks), and
+``FINETUNE_DISABLE_SPEEDUPS`` (a comma-separated list of the names in model.SPEEDUPS) turns
+individual speed-ups off, so that the benchmark can measure each one on and off (benchmarks/trainer.py).
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Both start from the log-probabilities of the target tokens only. The model is as
 the positions that carry a target (transformers' ``logits_to_keep`` with a boolean mask), so prompt
 tokens and padding never go through the output head: with vocabularies of 100k+ tokens the logits
 are the largest tensor of a step.
+
+With a frozen output head (LoRA, QLoRA) not even those logits exist all at once: the model returns
+the final hidden states of the target positions and the cross-entropy is computed chunk by chunk
+(:class:`ChunkedTokenNll`), each chunk's gradient with respect to the hidden states computed right
+away. At most one chunk of logits (256 MB on a GPU) is alive, instead of three targets x vocabulary
+tensors (logits, log-softmax, their gradient) held until the backward pass: 8 GB each for 16k
+targets of a 128k vocabulary.
 """
 
 from __future__ import annotations
@@ -14,6 +21,12 @@ import torch
 import torch.nn.functional as F
 
 from .inputs import ModelInputs
+from .model import speedup_enabled
+
+# Logit elements per chunk of the chunked cross-entropy: 256 MB of fp32 on a GPU; on a CPU small
+# enough to stay in the caches (benchmarks/trainer.py measured larger chunks slower there).
+CUDA_CHUNK_ELEMENTS = 1 << 26
+CPU_CHUNK_ELEMENTS = 1 << 21
 
 
 def target_logits(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
@@ -31,18 +44,79 @@ def target_logits(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
     return logits
 
 
+def token_nll(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
+    """-log p(target) of every target token, in the order of ``inputs.target_mask``.
+
+    In fp32: the log-softmax of bf16 logits is too coarse.
+    """
+    targets = inputs.targets[inputs.target_mask]
+    head = _frozen_output_head(model)
+    if head is None:
+        return F.cross_entropy(target_logits(model, inputs).float(), targets, reduction="none")
+    with _returning_its_input(head):
+        hidden = target_logits(model, inputs)  # the head's input: final hidden states at the target positions
+    budget = CUDA_CHUNK_ELEMENTS if hidden.is_cuda else CPU_CHUNK_ELEMENTS
+    chunk = max(1, budget // head.weight.shape[0])
+    if torch.is_grad_enabled() and hidden.requires_grad:
+        return ChunkedTokenNll.apply(hidden, head.weight, head.bias, targets, chunk)
+    return _chunked_nll(hidden, head.weight, head.bias, targets, chunk, grad_hidden=None)
+
+
 def token_log_probs(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
-    """log p(target) of every target token, in fp32 (the log-softmax of bf16 logits is too coarse)."""
-    logits = target_logits(model, inputs).float()
-    return -F.cross_entropy(logits, inputs.targets[inputs.target_mask], reduction="none")
+    """log p(target) of every target token, in fp32."""
+    return -token_nll(model, inputs)
 
 
 def summed_token_loss(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
     """The sum of the token losses; the caller divides by the tokens of the whole optimizer step."""
     if inputs.target_tokens == 0:
         return _zero_through(model, inputs)
-    logits = target_logits(model, inputs).float()
-    return F.cross_entropy(logits, inputs.targets[inputs.target_mask], reduction="sum")
+    return token_nll(model, inputs).sum()
+
+
+class ChunkedTokenNll(torch.autograd.Function):
+    """Per-token cross-entropy of ``hidden @ weight.T (+ bias)``, chunk by chunk, for a frozen head.
+
+    Token i's loss depends on token i's logits only, so each chunk's gradient with respect to its
+    hidden states, (softmax - one_hot(target)) @ weight, is computed in the forward pass while the
+    chunk's logits exist (as Liger's fused linear cross-entropy does); the backward pass scales
+    those rows by the incoming per-token gradients. Nothing is recomputed.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, chunk: int):
+        grad_hidden = torch.empty(hidden.shape, dtype=weight.dtype, device=hidden.device)
+        nll = _chunked_nll(hidden, weight, bias, targets, chunk, grad_hidden=grad_hidden)
+        ctx.save_for_backward(grad_hidden)
+        ctx.hidden_dtype = hidden.dtype
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        (grad_hidden,) = ctx.saved_tensors
+        grad = grad_hidden.to(ctx.hidden_dtype) * grad_nll.unsqueeze(-1).to(ctx.hidden_dtype)
+        return grad, None, None, None, None
+
+
+def _chunked_nll(hidden, weight, bias, targets, chunk: int, *, grad_hidden: torch.Tensor | None) -> torch.Tensor:
+    """-log softmax(hidden @ weight.T + bias)[target] per row; fills ``grad_hidden`` with d nll / d hidden if given.
+
+    The projection runs in the head's dtype, as the head itself would (a bf16 head under autocast
+    computes in bf16, though Accelerate hands the hidden states over in fp32); the softmax in fp32.
+    """
+    nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+    with torch.autocast(hidden.device.type, enabled=False):
+        for start in range(0, hidden.shape[0], chunk):
+            rows = slice(start, start + chunk)
+            logits = F.linear(hidden[rows].to(weight.dtype), weight, bias).float()
+            log_normaliser = torch.logsumexp(logits, dim=-1, keepdim=True)
+            picked = targets[rows].unsqueeze(-1)
+            nll[rows] = (log_normaliser - logits.gather(-1, picked)).squeeze(-1)
+            if grad_hidden is not None:
+                probabilities = logits.sub_(log_normaliser).exp_()
+                probabilities.scatter_add_(-1, picked, torch.full(picked.shape, -1.0, device=picked.device))
+                torch.mm(probabilities.to(weight.dtype), weight, out=grad_hidden[rows])
+    return nll
 
 
 def sequence_log_probs(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
@@ -93,6 +167,41 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
     while hasattr(model, "module") and isinstance(model.module, torch.nn.Module):
         model = model.module
     return model
+
+
+def _frozen_output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The output head when the chunked loss can serve it: a plain Linear with frozen weights (LoRA, QLoRA)."""
+    if not speedup_enabled("chunked_loss"):
+        return None
+    inner = unwrapped(model)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if type(head) is not torch.nn.Linear or head.weight.requires_grad:
+        return None  # full fine-tuning trains the head (and FSDP shards it): the plain path
+    if head.bias is not None and head.bias.requires_grad:
+        return None
+    return head
+
+
+@contextlib.contextmanager
+def _returning_its_input(head: torch.nn.Module):
+    """For the duration, the head returns its input: the model then returns hidden states as its logits.
+
+    The model's own forward (and a DDP wrapper's) still runs, so gradient synchronisation and every
+    hook stay as they are; only the last projection is left to the chunked loss.
+    """
+    previous = head.__dict__.get("forward")  # an instance-level forward (an Accelerate hook) is put back
+    head.forward = _identity
+    try:
+        yield
+    finally:
+        if previous is None:
+            del head.forward
+        else:
+            head.forward = previous
+
+
+def _identity(hidden: torch.Tensor) -> torch.Tensor:
+    return hidden
 
 
 def _zero_through(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:

@@ -10,7 +10,9 @@ block-diagonal causal mask, and a micro-batch keeps its rows.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,17 @@ from finetune_operator.api import Method, Training
 
 from . import log
 from .errors import ConfigError
+
+# Speed-ups that change no result beyond floating-point rounding, each measured on and off by the
+# benchmark (benchmarks/trainer.py --ablations); FINETUNE_DISABLE_SPEEDUPS=name,... turns them off.
+SPEEDUPS = ("fused_lora", "chunked_loss")
+
+
+def speedup_enabled(name: str) -> bool:
+    if name not in SPEEDUPS:
+        raise ValueError(f"unknown speed-up {name!r}")
+    disabled = {item.strip() for item in os.environ.get("FINETUNE_DISABLE_SPEEDUPS", "").split(",")}
+    return name not in disabled
 
 
 @dataclass(frozen=True)
@@ -157,6 +170,7 @@ def load_trainable_model(
         model = get_peft_model(model, peft_config, autocast_adapter_dtype=True)
     except ValueError as error:
         raise ConfigError(f"method.lora.targetModules {targets}: {error}") from error
+    fused = fuse_lora_layers(model) if not placement.on_gpu and speedup_enabled("fused_lora") else 0
     trainable = _count(model, trainable_only=True)
     log.info(
         "model_loaded",
@@ -165,8 +179,135 @@ def load_trainable_model(
         trainable_parameters=trainable,
         attention=attn,
         checkpointing=checkpointing,
+        fused_lora_layers=fused,
     )
     return TrainableModel(model, attn, is_adapter=True, gradient_checkpointing=checkpointing)
+
+
+# ---------------------------------------------------------------------------------------------
+# fused LoRA (CPU)
+
+
+def fuse_lora_layers(model: torch.nn.Module) -> int:
+    """Run every PEFT LoRA Linear of ``model`` through one fused autograd function; returns how many.
+
+    PEFT computes ``base(x) + B(A(dropout(x))) * scaling`` as six autograd nodes, each a pass over
+    activations in memory, and draws dropout with a Bernoulli sampler that on a CPU costs more than
+    the frozen base matmul itself (design/trainer-notes.md, benchmarks). The fused function computes
+    the same sum in three matmuls (the LoRA update added in place with ``addmm_``), folds the dropout
+    rescaling into the LoRA scale, draws the dropout mask from 16-bit slices of 64-bit random words
+    (keep probability quantised to 1/65536) and writes the backward by hand. Layers or calls it
+    cannot serve (several or disabled adapters, merged weights, DoRA and other variants, autocast,
+    non-Linear or trainable bases) fall back to PEFT's own forward, call by call.
+    """
+    from peft.tuners.lora import Linear as LoraLinear
+
+    fused = 0
+    for module in model.modules():
+        if type(module) is LoraLinear:
+            module.__class__ = _fused_lora_linear_class()
+            fused += 1
+    return fused
+
+
+@functools.cache
+def _fused_lora_linear_class() -> type:
+    """PEFT's LoRA Linear with a fused forward; built on first use, as peft is imported lazily here."""
+    from peft.tuners.lora import Linear
+
+    class FusedLoraLinear(Linear):
+        def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            adapter = _fusable_adapter(self, x, args, kwargs)
+            if adapter is None:
+                return super().forward(x, *args, **kwargs)
+            base = self.base_layer
+            dropout = self.lora_dropout[adapter]
+            rate = dropout.p if isinstance(dropout, torch.nn.Dropout) and self.training else 0.0
+            return _LoraLinearFunction.apply(
+                x,
+                base.weight,
+                base.bias,
+                self.lora_A[adapter].weight,
+                self.lora_B[adapter].weight,
+                float(self.scaling[adapter]),
+                rate,
+            )
+
+    return FusedLoraLinear
+
+
+def _fusable_adapter(layer, x: torch.Tensor, args, kwargs) -> str | None:
+    """The one adapter a call of ``layer`` can run fused, or None to run PEFT's forward."""
+    if args or kwargs or layer.disable_adapters or layer.merged or torch.is_autocast_enabled(x.device.type):
+        return None
+    adapters = [name for name in layer.active_adapters if name in layer.lora_A]
+    if len(adapters) != 1 or adapters[0] in layer.lora_variant or layer.lora_B[adapters[0]].bias is not None:
+        return None
+    (adapter,) = adapters
+    base = layer.base_layer
+    if type(base) is not torch.nn.Linear or base.weight.requires_grad:
+        return None
+    if base.bias is not None and base.bias.requires_grad:
+        return None
+    if not isinstance(layer.lora_dropout[adapter], torch.nn.Dropout | torch.nn.Identity):
+        return None
+    weights = (base.weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight)
+    if any(w.dtype != x.dtype or w.device != x.device for w in weights):
+        return None
+    return adapter
+
+
+class _LoraLinearFunction(torch.autograd.Function):
+    """y = x W^T + b + s * (m * x / keep) A^T B^T, with m the dropout keep mask (all ones when rate is 0)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, lora_a, lora_b, scaling: float, rate: float):
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1])
+        out = torch.nn.functional.linear(flat, weight, bias)
+        keep = None
+        scale = scaling
+        if rate > 0:
+            keep, kept_fraction = _dropout_keep_mask(flat, rate)
+            dropped = flat * keep
+            scale = scaling / kept_fraction
+        else:
+            dropped = flat
+        low_rank = dropped.mm(lora_a.t())
+        out.addmm_(low_rank, lora_b.t(), alpha=scale)
+        ctx.save_for_backward(weight, lora_a, lora_b, dropped, low_rank, keep)
+        ctx.scale = scale
+        ctx.input_shape = shape
+        return out.view(*shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        weight, lora_a, lora_b, dropped, low_rank, keep = ctx.saved_tensors
+        grad = grad_output.reshape(-1, grad_output.shape[-1])
+        grad_low_rank = grad.mm(lora_b).mul_(ctx.scale)
+        grad_b = grad.t().mm(low_rank).mul_(ctx.scale)
+        grad_a = grad_low_rank.t().mm(dropped)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            if keep is None:
+                grad_x = grad.mm(weight).addmm_(grad_low_rank, lora_a)
+            else:
+                grad_x = grad.mm(weight).addcmul_(grad_low_rank.mm(lora_a), keep)
+            grad_x = grad_x.view(ctx.input_shape)
+        return grad_x, None, None, grad_a, grad_b, None, None
+
+
+def _dropout_keep_mask(x: torch.Tensor, rate: float) -> tuple[torch.Tensor, float]:
+    """A boolean keep mask shaped like ``x`` and the fraction it keeps in expectation.
+
+    Four 16-bit lanes of each random 64-bit word (from the default generator, so seeding and the
+    checkpointed generator state cover it) are compared with a threshold: a quarter of the random
+    draws of a Bernoulli sampler, and about a fifth of its time on a CPU.
+    """
+    dropped_of_65536 = round(rate * 65536)
+    words = torch.randint(-(2**63), 2**63 - 1, ((x.numel() + 3) // 4,), dtype=torch.int64, device=x.device)
+    lanes = words.view(torch.int16)[: x.numel()].view(x.shape)
+    return lanes >= dropped_of_65536 - 32768, 1.0 - dropped_of_65536 / 65536
 
 
 def _enable_checkpointing(model: torch.nn.Module) -> None:
