@@ -292,3 +292,21 @@ def test_a_job_with_no_artifact_at_all_says_so(cluster, namespace, operator, buc
     )
     assert unpublished["reason"] == "ArtifactUnknown"
     assert condition(get(cluster, "ftj", namespace, "empty-handed"), "Succeeded")["status"] == "True"
+
+
+def test_adapters_on_a_volume_are_trusted_only_when_their_own_job_published_them(cluster, namespace, operator):
+    digest = "sha256:" + "ab" * 32
+    published = model_adapter("on-volume", namespace, "pvc://adapters/team-a/on-volume/v1/", digest, lora={"rank": 8})
+    published["spec"]["source"] = {"fineTuneJob": "on-volume-job", "uid": "0000-1111"}
+    imported = model_adapter("imported-on-volume", namespace, "pvc://adapters/team-a/imported/v1/", digest)
+    apply(cluster, published)
+    apply(cluster, imported)
+
+    ready = wait_for("Ready", condition_is(cluster, namespace, "on-volume", "Ready", kind="ftadapter"))
+    assert ready["reason"] == "DigestFromTrainer" and "on-volume-job" in ready["message"]
+    assert get(cluster, "ftadapter", namespace, "on-volume")["status"]["requiredMaxLoraRank"] == 8
+    waiting = wait_for(
+        "Ready=False", condition_is(cluster, namespace, "imported-on-volume", "Ready", "False", kind="ftadapter")
+    )
+    assert waiting["reason"] == "StorageNotReadable"
+    assert get(cluster, "ftadapter", namespace, "imported-on-volume")["status"]["phase"] == "Pending"

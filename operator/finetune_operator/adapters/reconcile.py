@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api import MANIFEST_FILE_NAME, ModelAdapter, ModelAdapterStatus, format_validation_error
+from ..api import MANIFEST_FILE_NAME, ModelAdapter, ModelAdapterStatus, format_validation_error, required_max_lora_rank
 from ..context import Context, Outcome, utc_now
 from ..events import event_for
 from ..kube import MODELADAPTERS, KubeError
@@ -65,6 +65,8 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
     status = current.model_copy(deep=True)
     status.observed_generation = generation
     changes: list[Change] = []
+    if adapter.spec.artifact.uri.startswith("pvc://"):
+        return _write(context, raw, *_unreadable_volume(adapter, status, generation))
     try:
         manifest, stored, adapter_config, base_config = _read(context, adapter)
         summary = check_files(manifest, stored)
@@ -97,6 +99,35 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
         status.phase = "Ready"
     status.verified_at = utc_now()
     return _write(context, raw, status, changes)
+
+
+def _unreadable_volume(adapter: ModelAdapter, status: ModelAdapterStatus, generation) -> tuple:
+    """pvc:// artifacts: the operator's pod cannot mount every claim of every namespace.
+
+    An adapter its own FineTuneJob published carries the digest the trainer computed after writing the
+    files, and the trainer writes only what vLLM loads (PEFT LoRA, bias none, no DoRA, no
+    modules_to_save): that is taken as verified, and said so. A hand-written import on a claim is not.
+    """
+    spec, changes = adapter.spec, []
+    if spec.source is None or not spec.artifact.digest:
+        message = "the operator cannot read pvc:// artifacts; import from s3:// to have it verified"
+        changes += _condition(status, "ArtifactVerified", "Unknown", "StorageNotReadable", message, generation)
+        changes += _condition(status, "ServingCompatible", "Unknown", "ArtifactNotVerified", "not checked", generation)
+        changes += _condition(status, "Ready", "False", "StorageNotReadable", message, generation)
+        status.phase = "Pending"
+        return status, changes
+    status.digest = spec.artifact.digest
+    if spec.lora is not None:
+        status.required_max_lora_rank = required_max_lora_rank(spec.lora.rank)
+        status.target_modules = list(spec.lora.target_modules)
+    trusted = f"digest {spec.artifact.digest} as computed by the trainer of FineTuneJob {spec.source.fine_tune_job}"
+    changes += _condition(status, "ArtifactVerified", "True", "DigestFromTrainer", trusted, generation)
+    written = "written by the trainer as vLLM loads it (bias none, no DoRA, no modules_to_save)"
+    changes += _condition(status, "ServingCompatible", "True", "WrittenByTrainer", written, generation)
+    changes += _condition(status, "Ready", "True", "DigestFromTrainer", f"{trusted}; {written}", generation)
+    status.phase = "Ready"
+    status.verified_at = utc_now()
+    return status, changes
 
 
 def _read(context: Context, adapter: ModelAdapter):
