@@ -68,6 +68,9 @@ KINDS = {
 }
 
 
+METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
+
+
 class KubeError(RuntimeError):
     def __init__(self, status: int, reason: str, body: str):
         super().__init__(f"{status} {reason}: {body[:500]}")
@@ -98,12 +101,13 @@ class Kube:
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
         content_type: str = "application/json",
+        accept: str = "application/json",
     ) -> dict[str, Any]:
         method, url, headers, serialized, _ = self.api_client.param_serialize(
             method=method,
             resource_path=path,
             query_params=query or [],
-            header_params={"Accept": "application/json", "Content-Type": content_type},
+            header_params={"Accept": accept, "Content-Type": content_type},
             body=body,
             auth_settings=["BearerToken"],
         )
@@ -133,7 +137,14 @@ class Kube:
         return self._call("GET", kind.path(namespace), query=query).get("items", [])
 
     def exists(self, kind: Kind, namespace: str, name: str) -> bool:
-        return self.get(kind, namespace, name) is not None
+        """Whether the object exists, reading its metadata only (a Secret's values never reach us here)."""
+        try:
+            self._call("GET", kind.path(namespace, name), accept=METADATA_ONLY)
+            return True
+        except KubeError as error:
+            if error.status == 404:
+                return False
+            raise
 
     # -- writes ------------------------------------------------------------------------------
 
