@@ -54,10 +54,10 @@ demo: install ## run the main job (see README)
 demo-down:
 	$(PY) hack/demo.py down
 
-bench: bench-trainer
+bench: bench-trainer ## every benchmark (results in bench-results/)
 
-bench-trainer: install
-	$(PY) -m benchmarks.trainer $(if $(GPU),--gpu,)
+bench-trainer: install ## ours vs TRL SFTTrainer+PEFT, side by side; GPU=1 for the 1B/8B GPU mode; BENCH_ARGS=--ablations ...
+	$(PY) -m benchmarks.trainer $(if $(GPU),--gpu,) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info

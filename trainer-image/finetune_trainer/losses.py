@@ -53,13 +53,16 @@ def token_nll(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
     head = _frozen_output_head(model)
     if head is None:
         return F.cross_entropy(target_logits(model, inputs).float(), targets, reduction="none")
-    with _returning_its_input(head):
+    with _returning_its_input(head) as seen:
         hidden = target_logits(model, inputs)  # the head's input: final hidden states at the target positions
     budget = CUDA_CHUNK_ELEMENTS if hidden.is_cuda else CPU_CHUNK_ELEMENTS
     chunk = max(1, budget // head.weight.shape[0])
+    # The projection in the dtype the head would have computed in (autocast's, inside the model's forward).
+    weight = head.weight.to(seen.dtype or head.weight.dtype)
+    bias = None if head.bias is None else head.bias.to(weight.dtype)
     if torch.is_grad_enabled() and hidden.requires_grad:
-        return ChunkedTokenNll.apply(hidden, head.weight, head.bias, targets, chunk)
-    return _chunked_nll(hidden, head.weight, head.bias, targets, chunk, grad_hidden=None)
+        return ChunkedTokenNll.apply(hidden, weight, bias, targets, chunk)
+    return _chunked_nll(hidden, weight, bias, targets, chunk, grad_hidden=None)
 
 
 def token_log_probs(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
@@ -101,8 +104,8 @@ class ChunkedTokenNll(torch.autograd.Function):
 def _chunked_nll(hidden, weight, bias, targets, chunk: int, *, grad_hidden: torch.Tensor | None) -> torch.Tensor:
     """-log softmax(hidden @ weight.T + bias)[target] per row; fills ``grad_hidden`` with d nll / d hidden if given.
 
-    The projection runs in the head's dtype, as the head itself would (a bf16 head under autocast
-    computes in bf16, though Accelerate hands the hidden states over in fp32); the softmax in fp32.
+    The projection runs in ``weight``'s dtype (Accelerate hands the hidden states over in fp32 even
+    when the model computes in bf16), the softmax in fp32.
     """
     nll = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
     with torch.autocast(hidden.device.type, enabled=False):
@@ -187,12 +190,14 @@ def _returning_its_input(head: torch.nn.Module):
     """For the duration, the head returns its input: the model then returns hidden states as its logits.
 
     The model's own forward (and a DDP wrapper's) still runs, so gradient synchronisation and every
-    hook stay as they are; only the last projection is left to the chunked loss.
+    hook stay as they are; only the last projection is left to the chunked loss. Yields what the
+    head saw: the dtype autocast would have computed it in (None without autocast).
     """
+    seen = _HeadInput()
     previous = head.__dict__.get("forward")  # an instance-level forward (an Accelerate hook) is put back
-    head.forward = _identity
+    head.forward = seen
     try:
-        yield
+        yield seen
     finally:
         if previous is None:
             del head.forward
@@ -200,8 +205,15 @@ def _returning_its_input(head: torch.nn.Module):
             head.forward = previous
 
 
-def _identity(hidden: torch.Tensor) -> torch.Tensor:
-    return hidden
+class _HeadInput:
+    """Stands in for the output head's forward: passes the hidden states through, notes autocast's dtype."""
+
+    dtype: torch.dtype | None = None
+
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        device = hidden.device.type
+        self.dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else None
+        return hidden
 
 
 def _zero_through(model: torch.nn.Module, inputs: ModelInputs) -> torch.Tensor:
