@@ -681,3 +681,29 @@ def test_every_example_renders_a_job_and_a_trainer_config(document):
     assert flag(manifest["spec"]["template"]["spec"]["containers"][0]["args"], "num_machines") == str(
         job.spec.resources.nodes
     )
+
+
+@pytest.mark.parametrize(
+    ("cpu", "gpus", "threads"),
+    [("16", 8, "2"), ("2", 0, "2"), ("500m", 0, "1"), ("3.5", 1, "3"), ("4", 8, "1")],
+)
+def test_torch_threads_follow_the_cpu_limit_per_process(cpu, gpus, threads):
+    job = FineTuneJob.model_validate(
+        {**valid_job(), "spec": {**valid_job()["spec"], "resources": {"cpu": cpu, "gpusPerNode": gpus}}}
+    )
+    env = {e["name"]: e.get("value") for e in render_pod_template(job, Settings())["spec"]["containers"][0]["env"]}
+    assert env["OMP_NUM_THREADS"] == threads
+
+
+def test_torch_threads_are_left_alone_without_a_cpu_limit_or_when_the_user_sets_them():
+    job = FineTuneJob.model_validate(valid_job())
+    env = [e["name"] for e in render_pod_template(job, Settings())["spec"]["containers"][0]["env"]]
+    assert "OMP_NUM_THREADS" not in env
+    spec = {
+        **valid_job()["spec"],
+        "resources": {"cpu": "8"},
+        "template": {"env": [{"name": "OMP_NUM_THREADS", "value": "3"}]},
+    }
+    job = FineTuneJob.model_validate({**valid_job(), "spec": spec})
+    env = [(e["name"], e.get("value")) for e in render_pod_template(job, Settings())["spec"]["containers"][0]["env"]]
+    assert [value for name, value in env if name == "OMP_NUM_THREADS"] == ["3"]

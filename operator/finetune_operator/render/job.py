@@ -102,8 +102,26 @@ def _environment(job: FineTuneJob) -> list[dict[str, Any]]:
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "FINETUNE_METRICS_PORT", "value": str(TRAINER_METRICS_PORT)},
     ]
+    user = {e.name for e in job.spec.template.env}
+    if (threads := threads_per_process(job)) and "OMP_NUM_THREADS" not in user:
+        # torch sizes its thread pool from the node's cores, not the pod's CPU limit: on a big node a
+        # limited pod would oversubscribe and be throttled.
+        env.append({"name": "OMP_NUM_THREADS", "value": str(threads)})
     env += [e.to_api() for e in job.spec.template.env]
     return env
+
+
+def cpu_cores(quantity: str) -> float:
+    """A CPU quantity ("32", "2.5", "500m") in cores."""
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def threads_per_process(job: FineTuneJob) -> int | None:
+    resources = job.spec.resources
+    if not resources.cpu:
+        return None
+    per_node = max(resources.gpus_per_node, 1)
+    return max(1, int(cpu_cores(resources.cpu) // per_node))
 
 
 def _volumes_and_mounts(job: FineTuneJob, settings: Settings) -> tuple[list[dict], list[dict]]:
