@@ -1,0 +1,167 @@
+"""Verification of stored adapters: the manifest and its files, and what vLLM can load."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from finetune_operator.adapters.verify import (
+    ArtifactProblem,
+    StoredFile,
+    check_files,
+    check_manifest,
+    check_serving,
+    parse_json,
+)
+from finetune_operator.api import ManifestEntry, ModelAdapterSpec, build_manifest
+
+SHA_A, SHA_B = "a" * 64, "b" * 64
+LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
+
+
+def spec(**changes) -> ModelAdapterSpec:
+    base = {
+        "baseModel": {"uri": "hf://Qwen/Qwen2.5-7B-Instruct", "servedName": "qwen2.5-7b-instruct"},
+        "format": "peft-lora",
+        "artifact": {"uri": "s3://adapters/team-a/bot/v1/"},
+    }
+    return ModelAdapterSpec.model_validate({**base, **changes})
+
+
+def adapter_config(**changes) -> dict:
+    config = {
+        "peft_type": "LORA",
+        "r": 16,
+        "lora_alpha": 32,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "none",
+        "use_dora": False,
+        "modules_to_save": None,
+        "base_model_name_or_path": "hf://Qwen/Qwen2.5-7B-Instruct",
+    }
+    config.update(changes)
+    return config
+
+
+def manifest_bytes(*entries: tuple[str, int, str]) -> bytes:
+    manifest = build_manifest([ManifestEntry(path=p, size=n, sha256=h) for p, n, h in entries])
+    return manifest.model_dump_json(by_alias=True).encode()
+
+
+# -- the manifest and the files ------------------------------------------------------------------
+
+
+def test_a_missing_manifest_means_the_artifact_is_missing_or_incomplete():
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), None)
+    assert raised.value.reason == "ArtifactNotFound"
+
+
+def test_a_manifest_whose_digest_does_not_match_its_file_list_is_refused():
+    tampered = json.loads(manifest_bytes(("a.bin", 3, SHA_A)))
+    tampered["files"][0]["sha256"] = SHA_B
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), json.dumps(tampered).encode())
+    assert raised.value.reason == "DigestMismatch"
+
+
+def test_the_spec_digest_must_be_the_manifests():
+    raw = manifest_bytes(("a.bin", 3, SHA_A))
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(artifact={"uri": "s3://adapters/x/", "digest": "sha256:" + "0" * 64}), raw)
+    assert raised.value.reason == "DigestMismatch" and "spec.artifact.digest" in raised.value.message
+
+
+def test_a_spec_without_a_digest_takes_the_manifests():
+    manifest = check_manifest(spec(), manifest_bytes(("a.bin", 3, SHA_A)))
+    assert manifest.digest.startswith("sha256:")
+
+
+def test_every_file_must_be_present_with_its_size_and_hash():
+    manifest = check_manifest(spec(), manifest_bytes(("a.bin", 3, SHA_A), ("b.bin", 5, SHA_B)))
+    assert "2 files verified" in check_files(manifest, {"a.bin": StoredFile(3, SHA_A), "b.bin": StoredFile(5, SHA_B)})
+    for stored, reason in [
+        ({"a.bin": StoredFile(3, SHA_A)}, "FileMissing"),
+        ({"a.bin": StoredFile(3, SHA_A), "b.bin": StoredFile(None)}, "FileMissing"),
+        ({"a.bin": StoredFile(4, SHA_A), "b.bin": StoredFile(5, SHA_B)}, "FileCorrupt"),
+        ({"a.bin": StoredFile(3, SHA_B), "b.bin": StoredFile(5, SHA_B)}, "FileCorrupt"),
+    ]:
+        with pytest.raises(ArtifactProblem) as raised:
+            check_files(manifest, stored)
+        assert raised.value.reason == reason
+
+
+def test_files_too_large_to_hash_are_checked_by_size_and_said_so():
+    manifest = check_manifest(spec(), manifest_bytes(("model.safetensors", 10, SHA_A)))
+    summary = check_files(manifest, {"model.safetensors": StoredFile(10, None)})
+    assert "0 hashed" in summary
+
+
+def test_a_json_file_that_does_not_parse_is_a_problem_naming_it():
+    with pytest.raises(ArtifactProblem) as raised:
+        parse_json(b"{not json", "adapter_config.json")
+    assert "adapter_config.json" in raised.value.message
+
+
+# -- what vLLM can load ----------------------------------------------------------------------------
+
+
+def test_a_plain_lora_adapter_on_a_known_architecture_is_servable():
+    result = check_serving(spec(), adapter_config(), LLAMA)
+    assert result.problems == []
+    assert result.rank == 16 and result.required_max_lora_rank == 16
+    assert result.target_modules == ["q_proj", "v_proj"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"bias": "all"}, "bias"),
+        ({"use_dora": True}, "DoRA"),
+        ({"modules_to_save": ["lm_head"]}, "modules_to_save"),
+        ({"r": 1024}, "above vLLM's largest"),
+        ({"peft_type": "IA3"}, "peft_type"),
+        ({"target_modules": ["q_proj", "attn.c_attn"]}, "do not exist in llama"),
+        ({"base_model_name_or_path": "hf://meta-llama/Llama-3.1-8B"}, "base_model_name_or_path"),
+    ],
+)
+def test_what_vllm_cannot_load_is_named(change, words):
+    result = check_serving(spec(), adapter_config(**change), LLAMA)
+    assert any(words in problem for problem in result.problems), result.problems
+
+
+def test_a_rank_different_from_the_spec_is_a_problem():
+    result = check_serving(spec(lora={"rank": 8}), adapter_config(r=16), LLAMA)
+    assert any("spec.lora.rank is 8" in problem for problem in result.problems)
+
+
+@pytest.mark.parametrize(
+    "recorded", ["Qwen/Qwen2.5-7B-Instruct", "qwen2.5-7b-instruct", "hf://Qwen/Qwen2.5-7B-Instruct/"]
+)
+def test_the_base_may_be_recorded_as_the_uri_the_hub_id_or_the_served_name(recorded):
+    assert check_serving(spec(), adapter_config(base_model_name_or_path=recorded), LLAMA).problems == []
+
+
+def test_full_module_paths_are_reduced_to_module_names():
+    paths = ["model.layers.0.self_attn.q_proj", "model.layers.0.mlp.down_proj"]
+    result = check_serving(spec(), adapter_config(target_modules=paths), LLAMA)
+    assert result.target_modules == ["down_proj", "q_proj"] and result.problems == []
+
+
+def test_target_modules_of_an_unknown_architecture_are_not_guessed_at():
+    result = check_serving(spec(), adapter_config(target_modules=["c_attn"]), {"model_type": "exotic"})
+    assert result.problems == []
+    assert any("exotic" in note for note in result.notes)
+
+
+def test_without_the_base_config_the_target_modules_are_not_checked_and_that_is_said():
+    result = check_serving(spec(), adapter_config(target_modules=["anything"]), None)
+    assert result.problems == [] and result.notes
+
+
+def test_a_lora_artifact_needs_its_adapter_config():
+    assert check_serving(spec(), None, LLAMA).problems == ["no adapter_config.json in the artifact"]
+
+
+def test_a_full_model_needs_no_adapter_config():
+    assert check_serving(spec(format="full-model"), None, None).problems == []
