@@ -30,7 +30,10 @@ SPEEDUPS = ("fused_lora", "chunked_loss")
 def speedup_enabled(name: str) -> bool:
     if name not in SPEEDUPS:
         raise ValueError(f"unknown speed-up {name!r}")
-    disabled = {item.strip() for item in os.environ.get("FINETUNE_DISABLE_SPEEDUPS", "").split(",")}
+    disabled = {item.strip() for item in os.environ.get("FINETUNE_DISABLE_SPEEDUPS", "").split(",") if item.strip()}
+    if unknown := disabled - set(SPEEDUPS):
+        # A misspelt name would silently leave the speed-up on and void an on/off measurement.
+        raise ConfigError(f"FINETUNE_DISABLE_SPEEDUPS names unknown speed-ups {sorted(unknown)}; known: {SPEEDUPS}")
     return name not in disabled
 
 
