@@ -205,9 +205,13 @@ def follow(state: dict, timeout: float = 900) -> dict:
             last = columns
         job = get(state, "ftj", JOB)
         found = conditions(job)
-        if found.get("Failed", {}).get("status") == "True":
-            return job
-        if found.get("Succeeded", {}).get("status") == "True" and "Published" in found:
+        finished = found.get("Failed", {}).get("status") == "True" or (
+            found.get("Succeeded", {}).get("status") == "True" and "Published" in found
+        )
+        if finished:
+            final = kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE, "--no-headers", check=False).strip()
+            if final.rsplit(None, 1)[0] != last:
+                print(final, flush=True)
             return job
         time.sleep(1)
     sys.exit("the job did not finish in time")

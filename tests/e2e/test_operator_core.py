@@ -45,7 +45,8 @@ def test_a_lora_job_gets_its_children_and_succeeds(cluster, namespace, operator)
 
     config = TrainerConfig.model_validate_json(config_map["data"]["config.json"])
     assert config.training.learning_rate == 1e-4
-    assert config.output.checkpoints_uri == f"s3://adapters/{namespace}/support-bot/checkpoints/"
+    version = config.output.version
+    assert config.output.checkpoints_uri == f"s3://adapters/{namespace}/support-bot/checkpoints/{version}/"
     assert service["spec"]["clusterIP"] == "None"
     assert account["automountServiceAccountToken"] is False
 

@@ -145,15 +145,21 @@ def test_the_job_identity_is_namespace_name_and_uid():
 
 def test_the_storage_layout_under_the_output_prefix():
     output = resolve({"spec.output.uri": "s3://bucket/prefix/"}).output
-    assert output.checkpoints_uri == f"s3://bucket/prefix/{NAMESPACE}/demo/checkpoints/"
+    assert output.checkpoints_uri == f"s3://bucket/prefix/{NAMESPACE}/demo/checkpoints/20250304-050607-1b4e28/"
     assert output.artifact_uri == f"s3://bucket/prefix/{NAMESPACE}/demo/20250304-050607-1b4e28/"
     assert output.adapter_name == "demo"
     assert output.version == "20250304-050607-1b4e28"
 
 
+def test_a_job_created_again_under_the_same_name_gets_checkpoints_of_its_own():
+    first = resolve({"metadata.uid": "11111111-aaaa"}).output.checkpoints_uri
+    again = resolve({"metadata.uid": "22222222-bbbb"}).output.checkpoints_uri
+    assert first != again and first.rsplit("/", 2)[0] == again.rsplit("/", 2)[0]
+
+
 def test_artifacts_go_under_the_adapter_name_and_checkpoints_under_the_job_name():
     output = resolve({"spec.adapter": {"name": "support-bot"}}).output
-    assert output.checkpoints_uri == f"s3://models/out/{NAMESPACE}/demo/checkpoints/"
+    assert output.checkpoints_uri == f"s3://models/out/{NAMESPACE}/demo/checkpoints/20250304-050607-1b4e28/"
     assert output.artifact_uri.startswith(f"s3://models/out/{NAMESPACE}/support-bot/")
     assert output.adapter_name == "support-bot"
 
@@ -161,7 +167,7 @@ def test_artifacts_go_under_the_adapter_name_and_checkpoints_under_the_job_name(
 def test_the_output_defaults_to_the_operators_output_location():
     settings = Settings(default_output_uri="pvc://platform-out/finetune/")
     output = resolve(settings=settings).output
-    assert output.checkpoints_uri == f"pvc://platform-out/finetune/{NAMESPACE}/demo/checkpoints/"
+    assert output.checkpoints_uri == f"pvc://platform-out/finetune/{NAMESPACE}/demo/checkpoints/20250304-050607-1b4e28/"
 
 
 def test_the_jobs_output_wins_over_the_operators():
@@ -181,7 +187,7 @@ def test_a_job_without_namespace_resolves_in_default():
     job = FineTuneJob.model_validate(valid_job("demo"))
     config = resolve_trainer_config(job, SETTINGS)
     assert config.job.namespace == "default"
-    assert config.output.checkpoints_uri == "s3://models/out/default/demo/checkpoints/"
+    assert config.output.checkpoints_uri == "s3://models/out/default/demo/checkpoints/v1/"
 
 
 def test_the_artifact_version_is_the_creation_time_and_part_of_the_uid():

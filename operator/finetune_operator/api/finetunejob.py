@@ -444,7 +444,7 @@ class Output(ApiModel):
     """Where checkpoints and published artifacts are written."""
 
     uri: StorageUri | None = describe(
-        "Prefix for checkpoints (<uri>/<namespace>/<job>/checkpoints/) and published artifacts "
+        "Prefix for checkpoints (<uri>/<namespace>/<job>/checkpoints/<version>/) and published artifacts "
         "(<uri>/<namespace>/<adapter>/<version>/): s3://bucket/prefix/ or pvc://claim/path. Default: the "
         "operator's configured output location.",
         default=None,

@@ -96,7 +96,9 @@ def resolve_trainer_config(job: FineTuneJob, settings: Settings, progress_ca: bo
         training=training,
         evaluation=spec.evaluation,
         output=TrainerOutput(
-            checkpoints_uri=f"{prefix}/{namespace}/{job.metadata.name}/checkpoints/",
+            # Per job instance: a job deleted and created again under the same name starts afresh
+            # instead of resuming the old one's checkpoints.
+            checkpoints_uri=f"{prefix}/{namespace}/{job.metadata.name}/checkpoints/{version}/",
             artifact_uri=f"{prefix}/{namespace}/{name}/{version}/",
             adapter_name=name,
             version=version,
