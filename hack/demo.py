@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -29,11 +28,12 @@ REPO = HACK.parent
 sys.path.insert(0, str(HACK))
 
 from localcluster import LocalCluster, free_port  # noqa: E402
+from localcluster.supervisor import Supervisor, SupervisorError  # noqa: E402
 
 STATE_DIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "demo"
-STATE = STATE_DIR / "state.json"
 NAMESPACE = "demo"
 OPERATOR_NAMESPACE = "finetune-system"
+SUPERVISOR = Supervisor(STATE_DIR)
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
 DATA = REPO / "examples" / "data" / "quickstart"
 JOB = "ticket-triage"
@@ -70,14 +70,6 @@ def serve() -> int:
     from localcluster.operator_process import OperatorProcess
     from nodeagent import LocalNodeAgent
 
-    stop = False
-
-    def request_stop(*_):
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
     run = STATE_DIR / "run"
     shutil.rmtree(run, ignore_errors=True)
     run.mkdir(parents=True)
@@ -115,24 +107,19 @@ def serve() -> int:
         ).start()
         agent = LocalNodeAgent(cluster.kubeconfig, workdir=run / "node")
         agent.start()
-        STATE.write_text(
-            json.dumps(
-                {
-                    "supervisor": os.getpid(),
-                    "kubeconfig": str(cluster.kubeconfig),
-                    "kubectl": cluster.kubectl,
-                    "minio": minio.credentials,
-                    "operator_log": str(run / "operator.log"),
-                    "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-                    "node_dir": str(run / "node"),
-                },
-                indent=2,
-            )
+        SUPERVISOR.publish(
+            {
+                "kubeconfig": str(cluster.kubeconfig),
+                "kubectl": cluster.kubectl,
+                "minio": minio.credentials,
+                "operator_log": str(run / "operator.log"),
+                "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+                "node_dir": str(run / "node"),
+            }
         )
-        while not stop:
-            time.sleep(0.5)
+        SUPERVISOR.serve_until_stopped()
     finally:
-        STATE.unlink(missing_ok=True)
+        SUPERVISOR.withdraw()
         if agent is not None:
             agent.stop()
         if operator is not None:
@@ -143,35 +130,6 @@ def serve() -> int:
 
 
 # -- the user's side -----------------------------------------------------------------------------
-
-
-def _running() -> dict | None:
-    if not STATE.exists():
-        return None
-    state = json.loads(STATE.read_text())
-    try:
-        os.kill(state["supervisor"], 0)
-    except ProcessLookupError:
-        STATE.unlink(missing_ok=True)
-        return None
-    return state
-
-
-def start_supervisor() -> dict:
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    log_path = STATE_DIR / "supervisor.log"
-    log = log_path.open("wb")
-    supervisor = subprocess.Popen(
-        [sys.executable, __file__, "serve"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO
-    )
-    deadline = time.monotonic() + 1800  # a first run builds the binaries from Go modules
-    while (state := _running()) is None:
-        if supervisor.poll() is not None:
-            sys.exit(f"the demo environment did not start:\n{log_path.read_text()[-4000:]}")
-        if time.monotonic() > deadline:
-            sys.exit("the demo environment did not start in time")
-        time.sleep(0.5)
-    return state
 
 
 def kubectl(state: dict, *args: str, check: bool = True) -> str:
@@ -258,10 +216,13 @@ def report(state: dict, job: dict) -> int:
 
 def up() -> int:
     started = time.monotonic()
-    state = _running()
+    state = SUPERVISOR.running()
     if state is None:
         say("starting the control plane, MinIO, the operator and the local node (binaries are built on first use)")
-        state = start_supervisor()
+        try:
+            state = SUPERVISOR.start(__file__, REPO, timeout=1800)  # a first run builds the binaries
+        except SupervisorError as error:
+            sys.exit(f"the demo environment did not start: {error}")
     else:
         say("the demo environment is already running; running the quickstart again")
         kubectl(state, "delete", "ftj", JOB, "-n", NAMESPACE, "--ignore-not-found", "--wait=true")
@@ -275,15 +236,7 @@ def up() -> int:
 
 
 def down() -> int:
-    state = _running()
-    if state is None:
-        say("the demo is not running")
-        return 0
-    os.kill(state["supervisor"], signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while _running() is not None and time.monotonic() < deadline:
-        time.sleep(0.3)
-    say("demo stopped")
+    say("demo stopped" if SUPERVISOR.stop() else "the demo is not running")
     return 0
 
 
