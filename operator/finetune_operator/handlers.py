@@ -1,5 +1,5 @@
 """kopf handlers: thin. Watch events of FineTuneJobs (and of their Jobs and pods) and of
-ModelAdapters only enqueue a key; the controllers' workers do the work.
+ModelAdapters (and of their verification Jobs) only enqueue a key; the controllers' workers do the work.
 
 Only event handlers are used (no create/update/delete handlers, timers or daemons), so kopf never
 writes to the user's objects: no finalizers that could block a deletion while the operator is
@@ -20,6 +20,7 @@ from .controller import Controller
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
 from .progress.server import ProgressService, build_app, build_metrics_app
 from .progress.tls import load_serving_tls
+from .render.verifier import ADAPTER_LABEL
 
 
 async def _serve(app: web.Application, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
@@ -115,6 +116,10 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
     @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
     async def job_event(namespace: str, labels: dict, **_) -> None:
         jobs.enqueue(namespace, labels[JOB_LABEL])
+
+    @kopf.on.event("batch", "v1", "jobs", labels={ADAPTER_LABEL: kopf.PRESENT}, registry=registry)
+    async def verifier_job_event(namespace: str, labels: dict, **_) -> None:
+        adapters.enqueue(namespace, labels[ADAPTER_LABEL])
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
     async def pod_event(namespace: str, labels: dict, **_) -> None:

@@ -60,6 +60,18 @@ class Settings(BaseModel):
         120, ge=10, le=3600, description="Time a preempted trainer gets to save its checkpoint."
     )
     rendezvous_port: int = Field(29500, ge=1024, le=65535)
+    verifier_image: str | None = Field(
+        None,
+        min_length=1,
+        description="Image of the pods that verify pvc:// artifacts (the operator's own image will do); "
+        "default: the trainer image.",
+    )
+    verifier_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="nodeSelector of the verification pods (key=value,...)."
+    )
+    verifier_tolerations: list[dict[str, str]] = Field(
+        default_factory=list, description="Tolerations of the verification pods (key[=value]:Effect,...)."
+    )
 
     @field_validator("namespaces")
     @classmethod
@@ -75,9 +87,40 @@ class Settings(BaseModel):
                 raise ValueError("must be namespace/name")
         return value
 
+    @field_validator("verifier_node_selector", mode="before")
+    @classmethod
+    def _selector(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [item.strip() for item in value.split(",") if item.strip()]
+            if any("=" not in pair for pair in pairs):
+                raise ValueError("must be key=value[,key=value...]")
+            return dict(pair.split("=", 1) for pair in pairs)
+        return value
+
+    @field_validator("verifier_tolerations", mode="before")
+    @classmethod
+    def _tolerations(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [_toleration(item.strip()) for item in value.split(",") if item.strip()]
+        return value
+
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+
+
+def _toleration(text: str) -> dict[str, str]:
+    """key=value:Effect -> Equal; key:Effect -> Exists (what the taint of a node pool looks like)."""
+    key_value, _, effect = text.rpartition(":")
+    if effect not in TAINT_EFFECTS or not key_value:
+        raise ValueError(f"{text!r} must be key[=value]:Effect with Effect one of {', '.join(TAINT_EFFECTS)}")
+    key, has_value, value = key_value.partition("=")
+    if has_value:
+        return {"key": key, "operator": "Equal", "value": value, "effect": effect}
+    return {"key": key, "operator": "Exists", "effect": effect}
 
 
 # setting name -> (flag, environment variable, help)
@@ -98,6 +141,9 @@ _OPTIONS = {
     "log_level": ("--log-level", "FINETUNE_LOG_LEVEL", None),
     "resync_seconds": ("--resync-seconds", "FINETUNE_RESYNC_SECONDS", None),
     "termination_grace_seconds": ("--termination-grace-seconds", "FINETUNE_TERMINATION_GRACE_SECONDS", None),
+    "verifier_image": ("--verifier-image", "FINETUNE_VERIFIER_IMAGE", "image of the pods verifying pvc:// artifacts"),
+    "verifier_node_selector": ("--verifier-node-selector", "FINETUNE_VERIFIER_NODE_SELECTOR", "key=value,..."),
+    "verifier_tolerations": ("--verifier-tolerations", "FINETUNE_VERIFIER_TOLERATIONS", "key[=value]:Effect,..."),
 }
 
 

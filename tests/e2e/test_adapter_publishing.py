@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import uuid
 from pathlib import Path
 
@@ -294,19 +295,114 @@ def test_a_job_with_no_artifact_at_all_says_so(cluster, namespace, operator, buc
     assert condition(get(cluster, "ftj", namespace, "empty-handed"), "Succeeded")["status"] == "True"
 
 
-def test_adapters_on_a_volume_are_trusted_only_when_their_own_job_published_them(cluster, namespace, operator):
-    digest = "sha256:" + "ab" * 32
-    published = model_adapter("on-volume", namespace, "pvc://adapters/team-a/on-volume/v1/", digest, lora={"rank": 8})
-    published["spec"]["source"] = {"fineTuneJob": "on-volume-job", "uid": "0000-1111"}
-    imported = model_adapter("imported-on-volume", namespace, "pvc://adapters/team-a/imported/v1/", digest)
-    apply(cluster, published)
-    apply(cluster, imported)
+# -- artifacts on a PersistentVolumeClaim: verified by a pod that mounts it -----------------------
 
-    ready = wait_for("Ready", condition_is(cluster, namespace, "on-volume", "Ready", kind="ftadapter"))
-    assert ready["reason"] == "DigestFromTrainer" and "on-volume-job" in ready["message"]
-    assert get(cluster, "ftadapter", namespace, "on-volume")["status"]["requiredMaxLoraRank"] == 8
-    waiting = wait_for(
-        "Ready=False", condition_is(cluster, namespace, "imported-on-volume", "Ready", "False", kind="ftadapter")
+
+@pytest.fixture
+def claim_dir(cluster, namespace, tmp_path, request) -> Path:
+    """The directory of the claim "adapters": a hostPath volume reserved for it, bound by the controller-manager."""
+    from nodeagent import host_path_volume
+
+    directory = tmp_path / "adapters-volume"
+    directory.mkdir()
+    volume = host_path_volume(f"{namespace}-adapters", directory, namespace, "adapters")
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "adapters", "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    cluster.run_kubectl("create", "-f", "-", input=json.dumps(volume))
+    request.addfinalizer(lambda: cluster.run_kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false"))
+    apply(cluster, claim)
+    return directory
+
+
+@pytest.fixture
+def volume_operator(start_operator, local_node):
+    """The operator with its verification pods placed on the local node, whose pods really run."""
+    from nodeagent import NODE_LABEL
+
+    return start_operator(
+        f"--verifier-node-selector={NODE_LABEL}=true", f"--verifier-tolerations={NODE_LABEL}=true:NoSchedule"
     )
-    assert waiting["reason"] == "StorageNotReadable"
-    assert get(cluster, "ftadapter", namespace, "imported-on-volume")["status"]["phase"] == "Pending"
+
+
+def on_volume(name: str, namespace: str, path: str, digest: str | None = None) -> dict:
+    manifest = model_adapter(name, namespace, f"pvc://adapters/{path}/", digest)
+    del manifest["spec"]["artifact"]["credentialsSecretRef"]
+    return manifest
+
+
+def copy_adapter(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize("namespace", [{"pod-security.kubernetes.io/enforce": "restricted"}], indirect=True)
+def test_adapters_on_a_volume_are_verified_by_a_pod_that_mounts_the_claim(
+    cluster, namespace, volume_operator, claim_dir, adapter_dir, local_node
+):
+    copy_adapter(adapter_dir, claim_dir / "team-a" / "sql-helper" / "v1")
+    dora = copy_adapter(adapter_dir, claim_dir / "team-a" / "dora" / "v1")
+    config = json.loads((dora / "adapter_config.json").read_text())
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    write_manifest(dora)
+    apply(cluster, on_volume("sql-helper", namespace, "team-a/sql-helper/v1", manifest_digest(adapter_dir)))
+    apply(cluster, on_volume("dora", namespace, "team-a/dora/v1"))
+    apply(cluster, on_volume("missing", namespace, "team-a/missing/v1"))
+
+    ready = wait_for("Ready", condition_is(cluster, namespace, "sql-helper", "Ready", kind="ftadapter"), timeout=90)
+    assert ready["reason"] == "Verified" and "files verified against" in ready["message"]
+    status = get(cluster, "ftadapter", namespace, "sql-helper")["status"]
+    assert status["digest"] == manifest_digest(adapter_dir) and status["requiredMaxLoraRank"] == 16
+    assert status["targetModules"] == ["q_proj", "v_proj"]
+    # The check ran in a pod on the node, admitted under the restricted Pod Security level.
+    (verifier,) = items(cluster, "pods", namespace, "finetune.dev/model-adapter=sql-helper")
+    assert verifier["spec"]["nodeName"] == local_node.node_name and verifier["status"]["phase"] == "Succeeded"
+
+    not_servable = wait_for(
+        "Ready=False", condition_is(cluster, namespace, "dora", "Ready", "False", kind="ftadapter"), timeout=90
+    )
+    assert not_servable["reason"] == "NotServable" and "DoRA" in not_servable["message"]
+    missing = wait_for(
+        "Ready=False", condition_is(cluster, namespace, "missing", "Ready", "False", kind="ftadapter"), timeout=90
+    )
+    assert missing["reason"] == "ArtifactNotFound" and "pvc://adapters/team-a/missing/v1/" in missing["message"]
+    assert get(cluster, "ftadapter", namespace, "missing")["status"]["phase"] == "Failed"
+
+
+def test_a_verification_pod_that_cannot_run_fails_the_adapter_with_the_jobs_reason(
+    cluster, namespace, operator, claim_dir
+):
+    """Without a placement for them, verification pods land on a kwok node, which runs nothing."""
+    apply(cluster, on_volume("unplaced", namespace, "team-a/unplaced/v1", "sha256:" + "ab" * 32))
+    elsewhere = on_volume("elsewhere", namespace, "x/v1")
+    elsewhere["spec"]["artifact"]["uri"] = "pvc://no-such-claim/x/v1/"
+    apply(cluster, elsewhere)
+    pending = wait_for(
+        "Verifying", condition_is(cluster, namespace, "unplaced", "Ready", "False", kind="ftadapter"), timeout=30
+    )
+    assert pending["reason"] == "Verifying" and "unplaced-verify-1" in pending["message"]
+    job = wait_for("the verification Job", lambda: get(cluster, "job", namespace, "unplaced-verify-1"))
+    assert job["metadata"]["ownerReferences"][0]["kind"] == "ModelAdapter"
+    # kwok's pods complete without a termination message: that is no verification.
+    failed = wait_for(
+        "VerificationFailed",
+        lambda: (
+            (c := condition(get(cluster, "ftadapter", namespace, "unplaced"), "Ready"))
+            and c["reason"] == "VerificationFailed"
+            and c
+        ),
+        timeout=90,
+    )
+    assert "unplaced-verify-1" in failed["message"]
+    no_claim = wait_for(
+        "ClaimNotFound", condition_is(cluster, namespace, "elsewhere", "Ready", "False", kind="ftadapter")
+    )
+    assert no_claim["reason"] == "ClaimNotFound" and "no-such-claim" in no_claim["message"]
+    assert get(cluster, "job", namespace, "elsewhere-verify-1") is None

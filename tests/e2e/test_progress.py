@@ -225,6 +225,11 @@ def test_only_rank_zero_may_report_and_a_deleted_pod_may_not(cluster, namespace,
 
 def test_metrics_follow_a_jobs_life_and_forget_it_when_it_is_deleted(cluster, namespace, endpoint, api_client):
     (pod,) = running_job(cluster, namespace, "metered")
+    # Pods run before the operator has seen it: the phase gauge and queue wait follow its reconcile.
+    wait_for(
+        "the job to be Running",
+        lambda: (get(cluster, "ftj", namespace, "metered") or {}).get("status", {}).get("phase") == "Running",
+    )
     assert endpoint.post(namespace, "metered", REPORT, token_for(api_client, namespace, pod))[0] == 204
     labels = (("name", "metered"), ("namespace", namespace))
     metrics = endpoint.metrics()

@@ -21,6 +21,13 @@ ALL_FEATURES = {
         "extraEnv": [{"name": "HTTPS_PROXY", "value": "http://proxy:3128"}],
     },
     "trainer": {"image": {"repository": "registry.example/trainer", "tag": "1.2.3"}},
+    "verifier": {
+        "nodeSelector": {"pool": "cpu", "zone": "a"},
+        "tolerations": [
+            {"key": "dedicated", "value": "cpu", "effect": "NoSchedule"},
+            {"key": "spot", "effect": "NoExecute"},
+        ],
+    },
     "output": {"defaultUri": "s3://adapters/", "credentialsSecret": "s3-creds"},
     "progress": {"tls": {"secretName": "progress-tls"}, "url": "https://progress.example:8443"},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "podMonitor": {"enabled": True}},
@@ -329,6 +336,12 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
         assert settings.progress_tls_secret == f"{RELEASE_NAMESPACE}/progress-tls"
         assert settings.trainer_image == "registry.example/trainer:1.2.3"
         assert settings.default_output_uri == "s3://adapters/" and settings.default_output_secret == "s3-creds"
+        assert settings.verifier_image == f"ghcr.io/finetune-operator/operator@sha256:{'a' * 64}"
+        assert settings.verifier_node_selector == {"pool": "cpu", "zone": "a"}
+        assert settings.verifier_tolerations == [
+            {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"},
+            {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
+        ]
 
 
 def test_every_environment_variable_the_chart_sets_is_an_operator_setting(tools):

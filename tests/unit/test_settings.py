@@ -110,3 +110,37 @@ def test_settings_are_frozen():
 def test_unknown_settings_are_refused():
     with pytest.raises(ValueError):
         Settings(unknown=1)  # type: ignore[call-arg]
+
+
+def test_verification_pods_are_placed_by_a_node_selector_and_tolerations():
+    settings = settings_from(
+        ["--verifier-node-selector", "pool=cpu, zone=a", "--verifier-image", "registry.example/finetune-operator:1"],
+        {"FINETUNE_VERIFIER_TOLERATIONS": "dedicated=cpu:NoSchedule,spot:NoExecute"},
+    )
+    assert settings.verifier_node_selector == {"pool": "cpu", "zone": "a"}
+    assert settings.verifier_tolerations == [
+        {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"},
+        {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
+    ]
+    assert settings.verifier_image == "registry.example/finetune-operator:1"
+
+
+@pytest.mark.parametrize(
+    ("argv", "names", "detail"),
+    [
+        (
+            ["--verifier-node-selector", "pool"],
+            "--verifier-node-selector / FINETUNE_VERIFIER_NODE_SELECTOR",
+            "key=value",
+        ),
+        (
+            ["--verifier-tolerations", "dedicated=cpu"],
+            "--verifier-tolerations / FINETUNE_VERIFIER_TOLERATIONS",
+            "Effect",
+        ),
+        (["--verifier-tolerations", "a:Sometimes"], "--verifier-tolerations / FINETUNE_VERIFIER_TOLERATIONS", "Effect"),
+    ],
+)
+def test_a_malformed_verifier_placement_names_the_flag(argv, names, detail):
+    message = error_from(argv)
+    assert f"\n  {names}: " in message and detail in message

@@ -49,6 +49,28 @@ app.kubernetes.io/part-of: finetune-operator
 {{- end }}
 {{- end }}
 
+{{/* A nodeSelector map as the operator's key=value,... flag. */}}
+{{- define "finetune-operator.nodeSelectorFlag" -}}
+{{- $pairs := list -}}
+{{- range $key, $value := . -}}
+{{- $pairs = append $pairs (printf "%s=%s" $key $value) -}}
+{{- end -}}
+{{- join "," $pairs -}}
+{{- end -}}
+
+{{/* Tolerations (key, optional value, effect) as the operator's key[=value]:Effect,... flag. */}}
+{{- define "finetune-operator.tolerationsFlag" -}}
+{{- $items := list -}}
+{{- range . -}}
+{{- if .value -}}
+{{- $items = append $items (printf "%s=%s:%s" .key .value .effect) -}}
+{{- else -}}
+{{- $items = append $items (printf "%s:%s" .key .effect) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $items -}}
+{{- end -}}
+
 {{- define "finetune-operator.progressUrl" -}}
 {{- default (printf "https://%s.%s.svc:%d" (include "finetune-operator.fullname" .) .Release.Namespace (int .Values.progress.port)) .Values.progress.url }}
 {{- end }}

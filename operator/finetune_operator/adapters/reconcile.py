@@ -1,7 +1,10 @@
-"""Reconcile one ModelAdapter: verify its artifact and its serving compatibility, once per generation.
+"""Reconcile one ModelAdapter: verify its artifact and its serving compatibility.
 
-A Ready adapter is not verified again until its spec changes; a Failed one is retried on resync
-(an upload may still be arriving, a Secret may be created later).
+Every new generation of the spec is verified. A Ready adapter is verified again every hour (an
+artifact deleted or altered behind its back turns it Failed) and stays Ready meanwhile; a Failed
+one is retried on resync (an upload may still be arriving, a Secret may be created later).
+s3:// and file:// artifacts are read by the operator, pvc:// ones by a verification pod
+(adapters/volume.py).
 """
 
 from __future__ import annotations
@@ -12,29 +15,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api import MANIFEST_FILE_NAME, ModelAdapter, ModelAdapterStatus, format_validation_error, required_max_lora_rank
+from ..api import ModelAdapter, ModelAdapterStatus, format_validation_error
 from ..context import Context, Outcome, utc_now
 from ..events import event_for
 from ..kube import MODELADAPTERS, KubeError
+from ..render.verifier import verifier_job_name
 from ..status.conditions import Change, set_condition
 from ..storage import StorageUnreachable, open_store, secret_credentials
-from .verify import (
-    ADAPTER_CONFIG,
-    BASE_CONFIG,
-    ArtifactProblem,
-    StoredFile,
-    check_files,
-    check_manifest,
-    check_serving,
-    parse_json,
-)
+from .verification import Verification, verify_artifact
+from .volume import verify_on_volume
 
 log = logging.getLogger(__name__)
 
-# Adapters are small (MBs): hash every file. Full models can be hundreds of GB: check sizes and trust the
-# manifest's hashes (written last by the trainer) rather than downloading them on every verification.
-HASH_LIMIT_BYTES = 1 << 30
 RETRY_FAILED_AFTER = dt.timedelta(seconds=30)
+VERIFY_READY_EVERY = dt.timedelta(hours=1)
 
 
 def _age(timestamp: str | None) -> dt.timedelta:
@@ -59,91 +53,77 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
         return _write(context, raw, status, changes)
     current = adapter.status
     recently_failed = current.phase == "Failed" and _age(current.verified_at) < RETRY_FAILED_AFTER
-    if current.observed_generation == generation and (current.phase == "Ready" or recently_failed):
+    recently_ready = current.phase == "Ready" and _age(current.verified_at) < VERIFY_READY_EVERY
+    current_generation = current.observed_generation == generation
+    if current_generation and (recently_ready or recently_failed):
         return Outcome(current.phase)
 
     status = current.model_copy(deep=True)
     status.observed_generation = generation
-    changes: list[Change] = []
     if adapter.spec.artifact.uri.startswith("pvc://"):
-        return _write(context, raw, *_unreadable_volume(adapter, status, generation))
-    try:
-        manifest, stored, adapter_config, base_config = _read(context, adapter)
-        summary = check_files(manifest, stored)
-    except (ArtifactProblem, StorageUnreachable) as problem:
-        changes += _condition(status, "ArtifactVerified", "False", problem.reason, problem.message, generation)
-        changes += _condition(status, "ServingCompatible", "Unknown", "ArtifactNotVerified", "not checked", generation)
-        changes += _condition(status, "Ready", "False", problem.reason, problem.message, generation)
-        status.phase = "Failed"
-        status.verified_at = utc_now()
-        return _write(context, raw, status, changes)
-
-    status.digest = manifest.digest
-    status.size_bytes = manifest.size_bytes
-    changes += _condition(status, "ArtifactVerified", "True", "DigestMatches", summary, generation)
-    compatibility = check_serving(adapter.spec, adapter_config, base_config)
-    status.target_modules = compatibility.target_modules
-    status.required_max_lora_rank = compatibility.required_max_lora_rank
-    if compatibility.problems:
-        message = "; ".join(compatibility.problems)
-        changes += _condition(status, "ServingCompatible", "False", "NotServable", message, generation)
-        changes += _condition(status, "Ready", "False", "NotServable", message, generation)
-        status.phase = "Failed"
+        verification = verify_on_volume(context, adapter, generation)
+        if verification is None and current_generation and current.phase == "Ready":
+            return Outcome(current.phase)  # verified again in the background: it stays Ready meanwhile
+        if verification is None:
+            return _write(context, raw, status, _verifying(status, adapter, generation))
     else:
-        detail = "vLLM can load it"
-        if compatibility.required_max_lora_rank:
-            detail += f" with --max-lora-rank >= {compatibility.required_max_lora_rank}"
-        message = "; ".join([detail, *compatibility.notes])
-        changes += _condition(status, "ServingCompatible", "True", "VllmCompatible", message, generation)
-        changes += _condition(status, "Ready", "True", "Verified", f"{summary}; {detail}", generation)
-        status.phase = "Ready"
-    status.verified_at = utc_now()
-    return _write(context, raw, status, changes)
+        try:
+            verification = _verify_here(context, adapter)
+        except StorageUnreachable as problem:
+            verification = Verification(problem_reason=problem.reason, problem_message=problem.message)
+    return _write(context, raw, status, _apply(status, verification, generation))
 
 
-def _unreadable_volume(adapter: ModelAdapter, status: ModelAdapterStatus, generation) -> tuple:
-    """pvc:// artifacts: the operator's pod cannot mount every claim of every namespace.
-
-    An adapter its own FineTuneJob published carries the digest the trainer computed after writing the
-    files, and the trainer writes only what vLLM loads (PEFT LoRA, bias none, no DoRA, no
-    modules_to_save): that is taken as verified, and said so. A hand-written import on a claim is not.
-    """
-    spec, changes = adapter.spec, []
-    if spec.source is None or not spec.artifact.digest:
-        message = "the operator cannot read pvc:// artifacts; import from s3:// to have it verified"
-        changes += _condition(status, "ArtifactVerified", "Unknown", "StorageNotReadable", message, generation)
-        changes += _condition(status, "ServingCompatible", "Unknown", "ArtifactNotVerified", "not checked", generation)
-        changes += _condition(status, "Ready", "False", "StorageNotReadable", message, generation)
-        status.phase = "Pending"
-        return status, changes
-    status.digest = spec.artifact.digest
-    if spec.lora is not None:
-        status.required_max_lora_rank = required_max_lora_rank(spec.lora.rank)
-        status.target_modules = list(spec.lora.target_modules)
-    trusted = f"digest {spec.artifact.digest} as computed by the trainer of FineTuneJob {spec.source.fine_tune_job}"
-    changes += _condition(status, "ArtifactVerified", "True", "DigestFromTrainer", trusted, generation)
-    written = "written by the trainer as vLLM loads it (bias none, no DoRA, no modules_to_save)"
-    changes += _condition(status, "ServingCompatible", "True", "WrittenByTrainer", written, generation)
-    changes += _condition(status, "Ready", "True", "DigestFromTrainer", f"{trusted}; {written}", generation)
-    status.phase = "Ready"
-    status.verified_at = utc_now()
-    return status, changes
-
-
-def _read(context: Context, adapter: ModelAdapter):
+def _verify_here(context: Context, adapter: ModelAdapter) -> Verification:
+    """s3:// (with the credentials of the adapter's Secret) and file:// artifacts, read by the operator."""
     spec = adapter.spec
     secret = spec.artifact.credentials_secret_ref.name if spec.artifact.credentials_secret_ref else None
     credentials = secret_credentials(context.kube, adapter.metadata.namespace, secret)
-    store = open_store(spec.artifact.uri, credentials)
-    manifest = check_manifest(spec, store.read(MANIFEST_FILE_NAME))
-    hash_all = manifest.size_bytes <= HASH_LIMIT_BYTES
-    stored = {
-        entry.path: StoredFile(store.size(entry.path), store.sha256(entry.path) if hash_all else None)
-        for entry in manifest.files
-    }
-    adapter_config = parse_json(store.read(ADAPTER_CONFIG), ADAPTER_CONFIG)
-    base_config = parse_json(store.read(BASE_CONFIG), BASE_CONFIG)
-    return manifest, stored, adapter_config, base_config
+    return verify_artifact(spec, open_store(spec.artifact.uri, credentials))
+
+
+def _verifying(status: ModelAdapterStatus, adapter: ModelAdapter, generation) -> list[Change]:
+    job = verifier_job_name(adapter.metadata.name, generation)
+    message = f"the pod of Job {job} is reading {adapter.spec.artifact.uri}"
+    status.phase = "Pending"
+    return [
+        *_condition(status, "ArtifactVerified", "Unknown", "Verifying", message, generation),
+        *_condition(status, "ServingCompatible", "Unknown", "ArtifactNotVerified", "not checked yet", generation),
+        *_condition(status, "Ready", "False", "Verifying", message, generation),
+    ]
+
+
+def _apply(status: ModelAdapterStatus, verification: Verification, generation) -> list[Change]:
+    """Conditions, phase and the found facts of one verification."""
+    changes: list[Change] = []
+    status.verified_at = utc_now()
+    if not verification.verified:
+        reason, message = verification.problem_reason or "VerificationFailed", verification.problem_message or ""
+        changes += _condition(status, "ArtifactVerified", "False", reason, message, generation)
+        changes += _condition(status, "ServingCompatible", "Unknown", "ArtifactNotVerified", "not checked", generation)
+        changes += _condition(status, "Ready", "False", reason, message, generation)
+        status.phase = "Failed"
+        return changes
+    status.digest = verification.digest
+    status.size_bytes = verification.size_bytes
+    status.target_modules = verification.target_modules
+    status.required_max_lora_rank = verification.required_max_lora_rank
+    summary = verification.summary
+    changes += _condition(status, "ArtifactVerified", "True", "DigestMatches", summary, generation)
+    if verification.serving_problems:
+        message = "; ".join(verification.serving_problems)
+        changes += _condition(status, "ServingCompatible", "False", "NotServable", message, generation)
+        changes += _condition(status, "Ready", "False", "NotServable", message, generation)
+        status.phase = "Failed"
+        return changes
+    detail = "vLLM can load it"
+    if verification.required_max_lora_rank:
+        detail += f" with --max-lora-rank >= {verification.required_max_lora_rank}"
+    message = "; ".join([detail, *verification.serving_notes])
+    changes += _condition(status, "ServingCompatible", "True", "VllmCompatible", message, generation)
+    changes += _condition(status, "Ready", "True", "Verified", f"{summary}; {detail}", generation)
+    status.phase = "Ready"
+    return changes
 
 
 def _condition(

@@ -198,7 +198,7 @@ def _affinity(job: FineTuneJob) -> dict[str, Any] | None:
     return affinity or None
 
 
-def _container_security() -> dict[str, Any]:
+def container_security() -> dict[str, Any]:
     return {
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -207,7 +207,7 @@ def _container_security() -> dict[str, Any]:
     }
 
 
-def _pod_security() -> dict[str, Any]:
+def pod_security() -> dict[str, Any]:
     return {
         "runAsNonRoot": True,
         "runAsUser": 1000,
@@ -233,7 +233,7 @@ def render_pod_template(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
             {"name": "rendezvous", "containerPort": settings.rendezvous_port},
             {"name": "metrics", "containerPort": TRAINER_METRICS_PORT},
         ],
-        "securityContext": _container_security(),
+        "securityContext": container_security(),
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
     if resources := _resources(job):
@@ -245,7 +245,7 @@ def render_pod_template(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": settings.termination_grace_seconds,
-        "securityContext": _pod_security(),
+        "securityContext": pod_security(),
         "containers": [container],
         "volumes": volumes,
     }

@@ -1,0 +1,88 @@
+"""Verify a pvc:// artifact through a verification Job (render/verifier.py) and read back its result.
+
+One Job per generation of the adapter's spec. When the adapter's status already holds that Job's
+result and the reconcile still asks (a Failed adapter retried, a Ready one verified again), the Job
+is replaced by a new one once it has been finished for a while: the files may have changed since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any
+
+from ..api import ModelAdapter
+from ..context import Context
+from ..kube import JOBS, PODS, PVCS
+from ..render.verifier import VERIFIER_CONTAINER, artifact_path, render_verifier_job, verifier_job_name
+from .verification import Verification
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = dt.timedelta(minutes=5)  # a broken artifact costs a pod every 5 minutes, not every resync
+
+
+def _finished(job: dict[str, Any]) -> dict[str, Any] | None:
+    """The Job's Complete or Failed condition, once it has one."""
+    for condition in (job.get("status") or {}).get("conditions") or []:
+        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
+            return condition
+    return None
+
+
+def _age(timestamp: str | None) -> dt.timedelta:
+    if not timestamp:
+        return dt.timedelta(0)
+    return dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | None) -> Verification | None:
+    """The verification's result, or None while its pod has not finished (the Job is created if needed)."""
+    namespace = adapter.metadata.namespace
+    name = verifier_job_name(adapter.metadata.name, generation)
+    job = context.kube.get(JOBS, namespace, name)
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        if job is not None:
+            return None
+        claim, _ = artifact_path(adapter.spec.artifact.uri)
+        if not context.kube.exists(PVCS, namespace, claim):  # no pod that waits forever for a claim
+            message = f"PersistentVolumeClaim {claim} (spec.artifact.uri) not found in namespace {namespace}"
+            return Verification(problem_reason="ClaimNotFound", problem_message=message)
+        context.kube.create(render_verifier_job(adapter, generation, context.settings))
+        return None
+    finished = _finished(job)
+    if finished is None:
+        return None
+    status = adapter.status
+    result_taken = status.phase in ("Failed", "Ready") and status.observed_generation == generation
+    if result_taken and _age(finished.get("lastTransitionTime")) > RETRY_AFTER:
+        log.info("verifying %s/%s again with a new pod", namespace, adapter.metadata.name)
+        context.kube.delete(JOBS, namespace, name)
+        return None
+    pods = context.kube.list(PODS, namespace, f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}")
+    return result_of(job, finished, pods)
+
+
+def result_of(job: dict[str, Any], finished: dict[str, Any], pods: list[dict[str, Any]]) -> Verification:
+    """What the Job's pod said in its termination message; a pod that said nothing is a failed check."""
+    for pod in pods:
+        for container in (pod.get("status") or {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if container.get("name") != VERIFIER_CONTAINER or not terminated:
+                continue
+            message = (terminated.get("message") or "").strip()
+            if terminated.get("exitCode") == 0:
+                try:
+                    return Verification.from_message(message)
+                except ValueError as error:
+                    return _failed(f"the verification pod {pod['metadata']['name']}: {error}")
+            return _failed(
+                f"the verification pod {pod['metadata']['name']} exited with code {terminated.get('exitCode')}: "
+                f"{message[-500:] or terminated.get('reason') or 'no message'}"
+            )
+    reason = finished.get("reason") or finished.get("type")
+    return _failed(f"Job {job['metadata']['name']} ended ({reason}) without a result: {finished.get('message') or ''}")
+
+
+def _failed(message: str) -> Verification:
+    return Verification(problem_reason="VerificationFailed", problem_message=message.strip())

@@ -1,0 +1,42 @@
+"""The verification pod's program: check an artifact on a mounted claim, print the result as the
+pod's termination message, where the operator reads it.
+
+    python -m finetune_operator.adapters.volume_check --dir /artifact/<path>
+
+The ModelAdapter's spec arrives in FINETUNE_ADAPTER_SPEC (JSON, as in the API). Exit 0 whatever was
+found (a missing directory is a missing artifact); 2 when the pod itself is misconfigured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ..api import ModelAdapterSpec, format_validation_error
+from ..render.verifier import SPEC_ENV, TERMINATION_LOG
+from ..storage import FileStore
+from .verification import verify_artifact
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", required=True, type=Path, help="the artifact's directory (on the mounted claim)")
+    parser.add_argument("--result", type=Path, default=Path(TERMINATION_LOG), help="where the result goes")
+    args = parser.parse_args(argv)
+    try:
+        spec = ModelAdapterSpec.model_validate_json(os.environ.get(SPEC_ENV) or "")
+    except ValidationError as error:
+        print(f"{SPEC_ENV}: " + "; ".join(format_validation_error(error)), file=sys.stderr)
+        return 2
+    message = verify_artifact(spec, FileStore(f"file://{args.dir}")).to_message()
+    print(message)
+    args.result.write_text(message)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

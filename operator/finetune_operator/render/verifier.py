@@ -1,0 +1,118 @@
+"""The verification Job of a ModelAdapter stored on a PersistentVolumeClaim.
+
+The operator's pod cannot mount every claim of every namespace, so a short pod in the adapter's
+namespace mounts the claim read-only, runs the same checks the operator runs on s3:// artifacts
+(adapters/volume_check.py) and hands the result back as its termination message. It has no API
+access (no token is mounted) and runs under the restricted Pod Security level.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from ..api import API_VERSION, ModelAdapter
+from ..naming import MANAGED_BY
+from ..settings import Settings
+from .job import container_security, pod_security
+from .references import pvc_claim
+
+ADAPTER_LABEL = "finetune.dev/model-adapter"
+VERIFIER_CONTAINER = "verify"
+ARTIFACT_MOUNT = "/artifact"
+SPEC_ENV = "FINETUNE_ADAPTER_SPEC"
+TERMINATION_LOG = "/dev/termination-log"
+DEADLINE_SECONDS = 600  # a pod that cannot start (claim bound elsewhere, image missing) fails the check
+KEEP_FINISHED_SECONDS = 3600
+
+
+def verifier_job_name(adapter_name: str, generation: int | None) -> str:
+    """One Job per generation of the spec: a changed spec is verified by a new pod."""
+    suffix = f"-verify-{generation or 0}"
+    if len(adapter_name) + len(suffix) <= 63:
+        return adapter_name + suffix
+    digest = hashlib.sha256(adapter_name.encode()).hexdigest()[:8]
+    return f"{adapter_name[: 63 - len(suffix) - 9]}-{digest}{suffix}"
+
+
+def artifact_path(uri: str) -> tuple[str, str]:
+    """pvc://claim/some/dir/ -> (claim, some/dir)."""
+    claim = pvc_claim(uri)
+    if claim is None:
+        raise ValueError(f"{uri} is not a pvc:// URI")
+    return claim, uri.removeprefix(f"pvc://{claim}").strip("/")
+
+
+def _owner(adapter: ModelAdapter) -> dict[str, Any]:
+    # No blockOwnerDeletion: that would need update on modeladapters/finalizers where the
+    # OwnerReferencesPermissionEnforcement admission plugin runs, and nothing waits for these Jobs.
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "ModelAdapter",
+        "name": adapter.metadata.name,
+        "uid": adapter.metadata.uid,
+        "controller": True,
+    }
+
+
+def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings: Settings) -> dict[str, Any]:
+    name = adapter.metadata.name
+    claim, path = artifact_path(adapter.spec.artifact.uri)
+    labels = {
+        ADAPTER_LABEL: name,
+        "app.kubernetes.io/name": "finetune-verifier",
+        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+    container = {
+        "name": VERIFIER_CONTAINER,
+        "image": settings.verifier_image or settings.trainer_image,
+        "imagePullPolicy": settings.trainer_image_pull_policy,
+        "command": [
+            "python",
+            "-m",
+            "finetune_operator.adapters.volume_check",
+            f"--dir={ARTIFACT_MOUNT}/{path}".rstrip("/"),
+            f"--result={TERMINATION_LOG}",
+        ],
+        "env": [{"name": SPEC_ENV, "value": json.dumps(adapter.spec.to_api(), separators=(",", ":"))}],
+        "volumeMounts": [{"name": "artifact", "mountPath": ARTIFACT_MOUNT, "readOnly": True}],
+        "resources": {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+        "securityContext": container_security(),
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": pod_security(),
+        "containers": [container],
+        "volumes": [{"name": "artifact", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
+    }
+    if settings.verifier_node_selector:
+        pod_spec["nodeSelector"] = dict(settings.verifier_node_selector)
+    if settings.verifier_tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in settings.verifier_tolerations]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": verifier_job_name(name, generation),
+            "namespace": adapter.metadata.namespace,
+            "labels": labels,
+            "ownerReferences": [_owner(adapter)],
+        },
+        "spec": {
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": DEADLINE_SECONDS,
+            "ttlSecondsAfterFinished": KEEP_FINISHED_SECONDS,
+            "template": {
+                "metadata": {
+                    "labels": labels,
+                    "annotations": {"kubectl.kubernetes.io/default-container": VERIFIER_CONTAINER},
+                },
+                "spec": pod_spec,
+            },
+        },
+    }
