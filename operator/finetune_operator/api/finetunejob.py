@@ -200,7 +200,8 @@ class Data(ApiModel):
 
     format: DataFormat = describe(
         "Format of the training rows. auto detects it per source from the first rows: messages "
-        "(OpenAI chat JSONL), prompt-completion, alpaca (instruction/input/output), sharegpt "
+        "(OpenAI fine-tuning JSONL: tools, tool calls and tool results rendered through the chat template; "
+        "assistant messages with weight 0 are not learned), prompt-completion, alpaca (instruction/input/output), sharegpt "
         "(conversations from/value), text (raw text for continued pre-training) or preference "
         "(prompt/chosen/rejected for DPO).",
         default="auto",

@@ -46,6 +46,60 @@ def test_messages_row_is_a_chat_sample():
     )
 
 
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}},
+}
+
+
+def test_tool_calls_have_their_json_arguments_decoded_and_tool_results_are_kept():
+    row = {
+        "tools": [WEATHER_TOOL],
+        "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": '{"celsius": 4}'},
+            {"role": "assistant", "content": "4 °C in Oslo."},
+        ],
+    }
+    sample = parse_row("messages", row)
+
+    assert sample.tools == (WEATHER_TOOL,) and sample.uses_tools
+    assert sample.messages[1] == {
+        "role": "assistant",
+        "content": "",
+        "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Oslo"}}, "id": "c1"}
+        ],
+    }
+    assert sample.messages[2] == {"role": "tool", "content": '{"celsius": 4}', "tool_call_id": "c1"}
+
+
+def test_assistant_messages_with_weight_0_are_listed_as_untrained():
+    row = {
+        "messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "content": "Hello", "weight": 0},
+            {"role": "user", "content": "Bye"},
+            {"role": "assistant", "content": "Bye", "weight": 1},
+        ]
+    }
+    sample = parse_row("messages", row)
+
+    assert sample.untrained == frozenset({1}) and not sample.uses_tools
+    assert all("weight" not in message for message in sample.messages)
+
+
 def test_message_content_given_as_text_parts_is_joined():
     row = {
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Hi "}, {"type": "text", "text": "you"}]}]
@@ -123,6 +177,47 @@ def test_preference_row_with_a_message_prompt_is_conversational_throughout():
             {"messages": [{"role": "user", "content": 3}]},
             "messages[0].content must be a string, got a number",
         ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "Hi", "weight": 0}, {"role": "assistant", "content": "A"}]},
+            "messages[0].weight is set on a user message: only assistant messages have a weight",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A", "weight": 0.5}]},
+            "messages[1].weight must be 0 or 1, got 0.5",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "A", "weight": 0}]},
+            "every assistant message has weight 0",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": {"name": "f"}}]},
+            "messages[1].tool_calls must be a list, got an object",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "tool_calls": [{"name": "f"}]}]},
+            'messages[1].tool_calls[0] must be an object with a "function"',
+        ),
+        (
+            "messages",
+            {
+                "messages": [
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": "{city: 1}"}}]},
+                ]
+            },
+            "messages[1].tool_calls[0].function.arguments is not valid JSON",
+        ),
+        (
+            "messages",
+            {"messages": [{"role": "tool", "content": {"t": 1}}, {"role": "assistant", "content": "A"}]},
+            "messages[0].content must be a string, got an object",
+        ),
+        ("messages", {"messages": MESSAGES_ROW["messages"], "tools": [{"type": "function"}]}, "tools[0] must be"),
         ("prompt-completion", {"prompt": "Q"}, 'missing field "completion"'),
         ("prompt-completion", {"prompt": "Q", "completion": ""}, 'field "completion" is empty'),
         ("prompt-completion", {"prompt": 1, "completion": "A"}, 'field "prompt" must be a string, got a number'),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from finetune_trainer.data import ConfigError
-from finetune_trainer.data.formats import parse_row
+from finetune_trainer.data.formats import RowError, parse_row
 from finetune_trainer.data.tokenize import ExampleBuilder
 from finetune_trainer.data.types import IGNORE_INDEX, Example
 from finetune_trainer.tiny import CHATML_TEMPLATE
@@ -62,6 +62,56 @@ def test_template_that_rewrites_earlier_turns_without_markers_is_a_config_error(
 
     with pytest.raises(ConfigError, match=r"\{% generation %\}"):
         build(tokenizer, "messages", CONVERSATION, chat_template=unstable)
+
+
+WEIGHTED = {
+    "messages": [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "Lyon.", "weight": 0},
+        {"role": "user", "content": "Sure?"},
+        {"role": "assistant", "content": "Paris."},
+    ]
+}
+
+TOOL_CALL = {
+    "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+    "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}],
+        },
+        {"role": "tool", "content": "4 C"},
+        {"role": "assistant", "content": "It is 4 C."},
+    ],
+}
+
+
+@pytest.mark.parametrize("template", [None, CHATML_WITHOUT_MARKERS], ids=["markers", "prefixes"])
+def test_assistant_turns_with_weight_0_are_seen_but_not_learned(tokenizer, template):
+    (example,) = build(tokenizer, "messages", WEIGHTED, chat_template=template)
+
+    assert "Lyon." in tokenizer.decode(example.input_ids)
+    assert trained_text(tokenizer, example) == f"Paris.{END}"
+
+
+@pytest.mark.parametrize("template", [None, CHATML_WITHOUT_MARKERS], ids=["markers", "prefixes"])
+def test_tool_calls_are_learned_and_tool_definitions_and_results_are_not(tokenizer, template):
+    (example,) = build(tokenizer, "messages", TOOL_CALL, chat_template=template)
+
+    rendered = tokenizer.decode(example.input_ids)
+    assert rendered.startswith('<|im_start|>system\n# Tools\n{"type": "function"')
+    assert "<|im_start|>tool\n4 C<|im_end|>" in rendered
+    call = '<tool_call>{"name": "get_weather", "arguments": {"city": "Oslo"}}</tool_call>'
+    assert trained_text(tokenizer, example) == f"{call}{END}It is 4 C.{END}"
+
+
+def test_a_conversation_with_tools_and_a_template_without_them_is_refused(tokenizer):
+    without_tools = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+
+    with pytest.raises(RowError, match="the chat template does not render tools"):
+        build(tokenizer, "messages", TOOL_CALL, chat_template=without_tools)
 
 
 def test_alpaca_learns_the_output_after_instruction_and_input(tokenizer):

@@ -51,7 +51,7 @@ def test_each_kind_of_invalid_row_is_counted_with_its_file_and_line(write_jsonl,
         f'{uri}:3: missing field "messages"',
         f'{uri}:4: field "messages" must be a list, got a string',
         f"{uri}:5: messages[0].content is empty",
-        f'{uri}:6: messages[0] has unknown role "robot" (expected system, user, assistant)',
+        f'{uri}:6: messages[0] has unknown role "robot" (expected system, user, assistant, tool)',
         f"{uri}:7: no assistant message: there is nothing to learn from this conversation",
     ]
 

@@ -2,7 +2,9 @@
 
 Every format is normalised to one of four samples, so tokenization knows four shapes only:
 
-- ``messages`` (OpenAI fine-tuning JSONL), ``alpaca`` and ``sharegpt`` → :class:`ChatSample`;
+- ``messages`` (OpenAI fine-tuning JSONL: tool definitions, tool calls and tool results, and the
+  per-message ``weight`` that leaves an assistant turn out of the loss), ``alpaca`` and
+  ``sharegpt`` → :class:`ChatSample`;
 - ``prompt-completion`` → :class:`CompletionSample`;
 - ``text`` → :class:`TextSample`;
 - ``preference`` → :class:`PreferenceSample`.
@@ -13,6 +15,7 @@ caller counts it and reports it with the row's file:line.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -22,6 +25,7 @@ FORMATS = ("messages", "prompt-completion", "alpaca", "sharegpt", "text", "prefe
 CHAT_FORMATS = ("messages", "alpaca", "sharegpt")
 
 CHAT_ROLES = ("system", "user", "assistant")
+OPENAI_ROLES = (*CHAT_ROLES, "tool")
 SHAREGPT_ROLES = {"system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
 DETECTION_ROWS = 20  # the first rows that vote on a source's format
@@ -31,14 +35,24 @@ class RowError(ValueError):
     """A row that does not fit its format; the message is the reason, without the origin."""
 
 
-Message = dict[str, str]  # {"role": ..., "content": ...}
+Message = dict[str, Any]  # {"role": ..., "content": ...} and, in the OpenAI format, tool_calls / tool_call_id / name
 
 
 @dataclass(frozen=True)
 class ChatSample:
-    """A conversation; loss is taken on the assistant messages."""
+    """A conversation; loss is taken on the assistant messages but those listed in ``untrained``.
+
+    ``tools`` are the function definitions the chat template renders (usually into the system
+    prompt); tool results (role ``tool``) are context, never learned.
+    """
 
     messages: tuple[Message, ...]
+    tools: tuple[dict[str, Any], ...] = ()
+    untrained: frozenset[int] = frozenset()  # indexes of assistant messages with weight 0
+
+    @property
+    def uses_tools(self) -> bool:
+        return bool(self.tools) or any(m["role"] == "tool" or "tool_calls" in m for m in self.messages)
 
 
 @dataclass(frozen=True)
@@ -124,10 +138,94 @@ def parse_row(format_name: str, value: Any) -> Sample:
 
 
 def _parse_messages(row: dict[str, Any]) -> ChatSample:
-    messages = _chat_messages(_field(row, "messages", list), "messages", "role", "content", _openai_role)
-    if not any(message["role"] == "assistant" for message in messages):
+    items = _field(row, "messages", list)
+    if not items:
+        raise RowError("messages is empty")
+    messages, untrained = [], set()
+    for index, item in enumerate(items):
+        message, weight = _openai_message(item, f"messages[{index}]")
+        messages.append(message)
+        if weight == 0:
+            untrained.add(index)
+    assistant = {index for index, message in enumerate(messages) if message["role"] == "assistant"}
+    if not assistant:
         raise RowError("no assistant message: there is nothing to learn from this conversation")
-    return ChatSample(messages)
+    if assistant <= untrained:
+        raise RowError("every assistant message has weight 0: there is nothing to learn from this conversation")
+    return ChatSample(tuple(messages), _tools(row), frozenset(untrained))
+
+
+def _openai_message(item: Any, where: str) -> tuple[Message, int]:
+    """One message of the OpenAI fine-tuning format, normalised to what chat templates read; and its weight."""
+    if not isinstance(item, dict):
+        raise RowError(f"{where} must be an object, got {_type_name(item)}")
+    if "role" not in item:
+        raise RowError(f'{where} has no "role"')
+    role = item["role"]
+    if role not in OPENAI_ROLES:
+        raise RowError(f'{where} has unknown role "{role}" (expected {", ".join(OPENAI_ROLES)})')
+    weight = item.get("weight", 1)
+    if "weight" in item and role != "assistant":
+        raise RowError(f"{where}.weight is set on a {role} message: only assistant messages have a weight")
+    if isinstance(weight, bool) or weight not in (0, 1):
+        raise RowError(f"{where}.weight must be 0 or 1, got {weight!r}")
+    if role == "assistant" and item.get("tool_calls"):
+        calls = _tool_calls(item["tool_calls"], f"{where}.tool_calls")
+        content = item.get("content")
+        text = "" if content in (None, "") else _content(content, f"{where}.content")
+        return {"role": role, "content": text, "tool_calls": calls}, weight
+    message: Message = {"role": role, "content": _content(item.get("content"), f"{where}.content")}
+    if role == "tool":
+        for key in ("tool_call_id", "name"):
+            if key in item:
+                if not isinstance(item[key], str):
+                    raise RowError(f"{where}.{key} must be a string, got {_type_name(item[key])}")
+                message[key] = item[key]
+    return message, weight
+
+
+def _tool_calls(value: Any, where: str) -> list[dict[str, Any]]:
+    """OpenAI tool calls with their JSON-string arguments decoded: chat templates render them as objects."""
+    if not isinstance(value, list):
+        raise RowError(f"{where} must be a list, got {_type_name(value)}")
+    calls = []
+    for index, call in enumerate(value):
+        here = f"{where}[{index}]"
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict):
+            raise RowError(f'{here} must be an object with a "function"')
+        name = function.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise RowError(f"{here}.function.name must be a non-empty string")
+        arguments = function.get("arguments", {})
+        if isinstance(arguments, str):
+            try:
+                arguments = json.loads(arguments) if arguments.strip() else {}
+            except json.JSONDecodeError as error:
+                raise RowError(f"{here}.function.arguments is not valid JSON: {error.msg}") from None
+        if not isinstance(arguments, dict):
+            raise RowError(f"{here}.function.arguments must be a JSON object, got {_type_name(arguments)}")
+        normalised: dict[str, Any] = {"type": "function", "function": {"name": name, "arguments": arguments}}
+        if isinstance(call.get("id"), str):
+            normalised["id"] = call["id"]
+        calls.append(normalised)
+    return calls
+
+
+def _tools(row: dict[str, Any]) -> tuple[dict[str, Any], ...]:
+    """The row's function definitions (OpenAI "tools"), as chat templates take them."""
+    if row.get("tools") is None:
+        return ()
+    tools = row["tools"]
+    if not isinstance(tools, list):
+        raise RowError(f'field "tools" must be a list, got {_type_name(tools)}')
+    for index, tool in enumerate(tools):
+        function = tool.get("function") if isinstance(tool, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise RowError(
+                f'tools[{index}] must be {{"type": "function", "function": {{"name": ..., "parameters": ...}}}}'
+            )
+    return tuple(tools)
 
 
 def _parse_sharegpt(row: dict[str, Any]) -> ChatSample:

@@ -4,8 +4,9 @@ Where the loss is taken, by sample:
 
 - prompt-completion: on the completion and the EOS token after it. Prompt and completion are
   tokenized apart, as at inference, where the model sees the tokenized prompt and generates.
-- chat (messages, alpaca, sharegpt): on the assistant turns, end-of-turn token included (see
-  templates.py), through the tokenizer's chat template or ``spec.data.chatTemplate``.
+- chat (messages, alpaca, sharegpt): on the assistant turns (their tool calls included; not on
+  turns with weight 0, nor on tool results), end-of-turn token included (see templates.py),
+  through the tokenizer's chat template or ``spec.data.chatTemplate``.
 - text: on every token, with EOS at the end of the document. A document longer than
   maxSeqLength is split into maxSeqLength chunks (continued pre-training must see all of it),
   never truncated or dropped.
@@ -70,7 +71,7 @@ class ExampleBuilder:
         if isinstance(sample, CompletionSample):
             return self._fit(*self._completion(sample.prompt, sample.completion), source)
         if isinstance(sample, ChatSample):
-            return self._fit(*self._chat(sample.messages), source)
+            return self._fit(*self._chat(sample.messages, tools=sample.tools, untrained=sample.untrained), source)
         if isinstance(sample, PreferenceSample):
             return self._preference(sample, source)
         raise TypeError(f"not a sample: {sample!r}")
@@ -87,8 +88,15 @@ class ExampleBuilder:
         completion_ids = self._encode(completion) + self._eos
         return prompt_ids + completion_ids, [IGNORE_INDEX] * len(prompt_ids) + completion_ids
 
-    def _chat(self, messages: Sequence[dict[str, str]], prompt_ids: Sequence[int] = ()) -> tuple[list[int], list[int]]:
-        ids, assistant = self.chat.encode(messages)
+    def _chat(
+        self,
+        messages: Sequence[dict[str, Any]],
+        prompt_ids: Sequence[int] = (),
+        *,
+        tools: Sequence[dict[str, Any]] = (),
+        untrained: frozenset[int] = frozenset(),
+    ) -> tuple[list[int], list[int]]:
+        ids, assistant = self.chat.encode(messages, tools, untrained)
         # The prompt ends where the rendered prompt stops matching the whole: robust to a template
         # that merges the prompt's last token with the answer's first.
         prompt_length = _common_prefix(prompt_ids, ids)
