@@ -150,3 +150,53 @@ def test_a_training_pod_deleted_mid_run_is_retried_and_resumes_from_its_checkpoi
     assert status["resumedFromStep"] >= 20, status
     assert status["progress"]["step"] == 80
     assert condition(get(cluster, "ftj", namespace, "interrupted"), "Succeeded")["status"] == "True"
+
+
+def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_that_volume(
+    cluster, namespace, local_node, minio, stores, start_operator, tmp_path, request
+):
+    """output.uri on a PersistentVolumeClaim: the trainer writes through the mounted claim, and the
+    operator, which cannot mount it, has a verification pod check the published files there."""
+    from nodeagent import NODE_LABEL, host_path_volume
+
+    volume_dir = tmp_path / "outputs-volume"
+    volume = host_path_volume(f"{namespace}-outputs", volume_dir, namespace, "outputs")
+    cluster.run_kubectl("create", "-f", "-", input=yaml.safe_dump(volume))
+    request.addfinalizer(lambda: cluster.run_kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false"))
+    claim = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "outputs", "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    apply(cluster, claim)
+    port = free_port()
+    start_operator(
+        f"--progress-port={port}",
+        f"--progress-url=https://127.0.0.1:{port}",
+        f"--operator-namespace={namespace}",
+        f"--verifier-node-selector={NODE_LABEL}=true",
+        f"--verifier-tolerations={NODE_LABEL}=true:NoSchedule",
+    )
+    manifest = quickstart(namespace, stores, maxSteps=10, checkpointEverySteps=5)
+    manifest["spec"]["output"] = {"uri": "pvc://outputs/finetune/"}
+    manifest["spec"]["evaluation"]["gate"]["mode"] = "warn"  # 10 steps need not pass the quickstart's gate
+    apply(cluster, manifest)
+    name, adapter_name = manifest["metadata"]["name"], manifest["spec"]["adapter"]["name"]
+
+    wait_for("Published", condition_is(cluster, namespace, name, "Published"), timeout=600, interval=0.5)
+    status = get(cluster, "ftj", namespace, name)["status"]
+    assert status["checkpoint"]["uri"].startswith(f"pvc://outputs/finetune/{namespace}/{name}/checkpoints/")
+    ready = wait_for("Ready", condition_is(cluster, namespace, adapter_name, "Ready", kind="ftadapter"), timeout=120)
+    assert ready["reason"] == "Verified" and status["adapter"]["digest"] in ready["message"]
+    (verifier,) = items(cluster, "pods", namespace, f"finetune.dev/model-adapter={adapter_name}")
+    assert verifier["spec"]["nodeName"] == local_node.node_name
+
+    # The files are on the volume, where the claim's pods would read them.
+    uri = get(cluster, "ftadapter", namespace, adapter_name)["spec"]["artifact"]["uri"]
+    stored = volume_dir / uri.removeprefix("pvc://outputs/").rstrip("/")
+    assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= {p.name for p in stored.iterdir()}
