@@ -4,6 +4,7 @@ and leaves an entrypoint that starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from chartkit import CHART, REPO
+from finetune_operator.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 DOCKERFILES = [REPO / "Dockerfile", REPO / "trainer-image" / "Dockerfile"]
 
@@ -171,3 +173,28 @@ def test_the_operator_dockerfiles_install_steps_succeed_in_a_fresh_virtualenv(tm
     assert "kopf==" in installed and "finetune-operator==" in installed
     for heavy in ("torch", "transformers", "peft", "accelerate"):
         assert f"\n{heavy}==" not in f"\n{installed}", f"{heavy} is in the operator image"
+
+    # The chart runs pvc:// verification pods with this image: its program verifies an artifact here too.
+    artifact = tmp_path / "claim" / "bot" / "v1"
+    artifact.mkdir(parents=True)
+    (artifact / "adapter_config.json").write_text('{"peft_type": "LORA", "r": 8, "target_modules": ["q_proj"]}')
+    (artifact / "adapter_model.safetensors").write_bytes(b"\0" * 64)
+    manifest = manifest_of_directory(artifact)
+    (artifact / MANIFEST_FILE_NAME).write_text(manifest.model_dump_json(by_alias=True))
+    spec = {"baseModel": {"uri": "hf://example/tiny"}, "artifact": {"uri": "pvc://claim/bot/v1/"}}
+    result = tmp_path / "termination-log"
+    verified = subprocess.run(
+        [
+            str(venv / "bin" / "python"),
+            "-m",
+            "finetune_operator.adapters.volume_check",
+            f"--dir={artifact}",
+            f"--result={result}",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**environment, "FINETUNE_ADAPTER_SPEC": json.dumps(spec)},
+    )
+    assert verified.returncode == 0, verified.stderr
+    assert json.loads(result.read_text())["digest"] == manifest.digest

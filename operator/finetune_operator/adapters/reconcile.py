@@ -85,7 +85,7 @@ def _verify_here(context: Context, adapter: ModelAdapter) -> Verification:
 def _verifying(status: ModelAdapterStatus, adapter: ModelAdapter, generation) -> list[Change]:
     job = verifier_job_name(adapter.metadata.name, generation)
     message = f"the pod of Job {job} is reading {adapter.spec.artifact.uri}"
-    status.phase = "Pending"
+    status.phase = "Verifying"
     return [
         *_condition(status, "ArtifactVerified", "Unknown", "Verifying", message, generation),
         *_condition(status, "ServingCompatible", "Unknown", "ArtifactNotVerified", "not checked yet", generation),
