@@ -1,8 +1,9 @@
 """Publishing: a succeeded FineTuneJob whose gate allows it gets its ModelAdapter.
 
-The artifact's location and digest come from the trainer's final progress report (status.artifact);
-when that report never arrived (progress disabled, operator away at the time), the training
-report the trainer leaves next to its checkpoints is read instead.
+The artifact's location and digest come from the trainer's final progress report, or from the
+summary it leaves in its termination message (both land in status.artifact, see status/observe.py);
+when neither is there (pods gone with ttlSecondsAfterFinished before the operator looked), the
+training report the trainer leaves next to its checkpoints is read instead.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: 
         return [change] if change else []
 
     artifact, evaluation, revision = status.artifact, status.evaluation, status.model.revision if status.model else None
-    why = "no final progress report"
+    why = "no final progress report or termination message"
     if artifact is None:
         report, problem = _training_report(context, job)
         why += f", and {problem}" if problem else ", and the training report names no artifact"

@@ -155,8 +155,10 @@ def test_a_training_pod_deleted_mid_run_is_retried_and_resumes_from_its_checkpoi
 def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_that_volume(
     cluster, namespace, local_node, minio, stores, start_operator, tmp_path, request
 ):
-    """output.uri on a PersistentVolumeClaim: the trainer writes through the mounted claim, and the
-    operator, which cannot mount it, has a verification pod check the published files there."""
+    """output.uri on a PersistentVolumeClaim, and no progress endpoint: the trainer writes through the
+    mounted claim and leaves its final summary in its termination message; the operator, which can
+    neither mount the claim nor hear from the trainer, publishes from that summary and has a
+    verification pod check the published files on the volume."""
     from nodeagent import NODE_LABEL, host_path_volume
 
     volume_dir = tmp_path / "outputs-volume"
@@ -174,11 +176,8 @@ def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_tha
         },
     }
     apply(cluster, claim)
-    port = free_port()
     start_operator(
-        f"--progress-port={port}",
-        f"--progress-url=https://127.0.0.1:{port}",
-        f"--operator-namespace={namespace}",
+        "--progress-port=0",
         f"--verifier-node-selector={NODE_LABEL}=true",
         f"--verifier-tolerations={NODE_LABEL}=true:NoSchedule",
     )
@@ -190,7 +189,9 @@ def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_tha
 
     wait_for("Published", condition_is(cluster, namespace, name, "Published"), timeout=600, interval=0.5)
     status = get(cluster, "ftj", namespace, name)["status"]
-    assert status["checkpoint"]["uri"].startswith(f"pvc://outputs/finetune/{namespace}/{name}/checkpoints/")
+    assert "progress" not in status  # nothing was pushed
+    assert status["artifact"]["uri"].startswith(f"pvc://outputs/finetune/{namespace}/")
+    assert status["evaluation"]["task"]["adapterLoss"] < status["evaluation"]["task"]["baseLoss"]
     ready = wait_for("Ready", condition_is(cluster, namespace, adapter_name, "Ready", kind="ftadapter"), timeout=120)
     assert ready["reason"] == "Verified" and status["adapter"]["digest"] in ready["message"]
     (verifier,) = items(cluster, "pods", namespace, f"finetune.dev/model-adapter={adapter_name}")
@@ -200,3 +201,5 @@ def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_tha
     uri = get(cluster, "ftadapter", namespace, adapter_name)["spec"]["artifact"]["uri"]
     stored = volume_dir / uri.removeprefix("pvc://outputs/").rstrip("/")
     assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= {p.name for p in stored.iterdir()}
+    checkpoints = volume_dir / "finetune" / namespace / name / "checkpoints"
+    assert any(checkpoints.iterdir()), "no checkpoint on the volume"

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from finetune_operator.api import TrainingReport
+from finetune_operator.api import FinalSummary, TrainingReport
 from finetune_trainer.artifact import ArtifactTarget, publish
 from finetune_trainer.checkpoint import MARKER, Checkpointer
 from finetune_trainer.distributed import Distributed
@@ -131,8 +131,14 @@ def test_an_incomplete_artifact_directory_is_replaced(trainer_env):
     assert (leftover / "adapter_model.safetensors").read_bytes() == b"weights"
 
 
-def test_a_retry_after_publishing_finds_the_artifact_and_is_done(make_job):
+def test_a_retry_after_publishing_finds_the_artifact_and_is_done(make_job, trainer_env):
     config = make_job(training={"maxSteps": 2})
     first = run(config)
+    termination_log = trainer_env / "termination-log"
+    summary = FinalSummary.model_validate_json(termination_log.read_text())
+    assert summary.artifact == first.artifact and summary.evaluation == first.evaluation
+    termination_log.unlink()
     assert run(config) is None
     assert json.loads((artifact_dir(config) / "manifest.json").read_text())["digest"] == first.artifact.digest
+    # The retry leaves the same summary for the operator: its pod is the one the operator sees.
+    assert FinalSummary.model_validate_json(termination_log.read_text()) == summary

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, FineTuneJobStatus
+from finetune_operator.api import FinalSummary, FineTuneJob, FineTuneJobStatus
 from finetune_operator.crdgen import finetunejob_crd
 from finetune_operator.status.conditions import get_condition
 from finetune_operator.status.observe import MAX_MESSAGE, Blocker, Observation, compute_status, last_termination
@@ -346,6 +346,38 @@ def test_a_complete_job_succeeds_with_its_completion_time():
     assert condition(status, "Succeeded") == ("True", "TrainingSucceeded")
     assert condition(status, "Running") == ("False", "JobFinished")
     assert condition(status, "Failed") == ("False", "TrainingSucceeded")
+
+
+DIGEST = "sha256:" + "d" * 64
+SUMMARY = FinalSummary.model_validate(
+    {
+        "artifact": {"uri": "pvc://outputs/team-a/demo/v1/", "digest": DIGEST, "sizeBytes": 1234},
+        "evaluation": {"task": {"baseLoss": 2.0, "adapterLoss": 1.5}, "gate": "Passed", "message": "g" * 3000},
+        "modelRevision": "abc123",
+    }
+)
+
+
+def test_the_summary_in_a_succeeded_trainers_termination_message_stands_in_for_the_final_push():
+    message = SUMMARY.to_message()
+    assert len(message.encode()) < 4096
+    done = training_job(job_condition("Complete"))
+    status, _ = observe(make_job(), done, [pod(phase="Succeeded", exit_code=0, message=message)])
+    assert status.artifact.uri == "pvc://outputs/team-a/demo/v1/" and status.artifact.digest == DIGEST
+    assert status.artifact.size_bytes == 1234 and status.model.revision == "abc123"
+    assert status.evaluation.gate == "Passed" and status.evaluation.message == "g" * 1500
+    assert condition(status, "Evaluated") == ("True", "GatePassed")
+
+
+def test_a_pushed_artifact_wins_over_the_termination_message_and_failures_say_nothing():
+    pushed = {"artifact": {"uri": "s3://a/pushed/", "digest": DIGEST, "sizeBytes": 1}}
+    done = training_job(job_condition("Complete"))
+    status, _ = observe(make_job(pushed), done, [pod(phase="Succeeded", exit_code=0, message=SUMMARY.to_message())])
+    assert status.artifact.uri == "s3://a/pushed/"
+    failed = pod(phase="Failed", exit_code=1, message=SUMMARY.to_message())
+    plain = pod(name="demo-0-plain", phase="Succeeded", exit_code=0, message="done")
+    status, _ = observe(make_job(), done, [failed, plain])
+    assert status.artifact is None
 
 
 def test_the_completion_time_falls_back_to_the_complete_condition_then_now():

@@ -2,8 +2,8 @@
 
 The exit status is an API (finetune_operator.api.ExitCode): 0 success, 78 configuration error,
 65 data error, 79 evaluation gate failed (none of them retried), 75 preempted after a checkpoint
-(retried, resumes), 1 anything else. A failure's one-line reason also goes to the container's termination message, where the
-operator reads it for the job's conditions.
+(retried, resumes), 1 anything else. A failure's one-line reason goes to the container's termination message, where the
+operator reads it for the job's conditions; a success leaves the final summary there (termination.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from finetune_operator.api import ExitCode
 
 from . import log
 from .errors import exit_code_of
+from .termination import write_termination_message
 
 DEFAULT_CONFIG = Path("/etc/finetune/config.json")
 
@@ -59,16 +60,6 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(f"{code.meaning}: {error}")
     record_exit_code(code)
     return int(code)
-
-
-def write_termination_message(message: str) -> None:
-    """The reason for Kubernetes' terminationMessagePath (the pod's status shows it)."""
-    path = Path(os.environ.get("FINETUNE_TERMINATION_LOG", "/dev/termination-log"))
-    try:
-        with path.open("w", encoding="utf-8") as handle:
-            handle.write(message[:4000])  # the kubelet keeps at most 4096 bytes
-    except OSError:
-        pass  # not in a pod, or not writable: the log line says the same
 
 
 def register_with_launcher() -> None:

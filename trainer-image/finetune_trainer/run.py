@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from finetune_operator.api import (
     REPORT_FILE_NAME,
+    ArtifactReport,
     EvaluationSummary,
     ProgressReport,
     SourceStatistics,
@@ -55,6 +56,7 @@ from .report import CompositeHooks, JsonLogHooks, MetricsFileHooks, TrainingHook
 from .signals import StopRequest
 from .state import TrainState, capture_rng, restore_rng
 from .storage import FetchedModel, fetch_model, open_location, resolve_data, scratch_dir
+from .termination import write_final_summary
 
 
 def run(config_path: Path, hooks: list[TrainingHooks] | None = None) -> TrainingReport | None:
@@ -64,7 +66,9 @@ def run(config_path: Path, hooks: list[TrainingHooks] | None = None) -> Training
         loaded = load_config(config_path)
         session = _set_up(loaded, hooks or [], stop)
         if session is None:
-            _enforce_gate(_published_report(loaded))
+            published = _published_report(loaded)
+            write_final_summary(published)
+            _enforce_gate(published)
             return None
         state = _train(session)
         summary = _evaluate(session, state)
@@ -75,8 +79,14 @@ def run(config_path: Path, hooks: list[TrainingHooks] | None = None) -> Training
 
 
 def _published_report(loaded: LoadedConfig) -> TrainingReport | None:
-    existing = ArtifactTarget.of(loaded.config.output.artifact_uri).published()
-    return existing[1] if existing else None
+    """The report of the artifact a previous attempt published, with the artifact it describes."""
+    target = ArtifactTarget.of(loaded.config.output.artifact_uri)
+    existing = target.published()
+    if existing is None or existing[1] is None:
+        return None
+    manifest, report = existing
+    artifact = ArtifactReport(uri=target.uri, digest=manifest.digest, size_bytes=manifest.size_bytes)
+    return report.model_copy(update={"artifact": artifact})
 
 
 def _enforce_gate(report: TrainingReport | None) -> None:
@@ -333,6 +343,7 @@ def _publish(session: _Session, state: TrainState, summary: EvaluationSummary) -
         report.wall_seconds += time.monotonic() - evaluated
         session.checkpointer.location.write_bytes(REPORT_FILE_NAME, report.model_dump_json(indent=2).encode())
         session.hooks.on_end(report)
+        write_final_summary(report)
     dist.barrier()
     return report
 

@@ -43,6 +43,23 @@ class ProgressReport(ApiModel):
     artifact: ArtifactReport | None = describe("The stored artifact, once complete.", default=None)
 
 
+class FinalSummary(ApiModel):
+    """What a trainer that succeeded leaves in its container's termination message (global rank 0): enough
+    to publish without the progress channel and without reading the output location (the operator
+    cannot mount pvc:// claims)."""
+
+    artifact: ArtifactReport = describe("The stored artifact.")
+    evaluation: EvaluationSummary | None = describe("The final evaluation.", default=None)
+    model_revision: text(255) | None = describe("Resolved commit of an hf:// base model.", default=None)
+
+    def to_message(self) -> str:
+        """Compact JSON under the kubelet's 4096 bytes: the gate's reasoning is cut, never the numbers."""
+        summary = self.model_copy(deep=True)
+        if summary.evaluation is not None and summary.evaluation.message:
+            summary.evaluation.message = summary.evaluation.message[:1500]
+        return summary.model_dump_json(by_alias=True, exclude_none=True)
+
+
 class SourceStatistics(ApiModel):
     uri: str
     format: str

@@ -6,7 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import ExitCode, FineTuneJob, FineTuneJobStatus, describe_exit_code
+from pydantic import ValidationError
+
+from ..api import ExitCode, FinalSummary, FineTuneJob, FineTuneJobStatus, describe_exit_code
+from ..api.finetunejob import ArtifactStatus, ModelStatus
 from ..naming import KUEUE_LABELS, TRAINER_CONTAINER
 from .conditions import Change, get_condition, is_true, set_condition
 
@@ -82,6 +85,28 @@ def last_termination(pods: list[dict[str, Any]]) -> Termination | None:
     return max(found, key=lambda t: t.finished_at) if found else None
 
 
+def final_summary(pods: list[dict[str, Any]]) -> FinalSummary | None:
+    """The summary a trainer that exited 0 left in its termination message (global rank 0 writes one)."""
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            terminated = (container.get("state") or {}).get("terminated")
+            if container.get("name") != TRAINER_CONTAINER or not terminated or terminated.get("exitCode") != 0:
+                continue
+            try:
+                return FinalSummary.model_validate_json(terminated.get("message") or "")
+            except ValidationError:
+                continue  # an older trainer, or a rank that writes none
+    return None
+
+
+def _adopt(status: FineTuneJobStatus, summary: FinalSummary) -> None:
+    """What the final progress push would have said, had it arrived."""
+    status.artifact = ArtifactStatus.model_validate(summary.artifact.model_dump())
+    status.evaluation = status.evaluation or summary.evaluation
+    if summary.model_revision and not (status.model and status.model.revision):
+        status.model = ModelStatus(revision=summary.model_revision)
+
+
 def _job_condition(training_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for condition in training_job.get("status", {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
@@ -140,6 +165,9 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         condition("ReferencesResolved", "False", blockers[0].reason, _clip("; ".join(b.message for b in blockers)))
     else:
         condition("ReferencesResolved", "True", "AllFound", "everything the job refers to exists")
+
+    if status.artifact is None and (summary := final_summary(observation.pods)) is not None:
+        _adopt(status, summary)
 
     if status.evaluation is not None and status.evaluation.gate:
         verdict, message = status.evaluation.gate, status.evaluation.message or ""
