@@ -31,3 +31,4 @@ class Outcome:
     changes: tuple[Change, ...] = ()
     status: FineTuneJobStatus | None = None
     created: str | None = None
+    requeue_after: float | None = None  # seconds until something is due (a TTL), without waiting for the resync

@@ -80,6 +80,8 @@ class Controller:
                 self.queue.forget(key)
                 self.metrics.reconciled(self.name, time.monotonic() - started, None)
                 self.record(namespace, name, outcome)
+                if outcome.requeue_after is not None:
+                    self.queue.add_after(key, outcome.requeue_after)
             finally:
                 self.queue.done(key)
 

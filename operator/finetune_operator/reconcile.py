@@ -8,6 +8,8 @@ never left with half of its children.
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import logging
 from typing import Any
 
@@ -29,7 +31,7 @@ from .render import (
     render_service_account,
     resolve_trainer_config,
 )
-from .status.conditions import set_condition
+from .status.conditions import get_condition, is_true, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished
 
 log = logging.getLogger(__name__)
@@ -77,7 +79,14 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
             )
             training_job = None
         elif not blockers and config is not None:
-            training_job = _converge_children(context, job, config, training_job)
+            try:
+                training_job = _converge_children(context, job, config, training_job)
+            except KubeError as error:
+                if error.status not in (400, 422):
+                    raise
+                # What the schema cannot check (a malformed affinity, say): the Job is refused. Said once
+                # in a condition, retried at resync; not retried at once as if the API server were away.
+                blockers.append(Blocker("InvalidPodTemplate", f"the API server refused: {_api_message(error)}"))
 
     pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
@@ -93,7 +102,35 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     _write_status(context, raw, job, status)
     for change in changes:
         context.kube.create_event(event_for(raw, change, now))
-    return Outcome(status.phase, tuple(changes), status, job.metadata.creation_timestamp)
+    requeue = _expire(context, job, status, training_job, now)
+    return Outcome(status.phase, tuple(changes), status, job.metadata.creation_timestamp, requeue)
+
+
+def _expire(context: Context, job: FineTuneJob, status, training_job: dict[str, Any] | None, now: str) -> float | None:
+    """spec.ttlSecondsAfterFinished: the Job and its pods go once the outcome is recorded and the TTL has
+    passed (the FineTuneJob and its ModelAdapter stay). Returns the seconds left, when some are."""
+    ttl = job.spec.ttl_seconds_after_finished
+    if ttl is None or training_job is None or not is_finished(status) or not status.completion_time:
+        return None
+    if is_true(status.conditions, "Succeeded") and get_condition(status.conditions, "Published") is None:
+        return None  # not published yet: the pods' termination messages may still be needed
+    left = ttl - (_parse_time(now) - _parse_time(status.completion_time)).total_seconds()
+    if left > 0:
+        return left
+    log.info("deleting the training Job of %s/%s: finished %ds ago", job.metadata.namespace, job.metadata.name, ttl)
+    context.kube.delete(JOBS, job.metadata.namespace, training_job["metadata"]["name"])
+    return None
+
+
+def _parse_time(timestamp: str) -> dt.datetime:
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def _api_message(error: KubeError) -> str:
+    try:
+        return json.loads(error.body).get("message") or error.body[:1024]
+    except (ValueError, AttributeError):
+        return error.body[:1024]
 
 
 def _selector(name: str) -> str:

@@ -212,6 +212,24 @@ def test_a_missing_secret_is_a_condition_and_creating_it_lets_the_job_proceed(cl
     assert condition(get(cluster, "ftj", namespace, "needs-creds"), "ReferencesResolved")["status"] == "True"
 
 
+def test_a_pod_template_the_api_server_refuses_is_a_condition_not_a_retry_storm(cluster, namespace, operator):
+    manifest = training_job("bad-affinity", namespace)
+    manifest["spec"]["template"]["affinity"] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}
+    }
+    apply(cluster, manifest)
+
+    refused = wait_for("Created=False", condition_is(cluster, namespace, "bad-affinity", "Created", "False"))
+    assert refused["reason"] == "InvalidPodTemplate" and "nodeSelectorTerms" in refused["message"]
+    assert get(cluster, "job", namespace, "bad-affinity") is None
+    # Fixing the template lets it proceed.
+    cluster.run_kubectl(
+        "patch", "ftj", "bad-affinity", "-n", namespace, "--type=json",
+        "-p", '[{"op": "remove", "path": "/spec/template/affinity"}]',
+    )  # fmt: skip
+    wait_for("Succeeded", condition_is(cluster, namespace, "bad-affinity", "Succeeded"), timeout=90)
+
+
 def test_deleting_a_job_removes_its_children(cluster, namespace, operator):
     apply(cluster, training_job("short-lived", namespace, run="1h"))
     wait_for("the training Job", lambda: get(cluster, "job", namespace, "short-lived"))
@@ -276,7 +294,9 @@ def test_a_kueue_queued_job_waits_suspended_until_admitted(cluster, namespace, o
 def test_ttl_removes_the_training_job_but_keeps_the_finetunejob(cluster, namespace, operator):
     apply(cluster, training_job("ephemeral", namespace, ttlSecondsAfterFinished=1))
     wait_for("Succeeded", condition_is(cluster, namespace, "ephemeral", "Succeeded"), timeout=60)
+    # The operator removes it (not the Job controller's TTL, which could outrun the recording of the outcome).
     wait_for("the Job to be removed", lambda: get(cluster, "job", namespace, "ephemeral") is None, timeout=60)
+    wait_for("its pods to go", lambda: not items(cluster, "pods", namespace, "finetune.dev/job=ephemeral"), timeout=60)
     cluster.run_kubectl("annotate", "ftj", "ephemeral", "-n", namespace, "poke=1")  # an event: reconcile again
     ftj = wait_for("a reconcile after the TTL", lambda: get(cluster, "ftj", namespace, "ephemeral"))
     assert ftj["status"]["phase"] == "Succeeded"

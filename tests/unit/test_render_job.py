@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -353,6 +354,55 @@ def test_every_volume_the_operator_adds_is_allowed_under_restricted():
         assert source in RESTRICTED_VOLUME_TYPES, volume
 
 
+def test_the_volumes_and_mount_paths_the_operator_uses_are_the_ones_the_api_reserves():
+    from finetune_operator.api.finetunejob import RESERVED_MOUNT_PATHS, RESERVED_VOLUME_NAMES, RESERVED_VOLUME_PREFIXES
+
+    job = make_job(
+        {
+            "spec.model": {"uri": "pvc://models/llama", "credentialsSecretRef": {"name": "hf"}},
+            "spec.output": {"uri": "s3://out/prefix", "credentialsSecretRef": {"name": "out-s3"}},
+        }
+    )
+    settings = Settings(default_output_uri="s3://models/out", progress_url="https://operator:8443")
+    spec = pod_spec(job, settings)
+    for volume in spec["volumes"]:
+        name = volume["name"]
+        assert name in RESERVED_VOLUME_NAMES or name.startswith(RESERVED_VOLUME_PREFIXES), name
+    for mount in spec["containers"][0]["volumeMounts"]:
+        path = mount["mountPath"]
+        assert any(path == p or path.startswith(p + "/") for p in RESERVED_MOUNT_PATHS), path
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ({"volumes": [{"name": "config", "emptyDir": {}}]}, "volumes[0].name 'config' is the operator's"),
+        ({"volumes": [{"name": "pvc-0", "emptyDir": {}}]}, "volumes[0].name 'pvc-0' is the operator's"),
+        ({"volumes": [{"emptyDir": {}}]}, "volumes[0] needs a name"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/dev/shm"}]}, "mountPath /dev/shm is within /dev/shm"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/mnt/pvc/x/"}]}, "is within /mnt/pvc"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "data"}]}, "must be an absolute path"),
+    ],
+)
+def test_template_volumes_that_would_collide_with_the_operators_are_refused(template, message):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape(message)):
+        make_job({"spec.template": template})
+
+
+def test_template_volumes_beside_the_operators_are_kept():
+    job = make_job(
+        {
+            "spec.template": {
+                "volumes": [{"name": "datasets", "emptyDir": {}}],
+                "volumeMounts": [{"name": "datasets", "mountPath": "/mnt/datasets"}],
+            }
+        }
+    )
+    assert mounts_of(job)["datasets"]["mountPath"] == "/mnt/datasets"
+
+
 def test_the_root_filesystem_is_read_only_and_caches_go_to_writable_scratch():
     trainer = container(make_job())
     assert trainer["securityContext"]["readOnlyRootFilesystem"] is True
@@ -524,17 +574,17 @@ def test_the_backoff_limit_comes_from_spec():
     assert render_job(make_job({"spec.backoffLimit": 7}), SETTINGS, "cfg")["spec"]["backoffLimit"] == 7
 
 
-def test_deadline_and_ttl_are_absent_unless_set():
+def test_the_deadline_is_absent_unless_set():
     spec = render_job(make_job(), SETTINGS, "cfg")["spec"]
     assert "activeDeadlineSeconds" not in spec
-    assert "ttlSecondsAfterFinished" not in spec
 
 
-def test_deadline_and_ttl_are_copied_when_set():
+def test_the_deadline_is_copied_and_the_ttl_is_left_to_the_operator():
     job = make_job({"spec.activeDeadlineSeconds": 86400, "spec.ttlSecondsAfterFinished": 0})
     spec = render_job(job, SETTINGS, "cfg")["spec"]
     assert spec["activeDeadlineSeconds"] == 86400
-    assert spec["ttlSecondsAfterFinished"] == 0
+    # The Job controller's TTL could remove a finished Job before the operator recorded its outcome.
+    assert "ttlSecondsAfterFinished" not in spec
 
 
 def test_the_pod_failure_policy_fails_the_job_on_the_non_retriable_exit_codes():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import (
     CONDITIONS_LIST_MAP,
@@ -401,6 +401,12 @@ class EnvVar(ApiModel):
     )
 
 
+# What the operator itself mounts into the trainer (render/job.py; a unit test keeps the two in step).
+RESERVED_VOLUME_NAMES = ("config", "scratch", "shm", "progress-token")
+RESERVED_VOLUME_PREFIXES = ("credentials-", "pvc-")
+RESERVED_MOUNT_PATHS = ("/etc/finetune", "/scratch", "/dev/shm", "/var/run/finetune", "/mnt/pvc")
+
+
 class Template(ApiModel):
     """Pod-level settings passed through to the training pods: a small, safe subset of PodSpec."""
 
@@ -439,6 +445,36 @@ class Template(ApiModel):
     pod_annotations: dict[str, text(4096)] = describe(
         "Extra annotations of the pods.", default_factory=dict, max_length=64
     )
+
+    @field_validator("volumes")
+    @classmethod
+    def _volume_names_are_free(cls, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, volume in enumerate(volumes):
+            name = volume.get("name")
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"volumes[{index}] needs a name")
+            if name in RESERVED_VOLUME_NAMES or name.startswith(RESERVED_VOLUME_PREFIXES):
+                raise ValueError(
+                    f"volumes[{index}].name {name!r} is the operator's: avoid {', '.join(RESERVED_VOLUME_NAMES)} "
+                    f"and names starting with {' or '.join(RESERVED_VOLUME_PREFIXES)}"
+                )
+        return volumes
+
+    @field_validator("volume_mounts")
+    @classmethod
+    def _mount_paths_are_free(cls, mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for index, mount in enumerate(mounts):
+            path = mount.get("mountPath")
+            if not isinstance(path, str) or not path.startswith("/"):
+                raise ValueError(f"volumeMounts[{index}].mountPath must be an absolute path")
+            clean = path.rstrip("/") or "/"
+            for reserved in RESERVED_MOUNT_PATHS:
+                if clean == reserved or clean.startswith(reserved + "/"):
+                    raise ValueError(
+                        f"volumeMounts[{index}].mountPath {path} is within {reserved}, where the operator mounts "
+                        "the trainer's configuration, scratch space, tokens, credentials and claims"
+                    )
+        return mounts
 
 
 class Output(ApiModel):

@@ -308,8 +308,9 @@ def render_job(job: FineTuneJob, settings: Settings, config_hash: str) -> dict[s
     }
     if job.spec.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = job.spec.active_deadline_seconds
-    if job.spec.ttl_seconds_after_finished is not None:
-        spec["ttlSecondsAfterFinished"] = job.spec.ttl_seconds_after_finished
+    # No ttlSecondsAfterFinished on the Job: the operator deletes it once the outcome is recorded
+    # (reconcile.py _expire). A Job the TTL controller removed before the operator looked would leave
+    # the outcome unknown, and a FineTuneJob whose Job is gone would start it again.
     manifest = {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -181,7 +181,9 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     training_job = observation.training_job
     if training_job is None:
         if blockers:
-            condition("Created", "False", blockers[0].reason, "the training Job is not created until this is fixed")
+            condition(
+                "Created", "False", blockers[0].reason, _clip(f"not created until this is fixed: {blockers[0].message}")
+            )
         else:
             condition("Created", "False", "Creating", "creating the training Job")
         condition("Running", "False", "NotStarted", "no training Job yet")
