@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from .api import REPORT_FILE_NAME, FineTuneJob, FineTuneJobStatus, TrainingReport, allows_publishing
 from .api.finetunejob import AdapterStatus, ArtifactStatus
 from .context import Context
-from .render import resolve_trainer_config
+from .render import ResolutionError, resolve_trainer_config
 from .render.modeladapter import render_model_adapter
 from .render.trainer_config import output_secret
 from .status.conditions import Change, is_true, set_condition
@@ -27,7 +27,10 @@ log = logging.getLogger(__name__)
 
 def _training_report(context: Context, job: FineTuneJob) -> tuple[TrainingReport | None, str]:
     """The report the trainer leaves next to its checkpoints, or None and why it could not be read."""
-    config = resolve_trainer_config(job, context.settings)
+    try:
+        config = resolve_trainer_config(job, context.settings)
+    except ResolutionError as error:  # the operator's default output was removed since the job ran
+        return None, str(error)
     location = f"{config.output.checkpoints_uri}{REPORT_FILE_NAME}"
     try:
         credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
@@ -49,11 +52,15 @@ def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus
         raw = open_store(artifact.uri, credentials).read("adapter_config.json")
     except StorageUnreachable:
         return []  # the ModelAdapter's own verification reports what is wrong with the storage
-    if raw is None:
-        return []
-    targets = json.loads(raw).get("target_modules") or []
+    try:
+        config = json.loads(raw) if raw is not None else {}
+    except ValueError:
+        return []  # the ModelAdapter's verification says what is wrong with it
+    targets = (config.get("target_modules") if isinstance(config, dict) else None) or []
     targets = [targets] if isinstance(targets, str) else targets
-    return sorted({t.rsplit(".", 1)[-1] for t in targets})
+    if not isinstance(targets, list):
+        return []
+    return sorted({t.rsplit(".", 1)[-1] for t in targets if isinstance(t, str)})
 
 
 def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: str) -> list[Change]:

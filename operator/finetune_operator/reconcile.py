@@ -92,9 +92,9 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
     try:
         changes += publish(context, job, status, now)
-    except KubeError as error:
+    except Exception as error:
         # Publishing is retried at every resync; the training's own status must not wait for it.
-        log.warning("publishing %s/%s failed: %s", namespace, name, error)
+        log.warning("publishing %s/%s failed: %s", namespace, name, error, exc_info=not isinstance(error, KubeError))
         change = set_condition(
             status.conditions, "Published", "False", "PublishFailed", str(error)[:1024], now, job.metadata.generation
         )

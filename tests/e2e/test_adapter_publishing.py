@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -102,6 +103,36 @@ def test_an_imported_adapter_in_s3_is_verified_and_ready(cluster, namespace, ope
     assert condition(adapter, "ServingCompatible")["status"] == "True"
     row = cluster.run_kubectl("get", "modeladapters.finetune.dev", "sql-helper", "-n", namespace, "--no-headers").stdout
     assert row.split()[1:4] == ["Ready", "hf://example/tiny-llama", "16"]
+
+
+def test_a_ready_adapter_is_verified_again_and_fails_only_when_its_artifact_is_gone(
+    cluster, namespace, start_operator, minio, bucket, adapter_dir
+):
+    start_operator("--resync-seconds=1")
+    uri = upload(minio, adapter_dir, bucket, "team-a/rechecked/v1")
+    apply(cluster, model_adapter("rechecked", namespace, uri))
+    wait_for("Ready", condition_is(cluster, namespace, "rechecked", "Ready", kind="ftadapter"))
+
+    def verified_long_ago() -> None:  # as if the hourly re-verification were due
+        patch = json.dumps({"status": {"verifiedAt": "2020-01-01T00:00:00Z"}})
+        cluster.run_kubectl(
+            "patch", "ftadapter", "rechecked", "-n", namespace, "--subresource=status", "--type=merge", "-p", patch
+        )
+
+    # The store's credentials are away for a while: that says nothing about the artifact; it stays Ready.
+    cluster.run_kubectl("delete", "secret", "s3-creds", "-n", namespace)
+    verified_long_ago()
+    time.sleep(4)
+    adapter = get(cluster, "ftadapter", namespace, "rechecked")
+    assert adapter["status"]["phase"] == "Ready" and condition(adapter, "Ready")["status"] == "True"
+
+    # Back, and the weights were deleted behind its back: now it fails, saying which file is missing.
+    args = [f"--from-literal={key}={value}" for key, value in minio.credentials.items()]
+    cluster.run_kubectl("create", "secret", "generic", "s3-creds", "-n", namespace, *args)
+    minio.client().delete_object(Bucket=bucket, Key="team-a/rechecked/v1/adapter_model.safetensors")
+    verified_long_ago()
+    failed = wait_for("Ready=False", condition_is(cluster, namespace, "rechecked", "Ready", "False", kind="ftadapter"))
+    assert failed["reason"] == "FileMissing" and "adapter_model.safetensors" in failed["message"]
 
 
 def test_an_adapter_whose_artifact_is_missing_fails_with_the_reason(cluster, namespace, operator, bucket):

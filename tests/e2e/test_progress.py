@@ -194,6 +194,7 @@ def test_refused_reports_get_the_right_code_are_counted_and_write_nothing(cluste
         ("another job's pod", token_for(api_client, namespace, other), REPORT, 403, "wrong_job"),
         ("malformed body", good, b"{not json", 400, "invalid_body"),
         ("invalid field", good, {"step": -5, "trainLoss": "low"}, 400, "invalid_body"),
+        ("not a number", good, b'{"step": 3, "trainLoss": NaN}', 400, "invalid_body"),
     ]
     for label, token, body, code, reason in cases:
         status, answer = endpoint.post(

@@ -165,3 +165,20 @@ def test_a_lora_artifact_needs_its_adapter_config():
 
 def test_a_full_model_needs_no_adapter_config():
     assert check_serving(spec(format="full-model"), None, None).problems == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"target_modules": [1, 2]}, "target_modules is [1, 2], not a module name or a list of them"),
+        ({"target_modules": 5}, "target_modules is 5"),
+        ({"base_model_name_or_path": ["a"]}, "base_model_name_or_path is ['a'], not a string"),
+    ],
+)
+def test_odd_types_in_a_crafted_adapter_config_are_problems_not_crashes(changes, problem):
+    assert problem in "; ".join(check_serving(spec(), adapter_config(**changes), LLAMA).problems)
+
+
+def test_an_odd_model_type_leaves_the_target_modules_unchecked():
+    result = check_serving(spec(), adapter_config(), {"model_type": ["llama"]})
+    assert not result.problems and "unknown: target modules not checked" in result.notes[0]

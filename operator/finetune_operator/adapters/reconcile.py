@@ -70,6 +70,11 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
         try:
             verification = _verify_here(context, adapter)
         except StorageUnreachable as problem:
+            if current_generation and current.phase == "Ready":
+                # The store (or its Secret) is away for a moment: that says nothing about the artifact,
+                # and serving stacks watching Ready must not drop it. Looked at again at the next resync.
+                log.warning("re-verifying %s/%s: storage unreachable: %s", namespace, name, problem.message)
+                return Outcome(current.phase)
             verification = Verification(problem_reason=problem.reason, problem_message=problem.message)
     return _write(context, raw, status, _apply(status, verification, generation))
 

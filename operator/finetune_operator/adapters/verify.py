@@ -120,16 +120,23 @@ def check_serving(
             result.problems.append(f"rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_MAX_RANK})")
         if spec.lora and spec.lora.rank != rank:
             result.problems.append(f"spec.lora.rank is {spec.lora.rank} but the adapter's rank is {rank}")
-    result.alpha = adapter_config.get("lora_alpha")
+    alpha = adapter_config.get("lora_alpha")
+    result.alpha = alpha if isinstance(alpha, int | float) and not isinstance(alpha, bool) else None
     targets = adapter_config.get("target_modules") or []
-    targets = [targets] if isinstance(targets, str) else list(targets)
+    targets = [targets] if isinstance(targets, str) else targets
+    if not isinstance(targets, list) or not all(isinstance(t, str) for t in targets):
+        result.problems.append(f"target_modules is {targets!r}, not a module name or a list of them")
+        targets = []
     result.target_modules = sorted({t.rsplit(".", 1)[-1] for t in targets})
     recorded_base = adapter_config.get("base_model_name_or_path")
-    if not _matches_base(recorded_base, spec):
+    if recorded_base is not None and not isinstance(recorded_base, str):
+        result.problems.append(f"base_model_name_or_path is {recorded_base!r}, not a string")
+    elif not _matches_base(recorded_base, spec):
         result.problems.append(
             f"base_model_name_or_path is {recorded_base!r}, which is not spec.baseModel ({spec.base_model.uri})"
         )
-    known = linear_modules((base_config or {}).get("model_type"))
+    model_type = (base_config or {}).get("model_type")
+    known = linear_modules(model_type) if isinstance(model_type, str) else None
     if base_config is None:
         result.notes.append(f"no {BASE_CONFIG}: target modules not checked against the architecture")
     elif known is None:

@@ -27,6 +27,9 @@ class ArtifactReport(ApiModel):
 class ProgressReport(ApiModel):
     """One report from the trainer's rank 0. Every field is optional but the step."""
 
+    # NaN or infinite numbers cannot go into a status (JSON has no such values): refused with the field.
+    model_config = ApiModel.model_config | {"allow_inf_nan": False}
+
     stage: Stage = describe("What the trainer is doing.", default="training")
     step: int = describe("Optimizer steps done.", ge=0)
     total_steps: int | None = describe("Optimizer steps planned.", default=None, ge=0)

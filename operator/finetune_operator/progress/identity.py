@@ -31,11 +31,14 @@ class Caller:
     pod_uid: str
 
 
-def caller_from_review(review_status: dict[str, Any], namespace: str) -> Caller:
+def caller_from_review(review_status: dict[str, Any], namespace: str, audience: str) -> Caller:
     """The pod a reviewed token belongs to; refuses tokens that are invalid, foreign or not pod-bound."""
     if not review_status.get("authenticated"):
         # Expired, wrong audience, revoked, or bound to a deleted pod: the API server does not say which.
         raise Refusal(401, "invalid_token", "the token is not valid for this endpoint")
+    if audience not in (review_status.get("audiences") or []):
+        # An authenticator that ignores spec.audiences answers without them: its yes is not for us.
+        raise Refusal(401, "invalid_token", "the token is not valid for this endpoint's audience")
     user = review_status.get("user") or {}
     username = user.get("username", "")
     if not username.startswith(SERVICE_ACCOUNT_PREFIX):

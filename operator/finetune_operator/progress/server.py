@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from ..api import ProgressReport, format_validation_error
 from ..context import utc_now
-from ..kube import FINETUNEJOBS, JOBS, PODS, Kube
+from ..kube import FINETUNEJOBS, JOBS, PODS, Kube, KubeError
 from ..metrics import OperatorMetrics
 from ..naming import training_job_name
 from ..settings import Settings
@@ -61,13 +61,14 @@ class ProgressService:
         return status
 
     def accept(self, namespace: str, name: str, token: str, body: bytes) -> None:
-        caller = caller_from_review(self._review(token), namespace)
-        if not self.limiter.allow((namespace, name)):
-            raise Refusal(429, "rate_limited", "too many reports; send at most one every few seconds")
+        caller = caller_from_review(self._review(token), namespace, self.settings.progress_audience)
         finetunejob = self.kube.get(FINETUNEJOBS, namespace, name)
         training_job = self.kube.get(JOBS, namespace, training_job_name(name)) if finetunejob else None
         pod = self.kube.get(PODS, namespace, caller.pod_name)
         check_chain(caller, pod, training_job, finetunejob)
+        # Only the job's own rank 0 spends its budget: another pod's tokens cannot starve it.
+        if not self.limiter.allow((namespace, name)):
+            raise Refusal(429, "rate_limited", "too many reports; send at most one every few seconds")
         try:
             report = ProgressReport.model_validate_json(body)
         except ValidationError as error:
@@ -93,7 +94,11 @@ def build_app(service: ProgressService) -> web.Application:
             body = await request.content.read(MAX_BODY + 1)
             if len(body) > MAX_BODY:
                 raise Refusal(413, "too_large", f"reports are at most {MAX_BODY} bytes")
-            await asyncio.to_thread(service.accept, namespace, name, header[7:].strip(), body)
+            try:
+                await asyncio.to_thread(service.accept, namespace, name, header[7:].strip(), body)
+            except KubeError as error:
+                log.warning("progress report for %s/%s: the API server failed: %s", namespace, name, error)
+                raise Refusal(503, "api_unavailable", "the operator could not reach the API server; retry") from None
         except Refusal as refusal:
             service.metrics.report_rejected(refusal.reason)
             log.info("progress report for %s/%s refused: %s", namespace, name, refusal.reason)
