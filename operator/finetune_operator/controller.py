@@ -104,14 +104,20 @@ class Controller:
 def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcome], None]:
     """Jobs by phase, queue wait and duration, from what each FineTuneJob reconcile found."""
 
+    started: set[tuple[str, str, str | None]] = set()  # queue wait is observed once per job, not per resume
+
     def record(namespace: str, name: str, outcome: Outcome) -> None:
         metrics.job_phase(namespace, name, outcome.phase)
+        if outcome.phase is None:
+            started.difference_update({key for key in started if key[:2] == (namespace, name)})
         status = outcome.status
         for change in outcome.changes:
             condition = change.condition
             if condition.status != "True" or status is None:
                 continue
-            if condition.type == "Running" and status.restarts == 0:
+            key = (namespace, name, outcome.created)
+            if condition.type == "Running" and status.start_time and key not in started:
+                started.add(key)
                 metrics.job_started(outcome.created, status.start_time)
             elif condition.type in ("Succeeded", "Failed"):
                 result = "succeeded" if condition.type == "Succeeded" else "failed"

@@ -181,8 +181,15 @@ def _converge_job(context: Context, job: FineTuneJob, desired: dict[str, Any], e
     existing_hash = existing["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
     desired_hash = desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION]
     suspended = bool(existing["spec"].get("suspend"))
-    if existing_hash != desired_hash and suspended and not existing.get("status", {}).get("active"):
-        # A Job's pod template is immutable; while it is suspended (no pods) it is safe to replace it.
+    job_status = existing.get("status", {})
+    if (
+        existing_hash != desired_hash
+        and suspended
+        and not job_status.get("active")
+        and not job_status.get("terminating")
+    ):
+        # A Job's pod template is immutable; while it is suspended and its pods are gone (a stopped trainer
+        # may still be saving its checkpoint in its grace period) it is safe to replace it.
         # The next reconcile creates the new one, which resumes from the last checkpoint.
         log.info("replacing suspended Job %s/%s to apply the changed spec", namespace, name)
         kube.delete(JOBS, namespace, name)

@@ -248,3 +248,29 @@ def test_a_reference_describes_itself_for_condition_messages():
     assert Reference("Secret", "hf", "spec.model.credentialsSecretRef").describe() == (
         "Secret hf (spec.model.credentialsSecretRef)"
     )
+
+
+def test_secrets_config_maps_and_claims_of_the_pod_template_are_references_unless_optional():
+    job = make_job(
+        {
+            "spec.template": {
+                "env": [
+                    {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "key"}}},
+                    {"name": "MODE", "valueFrom": {"configMapKeyRef": {"name": "settings", "key": "mode"}}},
+                    {"name": "MAYBE", "valueFrom": {"secretKeyRef": {"name": "opt", "key": "k", "optional": True}}},
+                ],
+                "volumes": [
+                    {"name": "certs", "secret": {"secretName": "ca-bundle"}},
+                    {"name": "extra", "configMap": {"name": "extra-config"}},
+                    {"name": "datasets", "persistentVolumeClaim": {"claimName": "shared-datasets"}},
+                ],
+            }
+        }
+    )
+    assert references(job, SETTINGS) == [
+        Reference("Secret", "wandb", "spec.template.env[0].valueFrom.secretKeyRef"),
+        Reference("ConfigMap", "settings", "spec.template.env[1].valueFrom.configMapKeyRef"),
+        Reference("Secret", "ca-bundle", "spec.template.volumes[0].secret"),
+        Reference("ConfigMap", "extra-config", "spec.template.volumes[1].configMap"),
+        Reference("PersistentVolumeClaim", "shared-datasets", "spec.template.volumes[2].persistentVolumeClaim"),
+    ]

@@ -269,6 +269,40 @@ def test_restarts_are_counted_while_running_again():
     assert status.restarts == 2
 
 
+def test_a_pod_failed_by_a_disruption_is_a_restart_though_the_job_does_not_count_it():
+    drained = pod("demo-0-old", phase="Failed", exit_code=143)
+    drained["status"]["conditions"] = [
+        {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI"}
+    ]
+    status, _ = observe(make_job(), training_job(failed=0, active=1), [drained, pod("demo-0-new")])
+    assert status.restarts == 1
+
+
+def test_restarts_never_go_down_when_a_job_is_replaced():
+    status, _ = observe(make_job({"restarts": 3}), training_job(failed=0, active=1), [pod()])
+    assert status.restarts == 3
+
+
+@pytest.mark.parametrize("reason", ["ImagePullBackOff", "CreateContainerConfigError", "InvalidImageName"])
+def test_a_pod_stuck_on_something_the_user_must_fix_says_so(reason):
+    stuck = pod(phase="Pending")
+    stuck["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"waiting": {"reason": reason, "message": "the details"}}}
+    ]
+    status, _ = observe(make_job(), training_job(active=1), [stuck])
+    assert condition(status, "Running") == ("False", reason)
+    assert message(status, "Running") == "pod demo-0-abcde, container trainer: the details"
+
+
+def test_a_pod_that_is_just_starting_is_pending():
+    starting = pod(phase="Pending")
+    starting["status"]["containerStatuses"] = [
+        {"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}
+    ]
+    status, _ = observe(make_job(), training_job(active=1), [starting])
+    assert condition(status, "Running") == ("False", "PodsPending")
+
+
 def test_the_most_recent_failure_is_the_one_reported():
     pods = [
         pod("demo-0-first", phase="Failed", exit_code=1, finished_at="2025-03-04T09:00:00Z"),
@@ -378,6 +412,14 @@ def test_a_pushed_artifact_wins_over_the_termination_message_and_failures_say_no
     plain = pod(name="demo-0-plain", phase="Succeeded", exit_code=0, message="done")
     status, _ = observe(make_job(), done, [failed, plain])
     assert status.artifact is None
+
+
+def test_a_job_that_finished_unseen_takes_its_start_time_from_the_job():
+    done = training_job(job_condition("Complete"), start_time="2025-03-04T09:00:00Z")
+    status, _ = observe(make_job(), done)
+    assert status.start_time == "2025-03-04T09:00:00Z"
+    failed = training_job(job_condition("Failed", reason="BackoffLimitExceeded"), start_time="2025-03-04T09:00:00Z")
+    assert observe(make_job(), failed)[0].start_time == "2025-03-04T09:00:00Z"
 
 
 def test_the_completion_time_falls_back_to_the_complete_condition_then_now():

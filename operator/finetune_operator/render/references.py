@@ -11,7 +11,7 @@ from .trainer_config import output_secret
 
 @dataclass(frozen=True)
 class Reference:
-    kind: str  # Secret | PersistentVolumeClaim | ServiceAccount
+    kind: str  # Secret | ConfigMap | PersistentVolumeClaim | ServiceAccount
     name: str
     field: str  # where the job names it
 
@@ -55,6 +55,28 @@ def credential_secrets(job: FineTuneJob, settings: Settings) -> dict[str, str]:
     return secrets
 
 
+def _template_references(job: FineTuneJob) -> list[Reference]:
+    """Secrets, ConfigMaps and claims that spec.template's env and volumes need (optional ones aside)."""
+    template = job.spec.template
+    found = []
+    for index, variable in enumerate(template.env):
+        source = variable.value_from or {}
+        for key, kind in (("secretKeyRef", "Secret"), ("configMapKeyRef", "ConfigMap")):
+            ref = source.get(key)
+            if isinstance(ref, dict) and ref.get("name") and not ref.get("optional"):
+                found.append(Reference(kind, ref["name"], f"spec.template.env[{index}].valueFrom.{key}"))
+    for index, volume in enumerate(template.volumes):
+        where = f"spec.template.volumes[{index}]"
+        secret, config_map, claim = volume.get("secret"), volume.get("configMap"), volume.get("persistentVolumeClaim")
+        if isinstance(secret, dict) and secret.get("secretName") and not secret.get("optional"):
+            found.append(Reference("Secret", secret["secretName"], f"{where}.secret"))
+        if isinstance(config_map, dict) and config_map.get("name") and not config_map.get("optional"):
+            found.append(Reference("ConfigMap", config_map["name"], f"{where}.configMap"))
+        if isinstance(claim, dict) and claim.get("claimName"):
+            found.append(Reference("PersistentVolumeClaim", claim["claimName"], f"{where}.persistentVolumeClaim"))
+    return found
+
+
 def references(job: FineTuneJob, settings: Settings) -> list[Reference]:
     spec = job.spec
     fields = {
@@ -67,6 +89,7 @@ def references(job: FineTuneJob, settings: Settings) -> list[Reference]:
     found = [Reference("Secret", name, fields[purpose]) for purpose, name in credential_secrets(job, settings).items()]
     found += [Reference("Secret", s.name, "spec.template.imagePullSecrets") for s in spec.template.image_pull_secrets]
     found += [Reference("PersistentVolumeClaim", claim, "a pvc:// URI") for claim in claims(job, settings)]
+    found += _template_references(job)
     if spec.template.service_account_name:
         found.append(
             Reference("ServiceAccount", spec.template.service_account_name, "spec.template.serviceAccountName")

@@ -107,6 +107,18 @@ def _adopt(status: FineTuneJobStatus, summary: FinalSummary) -> None:
         status.model = ModelStatus(revision=summary.model_revision)
 
 
+def _disrupted(pods: list[dict[str, Any]]) -> int:
+    return sum(
+        1
+        for pod in pods
+        if pod.get("status", {}).get("phase") == "Failed"
+        and any(
+            c.get("type") == "DisruptionTarget" and c.get("status") == "True"
+            for c in pod.get("status", {}).get("conditions") or []
+        )
+    )
+
+
 def _job_condition(training_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
     for condition in training_job.get("status", {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
@@ -137,6 +149,27 @@ def _unschedulable(pods: list[dict[str, Any]]) -> str | None:
         for condition in pod.get("status", {}).get("conditions") or []:
             if condition.get("type") == "PodScheduled" and condition.get("reason") == "Unschedulable":
                 return condition.get("message") or "unschedulable"
+    return None
+
+
+# Container states that do not pass by themselves: the user has something to fix.
+STUCK_REASONS = (
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+    "CreateContainerError",
+    "CrashLoopBackOff",
+)
+
+
+def _stuck(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
+    for pod in pods:
+        for container in pod.get("status", {}).get("containerStatuses") or []:
+            waiting = (container.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                return waiting["reason"], f"pod {pod['metadata']['name']}, container {container.get('name')}{detail}"
     return None
 
 
@@ -195,13 +228,19 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     nodes = training_job["spec"].get("completions", 1)
     job_status = training_job.get("status", {})
     status.job_name = name
-    status.restarts = int(job_status.get("failed") or 0)
+    # Pods failed by a disruption (drain, preemption, eviction) are retried without counting in the Job's
+    # status.failed (podFailurePolicy Ignore); they are restarts all the same. Never lower than before:
+    # a replaced Job starts counting at 0 again, and disrupted pods are removed in time.
+    status.restarts = max(status.restarts or 0, int(job_status.get("failed") or 0) + _disrupted(observation.pods))
     condition("Created", "True", "JobCreated", f"created Job {name} with {nodes} indexed pod(s)")
 
     complete = _job_condition(training_job, "Complete")
     failed = _job_condition(training_job, "Failed") or _job_condition(training_job, "FailureTarget")
     queue = next((training_job["metadata"].get("labels", {}).get(k) for k in KUEUE_LABELS[:1]), None)
 
+    if complete is not None or failed is not None:
+        # Finished while the operator was not looking: the Job knows when it started.
+        status.start_time = status.start_time or job_status.get("startTime")
     if complete is not None:
         status.phase = "Succeeded"
         status.completion_time = (
@@ -256,6 +295,8 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     status.phase = "Pending"
     if message := _unschedulable(active):
         condition("Running", "False", "Unschedulable", _clip(message))
+    elif stuck := _stuck(active):
+        condition("Running", "False", stuck[0], _clip(stuck[1]))
     elif status.restarts and (termination := last_termination(observation.pods)):
         condition("Running", "False", "Restarting", _clip(f"retrying after {termination.describe()}"))
     else:
