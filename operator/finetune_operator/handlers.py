@@ -19,7 +19,7 @@ from .api import GROUP, VERSION
 from .controller import Controller
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
 from .progress.server import ProgressService, build_app, build_metrics_app
-from .progress.tls import load_serving_tls
+from .progress.tls import ServingTLS, load_serving_tls, refreshed_tls
 from .render.verifier import ADAPTER_LABEL
 
 
@@ -28,6 +28,22 @@ async def _serve(app: web.Application, port: int, ssl_context: ssl.SSLContext | 
     await runner.setup()
     await web.TCPSite(runner, "0.0.0.0", port, ssl_context=ssl_context).start()
     return runner
+
+
+async def _keep_tls_fresh(context, tls: ServingTLS, ssl_context: ssl.SSLContext) -> None:
+    """Reload the progress endpoint's certificate now and then: cert-manager rotates the Secret's, and the
+    operator's own is re-issued, so neither expires under a long-running operator."""
+    while True:
+        await asyncio.sleep(context.settings.progress_tls_refresh_seconds)
+        try:
+            newer = await asyncio.to_thread(refreshed_tls, context.kube, context.settings, tls)
+        except Exception as error:  # the Secret away for a moment: keep serving the current one
+            logging.getLogger(__name__).warning("progress TLS not reloaded: %s", error)
+            continue
+        if newer is not None:
+            newer.apply_to(ssl_context)
+            tls, context.progress_ca = newer, newer.ca_pem
+            logging.getLogger(__name__).info("progress TLS certificate reloaded")
 
 
 def configure_kopf(settings: kopf.OperatorSettings) -> None:
@@ -79,6 +95,7 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
         return connection_info(jobs.context.kube.api_client)
 
     runners: list[web.AppRunner] = []
+    tasks: list[asyncio.Task] = []
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
@@ -89,7 +106,9 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
             # Published before the first reconcile, so every job's ConfigMap carries the CA.
             context.progress_ca = tls.ca_pem
             service = ProgressService(context.kube, context.settings, jobs.metrics)
-            runners.append(await _serve(build_app(service), context.settings.progress_port, tls.ssl_context()))
+            ssl_context = tls.ssl_context()
+            runners.append(await _serve(build_app(service), context.settings.progress_port, ssl_context))
+            tasks.append(asyncio.create_task(_keep_tls_fresh(context, tls, ssl_context)))
             logger.info("progress endpoint listening on port %d (HTTPS)", context.settings.progress_port)
         if context.settings.metrics_port:
             app = build_metrics_app(jobs.metrics, lambda: (jobs.observe_queue(), adapters.observe_queue()))
@@ -102,6 +121,8 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
     async def cleanup(**_) -> None:
         jobs.stop()
         adapters.stop()
+        for task in tasks:
+            task.cancel()
         for runner in runners:
             await runner.cleanup()
 

@@ -48,6 +48,9 @@ class Settings(BaseModel):
         None, description="namespace/name of a kubernetes.io/tls Secret for the progress endpoint."
     )
     progress_audience: str = Field(PROGRESS_AUDIENCE, min_length=1)
+    progress_tls_refresh_seconds: float = Field(
+        3600.0, gt=0, description="How often the progress endpoint's certificate is reloaded (or re-issued)."
+    )
     operator_namespace: str | None = Field(
         None, description="The operator's own namespace, where it keeps its progress CA Secret."
     )
@@ -134,6 +137,7 @@ _OPTIONS = {
     "progress_port": ("--progress-port", "FINETUNE_PROGRESS_PORT", None),
     "progress_tls_secret": ("--progress-tls-secret", "FINETUNE_PROGRESS_TLS_SECRET", "namespace/name"),
     "progress_audience": ("--progress-audience", "FINETUNE_PROGRESS_AUDIENCE", None),
+    "progress_tls_refresh_seconds": ("--progress-tls-refresh-seconds", "FINETUNE_PROGRESS_TLS_REFRESH_SECONDS", None),
     "operator_namespace": ("--operator-namespace", "FINETUNE_OPERATOR_NAMESPACE", "the operator's own namespace"),
     "metrics_port": ("--metrics-port", "FINETUNE_METRICS_PORT", None),
     "health_port": ("--health-port", "FINETUNE_HEALTH_PORT", None),

@@ -248,3 +248,38 @@ def test_metrics_follow_a_jobs_life_and_forget_it_when_it_is_deleted(cluster, na
         lambda: ("finetune_operator_job_train_loss", labels) not in endpoint.metrics(),
         timeout=30,
     )
+
+
+def test_the_endpoints_certificate_is_reloaded_when_its_secret_is_rotated(start_operator, namespace, cluster):
+    """cert-manager renews the Secret before the certificate expires: the endpoint must serve the new one."""
+    import ssl
+
+    from finetune_operator.certificates import make_ca, make_serving_certificate
+
+    def tls_secret(common_name: str) -> str:
+        ca = make_ca(f"{common_name} CA")
+        serving = make_serving_certificate(ca, common_name, ["127.0.0.1", "localhost"])
+        data = {
+            "tls.crt": base64.b64encode(serving.certificate_pem).decode(),
+            "tls.key": base64.b64encode(serving.key_pem).decode(),
+            "ca.crt": base64.b64encode(ca.certificate_pem).decode(),
+        }
+        secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "progress-tls", "namespace": namespace}}
+        apply(cluster, {**secret, "type": "kubernetes.io/tls", "data": data})
+        return serving.certificate_pem.decode()
+
+    first = tls_secret("first")
+    port = free_port()
+    start_operator(
+        f"--progress-port={port}",
+        f"--progress-url=https://127.0.0.1:{port}",
+        f"--progress-tls-secret={namespace}/progress-tls",
+        "--progress-tls-refresh-seconds=1",
+    )
+
+    def served() -> str:
+        return ssl.get_server_certificate(("127.0.0.1", port), timeout=5)
+
+    assert wait_for("the endpoint", lambda: served().strip() == first.strip())
+    second = tls_secret("second")
+    wait_for("the rotated certificate", lambda: served().strip() == second.strip(), timeout=30)

@@ -100,3 +100,17 @@ def test_dpo_compares_against_the_reference_whose_loss_is_log_2(make_job):
     assert task.base_loss == pytest.approx(math.log(2))
     assert task.adapter_loss < task.base_loss
     assert task.base_perplexity is None  # a DPO loss is not a token loss
+
+
+def test_generation_stops_at_the_templates_end_of_turn_even_when_it_is_not_the_eos(tiny_model_dir):
+    from finetune_trainer.evaluate import stop_token_ids
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    tokenizer.eos_token = "<|endoftext|>"  # as in base models whose chat template ends turns with another token
+    model.generation_config.eos_token_id = [tokenizer.convert_tokens_to_ids("<|endoftext|>")]
+    stops = stop_token_ids(model, tokenizer)
+    for token in ("<|im_end|>", "<|im_start|>", "<|endoftext|>"):
+        assert tokenizer.convert_tokens_to_ids(token) in stops, token
+    assert tokenizer.pad_token_id not in stops

@@ -60,7 +60,7 @@ def one_step(accelerator, model, data, micro_batches) -> dict[str, torch.Tensor]
         scheduler=torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0),
         objective=LanguageModelling(),
         examples=data,
-        plan_for_epoch=lambda epoch: [step],
+        plan_for_epoch=lambda epoch, done=(): [step],
         total_steps=1,
         packing=False,
         pad_token_id=0,

@@ -13,7 +13,7 @@ from finetune_trainer.errors import Preempted
 from finetune_trainer.report import TrainingHooks
 from finetune_trainer.run import run
 from safetensors.torch import load_file
-from trainer_data import artifact_dir, checkpoints_dir
+from trainer_data import artifact_dir, checkpoints_dir, sft_rows
 
 pytestmark = pytest.mark.trainer
 
@@ -94,3 +94,24 @@ def test_interrupted_inside_a_step_drops_it_and_repeats_it_exactly(make_job, mon
 
     assert report.resumed_from_step == steps_done
     assert_same_weights(weights_of(straight), weights_of(interrupted))
+
+
+def test_resumed_under_another_layout_the_epoch_trains_every_example_once(make_job, monkeypatch):
+    """Resources changed while suspended: other micro-batches (or ranks) make another plan for the epoch."""
+    training = {"epochs": 1, "maxSteps": None, "batchTokens": 256, "checkpointEverySteps": 2, "learningRate": 5e-3}
+    monkeypatch.setenv("FINETUNE_MICRO_BATCH_TOKENS", "128")
+    rows = sft_rows(160)
+    straight = run(make_job(name="straight", method=LORA, training=training, train_rows=rows))
+    assert straight.steps > 4
+
+    interrupted = make_job(name="relaid", method=LORA, training=training, train_rows=rows)
+    monkeypatch.setenv("FINETUNE_MICRO_BATCH_TOKENS", "64")
+    with pytest.raises(Preempted):
+        run(interrupted, hooks=[SigtermAfterStep(3)])
+    monkeypatch.setenv("FINETUNE_MICRO_BATCH_TOKENS", "128")
+    report = run(interrupted)
+
+    assert report.resumed_from_step == 3
+    # Real tokens per example do not depend on the layout: the same total means each example exactly once.
+    assert report.tokens_seen == straight.tokens_seen
+    assert abs(report.steps - straight.steps) <= 1

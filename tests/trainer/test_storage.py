@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from finetune_trainer.errors import ConfigError, DataError
+from finetune_operator.api import ExitCode
+from finetune_trainer.errors import ConfigError, DataError, TrainerError, exit_code_of
 from finetune_trainer.run import run
 from finetune_trainer.storage import (
     LocalLocation,
@@ -114,6 +115,22 @@ def test_an_hf_model_downloads_from_the_mirror_in_hf_endpoint(trainer_env, tiny_
         assert any(r.startswith("GET /api/models/org/tiny/revision/main") for r in mirror.requests)
     assert fetched.revision == COMMIT
     assert (fetched.path / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_an_unreachable_hub_is_a_retried_failure_not_a_configuration_error(trainer_env, monkeypatch):
+    import socket
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("HF_HUB_ETAG_TIMEOUT", "2")
+    with pytest.raises(TrainerError, match="unreachable") as raised:
+        fetch_model("hf://org/tiny", "main")
+    assert not isinstance(raised.value, ConfigError)
+    assert exit_code_of(raised.value) == ExitCode.FAILURE
 
 
 def test_an_hf_token_from_the_model_secret_is_sent_to_the_mirror(trainer_env, tiny_model_dir, monkeypatch):

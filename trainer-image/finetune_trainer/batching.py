@@ -97,6 +97,66 @@ def plan_steps(
     return group_into_steps(micro_batches, examples, batch_tokens=batch_tokens, world_size=world_size)
 
 
+def plan_steps_after(
+    examples: Sequence[Item],
+    done: Sequence[dict],
+    *,
+    micro_batch_tokens: int,
+    batch_tokens: int,
+    packing: bool,
+    seed: int,
+    epoch: int,
+    world_size: int = 1,
+) -> list[Step]:
+    """The rest of an epoch begun under other layouts (a resume with more or fewer processes, say).
+
+    ``done`` lists those layouts in order, each a dict of world_size, micro_batch_tokens and packing
+    with the ``steps`` it ran: replaying their plans says which examples this epoch has trained on;
+    the others are planned with the current layout. Every example of the epoch is trained on once.
+    """
+    remaining: list[int] | None = None  # None: every example
+    for segment in done:
+        steps = _plan_subset(
+            examples,
+            remaining,
+            micro_batch_tokens=segment["micro_batch_tokens"],
+            batch_tokens=batch_tokens,
+            packing=segment["packing"],
+            seed=seed,
+            epoch=epoch,
+            world_size=segment["world_size"],
+        )
+        used = {i for step in steps[: segment["steps"]] for rank in step.micro_batches for batch in rank for i in batch}
+        remaining = [i for i in (range(len(examples)) if remaining is None else remaining) if i not in used]
+    return _plan_subset(
+        examples,
+        remaining,
+        micro_batch_tokens=micro_batch_tokens,
+        batch_tokens=batch_tokens,
+        packing=packing,
+        seed=seed,
+        epoch=epoch,
+        world_size=world_size,
+    )
+
+
+def _plan_subset(examples: Sequence[Item], subset: Sequence[int] | None, **layout) -> list[Step]:
+    if subset is None:
+        return plan_steps(examples, **layout)
+    if not subset:
+        return []
+    steps = plan_steps([examples[i] for i in subset], **layout)
+    return [
+        Step(
+            tuple(tuple(tuple(subset[j] for j in batch) for batch in rank) for rank in step.micro_batches),
+            step.real_tokens,
+            step.trained_tokens,
+            step.examples,
+        )
+        for step in steps
+    ]
+
+
 def group_into_steps(
     micro_batches: Sequence[MicroBatch], examples: Sequence[Item], *, batch_tokens: int, world_size: int = 1
 ) -> list[Step]:

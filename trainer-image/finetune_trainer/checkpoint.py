@@ -7,6 +7,7 @@ Layout under output.checkpointsUri:
         fsdp_model/ fsdp_optim/   instead of the two files of weights and optimizer when sharded with FSDP
         optimizer.pt              AdamW moments
         scheduler.pt              learning-rate schedule position
+        grad_scaler.pt            fp16's loss scale (precision fp16 only)
         rng-rank-<r>.pt           each rank's generators (dropout), captured at the step boundary
         trainer_state.json        data position (epoch, step in epoch), counters, base losses
         metrics.jsonl             the run's metrics so far
@@ -154,7 +155,8 @@ class Checkpointer:
         rng_file = directory / f"rng-rank-{self.dist.rank}.pt"
         rng = torch.load(rng_file, weights_only=False) if rng_file.is_file() else None
         if rng is None:
-            # Resumed with more ranks than saved: the data position is exact, the dropout noise is new.
+            # Resumed with more ranks than saved: the rest of the epoch is planned anew (TrainState.adopt_layout),
+            # the dropout noise of the new ranks is new.
             log.warning("resume_without_rng", rank=self.dist.rank, saved_world_size=payload.get("world_size"))
         if metrics_file is not None and self.dist.is_main and (directory / METRICS_FILE).is_file():
             metrics_file.parent.mkdir(parents=True, exist_ok=True)
@@ -180,12 +182,32 @@ def _write_weights_and_optimizer(staging: Path, dist: Distributed, model, optimi
         plugin = dist.accelerator.state.fsdp_plugin
         save_fsdp_model(plugin, dist.accelerator, model, str(staging / "fsdp_model"))
         save_fsdp_optimizer(plugin, dist.accelerator, optimizer, model, str(staging / "fsdp_optim"))
+        if dist.is_main:
+            _write_scaler(staging, dist)
         return
     if not dist.is_main:
         return  # replicas hold the same weights and moments
     tensors = {name: p.detach().to("cpu", copy=True).contiguous() for name, p in trainable_parameters(model).items()}
     save_file(tensors, str(staging / "weights.safetensors"))
     torch.save(optimizer.state_dict(), staging / "optimizer.pt")
+    _write_scaler(staging, dist)
+
+
+# fp16's loss scale: restarting it at 65536 would skip the first steps after a resume (inf gradients) while the
+# schedule advances, and the resumed run would no longer be the uninterrupted one.
+SCALER_FILE = "grad_scaler.pt"
+
+
+def _write_scaler(staging: Path, dist: Distributed) -> None:
+    scaler = getattr(dist.accelerator, "scaler", None)
+    if scaler is not None:
+        torch.save(scaler.state_dict(), staging / SCALER_FILE)
+
+
+def _read_scaler(directory: Path, dist: Distributed) -> None:
+    scaler = getattr(dist.accelerator, "scaler", None)
+    if scaler is not None and (directory / SCALER_FILE).is_file():
+        scaler.load_state_dict(torch.load(directory / SCALER_FILE, weights_only=False, map_location="cpu"))
 
 
 def _read_weights_and_optimizer(directory: Path, dist: Distributed, model, optimizer) -> None:
@@ -197,7 +219,13 @@ def _read_weights_and_optimizer(directory: Path, dist: Distributed, model, optim
         plugin = dist.accelerator.state.fsdp_plugin
         load_fsdp_model(plugin, dist.accelerator, model, str(directory / "fsdp_model"))
         load_fsdp_optimizer(plugin, dist.accelerator, optimizer, model, str(directory / "fsdp_optim"))
+        _read_scaler(directory, dist)
         return
+    if dist.fsdp:
+        raise ConfigError(
+            "the checkpoint was written without FSDP (one process) and this run shards the model: full "
+            "fine-tuning resumes with the resources it was checkpointed with (set spec.resources back)"
+        )
     saved = load_file(str(directory / "weights.safetensors"))
     parameters = trainable_parameters(model)
     if set(saved) != set(parameters):
@@ -210,3 +238,4 @@ def _read_weights_and_optimizer(directory: Path, dist: Distributed, model, optim
         for name, parameter in parameters.items():
             parameter.copy_(saved[name].to(parameter.device, parameter.dtype))
     optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=False, map_location="cpu"))
+    _read_scaler(directory, dist)

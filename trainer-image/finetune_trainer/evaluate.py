@@ -54,6 +54,25 @@ class EvalSet:
     objective: Objective
 
 
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Where a generated answer ends: the model's own end tokens, the tokenizer's EOS, and the special tokens
+    of the chat template (its end-of-turn, such as <|im_end|>, <|eot_id|> or <end_of_turn>, is often not
+    the EOS, and a fine-tuned model learned to stop there)."""
+    ids: set[int] = set()
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update([configured] if isinstance(configured, int) else configured or [])
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    template = tokenizer.chat_template or ""
+    template = " ".join(template.values()) if isinstance(template, dict) else template
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    special = set(tokenizer.all_special_tokens) | {t.content for t in added.values() if getattr(t, "special", False)}
+    for token in sorted(special):
+        if token and token in template and token != tokenizer.pad_token:
+            ids.add(tokenizer.convert_tokens_to_ids(token))
+    return sorted(ids)
+
+
 class Evaluator:
     def __init__(
         self,
@@ -168,7 +187,7 @@ class Evaluator:
             do_sample=False,
             use_cache=True,
             pad_token_id=self.pad_token_id,
-            eos_token_id=self.tokenizer.eos_token_id,
+            eos_token_id=stop_token_ids(unwrapped(model), self.tokenizer),
             synced_gpus=self.dist.fsdp,
         )
         return [text.strip() for text in self.tokenizer.batch_decode(output[:, width:], skip_special_tokens=True)]

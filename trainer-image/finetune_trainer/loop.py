@@ -39,16 +39,32 @@ from .report import StepMetrics, TrainingHooks
 from .signals import StopRequest
 from .state import TrainState, capture_rng, restore_rng
 
-PlanForEpoch = Callable[[int], Sequence[Step]]  # epoch -> its optimizer steps (batching.plan_steps)
+# (epoch, the layouts it already ran under) -> its remaining optimizer steps (batching.plan_steps[_after])
+PlanForEpoch = Callable[[int, Sequence[dict]], Sequence[Step]]
 
 
-def total_steps_for(plan_for_epoch: PlanForEpoch, epochs: float | None, max_steps: int | None) -> int:
+def epoch_length(plan_for_epoch: PlanForEpoch, epoch: int, done: Sequence[dict] = ()) -> int:
+    return sum(segment["steps"] for segment in done) + len(plan_for_epoch(epoch, done))
+
+
+def total_steps_for(
+    plan_for_epoch: PlanForEpoch,
+    epochs: float | None,
+    max_steps: int | None,
+    resumed_epoch: int = 0,
+    done: Sequence[dict] = (),
+) -> int:
+    """Steps of the whole run; ``done``: the layouts ``resumed_epoch`` ran under before this attempt's."""
     if max_steps is not None:
         return max_steps
+
+    def length(epoch: int) -> int:
+        return epoch_length(plan_for_epoch, epoch, done if epoch == resumed_epoch else ())
+
     whole, fraction = int(epochs), epochs - int(epochs)
-    total = sum(len(plan_for_epoch(epoch)) for epoch in range(whole))
+    total = sum(length(epoch) for epoch in range(whole))
     if fraction:
-        total += math.ceil(fraction * len(plan_for_epoch(whole)))
+        total += math.ceil(fraction * length(whole))
     return max(1, total)
 
 
@@ -75,12 +91,13 @@ class TrainingRun:
     metrics_file: Path | None = None
     evaluate_every: int | None = None
     periodic_eval: Callable[[torch.nn.Module], dict[str, float]] | None = None
-    _plans: dict[int, Sequence[Step]] = field(default_factory=dict)
+    _plans: dict[tuple[int, int], Sequence[Step]] = field(default_factory=dict)
 
-    def plan(self, epoch: int) -> Sequence[Step]:
-        if epoch not in self._plans:
-            self._plans = {epoch: self.plan_for_epoch(epoch)}  # one epoch's plan in memory at a time
-        return self._plans[epoch]
+    def plan(self, epoch: int, done: Sequence[dict] = ()) -> Sequence[Step]:
+        key = (epoch, len(done))
+        if key not in self._plans:
+            self._plans = {key: self.plan_for_epoch(epoch, done)}  # one epoch's plan in memory at a time
+        return self._plans[key]
 
 
 @dataclass(frozen=True)
@@ -111,9 +128,9 @@ def train(run: TrainingRun, state: TrainState) -> TrainState:
     base_wall = state.wall_seconds
     steps_this_attempt = 0
     while state.step < run.total_steps:
-        plan = run.plan(state.epoch)
+        plan = run.plan(state.epoch, state.epoch_segments)
         if state.step_in_epoch >= len(plan):
-            state.epoch, state.step_in_epoch = state.epoch + 1, 0
+            state.epoch, state.step_in_epoch, state.epoch_segments = state.epoch + 1, 0, []
             continue
         rng_at_step_start = capture_rng()
         step_started = time.monotonic()
@@ -134,6 +151,9 @@ def train(run: TrainingRun, state: TrainState) -> TrainState:
             run.hooks.on_step(
                 _metrics(run, state, result, time.monotonic() - step_started, started, steps_this_attempt)
             )
+        if run.dist.any(run.stop.requested):
+            # Before a periodic evaluation, which could outlast the grace period: checkpoint and go now.
+            preempt(run, state, capture_rng())
         if (
             run.periodic_eval
             and run.evaluate_every
@@ -205,11 +225,12 @@ def preempt(run: TrainingRun, state: TrainState, rng: dict[str, Any]) -> None:
 def _metrics(run: TrainingRun, state: TrainState, result: StepResult, seconds: float, started: float, steps: int):
     elapsed = time.monotonic() - started
     remaining = run.total_steps - state.step
-    plan_length = max(1, len(run.plan(state.epoch)))
+    earlier = sum(segment["steps"] for segment in state.epoch_segments)
+    plan_length = max(1, earlier + len(run.plan(state.epoch, state.epoch_segments)))
     return StepMetrics(
         step=state.step,
         total_steps=run.total_steps,
-        epoch=round(state.epoch + state.step_in_epoch / plan_length, 4),
+        epoch=round(state.epoch + (earlier + state.step_in_epoch) / plan_length, 4),
         loss=result.loss,
         learning_rate=result.learning_rate,
         grad_norm=result.grad_norm,

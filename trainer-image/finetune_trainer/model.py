@@ -90,10 +90,20 @@ def check_method_supported(method: Method, placement: Placement) -> None:
             raise ConfigError("method.type qlora needs the bitsandbytes package, which this trainer image lacks")
 
 
+def _io_failure(error: Exception) -> bool:
+    """An operating-system I/O error (ENOSPC, EIO...) rather than transformers' "not a model here"."""
+    return isinstance(error, OSError) and error.errno is not None and not isinstance(error, FileNotFoundError)
+
+
 def load_tokenizer(path: Path):
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as error:
+        if _io_failure(error):
+            raise
+        raise ConfigError(f"the tokenizer at {path} cannot be loaded (are its files there?): {error}") from error
     if tokenizer.pad_token_id is None:
         # Padding tokens never reach the loss (labels -100) nor attention of real tokens: any id will do.
         tokenizer.pad_token = tokenizer.eos_token
@@ -134,6 +144,8 @@ def load_trainable_model(
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as error:
+        if _io_failure(error):
+            raise  # a full disk or a failing volume: exit 1, retried
         raise ConfigError(f"model at {path} cannot be loaded as a causal language model: {error}") from error
     model.config.use_cache = False  # a KV cache in training only costs memory, and it disables packing detection
     if method.type != "qlora" and placement.shards == 1:  # FSDP places the shards itself

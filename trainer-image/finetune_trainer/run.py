@@ -12,6 +12,7 @@ import importlib.metadata
 import math
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from finetune_operator.api import (
 
 from . import log
 from .artifact import ArtifactTarget, is_same_job, publish, write_model_files
-from .batching import plan_steps
+from .batching import plan_steps, plan_steps_after
 from .checkpoint import Checkpointer
 from .config import LoadedConfig, load_config
 from .data import DataBundle, load_data
@@ -162,9 +163,11 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
         reference = accelerator.prepare_model(frozen_reference(trainable.model, placement), evaluation_mode=True)
     objective = DirectPreference(config.training.dpo.beta, reference) if dpo else LanguageModelling()
 
-    def plan_for_epoch(epoch: int):
-        return plan_steps(
+    def plan_for_epoch(epoch: int, done: Sequence[dict] = ()):
+        plan = plan_steps_after if done else plan_steps
+        return plan(
             bundle.train,
+            *([done] if done else []),
             micro_batch_tokens=layout.micro_batch_tokens,
             batch_tokens=config.training.batch_tokens,
             packing=layout.packing,
@@ -227,6 +230,21 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
     )
 
     state, rng = _resume(checkpointer, model, optimizer, scheduler, metrics_file)
+    plan_layout = {
+        "world_size": dist.world_size,
+        "micro_batch_tokens": layout.micro_batch_tokens,
+        "packing": layout.packing,
+    }
+    if state.adopt_layout(plan_layout):
+        # Resumed with other resources: the rest of the epoch is planned from the examples it has not seen,
+        # and the schedule runs to the run's new length from where it was.
+        resumed_total = total_steps_for(
+            plan_for_epoch, config.training.epochs, config.training.max_steps, state.epoch, state.epoch_segments
+        )
+        log.info("replanned", epoch=state.epoch, earlier=state.epoch_segments, total_steps=resumed_total)
+        if resumed_total != total_steps:
+            training.total_steps = total_steps = resumed_total
+            training.scheduler = scheduler = _rescheduled(optimizer, config.training, total_steps, scheduler)
     if not trainable.is_adapter and state.base_losses is None:
         # Full fine-tuning changes the base itself: score it now, while it still is the base.
         state.base_losses = {name: s.to_json() for name, s in evaluator.scores(model).items()}
@@ -366,6 +384,16 @@ def _already_published(target: ArtifactTarget, loaded: LoadedConfig) -> bool:
         f"output.artifactUri {target.uri} already holds an artifact of another job ({manifest.digest}): "
         "artifacts are immutable, publish under a new version"
     )
+
+
+def _rescheduled(optimizer, training, total_steps: int, restored):
+    """A schedule over ``total_steps`` that continues from ``restored``'s position and learning rate."""
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # the one the first schedule was built on, unprepared
+    scheduler = build_scheduler(optimizer, training, total_steps)
+    scheduler.load_state_dict(restored.state_dict())
+    for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
+        group["lr"] = rate  # as the restored schedule left it: the constructor reset it
+    return scheduler
 
 
 def _resume(checkpointer: Checkpointer, model, optimizer, scheduler, metrics_file: Path):

@@ -23,6 +23,24 @@ class TrainState:
     # Base-model losses measured before the first step (full fine-tuning has no adapter to switch off).
     base_losses: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)  # periodic evals: {"step", "eval_loss"}
+    # The layout (world_size, micro_batch_tokens, packing) the epoch's plan was made with, and the layouts
+    # this epoch ran under before it, with their steps (batching.plan_steps_after).
+    plan_layout: dict[str, Any] | None = None
+    epoch_segments: list[dict[str, Any]] = field(default_factory=list)
+
+    def adopt_layout(self, layout: dict[str, Any]) -> bool:
+        """Continue under ``layout``; True when it differs from the one the checkpoint's plan was made with.
+
+        The steps already run in this epoch are kept as a segment, so that the rest of the epoch is
+        planned from the examples it has not trained on, and step_in_epoch starts again at 0.
+        """
+        previous, self.plan_layout = self.plan_layout, dict(layout)
+        if previous is None or previous == layout:
+            return False
+        if self.step_in_epoch:
+            self.epoch_segments.append({**previous, "steps": self.step_in_epoch})
+            self.step_in_epoch = 0
+        return True
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

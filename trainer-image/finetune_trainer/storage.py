@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 from . import log
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainerError
 
 Purpose = Literal["model", "data", "output"]
 CREDENTIAL_KEYS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
@@ -283,10 +283,13 @@ def hf_snapshot(repo_id: str, revision: str, *, repo_type: str, uri: str) -> tup
     except hf_errors.RevisionNotFoundError as error:
         raise ConfigError(f"{uri}: revision {revision!r} not found: use an existing branch, tag or commit") from error
     except hf_errors.LocalEntryNotFoundError as error:
-        where = "in the offline cache (HF_HUB_OFFLINE is set)" if offline else "locally and the Hub is unreachable"
-        raise ConfigError(
-            f"{uri}@{revision}: not found {where}: pre-populate HF_HOME or unset HF_HUB_OFFLINE"
-        ) from error
+        if offline:
+            raise ConfigError(
+                f"{uri}@{revision}: not found in the offline cache (HF_HUB_OFFLINE is set): pre-populate HF_HOME "
+                "or unset HF_HUB_OFFLINE"
+            ) from error
+        # Connection errors, timeouts and 5xx of the Hub (or the mirror) end here: a moment's outage, retried.
+        raise TrainerError(f"{uri}@{revision}: the Hub is unreachable and nothing is cached: {error}") from error
     path = Path(path)
     # The cache layout is .../snapshots/<commit>: the directory name is the resolved commit.
     commit = path.name

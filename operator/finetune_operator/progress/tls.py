@@ -28,6 +28,11 @@ class ServingTLS:
     def ssl_context(self) -> ssl.SSLContext:
         context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.apply_to(context)
+        return context
+
+    def apply_to(self, context: ssl.SSLContext) -> None:
+        """Serve this certificate on ``context`` (a live server's too: new handshakes get it)."""
         # load_cert_chain reads files only; the key lives in a private temporary directory briefly.
         with tempfile.TemporaryDirectory() as directory:
             cert, key = Path(directory) / "tls.crt", Path(directory) / "tls.key"
@@ -35,7 +40,6 @@ class ServingTLS:
             key.touch(mode=0o600)
             key.write_bytes(self.serving.key_pem)
             context.load_cert_chain(cert, key)
-        return context
 
 
 def _decode(secret: dict, key: str) -> bytes | None:
@@ -96,3 +100,12 @@ def load_serving_tls(kube: Kube, settings: Settings) -> ServingTLS:
     ca = operator_ca(kube, settings.operator_namespace)
     serving = make_serving_certificate(ca, "finetune-operator progress", hosts_for(settings))
     return ServingTLS(serving, ca.certificate_pem.decode())
+
+
+def refreshed_tls(kube: Kube, settings: Settings, current: ServingTLS) -> ServingTLS | None:
+    """A newer certificate for the running endpoint, or None: the Secret's once it changed (cert-manager
+    renews it before it expires), or a fresh one from the operator's CA, so that one never expires."""
+    if settings.progress_tls_secret:
+        latest = from_secret(kube, settings.progress_tls_secret)
+        return None if latest == current else latest
+    return load_serving_tls(kube, settings)

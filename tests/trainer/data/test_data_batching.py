@@ -244,3 +244,47 @@ def test_a_resumed_process_plans_exactly_the_steps_not_yet_run():
 
     assert json.loads(resumed.stdout) == [[step.for_rank(0), step.real_tokens] for step in uninterrupted[5:]]
     assert len(uninterrupted) > 5
+
+
+def trained(steps) -> list[int]:
+    return [index for step in steps for rank in step.micro_batches for batch in rank for index in batch]
+
+
+@pytest.mark.parametrize("packing", [True, False])
+def test_the_rest_of_an_epoch_under_another_layout_trains_every_example_once(packing):
+    from finetune_trainer.batching import plan_steps_after
+
+    examples = corpus()
+    layout = {"batch_tokens": 1024, "seed": 3, "epoch": 1}
+    before = plan_steps(examples, micro_batch_tokens=BUDGET, packing=packing, world_size=1, **layout)
+    done = [{"world_size": 1, "micro_batch_tokens": BUDGET, "packing": packing, "steps": 5}]
+    rest = plan_steps_after(examples, done, micro_batch_tokens=128, packing=packing, world_size=2, **layout)
+    assert sorted(trained(before[:5]) + trained(rest)) == list(range(len(examples)))
+    assert all(len(step.micro_batches) == 2 for step in rest)
+
+    # And again, back to one process, after 3 steps of the two-process plan.
+    done.append({"world_size": 2, "micro_batch_tokens": 128, "packing": packing, "steps": 3})
+    last = plan_steps_after(examples, done, micro_batch_tokens=BUDGET, packing=packing, world_size=1, **layout)
+    assert sorted(trained(before[:5]) + trained(rest[:3]) + trained(last)) == list(range(len(examples)))
+
+
+def test_without_earlier_layouts_the_rest_of_an_epoch_is_the_epochs_plan():
+    from finetune_trainer.batching import plan_steps_after
+
+    examples = corpus()
+    layout = {"micro_batch_tokens": BUDGET, "batch_tokens": 1024, "packing": True, "seed": 3, "epoch": 0}
+    assert plan_steps_after(examples, [], **layout) == plan_steps(examples, **layout)
+
+
+def test_a_resume_under_another_layout_keeps_the_epochs_steps_as_a_segment():
+    from finetune_trainer.state import TrainState
+
+    first = {"world_size": 1, "micro_batch_tokens": 256, "packing": False}
+    state = TrainState(step=7, epoch=1, step_in_epoch=4)
+    assert not state.adopt_layout(first)  # a checkpoint without a layout: nothing to compare with
+    assert not state.adopt_layout(dict(first)) and state.step_in_epoch == 4
+    second = {**first, "world_size": 2}
+    assert state.adopt_layout(second)
+    assert state.epoch_segments == [{**first, "steps": 4}] and state.step_in_epoch == 0 and state.plan_layout == second
+    restored = TrainState.from_json(state.to_json())
+    assert restored.epoch_segments == state.epoch_segments and restored.plan_layout == second
