@@ -20,7 +20,7 @@ from .controller import Controller
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
 from .progress.server import ProgressService, build_app, build_metrics_app
 from .progress.tls import ServingTLS, load_serving_tls, refreshed_tls
-from .render.verifier import ADAPTER_LABEL
+from .render.verifier import ADAPTER_LABEL, adapter_of
 
 
 async def _serve(app: web.Application, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
@@ -139,8 +139,9 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
         jobs.enqueue(namespace, labels[JOB_LABEL])
 
     @kopf.on.event("batch", "v1", "jobs", labels={ADAPTER_LABEL: kopf.PRESENT}, registry=registry)
-    async def verifier_job_event(namespace: str, labels: dict, **_) -> None:
-        adapters.enqueue(namespace, labels[ADAPTER_LABEL])
+    async def verifier_job_event(namespace: str, body: kopf.Body, **_) -> None:
+        if (name := adapter_of(body)) is not None:
+            adapters.enqueue(namespace, name)
 
     @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
     async def pod_event(namespace: str, labels: dict, **_) -> None:

@@ -196,3 +196,16 @@ def test_a_job_that_never_ran_its_pod_says_why():
     found = result_of(JOB, deadline, [])
     assert found.problem_reason == "VerificationFailed"
     assert found.problem_message == "Job bot-verify-3 ended (DeadlineExceeded) without a result: active too long"
+
+
+def test_a_long_adapter_name_fits_the_labels_and_is_found_through_the_owner():
+    from finetune_operator.render.verifier import adapter_of
+
+    name = "a" * 70 + ".v1"
+    job = render_verifier_job(adapter(name=name), 1, Settings())
+    for value in job["metadata"]["labels"].values():
+        assert len(value) <= 63
+    assert job["metadata"]["labels"][ADAPTER_LABEL] == job["spec"]["template"]["metadata"]["labels"][ADAPTER_LABEL]
+    assert len(job["metadata"]["name"]) <= 63
+    assert adapter_of(job) == name
+    assert adapter_of({"metadata": {"ownerReferences": [{"kind": "FineTuneJob", "name": "x"}]}}) is None

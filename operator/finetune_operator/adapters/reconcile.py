@@ -111,7 +111,7 @@ def _apply(status: ModelAdapterStatus, verification: Verification, generation) -
         return changes
     status.digest = verification.digest
     status.size_bytes = verification.size_bytes
-    status.target_modules = verification.target_modules
+    status.target_modules = [module[:128] for module in verification.target_modules[:256]]  # the schema's bounds
     status.required_max_lora_rank = verification.required_max_lora_rank
     summary = verification.summary
     changes += _condition(status, "ArtifactVerified", "True", "DigestMatches", summary, generation)

@@ -36,6 +36,21 @@ def verifier_job_name(adapter_name: str, generation: int | None) -> str:
     return f"{adapter_name[: 63 - len(suffix) - 9]}-{digest}{suffix}"
 
 
+def label_value(name: str) -> str:
+    """A ModelAdapter's name as a label value (at most 63 characters; longer names end in a hash)."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:54].rstrip('-.')}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def adapter_of(job: dict[str, Any]) -> str | None:
+    """The ModelAdapter a verification Job belongs to: its owner (a label could not hold a long name)."""
+    for owner in job.get("metadata", {}).get("ownerReferences") or []:
+        if owner.get("kind") == "ModelAdapter":
+            return owner.get("name")
+    return None
+
+
 def artifact_path(uri: str) -> tuple[str, str]:
     """pvc://claim/some/dir/ -> (claim, some/dir)."""
     claim = pvc_claim(uri)
@@ -60,9 +75,9 @@ def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings:
     name = adapter.metadata.name
     claim, path = artifact_path(adapter.spec.artifact.uri)
     labels = {
-        ADAPTER_LABEL: name,
+        ADAPTER_LABEL: label_value(name),
         "app.kubernetes.io/name": "finetune-verifier",
-        "app.kubernetes.io/instance": name,
+        "app.kubernetes.io/instance": label_value(name),
         "app.kubernetes.io/managed-by": MANAGED_BY,
     }
     container = {
