@@ -65,6 +65,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
         return Outcome(_report_invalid(context, raw, error))
 
     now = utc_now()
+    spec_pending = False
     blockers = _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
     if not is_finished(job.status):
@@ -80,7 +81,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
             training_job = None
         elif not blockers and config is not None:
             try:
-                training_job = _converge_children(context, job, config, training_job)
+                training_job, spec_pending = _converge_children(context, job, config, training_job)
             except KubeError as error:
                 if error.status not in (400, 422):
                     raise
@@ -90,6 +91,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
 
     pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
+    changes += _spec_applied(job, status, spec_pending, now)
     try:
         changes += publish(context, job, status, now)
     except Exception as error:
@@ -126,6 +128,28 @@ def _parse_time(timestamp: str) -> dt.datetime:
     return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
+def _spec_applied(job: FineTuneJob, status, pending: bool, now: str) -> list:
+    """SpecApplied: said only once a change had to wait, so that users see why it has not taken effect."""
+    if pending:
+        change = set_condition(
+            status.conditions,
+            "SpecApplied",
+            "False",
+            "AppliesWhenSuspended",
+            "the running pods keep the configuration and pod template they started with (their retries resume "
+            "the same run): suspend and resume the job to apply the change",
+            now,
+            job.metadata.generation,
+        )
+    elif get_condition(status.conditions, "SpecApplied") is not None and not is_finished(status):
+        change = set_condition(
+            status.conditions, "SpecApplied", "True", "Applied", "the pods run the spec", now, job.metadata.generation
+        )
+    else:
+        return []
+    return [change] if change else []
+
+
 def _api_message(error: KubeError) -> str:
     try:
         return json.loads(error.body).get("message") or error.body[:1024]
@@ -156,24 +180,36 @@ def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
 
 
 def _converge_children(context: Context, job: FineTuneJob, config, training_job: dict[str, Any] | None):
-    """Create what is missing, in dependency order: the Job last, so its pods find everything."""
+    """Create what is missing, in dependency order: the Job last, so its pods find everything.
+
+    Returns the training Job and whether some of the spec waits to be applied: while the Job runs, its
+    pods (and their retries, which resume the same run) keep the configuration and pod template they
+    started with; changes apply when the job is suspended, as resources do.
+    """
     kube = context.kube
     account = render_service_account(job)
     if account is not None:
         kube.create(account)
+    running = training_job is not None and not training_job["spec"].get("suspend")
     config_map = render_config_map(job, config, context.progress_ca)
     existing_config, created = kube.create(config_map)
+    applied, pending = config_map["data"], False
     if not created and existing_config.get("data") != config_map["data"]:
-        kube.merge_patch(
-            CONFIGMAPS, job.metadata.namespace, config_map_name(job.metadata.name), {"data": config_map["data"]}
-        )
+        if running:
+            applied, pending = existing_config.get("data") or {}, True
+        else:
+            kube.merge_patch(
+                CONFIGMAPS, job.metadata.namespace, config_map_name(job.metadata.name), {"data": config_map["data"]}
+            )
     kube.create(render_service(job, context.settings))
 
-    desired = render_job(job, context.settings, data_hash(config_map["data"]))
+    desired = render_job(job, context.settings, data_hash(applied))
     if training_job is None:
         created_job, _ = kube.create(desired)
-        return created_job
-    return _converge_job(context, job, desired, training_job)
+        return created_job, False
+    existing_hash = training_job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
+    pending = pending or (running and existing_hash != desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
+    return _converge_job(context, job, desired, training_job), pending
 
 
 def _converge_job(context: Context, job: FineTuneJob, desired: dict[str, Any], existing: dict[str, Any]):

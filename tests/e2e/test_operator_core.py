@@ -230,6 +230,26 @@ def test_a_pod_template_the_api_server_refuses_is_a_condition_not_a_retry_storm(
     wait_for("Succeeded", condition_is(cluster, namespace, "bad-affinity", "Succeeded"), timeout=90)
 
 
+def test_a_spec_changed_while_running_waits_for_a_suspend_and_says_so(cluster, namespace, operator):
+    apply(cluster, training_job("steady", namespace, run="1h"))
+    wait_for("Running", condition_is(cluster, namespace, "steady", "Running"))
+
+    def learning_rate() -> float:
+        raw = get(cluster, "configmap", namespace, "steady-config")["data"]["config.json"]
+        return TrainerConfig.model_validate_json(raw).training.learning_rate
+
+    started_with = learning_rate()
+    patch = json.dumps({"spec": {"training": {"learningRate": 0.0003}}})
+    cluster.run_kubectl("patch", "ftj", "steady", "-n", namespace, "--type=merge", "-p", patch)
+    waiting = wait_for("SpecApplied=False", condition_is(cluster, namespace, "steady", "SpecApplied", "False"))
+    assert waiting["reason"] == "AppliesWhenSuspended"
+    assert learning_rate() == started_with, "the running pods' configuration changed under them"
+
+    cluster.run_kubectl("patch", "ftj", "steady", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    wait_for("SpecApplied=True", condition_is(cluster, namespace, "steady", "SpecApplied"), timeout=60)
+    assert learning_rate() == 0.0003
+
+
 def test_deleting_a_job_removes_its_children(cluster, namespace, operator):
     apply(cluster, training_job("short-lived", namespace, run="1h"))
     wait_for("the training Job", lambda: get(cluster, "job", namespace, "short-lived"))
