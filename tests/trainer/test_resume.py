@@ -115,3 +115,21 @@ def test_resumed_under_another_layout_the_epoch_trains_every_example_once(make_j
     # Real tokens per example do not depend on the layout: the same total means each example exactly once.
     assert report.tokens_seen == straight.tokens_seen
     assert abs(report.steps - straight.steps) <= 1
+
+
+class SigtermOnStage(TrainingHooks):
+    def __init__(self, stage: str):
+        self.stage = stage
+
+    def on_stage(self, progress):
+        if progress.stage == self.stage:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_a_stop_during_the_final_evaluation_keeps_the_training_and_a_retry_only_evaluates(make_job):
+    config = make_job(name="late-stop", method=LORA, training=TRAINING)
+    with pytest.raises(Preempted, match="evaluation"):
+        run(config, hooks=[SigtermOnStage("evaluating")])
+    assert f"step-{TOTAL_STEPS}" in {p.name for p in checkpoints_dir(config).iterdir()}
+    report = run(config)
+    assert report.resumed_from_step == TOTAL_STEPS and report.steps == TOTAL_STEPS

@@ -305,12 +305,19 @@ def _train(session: _Session) -> TrainState:
     return state
 
 
+def _stop_if_requested(session: _Session, where: str) -> None:
+    """A long evaluation can outlast the grace period: stop between its phases (the last step is checkpointed)."""
+    if session.dist.any(session.stop.requested):
+        raise Preempted(f"stopped by {session.stop.signal_name or 'a stop request'} {where}; checkpoint saved")
+
+
 def _evaluate(session: _Session, state: TrainState) -> EvaluationSummary:
     """Base against adapted on every eval set, and the gate's verdict."""
     evaluator, model = session.evaluator, session.training.model
     _stage(session, "evaluating", state)
     adapted = evaluator.scores(model)
     if session.trainable.is_adapter:
+        _stop_if_requested(session, "between the adapted and the base model's evaluation")
         base = evaluator.scores(model, base=True)
     else:
         base = {name: SetScores.from_json(scores) for name, scores in (state.base_losses or {}).items()}
@@ -323,8 +330,7 @@ def _evaluate(session: _Session, state: TrainState) -> EvaluationSummary:
 def _publish(session: _Session, state: TrainState, summary: EvaluationSummary) -> TrainingReport:
     """The artifact and its report, written last; the report also goes next to the checkpoints."""
     dist, config = session.dist, session.config
-    if dist.any(session.stop.requested):
-        raise Preempted(f"stopped by {session.stop.signal_name or 'a stop request'} after training; checkpoint saved")
+    _stop_if_requested(session, "after the evaluation, before the upload")
     evaluated = time.monotonic()
     report = TrainingReport(
         job={"namespace": config.job.namespace, "name": config.job.name, "uid": config.job.uid},
