@@ -1,7 +1,8 @@
 """Reconcile one ModelAdapter: verify its artifact and its serving compatibility.
 
-Every new generation of the spec is verified. A Ready adapter is verified again every hour (an
-artifact deleted or altered behind its back turns it Failed) and stays Ready meanwhile; a Failed
+Every new generation of the spec is verified. A Ready adapter is verified again every hour (every
+day on a volume, where each check is a pod; an artifact deleted or altered behind its back turns it
+Failed) and stays Ready meanwhile; a Failed
 one is retried on resync (an upload may still be arriving, a Secret may be created later).
 s3:// and file:// artifacts are read by the operator, pvc:// ones by a verification pod
 (adapters/volume.py).
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FAILED_AFTER = dt.timedelta(seconds=30)
 VERIFY_READY_EVERY = dt.timedelta(hours=1)
+VERIFY_READY_ON_VOLUME_EVERY = dt.timedelta(days=1)  # a pod each time: less often
 
 
 def _age(timestamp: str | None) -> dt.timedelta:
@@ -53,7 +55,8 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
         return _write(context, raw, status, changes)
     current = adapter.status
     recently_failed = current.phase == "Failed" and _age(current.verified_at) < RETRY_FAILED_AFTER
-    recently_ready = current.phase == "Ready" and _age(current.verified_at) < VERIFY_READY_EVERY
+    every = VERIFY_READY_ON_VOLUME_EVERY if adapter.spec.artifact.uri.startswith("pvc://") else VERIFY_READY_EVERY
+    recently_ready = current.phase == "Ready" and _age(current.verified_at) < every
     current_generation = current.observed_generation == generation
     if current_generation and (recently_ready or recently_failed):
         return Outcome(current.phase)
