@@ -31,10 +31,18 @@ def populate_hub_cache(
 
 
 class HubMirror:
-    """A read-only Hub mirror of one model repository, on a free loopback port."""
+    """A read-only Hub mirror of one model (or dataset) repository, on a free loopback port."""
 
-    def __init__(self, repo_id: str, model_dir: Path, commit: str, branches: tuple[str, ...] = ("main",)):
+    def __init__(
+        self,
+        repo_id: str,
+        model_dir: Path,
+        commit: str,
+        branches: tuple[str, ...] = ("main",),
+        repo_type: str = "model",
+    ):
         self.repo_id = repo_id
+        self.kind = f"{repo_type}s"  # the Hub's path segment: models, datasets
         self.files = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
         self.commit = commit
         self.revisions = {commit, *branches}
@@ -66,9 +74,10 @@ class HubMirror:
             def _serve(self, body: bool) -> None:
                 path = unquote(urlparse(self.path).path)
                 mirror.requests.append(f"{self.command} {path}")
-                info_prefix = f"/api/models/{mirror.repo_id}/revision/"
-                tree_prefix = f"/api/models/{mirror.repo_id}/tree/"
-                resolve_prefix = f"/{mirror.repo_id}/resolve/"
+                info_prefix = f"/api/{mirror.kind}/{mirror.repo_id}/revision/"
+                tree_prefix = f"/api/{mirror.kind}/{mirror.repo_id}/tree/"
+                repo_path = mirror.repo_id if mirror.kind == "models" else f"{mirror.kind}/{mirror.repo_id}"
+                resolve_prefix = f"/{repo_path}/resolve/"
                 if path.startswith(info_prefix) and path[len(info_prefix) :] in mirror.revisions:
                     siblings = [{"rfilename": name} for name in mirror.files]
                     self._json({"id": mirror.repo_id, "sha": mirror.commit, "siblings": siblings}, body)

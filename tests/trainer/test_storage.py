@@ -133,6 +133,37 @@ def test_an_unreachable_hub_is_a_retried_failure_not_a_configuration_error(train
     assert exit_code_of(raised.value) == ExitCode.FAILURE
 
 
+@pytest.fixture
+def dataset_repo(tmp_path) -> Path:
+    repo = tmp_path / "dataset-repo"
+    for name in ("data/train-00000.jsonl", "data/train-00001.jsonl", "data/test-00000.jsonl", "README.md"):
+        (repo / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / name).write_text('{"text": "row"}\n')
+    return repo
+
+
+def test_an_hf_dataset_path_downloads_only_that_path(trainer_env, dataset_repo, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with HubMirror("org/corpus", dataset_repo, COMMIT, repo_type="dataset") as mirror:
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        path = resolve_data("hf://datasets/org/corpus/data/train-00001.jsonl")
+        fetched = [r for r in mirror.requests if "/resolve/" in r]
+    assert path.read_text() == '{"text": "row"}\n'
+    assert fetched and all(r.endswith("data/train-00001.jsonl") for r in fetched), fetched
+
+
+def test_a_whole_hf_dataset_with_a_test_split_is_refused_naming_the_training_files(
+    trainer_env, dataset_repo, monkeypatch
+):
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    with HubMirror("org/corpus", dataset_repo, COMMIT, repo_type="dataset") as mirror:
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        with pytest.raises(ConfigError, match=r"data/test-00000\.jsonl.*hf://datasets/org/corpus/data/train-00000"):
+            resolve_data("hf://datasets/org/corpus")
+
+
 def test_an_hf_token_from_the_model_secret_is_sent_to_the_mirror(trainer_env, tiny_model_dir, monkeypatch):
     secret = trainer_env / "credentials" / "model"
     secret.mkdir(parents=True)

@@ -19,6 +19,7 @@ last (a rename on local storage, the last upload on S3), so a reader never takes
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import uuid
@@ -32,7 +33,14 @@ from . import log
 from .errors import ConfigError, DataError, TrainerError
 
 Purpose = Literal["model", "data", "output"]
-CREDENTIAL_KEYS = ("HF_TOKEN", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_ENDPOINT_URL", "AWS_REGION")
+CREDENTIAL_KEYS = (
+    "HF_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",  # temporary credentials (STS, SSO, assumed roles) are refused without it
+    "AWS_ENDPOINT_URL",
+    "AWS_REGION",
+)
 
 # Weight formats other than safetensors and framework exports we never load: not worth downloading.
 HF_IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.h5", "*.msgpack", "*.ot", "original/*"]
@@ -142,6 +150,7 @@ def s3_client(credentials: Credentials):
         region_name=credentials.get("AWS_REGION") or "us-east-1",
         aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
+        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
         config=Config(s3={"addressing_style": addressing}, retries={"max_attempts": 10, "mode": "adaptive"}),
     )
 
@@ -245,7 +254,9 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
     return local, count
 
 
-def hf_snapshot(repo_id: str, revision: str, *, repo_type: str, uri: str) -> tuple[Path, str]:
+def hf_snapshot(
+    repo_id: str, revision: str, *, repo_type: str, uri: str, allow_patterns: list[str] | None = None
+) -> tuple[Path, str]:
     """Download (or find in the cache) a Hub repository at ``revision``; returns its path and commit.
 
     HF_ENDPOINT selects a mirror, HF_HUB_OFFLINE=1 uses only the local cache (HF_HOME / HF_HUB_CACHE),
@@ -273,6 +284,7 @@ def hf_snapshot(repo_id: str, revision: str, *, repo_type: str, uri: str) -> tup
             endpoint=os.environ.get("HF_ENDPOINT") or None,
             local_files_only=offline,
             ignore_patterns=HF_IGNORE_PATTERNS if repo_type == "model" else None,
+            allow_patterns=allow_patterns,
         )
     except hf_errors.GatedRepoError as error:
         raise ConfigError(
@@ -313,15 +325,36 @@ def resolve_data(uri: str) -> Path:
         revision = "main"
         if "@" in repo_id:
             repo_id, revision = repo_id.split("@", 1)
-        root, _ = hf_snapshot(repo_id, revision, repo_type="dataset", uri=uri)
+        # Only the named file or directory: dataset repositories can be terabytes.
+        patterns = [inner, f"{inner}/*"] if inner else None
+        root, _ = hf_snapshot(repo_id, revision, repo_type="dataset", uri=uri, allow_patterns=patterns)
         path = root / inner if inner else root
         if not path.exists():
             raise DataError(f"data {uri}: no {inner} in the dataset repository")
+        if not inner:
+            _refuse_other_splits(root, uri)
         return path
     local, count = download_s3(parsed, cache_root() / "data", credentials_for("data"), "data", uri)
     if count == 0:
         raise DataError(f"data {uri}: no objects under that prefix")
     return local
+
+
+_OTHER_SPLIT = re.compile(r"(^|[/_.-])(test|validation|valid|dev|eval)([/_.-]|$)", re.IGNORECASE)
+
+
+def _refuse_other_splits(root: Path, uri: str) -> None:
+    """A whole dataset repository with test or validation files: training on it would train on them too."""
+    from .data.readers import source_files
+
+    files = [relative for _, relative in source_files(root)]
+    others = [name for name in files if _OTHER_SPLIT.search(name)]
+    if others:
+        training = [name for name in files if name not in others][:3]
+        raise ConfigError(
+            f"data {uri}: the repository has evaluation splits too ({', '.join(others[:3])}): name the training "
+            f"files or directory in the URI, e.g. {uri.rstrip('/')}/{training[0] if training else '<path>'}"
+        )
 
 
 # ---------------------------------------------------------------------------------------------

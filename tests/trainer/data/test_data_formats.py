@@ -238,3 +238,33 @@ def test_invalid_row_is_refused_with_its_reason(format_name, row, reason):
         parse_row(format_name, row)
 
     assert str(refused.value).startswith(reason)
+
+
+def test_fields_that_parquet_fills_with_none_count_as_absent():
+    # pyarrow gives every message of a struct column every field: the user's message has weight None.
+    row = {
+        "messages": [
+            {"role": "user", "content": "Hi", "weight": None, "tool_call_id": None, "name": None, "tool_calls": None},
+            {"role": "tool", "content": "4 C", "weight": None, "tool_call_id": None, "name": None, "tool_calls": None},
+            {
+                "role": "assistant",
+                "content": "Hello",
+                "weight": 0,
+                "tool_call_id": None,
+                "name": None,
+                "tool_calls": None,
+            },
+            {
+                "role": "assistant",
+                "content": "Bye",
+                "weight": None,
+                "tool_call_id": None,
+                "name": None,
+                "tool_calls": None,
+            },
+        ]
+    }
+    sample = parse_row("messages", row)
+
+    assert sample.untrained == frozenset({2})
+    assert sample.messages[1] == {"role": "tool", "content": "4 C"}

@@ -15,33 +15,32 @@ def test_apportion_splits_the_total_exactly_in_proportion_to_the_weights():
     assert apportion(10, [1.0, 1.0, 2.0]) == [3, 2, 5]  # 2.5, 2.5, 5: the tie goes to the earlier source
 
 
-def test_mix_has_as_many_rows_as_the_sources_together():
-    mixed, _ = mix_by_weight([source("a", 70), source("b", 30)], [1.0, 1.0], seed=1)
+def test_the_mix_ends_when_the_first_source_is_used_up():
+    mixed, counts = mix_by_weight([source("a", 70), source("b", 30)], [1.0, 1.0], seed=1)
 
-    assert len(mixed) == 100
+    assert counts == [30, 30] and len(mixed) == 60
 
 
 def test_each_source_contributes_its_normalised_weights_share():
     mixed, counts = mix_by_weight([source("a", 90), source("b", 10)], [0.8, 0.2], seed=1)
 
-    assert counts == [80, 20]
-    assert Counter(row[0] for row in mixed) == {"a": 80, "b": 20}
+    assert counts == [40, 10]
+    assert Counter(row[0] for row in mixed) == {"a": 40, "b": 10}
 
 
-def test_a_small_source_is_repeated_whole_before_any_row_a_third_time():
-    mixed, _ = mix_by_weight([source("a", 90), source("b", 10)], [0.75, 0.25], seed=1)
+def test_a_small_task_set_with_a_large_replay_corpus_is_trained_on_once_per_epoch():
+    mixed, counts = mix_by_weight([source("task", 1000), source("replay", 100_000)], [0.9, 0.1], seed=1)
 
-    repeats = Counter(row for row in mixed if row.startswith("b"))
-    assert sorted(set(repeats.values())) == [2, 3]  # 25 rows of 10: every row twice, five of them three times
-    assert sum(repeats.values()) == 25
+    assert counts == [1000, 111]
+    assert len(set(mixed)) == len(mixed), "no row is repeated"
 
 
 def test_a_large_source_is_subsampled_without_replacement():
     mixed, _ = mix_by_weight([source("a", 90), source("b", 10)], [0.5, 0.5], seed=1)
 
     from_a = [row for row in mixed if row.startswith("a")]
-    assert len(from_a) == 50
-    assert len(set(from_a)) == 50
+    assert len(from_a) == 10
+    assert len(set(from_a)) == 10
 
 
 def test_proportional_weights_give_the_sources_themselves():

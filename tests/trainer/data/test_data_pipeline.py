@@ -215,8 +215,22 @@ def test_training_sources_are_mixed_by_weight(write_jsonl, make_config, tokenize
 
     bundle = load_data(config, tokenizer, resolve)
 
-    assert bundle.mix_counts == [38, 12]  # 50 rows: 37.5 and 12.5, the tie to the first source
-    assert Counter(example.source for example in bundle.train) == {0: 38, 1: 12}
+    assert bundle.mix_counts == [30, 10]  # replay's 10 rows are a quarter of 40: task contributes 30
+    assert Counter(example.source for example in bundle.train) == {0: 30, 1: 10}
+
+
+def test_the_split_eval_set_is_mixed_like_the_training_data(write_jsonl, make_config, tokenizer, resolve):
+    task = write_jsonl("task.jsonl", map(completion, range(100)))
+    replay = write_jsonl("replay.jsonl", [{"text": f"Replay document {i}."} for i in range(2000)])
+    config = make_config(
+        [{"uri": f"file://{task}", "weight": 0.9}, {"uri": f"file://{replay}", "format": "text", "weight": 0.1}]
+    )
+
+    bundle = load_data(config, tokenizer, resolve)
+
+    # 10 task rows and 200 replay rows are held out; the eval set keeps the 9:1 mix (not 10 against 200).
+    assert Counter(example.source for example in bundle.eval) == {0: 10, 1: 1}
+    assert bundle.mix_counts == [90, 10]
 
 
 def test_overlong_rows_are_counted_as_truncated(write_jsonl, make_config, tokenizer, resolve):

@@ -62,14 +62,37 @@ def test_json_object_with_rows_under_data_is_read_like_a_list(tmp_path):
     assert [row.value for row in rows_of(path)] == [{"text": "a"}]
 
 
-def test_malformed_json_file_is_one_invalid_row_at_the_line_of_the_error(tmp_path):
+def test_a_malformed_json_file_loses_all_its_rows_so_it_stops_the_job_at_the_line_of_the_error(tmp_path):
     path = tmp_path / "a.json"
     path.write_text('[\n{"text": "a"},\n{"text" "b"}\n]')
 
-    (row,) = rows_of(path, "a.json")
+    with pytest.raises(DataError, match=r"^a\.json:3: malformed JSON: Expecting ':' delimiter.*every row of the file"):
+        rows_of(path, "a.json")
 
-    assert row.origin == "a.json:3"
-    assert row.error.startswith("malformed JSON: Expecting ':' delimiter")
+
+def test_a_byte_order_mark_is_not_part_of_the_first_row(tmp_path):
+    for name, content in (("a.jsonl", '{"text": "hello"}\n'), ("b.json", '[{"text": "hello"}]'), ("c.txt", "hello")):
+        path = tmp_path / name
+        path.write_bytes(b"\xef\xbb\xbf" + content.encode())
+        (row,) = rows_of(path, name)
+        assert row.error is None and row.value == {"text": "hello"}, name
+
+
+def test_a_csv_field_longer_than_pythons_default_limit_is_read(write_csv):
+    document = "word " * 40_000  # 200,000 characters
+    path = write_csv("long.csv", ["text"], [[document], ["short"]])
+
+    rows = rows_of(path, "long.csv")
+
+    assert [row.value["text"] for row in rows] == [document, "short"] and all(row.error is None for row in rows)
+
+
+def test_a_csv_that_is_not_utf8_stops_the_job_naming_the_file(tmp_path):
+    path = tmp_path / "excel.csv"
+    path.write_bytes("text\ncaf\u00e9\n".encode("cp1252"))
+
+    with pytest.raises(DataError, match=r"^excel\.csv: not valid UTF-8.*export it as UTF-8"):
+        rows_of(path, "excel.csv")
 
 
 def test_csv_rows_carry_the_line_they_start_on_counting_the_header(write_csv):
@@ -160,3 +183,17 @@ def test_single_file_of_unsupported_type_is_a_data_error(tmp_path):
 
     with pytest.raises(DataError, match="unsupported file type"):
         rows_of(path, "s3://bucket/train.xlsx")
+
+
+def test_an_empty_file_among_several_is_an_invalid_row_naming_it(tmp_path):
+    directory = tmp_path / "shards"
+    directory.mkdir()
+    (directory / "a.jsonl").write_text('{"text": "hello"}\n')
+    (directory / "b.jsonl").write_text("")
+
+    rows = list(read_source(directory, f"file://{directory}"))
+
+    assert [(row.origin.rsplit("/", 1)[-1], row.error) for row in rows] == [
+        ("a.jsonl:1", None),
+        ("b.jsonl:1", "empty file"),
+    ]

@@ -164,8 +164,9 @@ def _openai_message(item: Any, where: str) -> tuple[Message, int]:
     role = item["role"]
     if role not in OPENAI_ROLES:
         raise RowError(f'{where} has unknown role "{role}" (expected {", ".join(OPENAI_ROLES)})')
-    weight = item.get("weight", 1)
-    if "weight" in item and role != "assistant":
+    # Parquet gives every message every field of the column's struct type: a None is an absent field.
+    weight = 1 if item.get("weight") is None else item["weight"]
+    if item.get("weight") is not None and role != "assistant":
         raise RowError(f"{where}.weight is set on a {role} message: only assistant messages have a weight")
     if isinstance(weight, bool) or weight not in (0, 1):
         raise RowError(f"{where}.weight must be 0 or 1, got {weight!r}")
@@ -177,7 +178,7 @@ def _openai_message(item: Any, where: str) -> tuple[Message, int]:
     message: Message = {"role": role, "content": _content(item.get("content"), f"{where}.content")}
     if role == "tool":
         for key in ("tool_call_id", "name"):
-            if key in item:
+            if item.get(key) is not None:
                 if not isinstance(item[key], str):
                     raise RowError(f"{where}.{key} must be a string, got {_type_name(item[key])}")
                 message[key] = item[key]

@@ -39,34 +39,40 @@ def cap_rows(rows: Sequence[T], max_rows: int, *, seed: int, purpose: str) -> li
     return [row for position, row in enumerate(rows) if position in kept]
 
 
-def mix_by_weight(sources: Sequence[Sequence[T]], weights: Sequence[float], *, seed: int) -> tuple[list[T], list[int]]:
-    """The training mix of several sources, and how many rows each source contributes to it.
+def mix_by_weight(
+    sources: Sequence[Sequence[T]], weights: Sequence[float], *, seed: int, purpose: str = "mix"
+) -> tuple[list[T], list[int]]:
+    """The mix of several sources by weight, and how many rows each source contributes to it.
 
-    The mix has as many rows as the sources together, N = sum(n_i), so an epoch over the mix is as
-    long as an epoch over the data. Source i contributes c_i rows, its share of N by normalised
-    weight, w_i / sum(w), rounded by the largest-remainder method (c_i sum to N exactly; ties go to
-    the earlier source). A source smaller than its share is repeated: floor(c_i / n_i) whole copies
-    plus a random c_i mod n_i of its rows without replacement; a larger one is subsampled without
-    replacement. The random choices depend on the seed and the source's position only.
+    Source i makes up p_i = w_i / sum(w) of the mix and no source is repeated: the mix has
+    N = min_i(n_i / p_i) rows (until the first source is used up), source i contributes its share
+    c_i of N by the largest-remainder method, subsampled without replacement (the random choice
+    depends on the seed, the purpose and the source's position only). A small task set with a large
+    replay corpus is thus trained on once per epoch with a replay share as weighted, instead of the
+    epoch growing to the corpus' size and the task set being repeated to fill its share.
 
     The mix is drawn once per run, so every epoch trains on the same rows of a subsampled source.
-    With equal weights per row (w_i proportional to n_i) the mix is the sources themselves.
+    With weights proportional to the sources' sizes the mix is the sources themselves.
     """
     if len(sources) != len(weights):
         raise ValueError("one weight per source")
-    total = sum(len(rows) for rows in sources)
-    if total == 0:
-        return [], [0] * len(sources)
     # An empty source has nothing to contribute: its share goes to the others.
-    counts = apportion(total, [weight if rows else 0.0 for rows, weight in zip(sources, weights, strict=True)])
+    shares = [weight if rows else 0.0 for rows, weight in zip(sources, weights, strict=True)]
+    weight_sum = math.fsum(shares)
+    if weight_sum <= 0:
+        return [], [0] * len(sources)
+    # The small epsilon keeps n_i / p_i from rounding just under an integer (3 / (3/4) = 3.9999...).
+    total = min(
+        math.floor(len(rows) * weight_sum / share + 1e-9) for rows, share in zip(sources, shares, strict=True) if share
+    )
+    counts = [min(count, len(rows)) for count, rows in zip(apportion(total, shares), sources, strict=True)]
     mixed: list[T] = []
     for index, (rows, count) in enumerate(zip(sources, counts, strict=True)):
-        if count == 0:
-            continue
-        copies, extra = divmod(count, len(rows))
-        mixed.extend(rows * copies)
-        picked = set(seeded_rng(seed, "mix", index).sample(range(len(rows)), extra))
-        mixed.extend(row for position, row in enumerate(rows) if position in picked)
+        if count == len(rows):
+            mixed.extend(rows)
+        elif count:
+            picked = set(seeded_rng(seed, purpose, index).sample(range(len(rows)), count))
+            mixed.extend(row for position, row in enumerate(rows) if position in picked)
     return mixed, counts
 
 

@@ -91,12 +91,13 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
     ]
 
     split_fraction = DEFAULT_EVAL_SPLIT_FRACTION if data.eval is None else data.eval.split_fraction
-    train_rows, eval_rows = _hold_out(train_sources, split_fraction, seed=training.seed)
+    train_rows, held_out_per_source = _hold_out(train_sources, split_fraction, seed=training.seed)
 
-    eval_stats = None
+    eval_stats, eval_rows = None, []
     if data.eval is not None and data.eval.uri is not None:
         eval_source = load(SourceSpec(data.eval.uri, "spec.data.eval.uri", default_format), preference_rows=preference)
         eval_rows, eval_stats = eval_source.rows, eval_source.stats
+        held_out_per_source = None
 
     general_source = None
     if data.general is not None:
@@ -104,7 +105,12 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
         general_source = load(spec, preference_rows=False)
 
     max_samples, seed = config.evaluation.max_samples, training.seed
-    mixed, mix_counts = mix_by_weight(train_rows, [source.weight for source in data.train], seed=seed)
+    weights = [source.weight for source in data.train]
+    mixed, mix_counts = mix_by_weight(train_rows, weights, seed=seed)
+    if held_out_per_source is not None:
+        # The split's eval set is mixed like the training data: a large replay corpus holds out more rows
+        # than the task set, but must not outweigh it in the task loss the gate judges.
+        eval_rows, _ = mix_by_weight(held_out_per_source, weights, seed=seed, purpose="eval-mix")
     return DataBundle(
         train=_flatten(mixed),
         eval=_flatten(cap_rows(eval_rows, max_samples, seed=seed, purpose="eval")),
@@ -120,17 +126,17 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
 
 def _hold_out(
     sources: Sequence[LoadedSource], fraction: float | None, *, seed: int
-) -> tuple[list[list[Row]], list[Row]]:
-    """Each source's training rows, and the rows held out of all of them for evaluation."""
+) -> tuple[list[list[Row]], list[list[Row]] | None]:
+    """Each source's training rows, and each source's rows held out for evaluation (None: no split)."""
     train_rows: list[list[Row]] = []
-    eval_rows: list[Row] = []
+    held_out_rows: list[list[Row]] = []
     for index, source in enumerate(sources):
         kept, held_out = (
             split_holdout(source.rows, fraction, seed=seed, source=index) if fraction else (source.rows, [])
         )
         train_rows.append(kept)
-        eval_rows.extend(held_out)
-    return train_rows, eval_rows
+        held_out_rows.append(held_out)
+    return train_rows, held_out_rows if fraction else None
 
 
 def _flatten(rows: Sequence[Row]) -> list[Any]:

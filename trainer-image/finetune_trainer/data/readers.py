@@ -58,7 +58,12 @@ def read_source(local_path: Path, uri: str) -> Iterator[RawRow]:
     local_path = Path(local_path)
     if local_path.is_dir():
         for file, relative in source_files(local_path):
-            yield from read_file(file, f"{uri.rstrip('/')}/{relative}")
+            display, empty = f"{uri.rstrip('/')}/{relative}", True
+            for row in read_file(file, display):
+                empty = False
+                yield row
+            if empty:  # one of many files: counted and shown, so that a truncated export is noticed
+                yield RawRow(f"{display}:1", error="empty file")
     elif local_path.is_file():
         if _kind(local_path) is None:
             raise DataError(
@@ -117,11 +122,17 @@ def _kind(path: Path) -> str | None:
     return None
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def _read_bytes(path: Path) -> bytes:
     if path.name.lower().endswith(".gz"):
         with gzip.open(path, "rb") as stream:
-            return stream.read()
-    return path.read_bytes()
+            data = stream.read()
+    else:
+        data = path.read_bytes()
+    # Notepad and PowerShell start UTF-8 files with a byte-order mark: not part of the first row.
+    return data.removeprefix(UTF8_BOM)
 
 
 def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
@@ -142,29 +153,36 @@ def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
 
 
 def _read_json(path: Path, display: str) -> Iterator[RawRow]:
+    # One JSON document holds every row of the file: when it cannot be read, all of them are lost, which
+    # no invalid-row threshold should hide. The job stops with the place to fix.
     try:
         document = json.loads(_read_bytes(path).decode("utf-8"))
     except UnicodeDecodeError as error:
-        yield RawRow(f"{display}:1", error=f"not valid UTF-8 (byte {error.start})")
-        return
+        raise DataError(f"{display}: not valid UTF-8 (byte {error.start}): every row of the file is lost") from None
     except json.JSONDecodeError as error:
-        yield RawRow(f"{display}:{error.lineno}", error=f"malformed JSON: {error.msg} (column {error.colno})")
-        return
+        raise DataError(
+            f"{display}:{error.lineno}: malformed JSON: {error.msg} (column {error.colno}): every row of the file "
+            "is lost; fix it, or write one row per line (JSONL) so that a bad row costs only itself"
+        ) from None
     if isinstance(document, dict) and isinstance(document.get("data"), list):
         document = document["data"]
     if not isinstance(document, list):
-        yield RawRow(f"{display}:1", error='expected a JSON list of rows, or an object with the rows in "data"')
-        return
+        raise DataError(f'{display}:1: expected a JSON list of rows, or an object with the rows in "data"')
     for index, value in enumerate(document):
         yield RawRow(f"{display}:row {index}", value=value)
 
 
+# Documents in CSV cells can be long: Python's default limit (128 KiB per field) would refuse them.
+csv.field_size_limit(2**31 - 1)
+
+
 def _read_csv(path: Path, display: str) -> Iterator[RawRow]:
     try:
-        text = _read_bytes(path).decode("utf-8-sig")  # -sig: spreadsheets often write a byte-order mark
+        text = _read_bytes(path).decode("utf-8")
     except UnicodeDecodeError as error:
-        yield RawRow(f"{display}:1", error=f"not valid UTF-8 (byte {error.start})")
-        return
+        raise DataError(
+            f"{display}: not valid UTF-8 (byte {error.start}): every row of the file is lost; export it as UTF-8"
+        ) from None
     reader = csv.reader(io.StringIO(text, newline=""))
     header = next(reader, None)
     if header is None:
@@ -176,8 +194,8 @@ def _read_csv(path: Path, display: str) -> Iterator[RawRow]:
         except StopIteration:
             return
         except csv.Error as error:
-            yield RawRow(f"{display}:{first_line}", error=f"malformed CSV: {error}")
-            continue
+            # Reading on would start inside the broken field and take its pieces for rows.
+            raise DataError(f"{display}:{first_line}: malformed CSV: {error}; the rest of the file is lost") from None
         if not fields:
             continue
         origin = f"{display}:{first_line}"
