@@ -278,9 +278,17 @@ def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationErro
         observed_generation=raw["metadata"].get("generation"),
     ).to_api()
     current = (raw.get("status") or {}).get("conditions") or []
-    if any(c.get("type") == "Created" and c.get("message") == condition["message"] for c in current):
+    observed = (raw.get("status") or {}).get("observedGeneration") == raw["metadata"].get("generation")
+    if observed and any(c.get("type") == "Created" and c.get("message") == condition["message"] for c in current):
         return "Pending"
     conditions = [c for c in current if c.get("type") != "Created"] + [condition]
-    patch = {"status": {"phase": "Pending", "conditions": conditions}}
+    # observedGeneration too: it was seen, and what was seen is invalid (Argo CD shows Degraded, not Progressing).
+    patch = {
+        "status": {
+            "phase": "Pending",
+            "conditions": conditions,
+            "observedGeneration": raw["metadata"].get("generation"),
+        }
+    }
     context.kube.merge_patch(FINETUNEJOBS, raw["metadata"]["namespace"], raw["metadata"]["name"], patch, "status")
     return "Pending"

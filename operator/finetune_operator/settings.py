@@ -69,6 +69,13 @@ class Settings(BaseModel):
         description="Image of the pods that verify pvc:// artifacts (the operator's own image will do); "
         "default: the trainer image.",
     )
+    verifier_image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        None, description="Pull policy of the verification image; default: the trainer image's."
+    )
+    verifier_image_pull_secrets: list[str] = Field(
+        default_factory=list,
+        description="Secrets (in each adapter's namespace) to pull the verification image (name,...).",
+    )
     verifier_node_selector: dict[str, str] = Field(
         default_factory=dict, description="nodeSelector of the verification pods (key=value,...)."
     )
@@ -88,6 +95,13 @@ class Settings(BaseModel):
             parts = value.split("/")
             if len(parts) != 2 or not all(parts):
                 raise ValueError("must be namespace/name")
+        return value
+
+    @field_validator("verifier_image_pull_secrets", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [name.strip() for name in value.split(",") if name.strip()]
         return value
 
     @field_validator("verifier_node_selector", mode="before")
@@ -146,6 +160,12 @@ _OPTIONS = {
     "resync_seconds": ("--resync-seconds", "FINETUNE_RESYNC_SECONDS", None),
     "termination_grace_seconds": ("--termination-grace-seconds", "FINETUNE_TERMINATION_GRACE_SECONDS", None),
     "verifier_image": ("--verifier-image", "FINETUNE_VERIFIER_IMAGE", "image of the pods verifying pvc:// artifacts"),
+    "verifier_image_pull_policy": ("--verifier-image-pull-policy", "FINETUNE_VERIFIER_IMAGE_PULL_POLICY", None),
+    "verifier_image_pull_secrets": (
+        "--verifier-image-pull-secrets",
+        "FINETUNE_VERIFIER_IMAGE_PULL_SECRETS",
+        "name,...",
+    ),
     "verifier_node_selector": ("--verifier-node-selector", "FINETUNE_VERIFIER_NODE_SELECTOR", "key=value,..."),
     "verifier_tolerations": ("--verifier-tolerations", "FINETUNE_VERIFIER_TOLERATIONS", "key[=value]:Effect,..."),
 }

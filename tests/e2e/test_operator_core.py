@@ -250,6 +250,18 @@ def test_a_spec_changed_while_running_waits_for_a_suspend_and_says_so(cluster, n
     assert learning_rate() == 0.0003
 
 
+def test_a_spec_the_models_refuse_beyond_the_schema_is_reported_and_nothing_is_created(cluster, namespace, operator):
+    manifest = training_job("shadowing", namespace)
+    manifest["spec"]["template"]["volumes"] = [{"name": "config", "emptyDir": {}}]
+    apply(cluster, manifest)
+
+    refused = wait_for("Created=False", condition_is(cluster, namespace, "shadowing", "Created", "False"))
+    assert refused["reason"] == "InvalidSpec" and "volumes[0].name 'config' is the operator's" in refused["message"]
+    ftj = get(cluster, "ftj", namespace, "shadowing")
+    assert ftj["status"]["observedGeneration"] == ftj["metadata"]["generation"]
+    assert get(cluster, "job", namespace, "shadowing") is None
+
+
 def test_deleting_a_job_removes_its_children(cluster, namespace, operator):
     apply(cluster, training_job("short-lived", namespace, run="1h"))
     wait_for("the training Job", lambda: get(cluster, "job", namespace, "short-lived"))

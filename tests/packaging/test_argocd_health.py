@@ -52,8 +52,22 @@ MISSING_SECRET = (
 )
 FAILED = "training Job failed (PodFailurePolicy): pod support-bot-0 exited with code 78 (configuration error): method qlora needs CUDA GPUs"
 
+INVALID = "the spec is invalid: spec.training.learningRate: Input should be greater than 0"
+
 FINETUNEJOB_CASES = [
     ("no-status", finetunejob(None), "Progressing", "Waiting for the operator"),
+    (
+        "invalid-stored-spec",
+        finetunejob(
+            {
+                "phase": "Pending",
+                "observedGeneration": 1,
+                "conditions": [condition("Created", "False", "InvalidSpec", INVALID)],
+            }
+        ),
+        "Degraded",
+        INVALID,
+    ),
     (
         "pending-missing-secret",
         finetunejob(

@@ -22,6 +22,7 @@ ALL_FEATURES = {
     },
     "trainer": {"image": {"repository": "registry.example/trainer", "tag": "1.2.3"}},
     "verifier": {
+        "imagePullSecrets": ["registry-creds"],
         "nodeSelector": {"pool": "cpu", "zone": "a"},
         "tolerations": [
             {"key": "dedicated", "value": "cpu", "effect": "NoSchedule"},
@@ -141,16 +142,48 @@ def test_kubeconform_rejects_a_misspelled_service_monitor_field(tools, openapi, 
 
 
 @pytest.mark.parametrize(
+    "uri",
+    ["s3://adapters/", "s3://a.b-c/prefix/x", "pvc://outputs/finetune", "s3://My_Bucket/x", "s3://ab", "pvc://Claim/x"],
+)
+def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
+    import re
+
+    from finetune_operator.settings import Settings, SettingsError
+
+    pattern = json.loads((CHART / "values.schema.json").read_text())["properties"]["output"]["properties"]
+    schema_accepts = re.fullmatch(pattern["defaultUri"]["pattern"].removeprefix("^").removesuffix("$"), uri) is not None
+    try:
+        Settings(default_output_uri=uri)
+        operator_accepts = True
+    except (ValueError, SettingsError):
+        operator_accepts = False
+    assert schema_accepts == operator_accepts
+
+
+@pytest.mark.parametrize(
     "values, message",
     [
         ({"operator": {"logFormat": "xml"}}, "logFormat"),
         ({"operator": {"watchNamespace": ["a"]}}, "watchNamespace"),
         ({"output": {"defaultUri": "http://bucket/"}}, "defaultUri"),
+        ({"output": {"defaultUri": "s3://My_Bucket/x"}}, "defaultUri"),
+        ({"livenessProbe": {"successThreshold": 2}}, "successThreshold"),
+        ({"verifier": {"imagePullSecrets": ["Bad Name"]}}, "imagePullSecrets"),
         ({"progress": {"url": "http://operator:8443"}}, "url"),
         ({"trainer": {"terminationGraceSeconds": 5}}, "terminationGraceSeconds"),
         ({"operator": {"watchNamespaces": ["Team_A"]}}, "watchNamespaces"),
     ],
-    ids=["log-format", "misspelled-key", "output-scheme", "progress-http", "grace-too-short", "namespace-name"],
+    ids=[
+        "log-format",
+        "misspelled-key",
+        "output-scheme",
+        "output-bucket-name",
+        "liveness-success-threshold",
+        "pull-secret-name",
+        "progress-http",
+        "grace-too-short",
+        "namespace-name",
+    ],
 )
 def test_values_schema_refuses_bad_values_naming_them(tools, tmp_path, values, message):
     values_file = tmp_path / "values.json"
@@ -183,6 +216,7 @@ def test_crds_as_templates_are_the_crds_kept_on_uninstall_and_synced_first(tools
         got = rendered.pop(crd["metadata"]["name"])
         annotations = got["metadata"].pop("annotations")
         assert annotations["helm.sh/resource-policy"] == "keep"
+        assert annotations["argocd.argoproj.io/sync-options"] == "Prune=false,Delete=false"  # Argo CD's keep
         assert int(annotations["argocd.argoproj.io/sync-wave"]) < 0
         assert got == crd
     assert not rendered
@@ -191,6 +225,7 @@ def test_crds_as_templates_are_the_crds_kept_on_uninstall_and_synced_first(tools
 def test_crds_as_templates_without_keep_have_no_resource_policy(tools):
     for crd in find(tools.render({"crds": {"asTemplates": True, "keep": False}}), "CustomResourceDefinition"):
         assert "helm.sh/resource-policy" not in crd["metadata"]["annotations"]
+        assert "argocd.argoproj.io/sync-options" not in crd["metadata"]["annotations"]
 
 
 # -- the operator's RBAC ---------------------------------------------------------------------------
@@ -338,6 +373,8 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
         assert settings.default_output_uri == "s3://adapters/" and settings.default_output_secret == "s3-creds"
         assert settings.verifier_image == f"ghcr.io/finetune-operator/operator@sha256:{'a' * 64}"
         assert settings.verifier_node_selector == {"pool": "cpu", "zone": "a"}
+        assert settings.verifier_image_pull_policy == "IfNotPresent"
+        assert settings.verifier_image_pull_secrets == ["registry-creds"]
         assert settings.verifier_tolerations == [
             {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"},
             {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
@@ -439,6 +476,27 @@ def test_the_dashboard_queries_only_metrics_the_operator_exports():
     operator_metrics = {m for m in dashboard_metrics() if m.startswith("finetune_operator_")}
     assert operator_metrics, "the dashboard shows the operator's metrics"
     assert operator_metrics <= exported, operator_metrics - exported
+
+
+def test_the_dashboard_queries_only_metrics_the_trainer_exports(monkeypatch):
+    from finetune_trainer import metrics_server
+    from finetune_trainer.metrics_server import MetricsServer
+
+    monkeypatch.setattr(metrics_server, "_gpu_memory_bytes", lambda: 0)  # as on a GPU, where that series exists
+    server = MetricsServer(port=0, addr="127.0.0.1")
+    try:
+        suffixes = {"counter": ["_total"], "gauge": [""]}
+        exported = {m.name + suffix for m in server.registry.collect() for suffix in suffixes[m.type]}
+    finally:
+        server.stop()
+    trainer_metrics = {m for m in dashboard_metrics() if m.startswith("finetune_trainer_")}
+    assert trainer_metrics, "the dashboard shows the trainer's metrics"
+    assert trainer_metrics <= exported, trainer_metrics - exported
+
+
+def test_the_service_monitor_keeps_the_jobs_own_namespace_label(tools):
+    (monitor,) = find(tools.render({"metrics": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["honorLabels"] is True
 
 
 def test_the_dashboard_is_shipped_in_a_config_map_for_grafanas_sidecar(tools):

@@ -138,11 +138,16 @@ def test_the_verification_pod_meets_the_restricted_pod_security_standard():
 def test_the_operator_settings_place_the_verification_pod():
     toleration = {"key": "pool", "operator": "Exists", "effect": "NoSchedule"}
     settings = Settings(
-        verifier_image="op:1", verifier_node_selector={"pool": "cpu"}, verifier_tolerations=[toleration]
+        verifier_image="op:1",
+        verifier_image_pull_policy="Always",
+        verifier_image_pull_secrets="registry-creds, mirror-creds",
+        verifier_node_selector={"pool": "cpu"},
+        verifier_tolerations=[toleration],
     )
     pod = render_verifier_job(adapter(), 1, settings)["spec"]["template"]["spec"]
     assert pod["nodeSelector"] == {"pool": "cpu"} and pod["tolerations"] == [toleration]
-    assert pod["containers"][0]["image"] == "op:1"
+    assert pod["containers"][0]["image"] == "op:1" and pod["containers"][0]["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "registry-creds"}, {"name": "mirror-creds"}]
 
 
 def test_a_claims_root_is_mounted_whole():

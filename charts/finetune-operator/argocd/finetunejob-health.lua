@@ -65,6 +65,14 @@ if generation ~= nil and (observed == nil or observed < generation) then
   return hs
 end
 
+-- A stored spec the operator cannot read (written before a schema change, say) waits for a fix.
+local created = condition("Created")
+if created ~= nil and created.status == "False" and created.reason == "InvalidSpec" then
+  hs.status = "Degraded"
+  hs.message = message_of("Created", "the spec is invalid")
+  return hs
+end
+
 local phase = obj.status.phase
 if phase == "Succeeded" then
   hs.status = "Healthy"

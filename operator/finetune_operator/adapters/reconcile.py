@@ -52,6 +52,7 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
             status, "Ready", "False", "InvalidSpec", "; ".join(format_validation_error(error)), generation
         )
         status.phase = "Failed"
+        status.observed_generation = generation  # seen, and invalid: Argo CD shows Degraded, not Progressing
         return _write(context, raw, status, changes)
     current = adapter.status
     recently_failed = current.phase == "Failed" and _age(current.verified_at) < RETRY_FAILED_AFTER

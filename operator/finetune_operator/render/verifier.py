@@ -83,7 +83,7 @@ def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings:
     container = {
         "name": VERIFIER_CONTAINER,
         "image": settings.verifier_image or settings.trainer_image,
-        "imagePullPolicy": settings.trainer_image_pull_policy,
+        "imagePullPolicy": settings.verifier_image_pull_policy or settings.trainer_image_pull_policy,
         "command": [
             "python",
             "-m",
@@ -105,6 +105,8 @@ def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings:
         "containers": [container],
         "volumes": [{"name": "artifact", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}],
     }
+    if settings.verifier_image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": name} for name in settings.verifier_image_pull_secrets]
     if settings.verifier_node_selector:
         pod_spec["nodeSelector"] = dict(settings.verifier_node_selector)
     if settings.verifier_tolerations:
