@@ -101,6 +101,7 @@ def plan_steps_after(
     examples: Sequence[Item],
     done: Sequence[dict],
     *,
+    subset: Sequence[int] | None = None,
     micro_batch_tokens: int,
     batch_tokens: int,
     packing: bool,
@@ -113,8 +114,9 @@ def plan_steps_after(
     ``done`` lists those layouts in order, each a dict of world_size, micro_batch_tokens and packing
     with the ``steps`` it ran: replaying their plans says which examples this epoch has trained on;
     the others are planned with the current layout. Every example of the epoch is trained on once.
+    ``subset``: the positions of the epoch's examples in ``examples`` (None: all of them).
     """
-    remaining: list[int] | None = None  # None: every example
+    remaining: list[int] | None = None if subset is None else list(subset)  # None: every example
     for segment in done:
         steps = _plan_subset(
             examples,

@@ -30,7 +30,7 @@ from finetune_operator.api import (
 
 from . import log
 from .artifact import ArtifactTarget, is_same_job, publish, write_model_files
-from .batching import plan_steps, plan_steps_after
+from .batching import plan_steps_after
 from .checkpoint import Checkpointer
 from .config import LoadedConfig, load_config
 from .data import DataBundle, load_data
@@ -164,10 +164,11 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
     objective = DirectPreference(config.training.dpo.beta, reference) if dpo else LanguageModelling()
 
     def plan_for_epoch(epoch: int, done: Sequence[dict] = ()):
-        plan = plan_steps_after if done else plan_steps
-        return plan(
-            bundle.train,
-            *([done] if done else []),
+        # Each epoch draws its own mix from the pool (the same positions, in order, when nothing is subsampled).
+        return plan_steps_after(
+            bundle.pool,
+            done,
+            subset=bundle.epoch_mix(epoch),
             micro_batch_tokens=layout.micro_batch_tokens,
             batch_tokens=config.training.batch_tokens,
             packing=layout.packing,
@@ -213,7 +214,7 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
         optimizer=optimizer,
         scheduler=scheduler,
         objective=objective,
-        examples=bundle.train,
+        examples=bundle.pool,
         plan_for_epoch=plan_for_epoch,
         total_steps=total_steps,
         packing=layout.packing,

@@ -233,6 +233,25 @@ def test_the_split_eval_set_is_mixed_like_the_training_data(write_jsonl, make_co
     assert bundle.mix_counts == [90, 10]
 
 
+def test_each_epoch_draws_its_own_rows_of_a_subsampled_source(write_jsonl, make_config, tokenizer, resolve):
+    task = write_jsonl("task.jsonl", map(completion, range(20)))
+    replay = write_jsonl("replay.jsonl", [{"text": f"Replay document {i}."} for i in range(400)])
+    config = make_config(
+        [{"uri": f"file://{task}", "weight": 0.8}, {"uri": f"file://{replay}", "format": "text", "weight": 0.2}],
+        eval={"uri": f"file://{task}"},
+    )
+
+    bundle = load_data(config, tokenizer, resolve)
+
+    first, second = bundle.epoch_mix(0), bundle.epoch_mix(1)
+    assert [bundle.pool[i] for i in first] == bundle.train  # epoch 0 is the mix the report counts
+    replay_of = lambda mix: {i for i in mix if bundle.pool[i].source == 1}  # noqa: E731
+    assert len(replay_of(first)) == len(replay_of(second)) == 5  # 20 task rows are 80%
+    assert replay_of(first) != replay_of(second)
+    assert {i for i in first if bundle.pool[i].source == 0} == {i for i in second if bundle.pool[i].source == 0}
+    assert bundle.epoch_mix(1) == second  # deterministic
+
+
 def test_overlong_rows_are_counted_as_truncated(write_jsonl, make_config, tokenizer, resolve):
     long = {"prompt": "Q", "completion": " the quick brown fox jumps over the lazy dog" * 10}
     path = write_jsonl("train.jsonl", [long, long, *map(completion, range(8))])

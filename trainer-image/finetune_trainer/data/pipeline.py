@@ -43,6 +43,22 @@ class DataBundle:
     eval_stats: SourceStats | None = None  # the eval set's, when spec.data.eval.uri is set
     general_stats: SourceStats | None = None
     mix_counts: list[int] = field(default_factory=list)  # rows each training source contributes to the mix
+    # Every training example of every source (``train`` is epoch 0's mix of them), and per source and
+    # row the positions of that row's examples in ``pool``: each epoch draws its own mix (epoch_mix).
+    pool: list[Example] | list[PreferenceExample] = field(default_factory=list)
+    pool_rows: list[list[list[int]]] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+    seed: int = 0
+
+    def epoch_mix(self, epoch: int) -> list[int]:
+        """Positions in ``pool`` of the examples epoch ``epoch`` trains on, in source order.
+
+        A source subsampled by the mix gives other rows in every epoch (epoch 0's are ``train``'s),
+        so a large replay corpus is not narrowed to the same few rows for the whole run.
+        """
+        purpose = "mix" if epoch == 0 else f"mix-epoch-{epoch}"
+        rows, _ = mix_by_weight(self.pool_rows, self.weights, seed=self.seed, purpose=purpose)
+        return [position for row in rows for position in row]
 
     @property
     def formats(self) -> list[str]:
@@ -107,6 +123,7 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
     max_samples, seed = config.evaluation.max_samples, training.seed
     weights = [source.weight for source in data.train]
     mixed, mix_counts = mix_by_weight(train_rows, weights, seed=seed)
+    pool, pool_rows = _pool(train_rows)
     if held_out_per_source is not None:
         # The split's eval set is mixed like the training data: a large replay corpus holds out more rows
         # than the task set, but must not outweigh it in the task loss the gate judges.
@@ -121,7 +138,24 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve) -> DataBu
         eval_stats=eval_stats,
         general_stats=general_source.stats if general_source else None,
         mix_counts=mix_counts,
+        pool=pool,
+        pool_rows=pool_rows,
+        weights=weights,
+        seed=seed,
     )
+
+
+def _pool(sources: Sequence[Sequence[Row]]) -> tuple[list[Any], list[list[list[int]]]]:
+    """Every example of every source, flattened, and each row's positions in that list."""
+    pool: list[Any] = []
+    positions: list[list[list[int]]] = []
+    for rows in sources:
+        source_positions = []
+        for row in rows:
+            source_positions.append(list(range(len(pool), len(pool) + len(row))))
+            pool.extend(row)
+        positions.append(source_positions)
+    return pool, positions
 
 
 def _hold_out(
