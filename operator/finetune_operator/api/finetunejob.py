@@ -153,8 +153,10 @@ class DataSource(ApiModel):
         default=None,
     )
     weight: float = describe(
-        "Relative share of this source in the training mix (normalised over all sources). Mixing in "
-        "general data with a small weight (replay) protects against catastrophic forgetting.",
+        "Relative share of this source in the training mix (normalised over all sources). No source is "
+        "repeated: an epoch ends when the first source is used up, and larger sources are subsampled (other "
+        "rows each epoch). Mixing in general data with a small weight (replay) protects against catastrophic "
+        "forgetting.",
         default=1.0,
         gt=0.0,
         le=1000.0,
