@@ -104,6 +104,22 @@ def test_a_model_and_data_are_read_from_s3_with_the_mounted_credentials(bucket, 
     assert resolve_data(f"s3://{bucket}/data").is_dir()
 
 
+def test_a_reused_cache_follows_the_bucket_when_objects_change_or_go(bucket, trainer_env):
+    client = s3_client(credentials_for("data"))
+    client.put_object(Bucket=bucket, Key="data/a.jsonl", Body=b'{"text": "one"}\n')
+    client.put_object(Bucket=bucket, Key="data/b.jsonl", Body=b'{"text": "two"}\n')
+    first = resolve_data(f"s3://{bucket}/data")
+    assert sorted(p.name for p in first.iterdir() if not p.name.startswith(".")) == ["a.jsonl", "b.jsonl"]
+
+    client.put_object(Bucket=bucket, Key="data/a.jsonl", Body=b'{"text": "ONE"}\n')  # same size, new content
+    client.delete_object(Bucket=bucket, Key="data/b.jsonl")
+    again = resolve_data(f"s3://{bucket}/data")
+
+    assert again == first
+    assert (again / "a.jsonl").read_bytes() == b'{"text": "ONE"}\n'
+    assert not (again / "b.jsonl").exists()
+
+
 def test_wrong_s3_keys_are_a_configuration_error(bucket, s3_secret):
     (s3_secret / "model" / "AWS_SECRET_ACCESS_KEY").write_text("wrong")
     with pytest.raises(ConfigError, match="S3 refused"):

@@ -180,9 +180,14 @@ def _s3_key(prefix: str, name: str) -> str:
 def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
     """Download every object under ``prefix/`` (or the object ``prefix`` itself) into ``dest``; returns files.
 
-    Files already present with the right size are skipped, so a retried pod resumes a large download.
+    Files already present with the object's size and ETag are skipped, so a retried pod resumes a large
+    download; local files whose objects are gone are removed, so a reused cache never trains on what
+    the bucket no longer holds. The ETags are kept beside ``dest``, never inside it (what is downloaded
+    is exactly what is stored: artifacts are hashed file by file).
     """
     count = 0
+    listed: set[Path] = set()
+    etags = dest.with_name(f".{dest.name}.etags")
     paginator = client.get_paginator("list_objects_v2")
     listing_prefix = f"{prefix}/" if prefix else ""
     for page in paginator.paginate(Bucket=bucket, Prefix=listing_prefix):
@@ -190,15 +195,25 @@ def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
             relative = obj["Key"][len(listing_prefix) :]
             if not relative or relative.endswith("/"):
                 continue
-            target = dest / relative
-            if target.is_file() and target.stat().st_size == obj["Size"]:
+            target, etag = dest / relative, etags / f"{relative}.etag"
+            listed.add(target)
+            etag_value = str(obj.get("ETag", ""))
+            current = etag.is_file() and etag.read_text() == etag_value
+            if current and target.is_file() and target.stat().st_size == obj["Size"]:
                 count += 1
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = target.with_name(f".{target.name}.partial")
             client.download_file(bucket, obj["Key"], str(partial))
             partial.replace(target)
+            etag.parent.mkdir(parents=True, exist_ok=True)
+            etag.write_text(etag_value)
             count += 1
+    if count and dest.is_dir():
+        hidden = lambda path: any(part.startswith(".") for part in path.relative_to(dest).parts)  # noqa: E731
+        for stale in [p for p in dest.rglob("*") if p.is_file() and not hidden(p) and p not in listed]:
+            stale.unlink()
+            (etags / f"{stale.relative_to(dest).as_posix()}.etag").unlink(missing_ok=True)
     return count
 
 
