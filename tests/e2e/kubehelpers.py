@@ -86,3 +86,25 @@ def patch_pod_status(cluster, namespace: str, pod: str, phase: str, exit_code: i
     cluster.run_kubectl(
         "patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
     )
+
+
+def claim_on_local_volume(cluster, namespace: str, claim: str, directory, request) -> None:
+    """A PersistentVolumeClaim bound to a hostPath volume at ``directory`` (reserved for it; the
+    controller-manager binds them); the volume goes when the test ends. The local node's pods see
+    ``directory`` as the claim."""
+    from nodeagent import host_path_volume
+
+    volume = host_path_volume(f"{namespace}-{claim}", directory, namespace, claim)
+    cluster.run_kubectl("create", "-f", "-", input=json.dumps(volume))
+    request.addfinalizer(lambda: cluster.run_kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false"))
+    manifest = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": claim, "namespace": namespace},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    apply(cluster, manifest)

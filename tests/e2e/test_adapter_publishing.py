@@ -13,7 +13,16 @@ from pathlib import Path
 import pytest
 from catalog import valid_job
 from finetune_operator.api import MANIFEST_FILE_NAME, REPORT_FILE_NAME, TrainerConfig, manifest_of_directory
-from kubehelpers import apply, condition, condition_is, get, items, patch_pod_status, wait_for
+from kubehelpers import (
+    apply,
+    claim_on_local_volume,
+    condition,
+    condition_is,
+    get,
+    items,
+    patch_pod_status,
+    wait_for,
+)
 from localcluster import free_port
 from test_progress import Endpoint, token_for
 
@@ -331,25 +340,10 @@ def test_a_job_with_no_artifact_at_all_says_so(cluster, namespace, operator, buc
 
 @pytest.fixture
 def claim_dir(cluster, namespace, tmp_path, request) -> Path:
-    """The directory of the claim "adapters": a hostPath volume reserved for it, bound by the controller-manager."""
-    from nodeagent import host_path_volume
-
+    """The directory of the claim "adapters", on a local volume."""
     directory = tmp_path / "adapters-volume"
     directory.mkdir()
-    volume = host_path_volume(f"{namespace}-adapters", directory, namespace, "adapters")
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "adapters", "namespace": namespace},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    cluster.run_kubectl("create", "-f", "-", input=json.dumps(volume))
-    request.addfinalizer(lambda: cluster.run_kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false"))
-    apply(cluster, claim)
+    claim_on_local_volume(cluster, namespace, "adapters", directory, request)
     return directory
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from demo import QUICKSTART, build_base_model, upload_directory
-from kubehelpers import apply, condition, condition_is, get, items, wait_for
+from kubehelpers import apply, claim_on_local_volume, condition, condition_is, get, items, wait_for
 from localcluster import free_port
 
 pytestmark = [pytest.mark.s3, pytest.mark.trainer]
@@ -159,23 +159,10 @@ def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_tha
     mounted claim and leaves its final summary in its termination message; the operator, which can
     neither mount the claim nor hear from the trainer, publishes from that summary and has a
     verification pod check the published files on the volume."""
-    from nodeagent import NODE_LABEL, host_path_volume
+    from nodeagent import NODE_LABEL
 
     volume_dir = tmp_path / "outputs-volume"
-    volume = host_path_volume(f"{namespace}-outputs", volume_dir, namespace, "outputs")
-    cluster.run_kubectl("create", "-f", "-", input=yaml.safe_dump(volume))
-    request.addfinalizer(lambda: cluster.run_kubectl("delete", "pv", volume["metadata"]["name"], "--wait=false"))
-    claim = {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "outputs", "namespace": namespace},
-        "spec": {
-            "accessModes": ["ReadWriteOnce"],
-            "storageClassName": "",
-            "resources": {"requests": {"storage": "1Gi"}},
-        },
-    }
-    apply(cluster, claim)
+    claim_on_local_volume(cluster, namespace, "outputs", volume_dir, request)
     start_operator(
         "--progress-port=0",
         f"--verifier-node-selector={NODE_LABEL}=true",
