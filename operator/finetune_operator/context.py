@@ -16,6 +16,16 @@ def utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_time(timestamp: str) -> dt.datetime:
+    """An API timestamp (RFC 3339, ``Z`` for UTC) as an aware datetime."""
+    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+
+
+def age(timestamp: str | None, unknown: dt.timedelta) -> dt.timedelta:
+    """How long ago ``timestamp`` was; ``unknown`` when there is none."""
+    return dt.datetime.now(dt.UTC) - parse_time(timestamp) if timestamp else unknown
+
+
 @dataclass
 class Context:
     kube: Kube

@@ -7,12 +7,12 @@ disappear with their job."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import threading
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .api import ProgressReport
+from .context import parse_time
 
 PREFIX = "finetune_operator"
 PHASES = ("Pending", "Suspended", "Running", "Succeeded", "Failed")
@@ -22,8 +22,7 @@ JOB_DURATION_BUCKETS = (60, 300, 900, 1800, 3600, 7200, 14400, 28800, 86400, 172
 def _seconds_between(start: str | None, end: str | None) -> float | None:
     if not start or not end:
         return None
-    parse = lambda text: dt.datetime.fromisoformat(text.replace("Z", "+00:00"))  # noqa: E731
-    return max((parse(end) - parse(start)).total_seconds(), 0.0)
+    return max((parse_time(end) - parse_time(start)).total_seconds(), 0.0)
 
 
 class OperatorMetrics:

@@ -8,7 +8,6 @@ never left with half of its children.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import logging
 from typing import Any
@@ -16,7 +15,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .api import FineTuneJob, format_validation_error
-from .context import Context, Outcome, utc_now
+from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
 from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, KubeError
 from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
@@ -116,16 +115,12 @@ def _expire(context: Context, job: FineTuneJob, status, training_job: dict[str, 
         return None
     if is_true(status.conditions, "Succeeded") and get_condition(status.conditions, "Published") is None:
         return None  # not published yet: the pods' termination messages may still be needed
-    left = ttl - (_parse_time(now) - _parse_time(status.completion_time)).total_seconds()
+    left = ttl - (parse_time(now) - parse_time(status.completion_time)).total_seconds()
     if left > 0:
         return left
     log.info("deleting the training Job of %s/%s: finished %ds ago", job.metadata.namespace, job.metadata.name, ttl)
     context.kube.delete(JOBS, job.metadata.namespace, training_job["metadata"]["name"])
     return None
-
-
-def _parse_time(timestamp: str) -> dt.datetime:
-    return dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 def _spec_applied(job: FineTuneJob, status, pending: bool, now: str) -> list:

@@ -116,30 +116,15 @@ def plan_steps_after(
     the others are planned with the current layout. Every example of the epoch is trained on once.
     ``subset``: the positions of the epoch's examples in ``examples`` (None: all of them).
     """
+    epoch_settings = {"batch_tokens": batch_tokens, "seed": seed, "epoch": epoch}
     remaining: list[int] | None = None if subset is None else list(subset)  # None: every example
     for segment in done:
-        steps = _plan_subset(
-            examples,
-            remaining,
-            micro_batch_tokens=segment["micro_batch_tokens"],
-            batch_tokens=batch_tokens,
-            packing=segment["packing"],
-            seed=seed,
-            epoch=epoch,
-            world_size=segment["world_size"],
-        )
+        layout = {key: segment[key] for key in ("micro_batch_tokens", "packing", "world_size")}
+        steps = _plan_subset(examples, remaining, **layout, **epoch_settings)
         used = {i for step in steps[: segment["steps"]] for rank in step.micro_batches for batch in rank for i in batch}
         remaining = [i for i in (range(len(examples)) if remaining is None else remaining) if i not in used]
-    return _plan_subset(
-        examples,
-        remaining,
-        micro_batch_tokens=micro_batch_tokens,
-        batch_tokens=batch_tokens,
-        packing=packing,
-        seed=seed,
-        epoch=epoch,
-        world_size=world_size,
-    )
+    layout = {"micro_batch_tokens": micro_batch_tokens, "packing": packing, "world_size": world_size}
+    return _plan_subset(examples, remaining, **layout, **epoch_settings)
 
 
 def _plan_subset(examples: Sequence[Item], subset: Sequence[int] | None, **layout) -> list[Step]:

@@ -1,9 +1,9 @@
 """Reconcile one ModelAdapter: verify its artifact and its serving compatibility.
 
 Every new generation of the spec is verified. A Ready adapter is verified again every hour (every
-day on a volume, where each check is a pod; an artifact deleted or altered behind its back turns it
-Failed) and stays Ready meanwhile; a Failed
-one is retried on resync (an upload may still be arriving, a Secret may be created later).
+day on a volume, where each check is a pod) and stays Ready meanwhile: an artifact deleted or altered
+behind its back turns it Failed, a store that is only unreachable does not. A Failed one is retried
+on resync (an upload may still be arriving, a Secret may be created later).
 s3:// and file:// artifacts are read by the operator, pvc:// ones by a verification pod
 (adapters/volume.py).
 """
@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..api import ModelAdapter, ModelAdapterStatus, format_validation_error
-from ..context import Context, Outcome, utc_now
+from ..context import Context, Outcome, age, utc_now
 from ..events import event_for
 from ..kube import MODELADAPTERS, KubeError
 from ..render.verifier import verifier_job_name
@@ -31,12 +31,6 @@ log = logging.getLogger(__name__)
 RETRY_FAILED_AFTER = dt.timedelta(seconds=30)
 VERIFY_READY_EVERY = dt.timedelta(hours=1)
 VERIFY_READY_ON_VOLUME_EVERY = dt.timedelta(days=1)  # a pod each time: less often
-
-
-def _age(timestamp: str | None) -> dt.timedelta:
-    if not timestamp:
-        return dt.timedelta.max
-    return dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
 
 
 def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
@@ -55,9 +49,9 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
         status.observed_generation = generation  # seen, and invalid: Argo CD shows Degraded, not Progressing
         return _write(context, raw, status, changes)
     current = adapter.status
-    recently_failed = current.phase == "Failed" and _age(current.verified_at) < RETRY_FAILED_AFTER
+    recently_failed = current.phase == "Failed" and age(current.verified_at, dt.timedelta.max) < RETRY_FAILED_AFTER
     every = VERIFY_READY_ON_VOLUME_EVERY if adapter.spec.artifact.uri.startswith("pvc://") else VERIFY_READY_EVERY
-    recently_ready = current.phase == "Ready" and _age(current.verified_at) < every
+    recently_ready = current.phase == "Ready" and age(current.verified_at, dt.timedelta.max) < every
     current_generation = current.observed_generation == generation
     if current_generation and (recently_ready or recently_failed):
         return Outcome(current.phase)

@@ -12,9 +12,10 @@ import logging
 from typing import Any
 
 from ..api import ModelAdapter
-from ..context import Context
+from ..context import Context, age
 from ..kube import JOBS, PODS, PVCS
 from ..render.verifier import VERIFIER_CONTAINER, artifact_path, render_verifier_job, verifier_job_name
+from ..status.observe import job_condition
 from .verification import Verification
 
 log = logging.getLogger(__name__)
@@ -24,16 +25,7 @@ RETRY_AFTER = dt.timedelta(minutes=5)  # a broken artifact costs a pod every 5 m
 
 def _finished(job: dict[str, Any]) -> dict[str, Any] | None:
     """The Job's Complete or Failed condition, once it has one."""
-    for condition in (job.get("status") or {}).get("conditions") or []:
-        if condition.get("type") in ("Complete", "Failed") and condition.get("status") == "True":
-            return condition
-    return None
-
-
-def _age(timestamp: str | None) -> dt.timedelta:
-    if not timestamp:
-        return dt.timedelta(0)
-    return dt.datetime.now(dt.UTC) - dt.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    return job_condition(job, "Complete") or job_condition(job, "Failed")
 
 
 def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | None) -> Verification | None:
@@ -55,7 +47,7 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
         return None
     status = adapter.status
     result_taken = status.phase in ("Failed", "Ready") and status.observed_generation == generation
-    if result_taken and _age(finished.get("lastTransitionTime")) > RETRY_AFTER:
+    if result_taken and age(finished.get("lastTransitionTime"), dt.timedelta(0)) > RETRY_AFTER:
         log.info("verifying %s/%s again with a new pod", namespace, adapter.metadata.name)
         context.kube.delete(JOBS, namespace, name)
         return None

@@ -12,10 +12,11 @@ import hashlib
 import json
 from typing import Any
 
-from ..api import API_VERSION, ModelAdapter
+from ..api import ModelAdapter
 from ..naming import MANAGED_BY
 from ..settings import Settings
 from .job import container_security, pod_security
+from .owner import owner_reference
 from .references import pvc_claim
 
 ADAPTER_LABEL = "finetune.dev/model-adapter"
@@ -57,18 +58,6 @@ def artifact_path(uri: str) -> tuple[str, str]:
     if claim is None:
         raise ValueError(f"{uri} is not a pvc:// URI")
     return claim, uri.removeprefix(f"pvc://{claim}").strip("/")
-
-
-def _owner(adapter: ModelAdapter) -> dict[str, Any]:
-    # No blockOwnerDeletion: that would need update on modeladapters/finalizers where the
-    # OwnerReferencesPermissionEnforcement admission plugin runs, and nothing waits for these Jobs.
-    return {
-        "apiVersion": API_VERSION,
-        "kind": "ModelAdapter",
-        "name": adapter.metadata.name,
-        "uid": adapter.metadata.uid,
-        "controller": True,
-    }
 
 
 def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings: Settings) -> dict[str, Any]:
@@ -118,7 +107,7 @@ def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings:
             "name": verifier_job_name(name, generation),
             "namespace": adapter.metadata.namespace,
             "labels": labels,
-            "ownerReferences": [_owner(adapter)],
+            "ownerReferences": [owner_reference(adapter, block_owner_deletion=False)],  # nothing waits for it
         },
         "spec": {
             "backoffLimit": 0,

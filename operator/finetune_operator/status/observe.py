@@ -119,7 +119,8 @@ def _disrupted(pods: list[dict[str, Any]]) -> int:
     )
 
 
-def _job_condition(training_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+def job_condition(training_job: dict[str, Any], type_: str) -> dict[str, Any] | None:
+    """A batch/v1 Job's condition of ``type_`` while it is True."""
     for condition in training_job.get("status", {}).get("conditions") or []:
         if condition.get("type") == type_ and condition.get("status") == "True":
             return condition
@@ -127,7 +128,7 @@ def _job_condition(training_job: dict[str, Any], type_: str) -> dict[str, Any] |
 
 
 def _failure(training_job: dict[str, Any], pods: list[dict[str, Any]]) -> tuple[str, str]:
-    condition = _job_condition(training_job, "Failed") or _job_condition(training_job, "FailureTarget") or {}
+    condition = job_condition(training_job, "Failed") or job_condition(training_job, "FailureTarget") or {}
     termination = last_termination(pods)
     reason = condition.get("reason") or "JobFailed"
     if termination is not None and termination.exit_code in REASON_BY_EXIT_CODE:
@@ -234,8 +235,8 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     status.restarts = max(status.restarts or 0, int(job_status.get("failed") or 0) + _disrupted(observation.pods))
     condition("Created", "True", "JobCreated", f"created Job {name} with {nodes} indexed pod(s)")
 
-    complete = _job_condition(training_job, "Complete")
-    failed = _job_condition(training_job, "Failed") or _job_condition(training_job, "FailureTarget")
+    complete = job_condition(training_job, "Complete")
+    failed = job_condition(training_job, "Failed") or job_condition(training_job, "FailureTarget")
     queue = next((training_job["metadata"].get("labels", {}).get(k) for k in KUEUE_LABELS[:1]), None)
 
     if complete is not None or failed is not None:
