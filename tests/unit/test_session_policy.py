@@ -29,7 +29,9 @@ from finetune_operator.settings import Settings
 
 NAMESPACE = "team"
 STS = Settings(
-    default_output_uri="s3://shared/out/", sts_credentials_secret="sts-minter", operator_namespace="finetune-system"
+    default_output_uri="s3://shared/out/",
+    sts_credentials_secret="sts-minter",
+    operator_namespace="finetune-system",
 )
 NOW = dt.datetime(2026, 1, 2, 3, 0, 0, tzinfo=dt.UTC)
 TRAINING_JOB = {"metadata": {"name": "demo", "uid": "job-uid-1"}}
