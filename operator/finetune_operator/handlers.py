@@ -26,7 +26,8 @@ from .render.verifier import ADAPTER_LABEL, adapter_of
 async def _serve(app: web.Application, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port, ssl_context=ssl_context).start()
+    # All interfaces: trainer pods and Prometheus reach the operator through its pod IP.
+    await web.TCPSite(runner, "0.0.0.0", port, ssl_context=ssl_context).start()  # noqa: S104
     return runner
 
 
