@@ -60,6 +60,8 @@ def _rules(node: dict[str, Any], path: str) -> list[str]:
     found = [f"- `{path}`: {rule['message']}" for rule in node.get("x-kubernetes-validations", [])]
     for name, child in (node.get("properties") or {}).items():
         found += _rules(child, f"{path}.{name}")
+    if "items" in node:  # rules of list items: a train source's uri, an env variable, a volume
+        found += _rules(node["items"], f"{path}[]")
     return found
 
 

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .api import FineTuneJob, format_validation_error
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, KubeError
+from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, InvalidApiPath, KubeError
 from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
 from .publish import publish
 from .render import (
@@ -164,7 +164,13 @@ def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
     namespace = job.metadata.namespace
     missing = []
     for reference in references(job, context.settings):
-        if not context.kube.exists(KINDS[reference.kind], namespace, reference.name):
+        try:
+            found = context.kube.exists(KINDS[reference.kind], namespace, reference.name)
+        except InvalidApiPath:
+            # Names inside free-form parts of the template (a volume's secretName) reach no request unchecked.
+            missing.append(Blocker("InvalidReference", f"{reference.field} does not name a valid {reference.kind}"))
+            continue
+        if not found:
             missing.append(
                 Blocker(
                     f"{reference.kind}NotFound",

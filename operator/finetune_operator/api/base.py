@@ -8,10 +8,16 @@ cost estimator refuses rules over unbounded values.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler, StringConstraints
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
+
+from .paths import UNSAFE_URI_PATH_CEL_PATTERN, URI_PATH_MESSAGE, checked_uri
+from .quantity import positive_quantity
 
 GROUP = "finetune.dev"
 VERSION = "v1alpha1"
@@ -37,6 +43,20 @@ def text(max_length: int, pattern: str | None = None, min_length: int = 0) -> An
     return Annotated[str, StringConstraints(max_length=max_length, min_length=min_length, pattern=pattern)]
 
 
+@dataclass(frozen=True)
+class CelOnValue:
+    """A CEL rule on the value of a type, wherever the type is used: the API server reports it under the
+    field's own path (spec.data.train[0].uri: ...), so the message says what is wrong, not where."""
+
+    rule: str
+    message: str
+
+    def __get_pydantic_json_schema__(self, schema: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        json_schema = handler(schema)
+        json_schema.setdefault("x-kubernetes-validations", []).append({"rule": self.rule, "message": self.message})
+        return json_schema
+
+
 # RFC 1123 subdomain: names of Secrets, ServiceAccounts, ConfigMaps, PriorityClasses...
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ObjectName = text(253, DNS_SUBDOMAIN_PATTERN, min_length=1)
@@ -44,11 +64,19 @@ ObjectName = text(253, DNS_SUBDOMAIN_PATTERN, min_length=1)
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LabelName = text(63, DNS_LABEL_PATTERN, min_length=1)
 
-# A Kubernetes resource quantity ("32", "256Gi", "500m"), kept as text like the API does.
-QUANTITY_PATTERN = (
-    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
-)
-Quantity = text(64, QUANTITY_PATTERN, min_length=1)
+# A Kubernetes resource quantity ("32", "256Gi", "500m", "1e3"), kept as text like the API does and
+# parsed by api/quantity.py wherever its value matters. The exponent is an integer, as apimachinery's.
+QUANTITY_PATTERN = r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?[0-9]+))?$"
+# Requests and limits: above zero, and no larger than the API server represents (it would cap them).
+PositiveQuantity = Annotated[
+    text(64, QUANTITY_PATTERN, min_length=1),
+    AfterValidator(positive_quantity),
+    CelOnValue(
+        "isQuantity(self) && quantity(self).isGreaterThan(quantity('0')) "
+        "&& quantity(self).compareTo(quantity('9223372036854775807')) <= 0",
+        "must be a quantity greater than zero (for example 500m, 4, 16Gi)",
+    ),
+]
 
 # Where models, data and outputs live. file:// is for local runs of the trainer and the test node.
 MODEL_URI_PATTERN = r"^(hf://[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?|s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*)$"
@@ -56,9 +84,15 @@ DATA_URI_PATTERN = r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9
 STORAGE_URI_PATTERN = (
     r"^(s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?|pvc://[a-z0-9]([-a-z0-9]*[a-z0-9])?(/.*)?|file:///.*)$"
 )
-ModelUri = text(1024, MODEL_URI_PATTERN, min_length=1)
-DataUri = text(1024, DATA_URI_PATTERN, min_length=1)
-StorageUri = text(1024, STORAGE_URI_PATTERN, min_length=1)
+# Keys and claim paths stay below their bucket or claim: refused here, and again where the trainer
+# joins them onto a local directory.
+_SAFE_URI_PATH = (
+    AfterValidator(checked_uri),
+    CelOnValue(f"!self.matches('{UNSAFE_URI_PATH_CEL_PATTERN}')", URI_PATH_MESSAGE),
+)
+ModelUri = Annotated[text(1024, MODEL_URI_PATTERN, min_length=1), *_SAFE_URI_PATH]
+DataUri = Annotated[text(1024, DATA_URI_PATTERN, min_length=1), *_SAFE_URI_PATH]
+StorageUri = Annotated[text(1024, STORAGE_URI_PATTERN, min_length=1), *_SAFE_URI_PATH]
 
 Timestamp = text(64)  # RFC 3339, as the API server writes metav1.Time
 
