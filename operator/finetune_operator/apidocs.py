@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .api.base import INT64_MAX
 from .crdgen import finetunejob_crd, modeladapter_crd
 
 HEADER = """# API reference
@@ -26,6 +27,8 @@ def _type(node: dict[str, Any]) -> str:
         return f"list of {_type(node.get('items', {}))}"
     if kind == "object" and "additionalProperties" in node:
         return f"map of {_type(node['additionalProperties'])}"
+    if kind == "integer" and node.get("format") == "int64":
+        return "int64"
     return kind
 
 
@@ -33,7 +36,7 @@ def _limits(node: dict[str, Any]) -> str:
     parts = []
     if "minimum" in node:
         parts.append(("> " if node.get("exclusiveMinimum") else ">= ") + str(node["minimum"]))
-    if "maximum" in node:
+    if "maximum" in node and not (node.get("format") == "int64" and node["maximum"] == INT64_MAX):
         parts.append(("< " if node.get("exclusiveMaximum") else "<= ") + str(node["maximum"]))
     if "pattern" in node and len(node["pattern"]) < 60:
         parts.append(f"pattern `{node['pattern']}`")
