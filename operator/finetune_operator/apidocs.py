@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .api.base import INT64_MAX
 from .crdgen import finetunejob_crd, modeladapter_crd
 
 HEADER = """# API reference
@@ -36,7 +35,7 @@ def _limits(node: dict[str, Any]) -> str:
     parts = []
     if "minimum" in node:
         parts.append(("> " if node.get("exclusiveMinimum") else ">= ") + str(node["minimum"]))
-    if "maximum" in node and not (node.get("format") == "int64" and node["maximum"] == INT64_MAX):
+    if "maximum" in node:
         parts.append(("< " if node.get("exclusiveMaximum") else "<= ") + str(node["maximum"]))
     if "pattern" in node and len(node["pattern"]) < 60:
         parts.append(f"pattern `{node['pattern']}`")
