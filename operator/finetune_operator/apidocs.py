@@ -26,6 +26,8 @@ def _type(node: dict[str, Any]) -> str:
         return f"list of {_type(node.get('items', {}))}"
     if kind == "object" and "additionalProperties" in node:
         return f"map of {_type(node['additionalProperties'])}"
+    if kind == "integer" and node.get("format") == "int64":
+        return "int64"
     return kind
 
 

@@ -30,6 +30,7 @@ from .render import (
     render_service_account,
     resolve_trainer_config,
 )
+from .render.owner import controlled_by
 from .status.conditions import get_condition, is_true, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished
 
@@ -67,17 +68,19 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     spec_pending = False
     blockers = _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
+    foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
+    if foreign:
+        training_job = None  # says nothing about this job, and is never changed or deleted by it
     if not is_finished(job.status):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
         except ResolutionError as error:
             blockers.append(Blocker("OutputNotConfigured", str(error)))
             config = None
-        if training_job is not None and not _owned_by(training_job, job):
+        if foreign:
             blockers.append(
                 Blocker("JobNameTaken", f"a Job named {training_job_name(name)} exists and is not this job's")
             )
-            training_job = None
         elif not blockers and config is not None:
             try:
                 training_job, spec_pending = _converge_children(context, job, config, training_job)
@@ -154,10 +157,6 @@ def _api_message(error: KubeError) -> str:
 
 def _selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
-
-
-def _owned_by(child: dict[str, Any], job: FineTuneJob) -> bool:
-    return any(ref.get("uid") == job.metadata.uid for ref in child["metadata"].get("ownerReferences", []))
 
 
 def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:

@@ -283,3 +283,20 @@ def test_the_endpoints_certificate_is_reloaded_when_its_secret_is_rotated(start_
     assert wait_for("the endpoint", lambda: served().strip() == first.strip())
     second = tls_secret("second")
     wait_for("the rotated certificate", lambda: served().strip() == second.strip(), timeout=30)
+
+
+def test_a_report_beyond_what_a_status_can_hold_is_a_400_naming_the_field(cluster, namespace, endpoint, api_client):
+    """Accepted, such a report would fail at the API server: a 503 the trainer retries for ever."""
+    (pod,) = running_job(cluster, namespace, "huge")
+    token = token_for(api_client, namespace, pod)
+    cases = [
+        (b'{"step": %d}' % 2**80, "step: "),
+        (b'{"step": 3, "checkpoint": {"step": %d, "uri": "s3://b/c/"}}' % 2**63, "checkpoint.step: "),
+        (b'{"step": 3, "evaluation": {"task": {"baseLoss": Infinity}}}', "evaluation.task.baseLoss: "),
+        (b'{"step": 3, "evaluation": {"general": {"adapterLoss": NaN}}}', "evaluation.general.adapterLoss: "),
+    ]
+    for body, field in cases:
+        status, answer = endpoint.post(namespace, "huge", body, token)
+        assert (status, answer.get("error")) == (400, "invalid_body"), body
+        assert answer["message"].startswith(field), answer["message"]
+    assert "progress" not in (get(cluster, "ftj", namespace, "huge").get("status") or {})

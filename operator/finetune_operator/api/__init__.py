@@ -30,7 +30,7 @@ from .finetunejob import (
     Template,
     Training,
 )
-from .gate import allows_publishing, judge, relative_change
+from .gate import allows_publishing, judge, relative_change, verdict_from_numbers
 from .manifest import Manifest, ManifestEntry, build_manifest, digest_of, manifest_of_directory
 from .modeladapter import (
     VLLM_MAX_LORA_RANKS,
@@ -114,4 +114,5 @@ __all__ = [
     "manifest_of_directory",
     "relative_change",
     "required_max_lora_rank",
+    "verdict_from_numbers",
 ]

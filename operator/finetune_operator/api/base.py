@@ -25,18 +25,29 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 
 class ApiModel(BaseModel):
-    """A Kubernetes-style object part: camelCase in YAML, snake_case in Python, unknown fields refused."""
+    """A Kubernetes-style object part: camelCase in YAML, snake_case in Python, unknown fields refused,
+    numbers finite."""
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
         validate_default=True,
+        # JSON has no NaN or infinity: such a number from a report could never be written to a status, so
+        # it is refused where it comes in, with the field named, at any depth of the model.
+        allow_inf_nan=False,
     )
 
     def to_api(self) -> dict[str, Any]:
         """The object as the API server would hold it: camelCase keys, unset optional fields left out."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+INT64_MAX = 2**63 - 1
+
+# An integer the API server can store. A larger one passes JSON and Python and then fails when the
+# status is written (after the report was accepted): refused where it comes in instead.
+Int64 = Annotated[int, Field(le=INT64_MAX, json_schema_extra={"format": "int64"})]
 
 
 def text(max_length: int, pattern: str | None = None, min_length: int = 0) -> Any:
@@ -137,7 +148,9 @@ class Condition(ApiModel):
     last_transition_time: Timestamp = describe(
         "When the condition last changed status (RFC 3339).", json_schema_extra={"format": "date-time"}
     )
-    observed_generation: int | None = describe("The metadata.generation the condition was set for.", default=None, ge=0)
+    observed_generation: Int64 | None = describe(
+        "The metadata.generation the condition was set for.", default=None, ge=0
+    )
 
 
 def format_validation_error(exc: Exception) -> list[str]:

@@ -12,6 +12,7 @@ from .base import (
     ApiModel,
     Condition,
     DataUri,
+    Int64,
     LabelName,
     LocalObjectReference,
     ModelUri,
@@ -766,8 +767,8 @@ class FineTuneJobSpec(ApiModel):
 class Progress(ApiModel):
     """Training progress pushed by the trainer's rank 0."""
 
-    step: int = describe("Optimizer steps done.", default=0, ge=0)
-    total_steps: int | None = describe("Optimizer steps planned.", default=None, ge=0)
+    step: Int64 = describe("Optimizer steps done.", default=0, ge=0)
+    total_steps: Int64 | None = describe("Optimizer steps planned.", default=None, ge=0)
     percent: int | None = describe("step / totalSteps in percent.", default=None, ge=0, le=100)
     epoch: float | None = describe("Passes over the training mix so far.", default=None, ge=0.0)
     train_loss: float | None = describe("Training loss, averaged since the previous report.", default=None)
@@ -776,7 +777,7 @@ class Progress(ApiModel):
     tokens_per_second: float | None = describe(
         "Real (non-padding) tokens per second over all ranks.", default=None, ge=0.0
     )
-    eta_seconds: int | None = describe("Estimated seconds until training ends.", default=None, ge=0)
+    eta_seconds: Int64 | None = describe("Estimated seconds until training ends.", default=None, ge=0)
     eta: text(32) | None = describe("The same estimate for people, for example 1h5m.", default=None)
     updated_at: Timestamp | None = describe("When the trainer sent this report.", default=None)
 
@@ -784,7 +785,7 @@ class Progress(ApiModel):
 class CheckpointStatus(ApiModel):
     """The newest complete checkpoint."""
 
-    step: int = describe("Optimizer step of the checkpoint.", ge=0)
+    step: Int64 = describe("Optimizer step of the checkpoint.", ge=0)
     uri: text(2048) = describe("Where it is stored.")
     saved_at: Timestamp | None = describe("When it was saved.", default=None)
 
@@ -796,7 +797,7 @@ class LossComparison(ApiModel):
     adapter_loss: float | None = describe("Mean token loss of the fine-tuned model.", default=None)
     base_perplexity: float | None = describe("exp(baseLoss).", default=None)
     adapter_perplexity: float | None = describe("exp(adapterLoss).", default=None)
-    samples: int | None = describe("Rows evaluated.", default=None, ge=0)
+    samples: Int64 | None = describe("Rows evaluated.", default=None, ge=0)
     base_exact_match: float | None = describe("Fraction of exact-match completions of the base model.", default=None)
     adapter_exact_match: float | None = describe("Fraction of exact-match completions after fine-tuning.", default=None)
     base_json_valid: float | None = describe("Fraction of base-model completions that parse as JSON.", default=None)
@@ -828,7 +829,7 @@ class ArtifactStatus(ApiModel):
 
     uri: text(2048) = describe("Directory of the artifact.")
     digest: text(71, r"^sha256:[a-f0-9]{64}$") = describe("Digest over the artifact's files (its manifest's).")
-    size_bytes: int = describe("Total size of the files.", ge=0)
+    size_bytes: Int64 = describe("Total size of the files.", ge=0)
 
 
 class ModelStatus(ApiModel):
@@ -844,7 +845,7 @@ class FineTuneJobStatus(ApiModel):
         "Pending, Suspended, Running, Succeeded or Failed: a summary for display; the conditions are authoritative.",
         default=None,
     )
-    observed_generation: int | None = describe("The metadata.generation this status describes.", default=None, ge=0)
+    observed_generation: Int64 | None = describe("The metadata.generation this status describes.", default=None, ge=0)
     conditions: list[Condition] = describe(
         "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published and ReferencesResolved.",
         default_factory=list,
@@ -853,8 +854,8 @@ class FineTuneJobStatus(ApiModel):
     )
     start_time: Timestamp | None = describe("When training pods first ran.", default=None)
     completion_time: Timestamp | None = describe("When the job succeeded or failed.", default=None)
-    restarts: int = describe("Training pods that failed and were retried.", default=0, ge=0)
-    resumed_from_step: int | None = describe("The checkpoint step the latest retry resumed from.", default=None, ge=0)
+    restarts: Int64 = describe("Training pods that failed and were retried.", default=0, ge=0)
+    resumed_from_step: Int64 | None = describe("The checkpoint step the latest retry resumed from.", default=None, ge=0)
     job_name: text(253) | None = describe("Name of the batch/v1 Job that runs the training.", default=None)
     model: ModelStatus | None = describe("The base model as resolved.", default=None)
     progress: Progress | None = describe("Live progress from the trainer.", default=None)

@@ -26,7 +26,7 @@ from ..naming import training_job_name
 from ..settings import Settings
 from .identity import Refusal, caller_from_review, check_chain
 from .ratelimit import RateLimiter
-from .status_patch import status_patch
+from .status_patch import job_gate, status_patch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ProgressService:
         except ValidationError as error:
             raise Refusal(400, "invalid_body", "; ".join(format_validation_error(error))) from None
         now = utc_now()
-        patch = status_patch(report, now)
+        patch = status_patch(report, job_gate(finetunejob), now)
         self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
         status = finetunejob.get("status") or {}
         if not status.get("progress"):
