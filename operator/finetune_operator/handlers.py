@@ -25,9 +25,13 @@ from .render.verifier import ADAPTER_LABEL, adapter_of
 
 
 async def _serve(
-    app: web.Application, port: int, ssl_context: ssl.SSLContext | None, host: str | None = None
+    app: web.Application,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    host: str = "0.0.0.0",  # noqa: S104
 ) -> web.AppRunner:
-    """Serve ``app`` on ``host``; None: every interface, IPv4 and IPv6 (pods and Prometheus reach it)."""
+    """Serve ``app``; on all interfaces by default: trainer pods and Prometheus reach the operator through
+    its pod IP."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()

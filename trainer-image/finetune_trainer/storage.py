@@ -578,7 +578,7 @@ def open_location(uri: str, purpose: Purpose = "output") -> Location:
 
 def scratch_dir() -> Path:
     """Local space for staging uploads; ephemeral (an emptyDir in the pod)."""
-    path = Path(os.environ.get("FINETUNE_SCRATCH_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "finetune-scratch"))
+    path = Path(os.environ.get("FINETUNE_SCRATCH_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "finetune-scratch"))  # noqa: S108 fallback outside a pod only; pods set FINETUNE_SCRATCH_DIR
     path.mkdir(parents=True, exist_ok=True)
     return path
 

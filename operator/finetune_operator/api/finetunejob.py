@@ -406,7 +406,7 @@ class EnvVar(ApiModel):
 # What the operator itself mounts into the trainer (render/job.py; a unit test keeps the two in step).
 RESERVED_VOLUME_NAMES = ("config", "scratch", "shm", "progress-token")
 RESERVED_VOLUME_PREFIXES = ("credentials-", "pvc-")
-RESERVED_MOUNT_PATHS = ("/etc/finetune", "/scratch", "/dev/shm", "/var/run/finetune", "/mnt/pvc")
+RESERVED_MOUNT_PATHS = ("/etc/finetune", "/scratch", "/dev/shm", "/var/run/finetune", "/mnt/pvc")  # noqa: S108 a path the operator reserves in the pod, not a temporary file
 
 
 class Template(ApiModel):

@@ -95,7 +95,7 @@ def _environment(job: FineTuneJob) -> list[dict[str, Any]]:
         {"name": "FINETUNE_CACHE_DIR", "value": f"{scratch}/cache/finetune"},
         # The root filesystem is read-only: everything libraries cache goes to scratch.
         {"name": "HOME", "value": f"{scratch}/home"},
-        {"name": "TMPDIR", "value": f"{scratch}/tmp"},
+        {"name": "TMPDIR", "value": f"{scratch}/tmp"},  # noqa: S108 TMPDIR inside the pod's own scratch volume
         {"name": "HF_HOME", "value": f"{scratch}/huggingface"},
         {"name": "TRITON_CACHE_DIR", "value": f"{scratch}/triton"},
         {"name": "XDG_CACHE_HOME", "value": f"{scratch}/cache"},
