@@ -111,30 +111,32 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
         configure_kopf(settings)
         context = jobs.context
-        settings = context.settings
-        secure_metrics = bool(settings.metrics_port) and settings.metrics_secure
-        if settings.progress_port or secure_metrics:
-            tls = await asyncio.to_thread(load_serving_tls, context.kube, settings)
-            ssl_context = tls.ssl_context()  # one context: a reload reaches both endpoints
+        own = context.settings
+        secure_metrics = bool(own.metrics_port) and own.metrics_secure
+        if own.progress_port or secure_metrics:
+            tls = await asyncio.to_thread(load_serving_tls, context.kube, own)
+            ssl_context = tls.ssl_context()  # one context for both endpoints: a reload reaches them both
             tasks.append(asyncio.create_task(_keep_tls_fresh(context, tls, ssl_context)))
-        if settings.progress_port:
+        if own.progress_port:
             # Published before the first reconcile, so every job's ConfigMap carries the CA.
             context.progress_ca = tls.ca_pem
-            service = ProgressService(context.kube, settings, jobs.metrics)
-            runners.append(await _serve(build_app(service), settings.progress_port, ssl_context))
-            logger.info("progress endpoint listening on port %d (HTTPS)", settings.progress_port)
-        if settings.metrics_port:
-            observe = lambda: (jobs.observe_queue(), adapters.observe_queue())  # noqa: E731
+            service = ProgressService(context.kube, own, jobs.metrics)
+            runners.append(await _serve(build_app(service), own.progress_port, ssl_context))
+            logger.info("progress endpoint listening on port %d (HTTPS)", own.progress_port)
+        if own.metrics_port:
+
+            def observe() -> None:
+                jobs.observe_queue()
+                adapters.observe_queue()
+
             if secure_metrics:
                 app = build_metrics_app(jobs.metrics, observe, MetricsAccess(context.kube, jobs.metrics))
-                runners.append(await _serve(app, settings.metrics_port, ssl_context))
-                logger.info("metrics on port %d at /metrics (HTTPS, authorized)", settings.metrics_port)
+                runners.append(await _serve(app, own.metrics_port, ssl_context))
+                logger.info("metrics on port %d at /metrics (HTTPS, authorized)", own.metrics_port)
             else:
                 app = build_metrics_app(jobs.metrics, observe, None)
-                runners.append(await _serve(app, settings.metrics_port, None, host="127.0.0.1"))
-                logger.warning(
-                    "metrics on 127.0.0.1:%d/metrics, plain HTTP: local development only", settings.metrics_port
-                )
+                runners.append(await _serve(app, own.metrics_port, None, host="127.0.0.1"))
+                logger.warning("metrics on 127.0.0.1:%d/metrics, plain HTTP: local development only", own.metrics_port)
         jobs.start()
         adapters.start()
 
