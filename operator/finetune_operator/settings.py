@@ -211,5 +211,8 @@ def from_arguments(args: argparse.Namespace, environ: dict[str, str] | None = No
         lines = []
         for line in format_validation_error(error):
             field, _, message = line.partition(": ")
-            lines.append(f"{names.get(field, field)}: {message}")
+            name, bracket, rest = field.partition("[")  # a list's item: tls_hosts[1]
+            item = rest.partition("]")[0]
+            where = names.get(name, name) + (f" (item {int(item) + 1})" if bracket and item.isdigit() else "")
+            lines.append(f"{where}: {message}")
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(lines)) from None

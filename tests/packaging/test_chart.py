@@ -706,6 +706,14 @@ def test_notes_name_the_watched_namespaces_and_the_default_output(tools, tmp_pat
     assert "--skip-crds" in notes
 
 
+def test_notes_tell_who_may_read_the_metrics(tools, tmp_path):
+    notes = render_notes(tools, tmp_path)
+    assert "bind the ClusterRole fto-finetune-operator-metrics-reader" in notes and "(metrics.readers)" in notes
+    assert "networkPolicy.metricsFrom" in notes
+    notes = render_notes(tools, tmp_path / "readers", ALL_FEATURES)
+    assert "(bound now: monitoring/prometheus)" in notes
+
+
 def test_argocd_cm_embeds_the_health_scripts_verbatim():
     config = yaml.safe_load((CHART / "argocd" / "argocd-cm.yaml").read_text())["data"]
     for kind, script in [("FineTuneJob", "finetunejob-health.lua"), ("ModelAdapter", "modeladapter-health.lua")]:
