@@ -78,6 +78,7 @@ SECRETS = Kind("", "v1", "secrets")
 PVCS = Kind("", "v1", "persistentvolumeclaims")
 EVENTS = Kind("", "v1", "events")
 TOKENREVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
+SUBJECTACCESSREVIEWS = Kind("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
 
 KINDS = {
     "FineTuneJob": FINETUNEJOBS,
@@ -223,3 +224,18 @@ class Kube:
             "spec": {"token": token, "audiences": audiences},
         }
         return self._call("POST", TOKENREVIEWS.path(), body=body).get("status", {})
+
+    def subject_access_review(self, user: dict[str, Any], path: str, verb: str) -> dict[str, Any]:
+        """May ``user`` (a TokenReview's status.user) ``verb`` the non-resource URL ``path``?"""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user.get("username", ""),
+                "uid": user.get("uid", ""),
+                "groups": user.get("groups") or [],
+                "extra": user.get("extra") or {},
+                "nonResourceAttributes": {"path": path, "verb": verb},
+            },
+        }
+        return self._call("POST", SUBJECTACCESSREVIEWS.path(), body=body).get("status", {})
