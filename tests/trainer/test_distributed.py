@@ -55,7 +55,7 @@ def test_two_ranks_preempted_and_resumed_match_two_ranks_uninterrupted(make_job,
     assert set(stopped_at) == {0, 1} and len(set(stopped_at.values())) == 1
     step = stopped_at[0]
     saved = checkpoints_dir(interrupted) / f"step-{step}"
-    assert {"rng-rank-0.pt", "rng-rank-1.pt", "complete.json"} <= {p.name for p in saved.iterdir()}
+    assert {"rng-rank-0.safetensors", "rng-rank-1.safetensors", "complete.json"} <= {p.name for p in saved.iterdir()}
 
     resumed = subprocess.run(two_ranks(interrupted), capture_output=True, text=True, env=env, check=False)
     assert resumed.returncode == ExitCode.SUCCESS, resumed.stderr[-3000:]

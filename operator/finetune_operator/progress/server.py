@@ -24,6 +24,7 @@ from ..kube import FINETUNEJOBS, JOBS, PODS, Kube, KubeError
 from ..metrics import OperatorMetrics
 from ..naming import training_job_name
 from ..settings import Settings
+from .checkpoint_events import record_checkpoint_fallback
 from .identity import Refusal, caller_from_review, check_chain
 from .ratelimit import RateLimiter
 from .status_patch import status_patch
@@ -76,6 +77,7 @@ class ProgressService:
         now = utc_now()
         patch = status_patch(report, now)
         self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
+        record_checkpoint_fallback(self.kube, finetunejob, report.checkpoint_fallback, now)
         status = finetunejob.get("status") or {}
         if not status.get("progress"):
             self.metrics.first_report(status.get("startTime"), now)
