@@ -26,7 +26,7 @@ from finetune_trainer.progress_push import ProgressPusher
 
 pytestmark = pytest.mark.trainer
 
-TOKEN = "token-that-must-not-leak"
+BEARER_VALUE = "token-that-must-not-leak"
 PATH = "/v1/namespaces/team/finetunejobs/job/progress"
 WAIT = 30.0  # generous: the machine is shared; nothing here measures speed
 
@@ -133,7 +133,7 @@ def serving(kind: str, trusted_ca: KeyPair) -> KeyPair:
 def push(tmp_path: Path, trusted_ca: KeyPair) -> Iterator:
     """Starts a server with a certificate of ``kind``, sends one report to it; returns (server, pusher, log)."""
     (tmp_path / "ca.crt").write_bytes(trusted_ca.certificate_pem)
-    (tmp_path / "token").write_text(TOKEN)
+    (tmp_path / "token").write_text(BEARER_VALUE)
     servers: list[TlsServer] = []
     logger = logging.getLogger("finetune_trainer")
     records: list[logging.LogRecord] = []
@@ -172,7 +172,7 @@ def test_an_endpoint_with_a_trusted_certificate_gets_the_report_and_the_token(pu
     assert pusher.counters.sent == 1
     (request,) = server.received
     assert request.startswith(f"POST {PATH} ".encode())
-    assert f"Authorization: Bearer {TOKEN}".encode() in request
+    assert f"Authorization: Bearer {BEARER_VALUE}".encode() in request
 
 
 @pytest.mark.parametrize(
@@ -190,4 +190,4 @@ def test_an_endpoint_the_client_cannot_trust_is_refused_and_never_gets_the_token
     assert (pusher.counters.sent, pusher.counters.failed) == (0, 1)
     failing = [r for r in records if r.getMessage() == "progress_push_failing"]
     assert failing and "CERTIFICATE_VERIFY_FAILED" in failing[0].fields["reason"] and why in failing[0].fields["reason"]
-    assert not any(TOKEN in repr(vars(record)) for record in records), "the token reached the log"
+    assert not any(BEARER_VALUE in repr(vars(record)) for record in records), "the token reached the log"

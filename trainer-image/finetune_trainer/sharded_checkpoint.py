@@ -1,7 +1,7 @@
 """Sharded weights and optimizer (FSDP) through torch.distributed.checkpoint, read without running code.
 
 DCP reads its ``.metadata`` with ``pickle.load`` and the non-tensor entries of a state dict (an
-optimizer's param_groups) with ``torch.load(weights_only=False)``: a replaced file would run whatever
+optimizer's param_groups) with ``torch.load`` and its weights-only mode off: a replaced file would run whatever
 it says. The reader here unpickles the metadata with an allow-list of DCP's own metadata types (the
 ``find_class`` restriction the pickle documentation recommends; the weights-only unpickler cannot
 read DCP's protocol-4 metadata) and loads the other entries with ``weights_only=True``.
