@@ -18,6 +18,24 @@ class CheckpointReport(ApiModel):
     uri: text(2048) = describe("Where it is stored.")
 
 
+# Why a sealed checkpoint was not resumed (finetune_trainer.checkpoint_seal says what each means).
+CheckpointFallbackReason = Literal[
+    "marker_unreadable", "unverifiable", "file_missing", "size_mismatch", "digest_mismatch", "unreadable"
+]
+
+
+class CheckpointFallback(ApiModel):
+    """The newest sealed checkpoint failed its check: the run resumed from an older one, or from the start."""
+
+    from_step: Int64 = describe("Step of the newest checkpoint, which was not resumed.", ge=0)
+    to_step: Int64 | None = describe(
+        "Step of the checkpoint resumed instead; absent when none was usable and the run started over.",
+        default=None,
+        ge=0,
+    )
+    reason: CheckpointFallbackReason = describe("Why the newest checkpoint was refused.")
+
+
 class ArtifactReport(ApiModel):
     uri: text(2048) = describe("Directory of the artifact.")
     digest: text(71, r"^sha256:[a-f0-9]{64}$") = describe("Digest over the artifact's files (the manifest's).")
@@ -38,6 +56,10 @@ class ProgressReport(ApiModel):
     eta_seconds: Int64 | None = describe("Estimated seconds to the end of training.", default=None, ge=0)
     checkpoint: CheckpointReport | None = describe("The checkpoint just saved.", default=None)
     resumed_from_step: Int64 | None = describe("Step this run resumed from.", default=None, ge=0)
+    checkpoint_fallback: CheckpointFallback | None = describe(
+        "Set once per attempt when the newest checkpoint was damaged and an older one (or none) was resumed.",
+        default=None,
+    )
     model_revision: text(255) | None = describe("Resolved commit of an hf:// base model.", default=None)
     evaluation: EvaluationSummary | None = describe("The final evaluation.", default=None)
     artifact: ArtifactReport | None = describe("The stored artifact, once complete.", default=None)

@@ -30,6 +30,7 @@ from ..metrics import OperatorMetrics
 from ..naming import training_job_name
 from ..settings import Settings
 from ..tokens import ReviewCache, bearer_token
+from .checkpoint_events import record_checkpoint_fallback
 from .identity import Refusal, caller_from_review, check_chain
 from .ratelimit import RateLimiter
 from .status_patch import job_gate, status_patch
@@ -95,6 +96,7 @@ class ProgressService:
         now = utc_now()
         patch = status_patch(report, job_gate(finetunejob), now)
         self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
+        record_checkpoint_fallback(self.kube, finetunejob, report.checkpoint_fallback, now)
         status = finetunejob.get("status") or {}
         if not status.get("progress"):
             self.metrics.first_report(status.get("startTime"), now)

@@ -55,6 +55,8 @@ def status_patch(report: ProgressReport, gate: Gate, now: str) -> dict[str, Any]
         patch["checkpoint"] = {"step": report.checkpoint.step, "uri": report.checkpoint.uri, "savedAt": now}
     if report.resumed_from_step is not None:
         patch["resumedFromStep"] = report.resumed_from_step
+    elif report.checkpoint_fallback is not None and report.checkpoint_fallback.to_step is None:
+        patch["resumedFromStep"] = None  # no checkpoint was usable: this attempt started over (null deletes)
     if report.model_revision:
         patch["model"] = {"revision": report.model_revision}
     if report.evaluation is not None:
