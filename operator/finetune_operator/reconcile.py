@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from .api import FineTuneJob, format_validation_error
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, SECRETS, KubeError
+from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, SECRETS, InvalidApiPath, KubeError
 from .naming import (
     CONFIG_HASH_ANNOTATION,
     SPEC_HASH_ANNOTATION,
@@ -38,6 +38,7 @@ from .render import (
     render_service_account,
     resolve_trainer_config,
 )
+from .render.owner import controlled_by
 from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_minted_credentials
 from .render.storage_secret import mint_due_in, render_storage_secret
 from .status.conditions import get_condition, is_true, set_condition
@@ -82,6 +83,9 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     mint_due: float | None = None
     blockers = _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
+    foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
+    if foreign:
+        training_job = None  # says nothing about this job, and is never changed or deleted by it
     if not is_finished(job.status):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
@@ -96,11 +100,10 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
                 blockers.append(Blocker("InputOutsideNamespace", str(error)))
             except ResolutionError as error:
                 blockers.append(Blocker("SessionPolicyTooLarge", str(error)))
-        if training_job is not None and not _owned_by(training_job, job):
+        if foreign:
             blockers.append(
                 Blocker("JobNameTaken", f"a Job named {training_job_name(name)} exists and is not this job's")
             )
-            training_job = None
         elif not blockers and config is not None:
             try:
                 training_job, spec_pending = _converge_children(context, job, config, training_job)
@@ -206,15 +209,17 @@ def _selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
 
 
-def _owned_by(child: dict[str, Any], job: FineTuneJob) -> bool:
-    return any(ref.get("uid") == job.metadata.uid for ref in child["metadata"].get("ownerReferences", []))
-
-
 def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
     namespace = job.metadata.namespace
     missing = []
     for reference in references(job, context.settings):
-        if not context.kube.exists(KINDS[reference.kind], namespace, reference.name):
+        try:
+            found = context.kube.exists(KINDS[reference.kind], namespace, reference.name)
+        except InvalidApiPath:
+            # Names inside free-form parts of the template (a volume's secretName) reach no request unchecked.
+            missing.append(Blocker("InvalidReference", f"{reference.field} does not name a valid {reference.kind}"))
+            continue
+        if not found:
             missing.append(
                 Blocker(
                     f"{reference.kind}NotFound",
