@@ -11,6 +11,9 @@ MANAGED_BY = "finetune-operator"
 ANNOTATION_PREFIX = "finetune.dev"
 SPEC_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/spec-hash"
 CONFIG_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/config-hash"
+POLICY_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/session-policy-hash"
+MINTED_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-minted-at"
+EXPIRES_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-expire-at"
 TRAINER_CONTAINER = "trainer"
 KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 
@@ -29,6 +32,11 @@ def config_map_name(job_name: str) -> str:
 
 def service_account_name(job_name: str) -> str:
     return f"{job_name}-trainer"
+
+
+def storage_secret_name(job_name: str) -> str:
+    """The Secret of the job's minted storage credentials."""
+    return f"{job_name}-storage"
 
 
 def rank0_address(job_name: str, namespace: str) -> str:

@@ -25,9 +25,9 @@ from .api.finetunejob import AdapterStatus, ArtifactStatus
 from .context import Context
 from .render import ResolutionError, resolve_trainer_config
 from .render.modeladapter import is_publication_of, render_model_adapter
-from .render.trainer_config import output_secret
 from .status.conditions import Change, is_true, set_condition
-from .storage import StorageUnreachable, open_store, secret_credentials
+from .storage import StorageUnreachable, open_store
+from .sts import job_output_credentials
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ def _training_report(context: Context, job: FineTuneJob) -> tuple[TrainingReport
         return None, str(error)
     location = f"{config.output.checkpoints_uri}{REPORT_FILE_NAME}"
     try:
-        credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
+        credentials = job_output_credentials(context.kube, context.settings, job, config.output.checkpoints_uri)
         raw = open_store(config.output.checkpoints_uri, credentials).read(REPORT_FILE_NAME)
     except StorageUnreachable as problem:
         return None, problem.message
@@ -55,9 +55,9 @@ def _training_report(context: Context, job: FineTuneJob) -> tuple[TrainingReport
 def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus) -> list[str]:
     """The module names PEFT resolved (all-linear becomes q_proj, ...), from the artifact itself."""
     try:
-        credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
+        credentials = job_output_credentials(context.kube, context.settings, job, artifact.uri)
         raw = open_store(artifact.uri, credentials).read("adapter_config.json")
-    except StorageUnreachable:
+    except (StorageUnreachable, ResolutionError):
         return []  # the ModelAdapter's own verification reports what is wrong with the storage
     try:
         config = json.loads(raw) if raw is not None else {}

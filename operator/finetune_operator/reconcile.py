@@ -8,6 +8,7 @@ never left with half of its children.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 from typing import Any
@@ -17,8 +18,15 @@ from pydantic import ValidationError
 from .api import FineTuneJob, format_validation_error
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, InvalidApiPath, KubeError
-from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
+from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, SECRETS, InvalidApiPath, KubeError
+from .naming import (
+    CONFIG_HASH_ANNOTATION,
+    SPEC_HASH_ANNOTATION,
+    config_map_name,
+    selector_labels,
+    storage_secret_name,
+    training_job_name,
+)
 from .publish import publish
 from .render import (
     ResolutionError,
@@ -31,10 +39,16 @@ from .render import (
     resolve_trainer_config,
 )
 from .render.owner import controlled_by
+from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_minted_credentials
+from .render.storage_secret import mint_due_in, render_storage_secret
 from .status.conditions import get_condition, is_true, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished
+from .storage import StorageUnreachable
+from .sts import mint
 
 log = logging.getLogger(__name__)
+
+MINT_RETRY_SECONDS = 30.0  # STS refused or away: tried again sooner than the resync
 
 # Status fields a reconcile may write. The progress endpoint writes progress, checkpoint, evaluation
 # and artifact too: a field is patched only when this reconcile changed it, so the two never undo
@@ -66,6 +80,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
 
     now = utc_now()
     spec_pending = False
+    mint_due: float | None = None
     blockers = _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
     foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
@@ -77,6 +92,14 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
         except ResolutionError as error:
             blockers.append(Blocker("OutputNotConfigured", str(error)))
             config = None
+        policy = None
+        if config is not None and uses_minted_credentials(job, context.settings):
+            try:
+                policy = policy_text(job_policy(job, context.settings), "spec.data")
+            except ForeignPrefix as error:
+                blockers.append(Blocker("InputOutsideNamespace", str(error)))
+            except ResolutionError as error:
+                blockers.append(Blocker("SessionPolicyTooLarge", str(error)))
         if foreign:
             blockers.append(
                 Blocker("JobNameTaken", f"a Job named {training_job_name(name)} exists and is not this job's")
@@ -90,6 +113,12 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
                 # What the schema cannot check (a malformed affinity, say): the Job is refused. Said once
                 # in a condition, retried at resync; not retried at once as if the API server were away.
                 blockers.append(Blocker("InvalidPodTemplate", f"the API server refused: {_api_message(error)}"))
+        if training_job is not None and policy is not None:
+            try:
+                mint_due = _converge_storage_secret(context, job, training_job, policy)
+            except StorageUnreachable as problem:
+                blockers.append(Blocker(problem.reason, problem.message))
+                mint_due = MINT_RETRY_SECONDS
 
     pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
@@ -106,7 +135,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     _write_status(context, raw, job, status)
     for change in changes:
         context.kube.create_event(event_for(raw, change, now))
-    requeue = _expire(context, job, status, training_job, now)
+    requeue = min((due for due in (_expire(context, job, status, training_job, now), mint_due) if due), default=None)
     return Outcome(status.phase, tuple(changes), status, job.metadata.creation_timestamp, requeue)
 
 
@@ -124,6 +153,27 @@ def _expire(context: Context, job: FineTuneJob, status, training_job: dict[str, 
     log.info("deleting the training Job of %s/%s: finished %ds ago", job.metadata.namespace, job.metadata.name, ttl)
     context.kube.delete(JOBS, job.metadata.namespace, training_job["metadata"]["name"])
     return None
+
+
+def _converge_storage_secret(context: Context, job: FineTuneJob, training_job: dict[str, Any], policy: str) -> float:
+    """The Job's minted storage credentials: minted when missing, stale or past half their life.
+
+    The Secret is created after the Job (it is owned by it); the Job's pods wait for their Secret volume.
+    Returns the seconds until the next minting is due."""
+    namespace, name = job.metadata.namespace, storage_secret_name(job.metadata.name)
+    existing = context.kube.get(SECRETS, namespace, name)
+    due = mint_due_in(existing, training_job, policy, dt.datetime.now(dt.UTC))
+    if due > 0:
+        return due
+    session = mint(context.kube, context.settings, policy, f"{namespace}.{job.metadata.name}")
+    secret = render_storage_secret(job, training_job, session, policy)
+    if existing is None:
+        _, created = context.kube.create(secret)
+        if created:
+            return (session.expires_at - session.minted_at).total_seconds() / 2
+    # Data, annotations and owner replaced at once: the kubelet refreshes the mounted files in place.
+    context.kube.merge_patch(SECRETS, namespace, name, {"metadata": secret["metadata"], "data": secret["data"]})
+    return (session.expires_at - session.minted_at).total_seconds() / 2
 
 
 def _spec_applied(job: FineTuneJob, status, pending: bool, now: str) -> list:

@@ -11,7 +11,7 @@ import argparse
 import os
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
 
 from .api import format_validation_error
 from .api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
@@ -38,6 +38,25 @@ class Settings(BaseModel):
     default_output_secret: str | None = Field(
         None, description="Secret with S3 credentials for the default output (in each job's namespace)."
     )
+    sts_credentials_secret: str | None = Field(
+        None,
+        description="Secret in the operator's namespace with the keys (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY; "
+        "AWS_ENDPOINT_URL and AWS_REGION of the default output's store) of the identity that mints per-job "
+        "credentials with STS AssumeRole. Set: every job writing to the default output gets credentials "
+        "of its own, limited to its own prefixes.",
+    )
+    sts_endpoint: str | None = Field(
+        None, pattern=r"^https?://", description="STS endpoint; default: the store's AWS_ENDPOINT_URL (or AWS's)."
+    )
+    sts_role_arn: str | None = Field(
+        None,
+        min_length=20,
+        description="Role the minting identity assumes (AWS needs one; MinIO ignores it).",
+    )
+    sts_duration_seconds: int = Field(
+        3600, ge=900, le=43200, description="Lifetime of the minted credentials; re-minted at half of it."
+    )
+    sts_region: str | None = Field(None, min_length=1, description="Region of the STS endpoint; default: the Secret's.")
     progress_url: str | None = Field(
         None,
         pattern=r"^https://",
@@ -132,9 +151,27 @@ class Settings(BaseModel):
             return [_toleration(item.strip()) for item in value.split(",") if item.strip()]
         return value
 
+    @model_validator(mode="after")
+    def _sts(self) -> Settings:
+        if self.sts_credentials_secret is None:
+            return self
+        if not (self.default_output_uri or "").startswith("s3://"):
+            raise ValueError("sts_credentials_secret: per-job credentials need an s3:// default_output_uri")
+        if self.default_output_secret:
+            raise ValueError(
+                "sts_credentials_secret: jobs get minted credentials; a shared default_output_secret would undo that"
+            )
+        if not self.operator_namespace:
+            raise ValueError("sts_credentials_secret: the Secret is read in operator_namespace, which is not set")
+        return self
+
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
+
+    @property
+    def sts_enabled(self) -> bool:
+        return self.sts_credentials_secret is not None
 
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
@@ -158,6 +195,15 @@ _OPTIONS = {
     "trainer_image_pull_policy": ("--trainer-image-pull-policy", "FINETUNE_TRAINER_IMAGE_PULL_POLICY", None),
     "default_output_uri": ("--default-output-uri", "FINETUNE_DEFAULT_OUTPUT_URI", "output.uri for jobs without one"),
     "default_output_secret": ("--default-output-secret", "FINETUNE_DEFAULT_OUTPUT_SECRET", None),
+    "sts_credentials_secret": (
+        "--sts-credentials-secret",
+        "FINETUNE_STS_CREDENTIALS_SECRET",
+        "Secret (operator's namespace) of the identity minting per-job S3 credentials",
+    ),
+    "sts_endpoint": ("--sts-endpoint", "FINETUNE_STS_ENDPOINT", None),
+    "sts_role_arn": ("--sts-role-arn", "FINETUNE_STS_ROLE_ARN", None),
+    "sts_duration_seconds": ("--sts-duration-seconds", "FINETUNE_STS_DURATION_SECONDS", None),
+    "sts_region": ("--sts-region", "FINETUNE_STS_REGION", None),
     "progress_url": ("--progress-url", "FINETUNE_PROGRESS_URL", "progress endpoint URL as pods reach it"),
     "progress_port": ("--progress-port", "FINETUNE_PROGRESS_PORT", None),
     "progress_tls_secret": ("--progress-tls-secret", "FINETUNE_PROGRESS_TLS_SECRET", "namespace/name"),

@@ -190,3 +190,40 @@ def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_tha
     assert {"adapter_config.json", "adapter_model.safetensors", "manifest.json"} <= {p.name for p in stored.iterdir()}
     checkpoints = volume_dir / "finetune" / namespace / name / "checkpoints"
     assert any(checkpoints.iterdir()), "no checkpoint on the volume"
+
+
+def test_a_job_on_the_shared_output_trains_and_publishes_with_minted_credentials_only(
+    cluster, namespace, local_node, minio, stores, start_operator
+):
+    """No Secret of the tenant's own anywhere: the pod reads the model and data and writes checkpoints and
+    the adapter with the per-job STS credentials the operator minted, which reach nothing else; the
+    operator reads the report and verifies the adapter with read-only sessions."""
+    from localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
+
+    keys = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": minio.endpoint}
+    literals = [f"--from-literal={key}={value}" for key, value in {**keys, "AWS_REGION": REGION}.items()]
+    cluster.run_kubectl("create", "secret", "generic", "sts-minter", "-n", namespace, *literals)
+    port = free_port()
+    start_operator(
+        f"--progress-port={port}",
+        f"--progress-url=https://127.0.0.1:{port}",
+        f"--operator-namespace={namespace}",
+        f"--default-output-uri=s3://{stores['adapters']}/shared/",
+        "--sts-credentials-secret=sts-minter",
+    )
+    manifest = quickstart(namespace, stores, maxSteps=40, checkpointEverySteps=10)
+    spec = manifest["spec"]
+    del spec["output"], spec["model"]["credentialsSecretRef"], spec["data"]["credentialsSecretRef"]
+    apply(cluster, manifest)
+    name, adapter_name = manifest["metadata"]["name"], spec["adapter"]["name"]
+
+    wait_for("Published", condition_is(cluster, namespace, name, "Published"), timeout=600, interval=0.5)
+    status = get(cluster, "ftj", namespace, name)["status"]
+    assert status["checkpoint"]["uri"].startswith(f"s3://{stores['adapters']}/shared/{namespace}/{name}/checkpoints/")
+    ready = wait_for("Ready", condition_is(cluster, namespace, adapter_name, "Ready", kind="ftadapter"), timeout=120)
+    assert ready["reason"] == "Verified"
+    adapter = get(cluster, "ftadapter", namespace, adapter_name)
+    assert "credentialsSecretRef" not in adapter["spec"]["artifact"]
+    pod = items(cluster, "pods", namespace, f"finetune.dev/job={name}")[0]
+    mounted = {v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    assert mounted == {f"{name}-storage"}  # the stores' s3-creds exists in the namespace, and is not used

@@ -29,7 +29,16 @@ ALL_FEATURES = {
             {"key": "spot", "effect": "NoExecute"},
         ],
     },
-    "output": {"defaultUri": "s3://adapters/", "credentialsSecret": "s3-creds"},
+    "output": {
+        "defaultUri": "s3://adapters/",
+        "sts": {
+            "credentialsSecret": "sts-minter",
+            "endpoint": "https://sts.example",
+            "roleArn": "arn:aws:iam::123456789012:role/finetune-jobs",
+            "durationSeconds": 1800,
+            "region": "eu-west-1",
+        },
+    },
     "progress": {"tls": {"secretName": "progress-tls"}, "url": "https://progress.example:8443"},
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -52,6 +61,7 @@ ALL_FEATURES = {
     ],
 }
 NAMESPACED = {"operator": {"watchNamespaces": ["team-a", "team-b"]}}
+STS_OUTPUT = {"defaultUri": "s3://adapters/", "sts": {"credentialsSecret": "sts-minter"}}
 EVERYTHING_NAMESPACED = {**ALL_FEATURES, "operator": {**ALL_FEATURES["operator"], **NAMESPACED["operator"]}}
 
 
@@ -258,6 +268,7 @@ def expected_rules(values: dict, scopes: set[str]) -> set[tuple]:
         "metrics": metrics,
         "httpsEndpoints": progress or metrics,
         "selfSignedTLS": (progress or metrics) and not values.get("progress", {}).get("tls", {}).get("secretName"),
+        "sts": bool(values.get("output", {}).get("sts", {}).get("credentialsSecret")),
     }
     return {
         (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])))
@@ -291,6 +302,8 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         {"metrics": {"enabled": False}},
         {"progress": {"enabled": False}, "metrics": {"enabled": False}},
         {**NAMESPACED, "progress": {"enabled": False}, "metrics": {"enabled": False}},
+        {"output": STS_OUTPUT},
+        {**NAMESPACED, "output": STS_OUTPUT},
     ],
     ids=[
         "clusterwide",
@@ -302,6 +315,8 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         "no-metrics",
         "no-endpoints",
         "namespaced-no-endpoints",
+        "sts",
+        "namespaced-sts",
     ],
 )
 def test_the_operator_gets_exactly_the_declared_rules(tools, values):
@@ -351,6 +366,7 @@ def test_every_declared_verb_says_which_code_needs_it():
             "metrics",
             "httpsEndpoints",
             "selfSignedTLS",
+            "sts",
         }
         for verb, reason in rule["verbs"].items():
             assert verb in {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
@@ -411,7 +427,11 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
     if values is ALL_FEATURES:
         assert settings.progress_tls_secret == f"{RELEASE_NAMESPACE}/progress-tls"
         assert settings.trainer_image == "registry.example/trainer:1.2.3"
-        assert settings.default_output_uri == "s3://adapters/" and settings.default_output_secret == "s3-creds"
+        assert settings.default_output_uri == "s3://adapters/" and settings.default_output_secret is None
+        assert settings.sts_enabled and settings.sts_credentials_secret == "sts-minter"
+        assert (settings.sts_endpoint, settings.sts_region) == ("https://sts.example", "eu-west-1")
+        assert settings.sts_role_arn == "arn:aws:iam::123456789012:role/finetune-jobs"
+        assert settings.sts_duration_seconds == 1800
         assert settings.verifier_image == f"ghcr.io/finetune-operator/operator@sha256:{'a' * 64}"
         assert settings.verifier_node_selector == {"pool": "cpu", "zone": "a"}
         assert settings.verifier_image_pull_policy == "IfNotPresent"
@@ -702,7 +722,8 @@ def test_notes_tell_how_to_check_and_use_the_operator(tools, tmp_path):
 def test_notes_name_the_watched_namespaces_and_the_default_output(tools, tmp_path):
     notes = render_notes(tools, tmp_path, EVERYTHING_NAMESPACED)
     assert "the namespaces team-a, team-b" in notes
-    assert "s3://adapters/ with the credentials of the Secret s3-creds" in notes
+    assert "s3://adapters/ under <namespace>/, each job with credentials of its own" in notes
+    assert "the Secret sts-minter (in finetune-system)" in notes
     assert "--skip-crds" in notes
 
 
@@ -725,3 +746,44 @@ def test_argocd_ignore_resource_updates_covers_the_progress_churn():
     pointers = yaml.safe_load(config["resource.customizations.ignoreResourceUpdates.finetune.dev_FineTuneJob"])
     assert "/status/progress" in pointers["jsonPointers"]
     assert "/status/phase" not in pointers["jsonPointers"] and "/status" not in pointers["jsonPointers"]
+
+
+# -- storage isolation between namespaces ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        ({"defaultUri": "s3://adapters/", "credentialsSecret": "s3-creds"}, "sharedCredentialsAcknowledged"),
+        ({**STS_OUTPUT, "credentialsSecret": "s3-creds"}, "unset output.credentialsSecret"),
+        ({"defaultUri": "pvc://outputs/x", "sts": {"credentialsSecret": "sts-minter"}}, "s3:// output.defaultUri"),
+    ],
+    ids=["shared-secret-unacknowledged", "sts-and-a-shared-secret", "sts-without-s3"],
+)
+def test_the_chart_refuses_an_output_every_namespace_shares_keys_to(tools, tmp_path, output, message):
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps({"output": output}))
+    result = tools.run_helm("template", "x", str(CHART), "--values", str(values_file), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr
+
+
+@pytest.mark.parametrize(
+    "output",
+    [
+        {"defaultUri": "s3://adapters/", "credentialsSecret": "s3-creds", "sharedCredentialsAcknowledged": True},
+        STS_OUTPUT,
+        {"defaultUri": "pvc://outputs/finetune", "credentialsSecret": "unused"},
+        {"defaultUri": "s3://adapters/"},
+    ],
+    ids=["acknowledged", "sts", "volume", "no-shared-secret"],
+)
+def test_the_chart_accepts_an_output_without_shared_keys_or_with_them_acknowledged(tools, output):
+    from finetune_operator.__main__ import parse
+    from finetune_operator.settings import from_arguments
+
+    container = operator_container(tools.render({"output": output}))
+    env = {k: v for k, v in environment(container).items() if k.startswith("FINETUNE_")}
+    settings = from_arguments(parse(container["args"]), environ=env)
+    assert settings.default_output_uri == output["defaultUri"]
+    assert settings.sts_enabled == ("sts" in output)

@@ -42,6 +42,7 @@ CREDENTIAL_KEYS = (
     "AWS_SESSION_TOKEN",  # temporary credentials (STS, SSO, assumed roles) are refused without it
     "AWS_ENDPOINT_URL",
     "AWS_REGION",
+    "AWS_CREDENTIAL_EXPIRATION",  # minted per-job credentials: re-read from their files before this time
 )
 
 # Weight formats other than safetensors and framework exports we never load: not worth downloading.
@@ -82,14 +83,18 @@ class Credentials:
 def credentials_for(purpose: Purpose) -> Credentials:
     directory = credentials_root() / purpose
     if directory.is_dir():
-        values = {}
-        for key in CREDENTIAL_KEYS:
-            path = directory / key
-            if path.is_file():
-                # Secrets written by hand often end with a newline that is not part of the key.
-                values[key] = path.read_text(encoding="utf-8").strip()
-        return Credentials(source=str(directory), values=values)
+        return _credentials_in(directory)
     return Credentials(source="environment", values={k: os.environ[k] for k in CREDENTIAL_KEYS if os.environ.get(k)})
+
+
+def _credentials_in(directory: Path) -> Credentials:
+    values = {}
+    for key in CREDENTIAL_KEYS:
+        path = directory / key
+        if path.is_file():
+            # Secrets written by hand often end with a newline that is not part of the key.
+            values[key] = path.read_text(encoding="utf-8").strip()
+    return Credentials(source=str(directory), values=values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,15 +174,50 @@ def s3_client(credentials: Credentials):
     endpoint = credentials.get("AWS_ENDPOINT_URL")
     # S3-compatible servers (MinIO, Ceph, on-prem appliances) rarely serve virtual-host bucket names.
     addressing = "path" if endpoint else "auto"
+    options = {
+        "endpoint_url": endpoint,
+        "region_name": credentials.get("AWS_REGION") or "us-east-1",
+        "config": Config(s3={"addressing_style": addressing}, retries={"max_attempts": 10, "mode": "adaptive"}),
+    }
+    if credentials.get("AWS_CREDENTIAL_EXPIRATION") and Path(credentials.source).is_dir():
+        return boto3.Session(botocore_session=_refreshing_session(Path(credentials.source))).client("s3", **options)
     return boto3.client(
         "s3",
-        endpoint_url=endpoint,
-        region_name=credentials.get("AWS_REGION") or "us-east-1",
         aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
         aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
         aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-        config=Config(s3={"addressing_style": addressing}, retries={"max_attempts": 10, "mode": "adaptive"}),
+        **options,
     )
+
+
+def _refreshing_session(directory: Path):
+    """A botocore session whose only credentials are the mounted Secret's, read again before they expire.
+
+    The operator mints a job's credentials again at half their lifetime and the kubelet updates the mounted
+    files; botocore asks for fresh ones in the last 15 minutes of a session, so a training longer than one
+    session never meets expired credentials. No other provider: never the ambient chain.
+    """
+    import botocore.session
+    from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
+
+    def metadata() -> dict[str, str]:
+        values = _credentials_in(directory)
+        return {
+            "access_key": values.get("AWS_ACCESS_KEY_ID") or "",
+            "secret_key": values.get("AWS_SECRET_ACCESS_KEY") or "",
+            "token": values.get("AWS_SESSION_TOKEN") or "",
+            "expiry_time": values.get("AWS_CREDENTIAL_EXPIRATION") or "",
+        }
+
+    class MountedSecret(CredentialProvider):
+        METHOD = "finetune-mounted-secret"
+
+        def load(self):
+            return RefreshableCredentials.create_from_metadata(metadata(), metadata, self.METHOD)
+
+    session = botocore.session.Session()
+    session.register_component("credential_provider", CredentialResolver([MountedSecret()]))
+    return session
 
 
 # Answers no retry can change: the user must fix the Secret, the bucket or the URI.

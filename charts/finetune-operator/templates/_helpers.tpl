@@ -98,7 +98,8 @@ app.kubernetes.io/managed-by: finetune-operator
       "progress" $values.progress.enabled
       "metrics" $values.metrics.enabled
       "httpsEndpoints" $https
-      "selfSignedTLS" (and $https (empty $values.progress.tls.secretName)) }}
+      "selfSignedTLS" (and $https (empty $values.progress.tls.secretName))
+      "sts" (not (empty $values.output.sts.credentialsSecret)) }}
 {{- $rules := list }}
 {{- range ($root.Files.Get "files/operator-rbac.yaml" | fromYaml).rules }}
 {{- $applies := has .scope $scopes }}
@@ -114,4 +115,24 @@ app.kubernetes.io/managed-by: finetune-operator
 {{- end }}
 {{- end }}
 {{- toYaml $rules }}
+{{- end }}
+
+{{/*
+Storage isolation between namespaces: one credentials Secret for a shared s3:// output gives every
+tenant's pods keys to every tenant's prefix. Refused unless per-job STS credentials are on or the
+admin acknowledges it (output.sharedCredentialsAcknowledged).
+*/}}
+{{- define "finetune-operator.checkOutputIsolation" -}}
+{{- $output := .Values.output }}
+{{- $s3 := hasPrefix "s3://" $output.defaultUri }}
+{{- if $output.sts.credentialsSecret }}
+{{- if not $s3 }}
+{{- fail "output.sts.credentialsSecret: per-job credentials need an s3:// output.defaultUri" }}
+{{- end }}
+{{- if $output.credentialsSecret }}
+{{- fail "output.sts.credentialsSecret: jobs get minted credentials; unset output.credentialsSecret, which would give every namespace the same keys" }}
+{{- end }}
+{{- else if and $s3 $output.credentialsSecret (not $output.sharedCredentialsAcknowledged) }}
+{{- fail "output.credentialsSecret: one Secret for the shared output gives every namespace's pods keys to every other namespace's checkpoints and adapters. Set output.sts.credentialsSecret for per-job credentials (STS), or output.sharedCredentialsAcknowledged: true if every namespace is trusted alike" }}
+{{- end }}
 {{- end }}

@@ -20,9 +20,11 @@ from ..api import ModelAdapter, ModelAdapterStatus, format_validation_error
 from ..context import Context, Outcome, age, utc_now
 from ..events import event_for
 from ..kube import MODELADAPTERS, KubeError
+from ..render.session_policy import ForeignPrefix, S3Prefix, check_in_namespace, namespace_prefix
 from ..render.verifier import verifier_job_name
 from ..status.conditions import Change, set_condition
 from ..storage import StorageUnreachable, open_store, secret_credentials
+from ..sts import read_credentials
 from .verification import Verification, verify_artifact
 from .volume import verify_on_volume
 
@@ -78,10 +80,24 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
 
 
 def _verify_here(context: Context, adapter: ModelAdapter) -> Verification:
-    """s3:// (with the credentials of the adapter's Secret) and file:// artifacts, read by the operator."""
-    spec = adapter.spec
+    """s3:// (with the credentials of the adapter's Secret) and file:// artifacts, read by the operator.
+
+    With per-job credentials (STS), an artifact in the shared output is read only inside the adapter's own
+    namespace's part of it, with a minted read-only session when the adapter names no Secret."""
+    spec, namespace = adapter.spec, adapter.metadata.namespace
     secret = spec.artifact.credentials_secret_ref.name if spec.artifact.credentials_secret_ref else None
-    credentials = secret_credentials(context.kube, adapter.metadata.namespace, secret)
+    if context.settings.sts_enabled:
+        try:
+            check_in_namespace(context.settings, namespace, spec.artifact.uri, "spec.artifact.uri")
+        except ForeignPrefix as refused:
+            return Verification(problem_reason="ArtifactOutsideNamespace", problem_message=str(refused))
+        own = namespace_prefix(context.settings, namespace)
+        if secret is None and spec.artifact.uri.startswith("s3://") and own.contains(S3Prefix.of(spec.artifact.uri)):
+            credentials = read_credentials(
+                context.kube, context.settings, namespace, spec.artifact.uri, "spec.artifact"
+            )
+            return verify_artifact(spec, open_store(spec.artifact.uri, credentials))
+    credentials = secret_credentials(context.kube, namespace, secret)
     return verify_artifact(spec, open_store(spec.artifact.uri, credentials))
 
 

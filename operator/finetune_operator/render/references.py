@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..api import FineTuneJob
+from ..naming import storage_secret_name
 from ..settings import Settings
+from .session_policy import minted_inputs, uses_minted_credentials
 from .trainer_config import output_secret
 
 
@@ -52,6 +54,11 @@ def credential_secrets(job: FineTuneJob, settings: Settings) -> dict[str, str]:
         secrets["data"] = spec.data.credentials_secret_ref.name
     if name := output_secret(job, settings):
         secrets["output"] = name
+    if uses_minted_credentials(job, settings):
+        minted = storage_secret_name(job.metadata.name)
+        secrets["output"] = minted
+        for purpose in minted_inputs(job):
+            secrets.setdefault(purpose, minted)
     return secrets
 
 
@@ -86,7 +93,13 @@ def references(job: FineTuneJob, settings: Settings) -> list[Reference]:
         if spec.output.credentials_secret_ref
         else "operator default output",
     }
-    found = [Reference("Secret", name, fields[purpose]) for purpose, name in credential_secrets(job, settings).items()]
+    # The minted Secret is not waited for: the operator creates it, once the Job exists.
+    minted = {"output", *minted_inputs(job)} if uses_minted_credentials(job, settings) else set()
+    found = [
+        Reference("Secret", name, fields[purpose])
+        for purpose, name in credential_secrets(job, settings).items()
+        if purpose not in minted
+    ]
     found += [Reference("Secret", s.name, "spec.template.imagePullSecrets") for s in spec.template.image_pull_secrets]
     found += [Reference("PersistentVolumeClaim", claim, "a pvc:// URI") for claim in claims(job, settings)]
     found += _template_references(job)
