@@ -154,7 +154,7 @@ def resolve(
     lookup: Callable[[str], Installed],
     pythons: Sequence[str] = PYTHONS,
 ) -> list[Need]:
-    """Every distribution the features need there, features in order (the first to need one owns it).
+    """Every distribution the features need there, features in order (the first to carry one owns it).
 
     ``project_requirements``: name -> specifier from pyproject.toml; ``lookup``: the venv's
     distribution of a name. Requirements of carried distributions are followed; those of the
@@ -181,8 +181,8 @@ def resolve(
                 raise CarryError(
                     f"this venv's {name} {installed.version} is not in {specifiers[name]}: run make install"
                 )
-            owner = known.feature if known is not None else feature
-            needs[name] = Need(name, installed.version, owner, role, str(specifiers[name]))
+            # A later feature that makes an image package carried owns it: dropping that feature lets it go.
+            needs[name] = Need(name, installed.version, feature, role, str(specifiers[name]))
             if role == "carried":
                 queue.extend((canonicalize_name(r.name), r.specifier) for r in _requirements(installed, pythons))
     return list(needs.values())
@@ -250,13 +250,14 @@ class Plan:
 
 
 def plan_carry(wheels: Sequence[Wheel], budget: int, primary_python: str = PRIMARY_PYTHON) -> Plan:
-    """The wheels that fit ``budget`` bytes, dropping whole features in DROP_ORDER and then other Pythons.
+    """The wheels that fit ``budget`` bytes: whole features go in DROP_ORDER, then the other Pythons' wheels.
 
     The trainer's own wheels for ``primary_python`` are never dropped: without them nothing runs.
     """
     others = sorted(
         {wheel.python for wheel in wheels if wheel.python not in (None, primary_python)},
-        key=lambda python: -abs(Version(python).minor - Version(primary_python).minor),
+        # Farthest from the image's first; of two as far, the older (images move to newer Pythons).
+        key=lambda python: (-abs(Version(python).minor - Version(primary_python).minor), Version(python)),
     )
     plan = Plan(kept=list(wheels))
     for unit in (*DROP_ORDER, *others):

@@ -37,8 +37,12 @@ def satisfied(version: str | None, requirement: str) -> bool:
     return version is not None and SpecifierSet(requirement).contains(version, prereleases=True)
 
 
-def install(carry: Path, site: Path, python: str | None = None) -> dict:
-    """Install what this machine lacks from ``carry`` into ``site``; returns what was decided, wheel by wheel."""
+def install(carry: Path, site: Path, python: str | None = None, *, prefer_carried: bool = False) -> dict:
+    """Install what this machine lacks from ``carry`` into ``site``; returns what was decided, wheel by wheel.
+
+    ``prefer_carried``: every carried wheel for this Python, even where the machine's version is in range
+    (for a rerun after an image package that met its requirement did not work with the carried ones).
+    """
     manifest = json.loads((carry / MANIFEST).read_text())
     python = python or this_python()
     wheels = [wheel for wheel in manifest["wheels"] if wheel["python"] in (None, python)]
@@ -47,7 +51,7 @@ def install(carry: Path, site: Path, python: str | None = None) -> dict:
     installed, kept = [], []
     for wheel in wheels:
         have = version_on(wheel["name"], sys.path)
-        if satisfied(have, wheel["requirement"]):
+        if not prefer_carried and satisfied(have, wheel["requirement"]):
             kept.append(f"{wheel['name']} {have}")
         else:
             installed.append(wheel)

@@ -96,7 +96,7 @@ GPU = Sizes(
     # TRL's padded variant is left out to fit the 8 minutes (make bench-trainer GPU=1 runs it).
     bench_args=("--gpu", "--only", "ours,trl-packed"),
     threads=None,
-    budgets={"setup": 30, "lora-resume": 130, "bench-1b": 90, "full": 45, "qlora": 45, "bench-8b": 140},
+    budgets={"setup": 60, "lora-resume": 120, "bench-1b": 85, "full": 40, "qlora": 40, "bench-8b": 135},
 )
 CPU = Sizes(
     mode="cpu",
@@ -469,10 +469,10 @@ print(json.dumps({
 """
 
 
-def stage_setup(check: Check, clock: Clock, carry: Path | None, results: dict[str, Any]) -> None:
+def stage_setup(check: Check, clock: Clock, carry: Path | None, prefer_carried: bool, results: dict[str, Any]) -> None:
     site = check.work / "site"
     if carry is not None:
-        results["carry"] = install(carry, site)
+        results["carry"] = install(carry, site, prefer_carried=prefer_carried)
         check.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), check.env.get("PYTHONPATH")]))
     results["environment_problems"] = problems(carry, site if carry is not None else None)
     results.update(python_json(check, PROBE, check.work / "logs" / "setup.log", clock))
@@ -608,7 +608,9 @@ STAGES: dict[str, Callable[..., None]] = {
 # the run
 
 
-def run_check(check: Check, names: list[str], carry: Path | None, deadline: float) -> bool:
+def run_check(
+    check: Check, names: list[str], carry: Path | None, deadline: float, prefer_carried: bool = False
+) -> bool:
     """Every stage in ``names`` (setup first); True when none failed."""
     budgets = {**GPU.budgets, **check.sizes.budgets}
     ends = time.monotonic() + deadline
@@ -630,7 +632,7 @@ def run_check(check: Check, names: list[str], carry: Path | None, deadline: floa
             with GpuMemory() as memory:
                 try:
                     if name == "setup":
-                        stage_setup(check, Clock(limit), carry, results)
+                        stage_setup(check, Clock(limit), carry, prefer_carried, results)
                     else:
                         STAGES[name](check, Clock(limit), results)
                     results["status"] = "skipped" if "skipped" in results else "passed"
@@ -716,6 +718,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="summary.json, bench-*.json and the log go here")
     parser.add_argument("--carry", type=Path, default=None, help="the folder make gpu-check built (default: none)")
+    parser.add_argument(
+        "--prefer-carried",
+        action="store_true",
+        help="install every carried wheel, even where the machine's own version meets the requirement",
+    )
     parser.add_argument("--cpu", action="store_true", help="every stage tiny, on the CPU (the test suite's smoke)")
     parser.add_argument("--work", type=Path, default=None, help="models and runs (default: a folder under /tmp)")
     parser.add_argument("--stages", default=None, help=f"comma-separated, of {', '.join(STAGES)} (default: the mode's)")
@@ -741,7 +748,8 @@ def main(argv: list[str] | None = None) -> int:
             work=str(check.work),
             sizes={key: value for key, value in asdict(sizes).items() if key != "budgets"},
         )
-        passed = run_check(check, names, args.carry.resolve() if args.carry else None, deadline)
+        carry = args.carry.resolve() if args.carry else None
+        passed = run_check(check, names, carry, deadline, args.prefer_carried)
     return 0 if passed else 1
 
 
