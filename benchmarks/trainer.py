@@ -31,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,15 @@ def cpu_suite(smoke: bool, ablations: bool) -> Suite:
     )
 
 
-def gpu_suites(smoke: bool) -> list[Suite]:
+GPU_SHAPES = ("llama-3.2-1b", "llama-3.1-8b")
+
+
+def gpu_suites(smoke: bool, shapes: Sequence[str] = GPU_SHAPES) -> list[Suite]:
     """Llama-3.2-1B and Llama-3.1-8B shapes; the smoke version runs the same code with a tiny shape on the CPU."""
     suites = []
     for shape, tokens, padded_rows in (("llama-3.2-1b", 400_000, 8), ("llama-3.1-8b", 128_000, None)):
+        if shape not in shapes:
+            continue
         variants: list[dict[str, Any]] = [{"name": "trl-packed", "packing": True, "pack_length": 4096}]
         if padded_rows:
             variants.append({"name": "trl-padded", "packing": False, "sampling": "random", "micro_batch": padded_rows})
@@ -506,6 +512,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--gpu", action="store_true", help="Llama-3.2-1B and 3.1-8B shapes on a CUDA GPU")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes, a few steps, on the CPU")
+    parser.add_argument(
+        "--shape", action="append", choices=GPU_SHAPES, help="with --gpu: only this shape (repeatable; default: both)"
+    )
     parser.add_argument("--ablations", action="store_true", help="also run ours with each speed-up off (CPU)")
     parser.add_argument("--rounds", type=int, default=1, help="repeat every run; the median throughput counts")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: torch's)")
@@ -532,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
             print("--gpu needs a CUDA device (--gpu --smoke runs the GPU mode's code on the CPU)", file=sys.stderr)
             return 2
 
-    suites = gpu_suites(args.smoke) if args.gpu else [cpu_suite(args.smoke, args.ablations)]
+    suites = gpu_suites(args.smoke, args.shape or GPU_SHAPES) if args.gpu else [cpu_suite(args.smoke, args.ablations)]
     only = set(args.only.split(",")) if args.only else None
     work = args.work or args.out / "work"
     summaries = []

@@ -49,6 +49,17 @@ SHAPES: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 2048,
         "tie_word_embeddings": False,
     },
+    # The GPU check's full fine-tuning (benchmarks/gpu_check.py): 88M parameters with the 8192-token vocabulary,
+    # small enough that its fp32 weights and AdamW state checkpoint in seconds.
+    "llama-88m": {
+        "hidden_size": 768,
+        "intermediate_size": 2048,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 2048,
+        "tie_word_embeddings": False,
+    },
     # meta-llama/Llama-3.2-1B config.json
     "llama-3.2-1b": {
         "vocab_size": 128256,
