@@ -103,7 +103,7 @@ def serve() -> int:
             f"--metrics-port={metrics_port}",
             f"--operator-namespace={OPERATOR_NAMESPACE}",
             "--log-format=text",
-            env={"FINETUNE_DEFAULT_OUTPUT_URI": ""},
+            env={"FINETUNE_DEFAULT_OUTPUT_URI": "", "FINETUNE_S3_ENDPOINT": minio.endpoint},
         ).start()
         agent = LocalNodeAgent(cluster.kubeconfig, workdir=run / "node")
         agent.start()

@@ -20,7 +20,7 @@ from .render import ResolutionError, resolve_trainer_config
 from .render.modeladapter import render_model_adapter
 from .render.trainer_config import output_secret
 from .status.conditions import Change, is_true, set_condition
-from .storage import StorageUnreachable, open_store, secret_credentials
+from .storage import StorageProblem, open_store, secret_credentials
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,9 @@ def _training_report(context: Context, job: FineTuneJob) -> tuple[TrainingReport
     location = f"{config.output.checkpoints_uri}{REPORT_FILE_NAME}"
     try:
         credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
-        raw = open_store(config.output.checkpoints_uri, credentials).read(REPORT_FILE_NAME)
-    except StorageUnreachable as problem:
+        store = open_store(config.output.checkpoints_uri, credentials, context.settings)
+        raw = store.read_small(REPORT_FILE_NAME)
+    except StorageProblem as problem:  # unreachable, or a report above the size bound
         return None, problem.message
     if raw is None:
         return None, f"no {location}"
@@ -49,12 +50,12 @@ def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus
     """The module names PEFT resolved (all-linear becomes q_proj, ...), from the artifact itself."""
     try:
         credentials = secret_credentials(context.kube, job.metadata.namespace, output_secret(job, context.settings))
-        raw = open_store(artifact.uri, credentials).read("adapter_config.json")
-    except StorageUnreachable:
+        raw = open_store(artifact.uri, credentials, context.settings).read_small("adapter_config.json")
+    except StorageProblem:
         return []  # the ModelAdapter's own verification reports what is wrong with the storage
     try:
         config = json.loads(raw) if raw is not None else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return []  # the ModelAdapter's verification says what is wrong with it
     targets = (config.get("target_modules") if isinstance(config, dict) else None) or []
     targets = [targets] if isinstance(targets, str) else targets

@@ -394,6 +394,7 @@ class Run:
         env["FINETUNE_PROGRESS_PORT"] = str(self.progress_port)
         env["FINETUNE_PROGRESS_URL"] = f"https://127.0.0.1:{self.progress_port}"
         env["FINETUNE_METRICS_PORT"] = "0"
+        env["FINETUNE_ALLOW_LOCAL_FILES"] = "true"  # the published artifact is a local directory (step_report_artifact)
         return env
 
     def start_operator(self) -> None:

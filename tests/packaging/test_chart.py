@@ -30,6 +30,11 @@ ALL_FEATURES = {
         ],
     },
     "output": {"defaultUri": "s3://adapters/", "credentialsSecret": "s3-creds"},
+    "storage": {
+        "endpoint": "http://minio.storage.svc:9000",
+        "allowedEndpoints": ["https://s3.example.com", "http://10.0.0.5:9000"],
+        "verificationTimeoutSeconds": 120,
+    },
     "progress": {"tls": {"secretName": "progress-tls"}, "url": "https://progress.example:8443"},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "podMonitor": {"enabled": True}},
     "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
@@ -161,6 +166,27 @@ def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
 
 
 @pytest.mark.parametrize(
+    "endpoint",
+    ["http://minio.storage.svc:9000", "https://s3.example.com/", "http://10.0.0.5", "minio:9000", "http://minio/path"],
+)
+def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint):
+    import re
+
+    from finetune_operator.settings import Settings
+
+    pattern = json.loads((CHART / "values.schema.json").read_text())["properties"]["storage"]["properties"]
+    schema_accepts = (
+        re.fullmatch(pattern["endpoint"]["pattern"].removeprefix("^").removesuffix("$"), endpoint) is not None
+    )
+    try:
+        Settings(s3_endpoint=endpoint, allowed_s3_endpoints=[endpoint])
+        operator_accepts = True
+    except ValueError:
+        operator_accepts = False
+    assert schema_accepts == operator_accepts
+
+
+@pytest.mark.parametrize(
     "values, message",
     [
         ({"operator": {"logFormat": "xml"}}, "logFormat"),
@@ -172,6 +198,8 @@ def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
         ({"progress": {"url": "http://operator:8443"}}, "url"),
         ({"trainer": {"terminationGraceSeconds": 5}}, "terminationGraceSeconds"),
         ({"operator": {"watchNamespaces": ["Team_A"]}}, "watchNamespaces"),
+        ({"storage": {"endpoint": "minio:9000"}}, "endpoint"),
+        ({"storage": {"allowedEndpoints": ["http://minio/bucket"]}}, "allowedEndpoints"),
     ],
     ids=[
         "log-format",
@@ -183,6 +211,8 @@ def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
         "progress-http",
         "grace-too-short",
         "namespace-name",
+        "storage-endpoint-scheme",
+        "storage-endpoint-path",
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(tools, tmp_path, values, message):
@@ -371,6 +401,12 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
         assert settings.progress_tls_secret == f"{RELEASE_NAMESPACE}/progress-tls"
         assert settings.trainer_image == "registry.example/trainer:1.2.3"
         assert settings.default_output_uri == "s3://adapters/" and settings.default_output_secret == "s3-creds"
+        assert settings.allowed_endpoints == {
+            "http://minio.storage.svc:9000",
+            "https://s3.example.com:443",
+            "http://10.0.0.5:9000",
+        }
+        assert settings.verification_timeout_seconds == 120
         assert settings.verifier_image == f"ghcr.io/finetune-operator/operator@sha256:{'a' * 64}"
         assert settings.verifier_node_selector == {"pool": "cpu", "zone": "a"}
         assert settings.verifier_image_pull_policy == "IfNotPresent"
@@ -379,13 +415,16 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
             {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"},
             {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
         ]
+    else:
+        assert settings.allowed_endpoints == frozenset() and settings.verification_timeout_seconds == 300
+    assert not settings.allow_local_files  # local mode reads the operator's own files: never in a cluster
 
 
 def test_every_environment_variable_the_chart_sets_is_an_operator_setting(tools):
     result = subprocess.run(
         [sys.executable, "-m", "finetune_operator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
     )
-    known = set(re.findall(r"\(env\s+(FINETUNE_[A-Z_]+)\)", result.stdout))
+    known = set(re.findall(r"\(env\s+(FINETUNE_[A-Z0-9_]+)\)", result.stdout))
     container = operator_container(tools.render(ALL_FEATURES))
     assert {v["name"] for v in container["env"] if v["name"].startswith("FINETUNE_")} <= known
 

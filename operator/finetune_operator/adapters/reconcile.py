@@ -78,11 +78,11 @@ def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
 
 
 def _verify_here(context: Context, adapter: ModelAdapter) -> Verification:
-    """s3:// (with the credentials of the adapter's Secret) and file:// artifacts, read by the operator."""
+    """s3:// (with the credentials of the adapter's Secret) and, in local mode, file:// artifacts."""
     spec = adapter.spec
     secret = spec.artifact.credentials_secret_ref.name if spec.artifact.credentials_secret_ref else None
     credentials = secret_credentials(context.kube, adapter.metadata.namespace, secret)
-    return verify_artifact(spec, open_store(spec.artifact.uri, credentials))
+    return verify_artifact(spec, open_store(spec.artifact.uri, credentials, context.settings))
 
 
 def _verifying(status: ModelAdapterStatus, adapter: ModelAdapter, generation) -> list[Change]:
