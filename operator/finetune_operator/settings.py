@@ -119,12 +119,13 @@ class Settings(BaseModel):
 
     @field_validator("allowed_s3_endpoints", mode="before")
     @classmethod
-    def _endpoints(cls, value: object) -> object:
-        if isinstance(value, str):
-            value = value.split(",")
-        if isinstance(value, list):
-            return [_normalised(url) for url in value if isinstance(url, str) and url.strip()]
-        return value
+    def _comma_list(cls, value: object) -> object:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("allowed_s3_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        return [_normalised(url) for url in value if url.strip()]
 
     @field_validator("verifier_image_pull_secrets", mode="before")
     @classmethod
