@@ -101,6 +101,7 @@ def serve() -> int:
             f"--progress-port={progress_port}",
             f"--progress-url=https://127.0.0.1:{progress_port}",
             f"--metrics-port={metrics_port}",
+            "--metrics-secure=false",  # the local development setting: plain HTTP on 127.0.0.1, no token
             f"--operator-namespace={OPERATOR_NAMESPACE}",
             "--log-format=text",
             env={"FINETUNE_DEFAULT_OUTPUT_URI": "", "FINETUNE_S3_ENDPOINT": minio.endpoint},

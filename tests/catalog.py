@@ -127,6 +127,45 @@ CATALOG = [
         {"spec.objective": "pretrain", "spec.evaluation": {"metrics": ["exactMatch"]}},
         "spec.evaluation.metrics",
     ),
+    # Issue 15: what a hostile tenant writes to leave its claim, bucket or pod contract.
+    InvalidCase("pvc-model-dot-dot", {"spec.model.uri": "pvc://claim/../../etc"}, "spec.model.uri"),
+    InvalidCase("s3-data-dot-dot", {"spec.data.train": [{"uri": "s3://data/a/../../b"}]}, "spec.data.train[0].uri"),
+    InvalidCase("s3-data-absolute-key", {"spec.data.general": {"uri": "s3://data//etc"}}, "spec.data.general.uri"),
+    InvalidCase("pvc-output-dot", {"spec.output": {"uri": "pvc://out/./x"}}, "spec.output.uri"),
+    InvalidCase("zero-cpu", {"spec.resources.cpu": "0"}, "spec.resources.cpu"),
+    InvalidCase("negative-cpu", {"spec.resources.cpu": "-1"}, "spec.resources.cpu"),
+    InvalidCase("negative-memory", {"spec.resources.memory": "-2Gi"}, "spec.resources.memory"),
+    InvalidCase("zero-shared-memory", {"spec.resources.sharedMemory": "0Mi"}, "spec.resources.sharedMemory"),
+    InvalidCase(
+        "host-path-volume",
+        {"spec.template.volumes": [{"name": "host", "hostPath": {"path": "/"}}]},
+        "spec.template.volumes[0]",
+    ),
+    InvalidCase("volume-without-source", {"spec.template.volumes": [{"name": "nothing"}]}, "spec.template.volumes[0]"),
+    InvalidCase(
+        "mount-over-config-with-double-slash",
+        {"spec.template.volumeMounts": [{"name": "x", "mountPath": "/etc//finetune"}]},
+        "spec.template.volumeMounts[0]",
+    ),
+    InvalidCase(
+        "mount-over-config-with-dot",
+        {"spec.template.volumeMounts": [{"name": "x", "mountPath": "/etc/finetune/."}]},
+        "spec.template.volumeMounts[0]",
+    ),
+    InvalidCase(
+        "mount-over-config-through-dot-dot",
+        {"spec.template.volumeMounts": [{"name": "x", "mountPath": "/scratch/../etc/finetune"}]},
+        "spec.template.volumeMounts[0]",
+    ),
+    InvalidCase(
+        "env-machine-rank", {"spec.template.env": [{"name": "MACHINE_RANK", "value": "0"}]}, "spec.template.env[0]"
+    ),
+    InvalidCase(
+        "env-finetune-prefix",
+        {"spec.template.env": [{"name": "FINETUNE_PVC_ROOT", "value": "/"}]},
+        "spec.template.env[0]",
+    ),
+    InvalidCase("env-home", {"spec.template.env": [{"name": "HOME", "value": "/etc"}]}, "spec.template.env[0]"),
     InvalidCase("name-starting-with-digit", {"metadata.name": "1st-job"}, "metadata.name"),
     InvalidCase("name-too-long", {"metadata.name": "a" * 60}, "metadata.name"),
 ]

@@ -26,6 +26,8 @@ def _type(node: dict[str, Any]) -> str:
         return f"list of {_type(node.get('items', {}))}"
     if kind == "object" and "additionalProperties" in node:
         return f"map of {_type(node['additionalProperties'])}"
+    if kind == "integer" and node.get("format") == "int64":
+        return "int64"
     return kind
 
 
@@ -60,6 +62,8 @@ def _rules(node: dict[str, Any], path: str) -> list[str]:
     found = [f"- `{path}`: {rule['message']}" for rule in node.get("x-kubernetes-validations", [])]
     for name, child in (node.get("properties") or {}).items():
         found += _rules(child, f"{path}.{name}")
+    if "items" in node:  # rules of list items: a train source's uri, an env variable, a volume
+        found += _rules(node["items"], f"{path}[]")
     return found
 
 

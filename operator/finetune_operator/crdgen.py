@@ -29,6 +29,7 @@ from .api import (
     finetunejob,
     modeladapter,
 )
+from .api.base import INT64_MAX
 
 CATEGORY = "finetune"
 
@@ -98,6 +99,9 @@ class _Translator:
             out["x-kubernetes-preserve-unknown-fields"] = True
         for key, value in node.items():
             if key in _DROPPED_KEYS:
+                continue
+            if key == "maximum" and node.get("format") == "int64" and value == INT64_MAX:
+                # format: int64 states this bound; the API server reads bounds as float64 and refuses 2**63 - 1.
                 continue
             if key == "exclusiveMinimum":
                 out["minimum"], out["exclusiveMinimum"] = value, True

@@ -26,7 +26,9 @@ def event_type(change: Change) -> str:
 def event_for(obj: dict[str, Any], change: Change, now: str) -> dict[str, Any]:
     metadata = obj["metadata"]
     condition = change.condition
-    digest = hashlib.sha1(f"{metadata['uid']}{condition.type}{condition.status}{condition.reason}{now}".encode())
+    digest = hashlib.sha1(
+        f"{metadata['uid']}{condition.type}{condition.status}{condition.reason}{now}".encode(), usedforsecurity=False
+    )
     return {
         "apiVersion": "v1",
         "kind": "Event",

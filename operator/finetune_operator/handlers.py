@@ -17,21 +17,29 @@ from aiohttp import web
 
 from .api import GROUP, VERSION
 from .controller import Controller
+from .metrics_endpoint import MetricsAccess, build_metrics_app
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
-from .progress.server import ProgressService, build_app, build_metrics_app
+from .progress.server import ProgressService, build_app
 from .progress.tls import ServingTLS, load_serving_tls, refreshed_tls
 from .render.verifier import ADAPTER_LABEL, adapter_of
 
 
-async def _serve(app: web.Application, port: int, ssl_context: ssl.SSLContext | None) -> web.AppRunner:
+async def _serve(
+    app: web.Application,
+    port: int,
+    ssl_context: ssl.SSLContext | None,
+    host: str = "0.0.0.0",  # noqa: S104
+) -> web.AppRunner:
+    """Serve ``app``; on all interfaces by default: trainer pods and Prometheus reach the operator through
+    its pod IP."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "0.0.0.0", port, ssl_context=ssl_context).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner
 
 
 async def _keep_tls_fresh(context, tls: ServingTLS, ssl_context: ssl.SSLContext) -> None:
-    """Reload the progress endpoint's certificate now and then: cert-manager rotates the Secret's, and the
+    """Reload the HTTPS endpoints' certificate now and then: cert-manager rotates the Secret's, and the
     operator's own is re-issued, so neither expires under a long-running operator."""
     while True:
         await asyncio.sleep(context.settings.progress_tls_refresh_seconds)
@@ -42,7 +50,9 @@ async def _keep_tls_fresh(context, tls: ServingTLS, ssl_context: ssl.SSLContext)
             continue
         if newer is not None:
             newer.apply_to(ssl_context)
-            tls, context.progress_ca = newer, newer.ca_pem
+            tls = newer
+            if context.settings.progress_port:
+                context.progress_ca = newer.ca_pem
             logging.getLogger(__name__).info("progress TLS certificate reloaded")
 
 
@@ -101,19 +111,32 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
         configure_kopf(settings)
         context = jobs.context
-        if context.settings.progress_port:
-            tls = await asyncio.to_thread(load_serving_tls, context.kube, context.settings)
+        own = context.settings
+        secure_metrics = bool(own.metrics_port) and own.metrics_secure
+        if own.progress_port or secure_metrics:
+            tls = await asyncio.to_thread(load_serving_tls, context.kube, own)
+            ssl_context = tls.ssl_context()  # one context for both endpoints: a reload reaches them both
+            tasks.append(asyncio.create_task(_keep_tls_fresh(context, tls, ssl_context)))
+        if own.progress_port:
             # Published before the first reconcile, so every job's ConfigMap carries the CA.
             context.progress_ca = tls.ca_pem
-            service = ProgressService(context.kube, context.settings, jobs.metrics)
-            ssl_context = tls.ssl_context()
-            runners.append(await _serve(build_app(service), context.settings.progress_port, ssl_context))
-            tasks.append(asyncio.create_task(_keep_tls_fresh(context, tls, ssl_context)))
-            logger.info("progress endpoint listening on port %d (HTTPS)", context.settings.progress_port)
-        if context.settings.metrics_port:
-            app = build_metrics_app(jobs.metrics, lambda: (jobs.observe_queue(), adapters.observe_queue()))
-            runners.append(await _serve(app, context.settings.metrics_port, None))
-            logger.info("metrics on port %d at /metrics", context.settings.metrics_port)
+            service = ProgressService(context.kube, own, jobs.metrics)
+            runners.append(await _serve(build_app(service), own.progress_port, ssl_context))
+            logger.info("progress endpoint listening on port %d (HTTPS)", own.progress_port)
+        if own.metrics_port:
+
+            def observe() -> None:
+                jobs.observe_queue()
+                adapters.observe_queue()
+
+            if secure_metrics:
+                app = build_metrics_app(jobs.metrics, observe, MetricsAccess(context.kube, jobs.metrics))
+                runners.append(await _serve(app, own.metrics_port, ssl_context))
+                logger.info("metrics on port %d at /metrics (HTTPS, authorized)", own.metrics_port)
+            else:
+                app = build_metrics_app(jobs.metrics, observe, None)
+                runners.append(await _serve(app, own.metrics_port, None, host="127.0.0.1"))
+                logger.warning("metrics on 127.0.0.1:%d/metrics, plain HTTP: local development only", own.metrics_port)
         jobs.start()
         adapters.start()
 

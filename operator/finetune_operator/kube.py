@@ -9,15 +9,38 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from .api import GROUP, VERSION
+from .api.base import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 
 log = logging.getLogger(__name__)
+
+_DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
+# What Kind.path builds: segments of the checked alphabet, never a query, a fragment or a dot segment.
+_API_PATH = re.compile(r"(/[a-z0-9A-Z][-a-zA-Z0-9.]*)+")
+
+
+class InvalidApiPath(ValueError):
+    """A namespace, name or subresource that cannot be one segment of an API path: refused before any request.
+
+    The value is not repeated in the message: it may come from a tenant, and messages reach logs.
+    """
+
+
+def _segment(value: str, pattern: re.Pattern[str], max_length: int, what: str) -> str:
+    if not isinstance(value, str) or len(value) > max_length or pattern.fullmatch(value) is None:
+        shown = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+        raise InvalidApiPath(f"{what} ({shown}) is not a DNS-1123 {'label' if max_length == 63 else 'subdomain'}")
+    # A checked value has nothing to escape: quoting is the second lock, should a pattern ever admit "/".
+    return quote(value, safe="")
 
 
 @dataclass(frozen=True)
@@ -32,14 +55,15 @@ class Kind:
         return f"{self.group}/{self.version}" if self.group else self.version
 
     def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
+        """The API path of the collection, an object or its subresource; InvalidApiPath for a malformed segment."""
         base = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
-        if self.namespaced and namespace:
-            base += f"/namespaces/{namespace}"
+        if self.namespaced and namespace is not None:
+            base += f"/namespaces/{_segment(namespace, _DNS_LABEL, 63, 'namespace')}"
         base += f"/{self.plural}"
-        if name:
-            base += f"/{name}"
-        if subresource:
-            base += f"/{subresource}"
+        if name is not None:
+            base += f"/{_segment(name, _DNS_SUBDOMAIN, 253, 'name')}"
+        if subresource is not None:
+            base += f"/{_segment(subresource, _DNS_LABEL, 63, 'subresource')}"
         return base
 
 
@@ -54,6 +78,7 @@ SECRETS = Kind("", "v1", "secrets")
 PVCS = Kind("", "v1", "persistentvolumeclaims")
 EVENTS = Kind("", "v1", "events")
 TOKENREVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
+SUBJECTACCESSREVIEWS = Kind("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
 
 KINDS = {
     "FineTuneJob": FINETUNEJOBS,
@@ -103,6 +128,9 @@ class Kube:
         content_type: str = "application/json",
         accept: str = "application/json",
     ) -> dict[str, Any]:
+        if _API_PATH.fullmatch(path) is None:
+            # Paths come from Kind.path; anything else (a query, "..", a percent escape) is a bug, refused here.
+            raise InvalidApiPath("an API path must be segments of letters, digits, '-' and '.' only")
         method, url, headers, serialized, _ = self.api_client.param_serialize(
             method=method,
             resource_path=path,
@@ -196,3 +224,18 @@ class Kube:
             "spec": {"token": token, "audiences": audiences},
         }
         return self._call("POST", TOKENREVIEWS.path(), body=body).get("status", {})
+
+    def subject_access_review(self, user: dict[str, Any], path: str, verb: str) -> dict[str, Any]:
+        """May ``user`` (a TokenReview's status.user) ``verb`` the non-resource URL ``path``?"""
+        body = {
+            "apiVersion": "authorization.k8s.io/v1",
+            "kind": "SubjectAccessReview",
+            "spec": {
+                "user": user.get("username", ""),
+                "uid": user.get("uid", ""),
+                "groups": user.get("groups") or [],
+                "extra": user.get("extra") or {},
+                "nonResourceAttributes": {"path": path, "verb": verb},
+            },
+        }
+        return self._call("POST", SUBJECTACCESSREVIEWS.path(), body=body).get("status", {})

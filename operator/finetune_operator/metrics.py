@@ -65,6 +65,18 @@ class OperatorMetrics:
             ["result", "reason"],
             registry=r,
         )
+        self.token_reviews = Counter(
+            f"{PREFIX}_token_reviews_total",
+            "TokenReviews sent to the API server, by endpoint (progress, metrics) and result.",
+            ["endpoint", "result"],
+            registry=r,
+        )
+        self.subject_access_reviews = Counter(
+            f"{PREFIX}_subject_access_reviews_total",
+            "SubjectAccessReviews sent to the API server for /metrics, by result.",
+            ["result"],
+            registry=r,
+        )
         labels = ["namespace", "name"]
         self.train_loss = Gauge(f"{PREFIX}_job_train_loss", "Latest training loss.", labels, registry=r)
         self.eval_loss = Gauge(f"{PREFIX}_job_eval_loss", "Latest task eval loss.", labels, registry=r)
@@ -112,6 +124,17 @@ class OperatorMetrics:
     def job_finished(self, result: str, started: str | None, finished: str | None) -> None:
         if (seconds := _seconds_between(started, finished)) is not None:
             self.job_duration.labels(result).observe(seconds)
+
+    # -- the endpoints' reviews -------------------------------------------------------------------
+
+    def token_reviewed(self, endpoint: str, status: dict | None) -> None:
+        """A TokenReview was sent; ``status`` is its answer, None when the request failed."""
+        result = "error" if status is None else "authenticated" if status.get("authenticated") else "unauthenticated"
+        self.token_reviews.labels(endpoint, result).inc()
+
+    def access_reviewed(self, status: dict | None) -> None:
+        result = "error" if status is None else "allowed" if status.get("allowed") else "denied"
+        self.subject_access_reviews.labels(result).inc()
 
     # -- progress --------------------------------------------------------------------------------
 

@@ -13,11 +13,18 @@ import logging
 
 from pydantic import ValidationError
 
-from .api import REPORT_FILE_NAME, FineTuneJob, FineTuneJobStatus, TrainingReport, allows_publishing
+from .api import (
+    REPORT_FILE_NAME,
+    FineTuneJob,
+    FineTuneJobStatus,
+    TrainingReport,
+    allows_publishing,
+    verdict_from_numbers,
+)
 from .api.finetunejob import AdapterStatus, ArtifactStatus
 from .context import Context
 from .render import ResolutionError, resolve_trainer_config
-from .render.modeladapter import render_model_adapter
+from .render.modeladapter import is_publication_of, render_model_adapter
 from .render.trainer_config import output_secret
 from .status.conditions import Change, is_true, set_condition
 from .storage import StorageProblem, open_store, secret_credentials
@@ -81,7 +88,7 @@ def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: 
         why += f", and {problem}" if problem else ", and the training report names no artifact"
         if report is not None and report.artifact is not None:
             artifact = ArtifactStatus.model_validate(report.artifact.model_dump())
-            evaluation = evaluation or report.evaluation
+            evaluation = evaluation or verdict_from_numbers(job.spec.evaluation.gate, report.evaluation)
             revision = revision or report.model_revision
             status.artifact, status.evaluation = artifact, evaluation
     if artifact is None:
@@ -94,8 +101,12 @@ def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: 
     )
     name = manifest["metadata"]["name"]
     existing, created = context.kube.create(manifest)
-    source = (existing.get("spec") or {}).get("source") or {}
-    if not created and source.get("uid") != job.metadata.uid:
-        return condition("False", "AdapterNameTaken", f"ModelAdapter {name} exists and was not published by this job")
+    if not created and not is_publication_of(existing, job, artifact):
+        return condition(
+            "False",
+            "AdapterNameTaken",
+            f"ModelAdapter {name} exists and is not this job's publication of {artifact.uri} ({artifact.digest}): "
+            "delete it and the job publishes",
+        )
     status.adapter = AdapterStatus(name=name, uri=artifact.uri, digest=artifact.digest)
     return condition("True", "AdapterPublished", f"published ModelAdapter {name} ({artifact.digest})")

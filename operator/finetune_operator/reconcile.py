@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from .api import FineTuneJob, format_validation_error
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, KubeError
+from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, InvalidApiPath, KubeError
 from .naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION, config_map_name, selector_labels, training_job_name
 from .publish import publish
 from .render import (
@@ -30,6 +30,7 @@ from .render import (
     render_service_account,
     resolve_trainer_config,
 )
+from .render.owner import controlled_by
 from .status.conditions import get_condition, is_true, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished
 
@@ -67,17 +68,19 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     spec_pending = False
     blockers = _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
+    foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
+    if foreign:
+        training_job = None  # says nothing about this job, and is never changed or deleted by it
     if not is_finished(job.status):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
         except ResolutionError as error:
             blockers.append(Blocker("OutputNotConfigured", str(error)))
             config = None
-        if training_job is not None and not _owned_by(training_job, job):
+        if foreign:
             blockers.append(
                 Blocker("JobNameTaken", f"a Job named {training_job_name(name)} exists and is not this job's")
             )
-            training_job = None
         elif not blockers and config is not None:
             try:
                 training_job, spec_pending = _converge_children(context, job, config, training_job)
@@ -156,15 +159,17 @@ def _selector(name: str) -> str:
     return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
 
 
-def _owned_by(child: dict[str, Any], job: FineTuneJob) -> bool:
-    return any(ref.get("uid") == job.metadata.uid for ref in child["metadata"].get("ownerReferences", []))
-
-
 def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
     namespace = job.metadata.namespace
     missing = []
     for reference in references(job, context.settings):
-        if not context.kube.exists(KINDS[reference.kind], namespace, reference.name):
+        try:
+            found = context.kube.exists(KINDS[reference.kind], namespace, reference.name)
+        except InvalidApiPath:
+            # Names inside free-form parts of the template (a volume's secretName) reach no request unchecked.
+            missing.append(Blocker("InvalidReference", f"{reference.field} does not name a valid {reference.kind}"))
+            continue
+        if not found:
             missing.append(
                 Blocker(
                     f"{reference.kind}NotFound",

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from .api import format_validation_error
-from .api.base import STORAGE_URI_PATTERN
+from .api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
 from .endpoints import EndpointInvalid, normalise_endpoint
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
@@ -70,6 +70,17 @@ class Settings(BaseModel):
         None, description="The operator's own namespace, where it keeps its progress CA Secret."
     )
     metrics_port: int = Field(8080, ge=0, le=65535, description="Port of /metrics (0: disabled).")
+    metrics_secure: bool = Field(
+        True,
+        description="Serve /metrics over HTTPS, to bearer tokens the API server authenticates (TokenReview) and "
+        "authorizes (SubjectAccessReview: get on the non-resource URL /metrics). false: plain HTTP on 127.0.0.1 "
+        "only, for local development.",
+    )
+    tls_hosts: list[Annotated[str, StringConstraints(max_length=253, pattern=DNS_SUBDOMAIN_PATTERN)]] = Field(
+        default_factory=list,
+        description="DNS names of the operator's Service, in its own serving certificate beside the progress "
+        "URL's host (name,...): what Prometheus verifies /metrics against.",
+    )
     health_port: int = Field(8081, ge=0, le=65535, description="Port of the kopf liveness endpoint /healthz.")
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -127,7 +138,7 @@ class Settings(BaseModel):
     def _endpoints(cls, value: list[str]) -> list[str]:
         return [_normalised(url) for url in value if url.strip()]
 
-    @field_validator("verifier_image_pull_secrets", mode="before")
+    @field_validator("verifier_image_pull_secrets", "tls_hosts", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
         if isinstance(value, str):
@@ -204,6 +215,8 @@ _OPTIONS = {
     "progress_tls_refresh_seconds": ("--progress-tls-refresh-seconds", "FINETUNE_PROGRESS_TLS_REFRESH_SECONDS", None),
     "operator_namespace": ("--operator-namespace", "FINETUNE_OPERATOR_NAMESPACE", "the operator's own namespace"),
     "metrics_port": ("--metrics-port", "FINETUNE_METRICS_PORT", None),
+    "metrics_secure": ("--metrics-secure", "FINETUNE_METRICS_SECURE", "true (HTTPS, authorized) or false (local dev)"),
+    "tls_hosts": ("--tls-hosts", "FINETUNE_TLS_HOSTS", "the Service's DNS names, name,..."),
     "health_port": ("--health-port", "FINETUNE_HEALTH_PORT", None),
     "log_format": ("--log-format", "FINETUNE_LOG_FORMAT", "json or text"),
     "log_level": ("--log-level", "FINETUNE_LOG_LEVEL", None),
@@ -226,9 +239,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default_text = f" (env {env})"
         if name == "namespaces":
             parser.add_argument(flag, dest=name, action="append", default=None, help=(help_text or "") + default_text)
-        elif Settings.model_fields[name].annotation is bool:
+        elif Settings.model_fields[name].annotation is bool:  # --allow-local-files alone means true
             parser.add_argument(
-                flag, dest=name, action="store_const", const=True, default=None, help=(help_text or "") + default_text
+                flag, dest=name, nargs="?", const="true", default=None, help=(help_text or "") + default_text
             )
         else:
             parser.add_argument(
@@ -252,5 +265,8 @@ def from_arguments(args: argparse.Namespace, environ: dict[str, str] | None = No
         lines = []
         for line in format_validation_error(error):
             field, _, message = line.partition(": ")
-            lines.append(f"{names.get(field, field)}: {message}")
+            name, bracket, rest = field.partition("[")  # a list's item: tls_hosts[1]
+            item = rest.partition("]")[0]
+            where = names.get(name, name) + (f" (item {int(item) + 1})" if bracket and item.isdigit() else "")
+            lines.append(f"{where}: {message}")
         raise SettingsError("invalid operator settings:\n  " + "\n  ".join(lines)) from None

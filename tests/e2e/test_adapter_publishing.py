@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 from catalog import valid_job
-from finetune_operator.api import MANIFEST_FILE_NAME, REPORT_FILE_NAME, TrainerConfig, manifest_of_directory
+from finetune_operator.api import (
+    MANIFEST_FILE_NAME,
+    REPORT_FILE_NAME,
+    FinalSummary,
+    TrainerConfig,
+    manifest_of_directory,
+)
 from kubehelpers import (
     apply,
     claim_on_local_volume,
@@ -333,6 +339,96 @@ def test_a_job_with_no_artifact_at_all_says_so(cluster, namespace, operator, buc
     )
     assert unpublished["reason"] == "ArtifactUnknown"
     assert condition(get(cluster, "ftj", namespace, "empty-handed"), "Succeeded")["status"] == "True"
+
+
+# -- results believed only from what the operator owns ---------------------------------------------
+
+
+def forge_pod(cluster, namespace: str, genuine: dict, message: str) -> None:
+    """A tenant's pod dressed as the job's: the labels the operator lists training pods by, the node, the
+    container name, and a final status with a termination message, written through the status
+    subresource as a kubelet would. Not the Job controller's selector label: a pod carrying that is
+    adopted by the Job controller and is then the Job's own for Kubernetes too (docs/security.md)."""
+    labels = {k: v for k, v in genuine["metadata"]["labels"].items() if not k.endswith("controller-uid")}
+    forged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": f"{genuine['metadata']['name']}-forged", "namespace": namespace, "labels": labels},
+        "spec": {
+            "nodeName": genuine["spec"]["nodeName"],
+            "containers": [{"name": "trainer", "image": "trainer"}],
+            "tolerations": genuine["spec"].get("tolerations") or [],
+        },
+    }
+    cluster.run_kubectl("create", "-f", "-", input=json.dumps(forged))
+    name = forged["metadata"]["name"]
+    wait_for("the forged pod to run", lambda: get(cluster, "pod", namespace, name)["status"].get("phase") == "Running")
+    patch_pod_status(cluster, namespace, name, "Succeeded", 0, message)
+
+
+def test_a_forged_pods_termination_message_publishes_nothing(cluster, namespace, operator, bucket):
+    pod, _ = training(cluster, namespace, "forged", bucket)
+    tenant_artifact = {"uri": f"s3://{bucket}/tenant/elsewhere/v1/", "digest": "sha256:" + "e" * 64, "sizeBytes": 1}
+    summary = FinalSummary.model_validate({"artifact": tenant_artifact, "evaluation": evaluation("Passed")})
+    forge_pod(cluster, namespace, pod, summary.to_message())
+    patch_pod_status(cluster, namespace, pod["metadata"]["name"], "Succeeded", 0)
+
+    unpublished = wait_for(
+        "Published=False", condition_is(cluster, namespace, "forged", "Published", "False"), timeout=60
+    )
+    assert unpublished["reason"] == "ArtifactUnknown"
+    status = get(cluster, "ftj", namespace, "forged")["status"]
+    assert "artifact" not in status and "evaluation" not in status and "adapter" not in status
+    assert items(cluster, "modeladapters.finetune.dev", namespace) == []
+
+
+def test_a_pre_created_adapter_with_the_jobs_uid_and_another_artifact_is_not_taken_over(
+    cluster, namespace, publishing, api_client, bucket
+):
+    pod, config = training(cluster, namespace, "coveted", bucket)
+    uid = get(cluster, "ftj", namespace, "coveted")["metadata"]["uid"]
+    decoy = model_adapter(
+        "coveted-adapter",
+        namespace,
+        f"s3://{bucket}/tenant/decoy/v1/",
+        "sha256:" + "e" * 64,
+        source={"fineTuneJob": "coveted", "uid": uid},
+    )
+    apply(cluster, decoy)
+    digest = "sha256:" + "a" * 64
+    final = {
+        "stage": "done",
+        "step": 40,
+        "evaluation": evaluation("Passed"),
+        "artifact": {"uri": config.output.artifact_uri, "digest": digest, "sizeBytes": 1000},
+    }
+    assert publishing.post(namespace, "coveted", final, token_for(api_client, namespace, pod))[0] == 204
+    patch_pod_status(cluster, namespace, pod["metadata"]["name"], "Succeeded", 0)
+
+    taken = wait_for("Published=False", condition_is(cluster, namespace, "coveted", "Published", "False"), timeout=60)
+    assert taken["reason"] == "AdapterNameTaken" and "coveted-adapter" in taken["message"]
+    ftj = get(cluster, "ftj", namespace, "coveted")
+    assert "adapter" not in ftj["status"] and ftj["status"]["artifact"]["digest"] == digest
+    assert condition(ftj, "Evaluated")["reason"] == "GatePassed"
+    assert get(cluster, "ftadapter", namespace, "coveted-adapter")["spec"]["artifact"]["uri"].endswith("/decoy/v1/")
+
+
+def test_a_pushed_verdict_without_numbers_publishes_nothing_and_says_the_numbers_are_missing(
+    cluster, namespace, publishing, api_client, bucket
+):
+    pod, config = training(cluster, namespace, "say-so", bucket)
+    artifact = {"uri": config.output.artifact_uri, "digest": "sha256:" + "a" * 64, "sizeBytes": 1000}
+    final = {"stage": "done", "step": 40, "evaluation": {"gate": "Passed", "message": "trust me"}, "artifact": artifact}
+    assert publishing.post(namespace, "say-so", final, token_for(api_client, namespace, pod))[0] == 204
+    assert get(cluster, "ftj", namespace, "say-so")["status"]["evaluation"]["gate"] == "Failed"
+    patch_pod_status(cluster, namespace, pod["metadata"]["name"], "Succeeded", 0)
+
+    refused = wait_for("Published=False", condition_is(cluster, namespace, "say-so", "Published", "False"), timeout=60)
+    assert refused["reason"] == "GateFailed"
+    evaluated = condition(get(cluster, "ftj", namespace, "say-so"), "Evaluated")
+    assert evaluated["status"] == "False" and "task loss not measured" in evaluated["message"]
+    assert "trust me" not in evaluated["message"]
+    assert items(cluster, "modeladapters.finetune.dev", namespace) == []
 
 
 # -- artifacts on a PersistentVolumeClaim: verified by a pod that mounts it -----------------------

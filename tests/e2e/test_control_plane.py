@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from catalog import CATALOG, valid_job
+from catalog import CATALOG, edited, valid_job
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,6 +59,25 @@ def test_invalid_spec_is_rejected_by_the_api_server_naming_the_field(cluster, na
     result = apply(cluster, case.manifest(), namespace, "--dry-run=server")
     assert result.returncode != 0, f"accepted: {case.id}"
     assert case.field in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("cpu", ["1k", "2Ki", "500m", "1e3", "1n"])
+def test_positive_quantities_with_any_suffix_are_accepted(cluster, namespace, cpu):
+    manifest = edited(valid_job(), {"spec.resources.cpu": cpu, "spec.resources.sharedMemory": "1Gi"})
+    result = apply(cluster, manifest, namespace, "--dry-run=server")
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_host_path_volume_sent_without_field_validation_is_pruned_and_then_refused(cluster, namespace):
+    # Without strict field validation the API server drops the unknown hostPath instead of refusing it; the
+    # volume is then left without a source, which its own rule refuses: hostPath is never stored.
+    manifest = edited(valid_job(), {"spec.template.volumes": [{"name": "host", "hostPath": {"path": "/"}}]})
+    result = cluster.run_kubectl(
+        "create", "-n", namespace, "--validate=false", "--dry-run=server", "-f", "-",
+        input=json.dumps(manifest), check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "spec.template.volumes[0]" in result.stderr and "needs exactly one source" in result.stderr
 
 
 def _create(cluster, namespace, manifest):

@@ -41,7 +41,11 @@ class Endpoint:
             with urllib.request.urlopen(request, context=context, timeout=10) as response:
                 return response.status, {}
         except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"{}")
+            answer = error.read()
+            try:
+                return error.code, json.loads(answer or b"{}")
+            except ValueError:  # aiohttp's own answers (a path no route matches) are plain text
+                return error.code, {"text": answer.decode(errors="replace")}
 
     def metrics(self) -> dict[tuple[str, tuple], float]:
         with urllib.request.urlopen(self.metrics_url, timeout=5) as response:
@@ -60,6 +64,9 @@ def endpoint(start_operator, namespace, tmp_path, cluster):
         f"--progress-port={port}",
         f"--progress-url=https://127.0.0.1:{port}",
         f"--metrics-port={metrics_port}",
+        # /metrics in plain HTTP on loopback, the local development setting: these tests read its counters,
+        # and the metrics' own TokenReviews stay out of them (test_metrics_access.py covers secure /metrics).
+        "--metrics-secure=false",
         f"--operator-namespace={namespace}",
     )
     secret = wait_for(
@@ -149,6 +156,15 @@ REPORT = {
     "tokensPerSecond": 11234.5,
     "etaSeconds": 3725,
 }
+
+
+def token_reviews(metrics: dict[tuple[str, tuple], float]) -> float:
+    """TokenReviews the progress endpoint has sent, whatever their answer."""
+    return sum(
+        value
+        for (name, labels), value in metrics.items()
+        if name == "finetune_operator_token_reviews_total" and ("endpoint", "progress") in labels
+    )
 
 
 def test_a_pushed_report_shows_in_kubectl_get_within_a_second(cluster, namespace, endpoint, api_client):
@@ -283,3 +299,66 @@ def test_the_endpoints_certificate_is_reloaded_when_its_secret_is_rotated(start_
     assert wait_for("the endpoint", lambda: served().strip() == first.strip())
     second = tls_secret("second")
     wait_for("the rotated certificate", lambda: served().strip() == second.strip(), timeout=30)
+
+
+def test_a_report_beyond_what_a_status_can_hold_is_a_400_naming_the_field(cluster, namespace, endpoint, api_client):
+    """Accepted, such a report would fail at the API server: a 503 the trainer retries for ever."""
+    (pod,) = running_job(cluster, namespace, "huge")
+    token = token_for(api_client, namespace, pod)
+    cases = [
+        (b'{"step": %d}' % 2**80, "step: "),
+        (b'{"step": 3, "checkpoint": {"step": %d, "uri": "s3://b/c/"}}' % 2**63, "checkpoint.step: "),
+        (b'{"step": 3, "evaluation": {"task": {"baseLoss": Infinity}}}', "evaluation.task.baseLoss: "),
+        (b'{"step": 3, "evaluation": {"general": {"adapterLoss": NaN}}}', "evaluation.general.adapterLoss: "),
+    ]
+    for body, field in cases:
+        status, answer = endpoint.post(namespace, "huge", body, token)
+        assert (status, answer.get("error")) == (400, "invalid_body"), body
+        assert answer["message"].startswith(field), answer["message"]
+    assert "progress" not in (get(cluster, "ftj", namespace, "huge").get("status") or {})
+
+
+def test_a_flood_of_bad_tokens_from_one_client_is_cut_off_and_stops_costing_token_reviews(endpoint, namespace):
+    answers = []
+    for number in range(300):
+        status, _ = endpoint.post(namespace, "any-job", REPORT, f"not-a-token-{number}")
+        answers.append(status)
+        if answers.count(429) == 20:
+            break
+    assert set(answers) == {401, 429} and answers.count(429) == 20, answers
+    print(
+        f"{len(answers)} requests with bad tokens: {answers.count(401)} reviewed (401), {answers.count(429)} not (429)"
+    )
+    # Each distinct bad token within the client's budget cost one TokenReview; none past it did.
+    assert token_reviews(endpoint.metrics()) == answers.count(401)
+    assert answers.count(401) < len(answers)
+
+
+def test_a_bad_token_sent_again_is_refused_without_another_token_review(endpoint, namespace):
+    for _ in range(5):
+        status, answer = endpoint.post(namespace, "any-job", REPORT, "the-same-bad-token")
+        assert (status, answer["error"]) == (401, "invalid_token")
+    assert token_reviews(endpoint.metrics()) == 1
+
+
+def test_a_progress_url_whose_names_are_no_dns_labels_is_not_found_without_a_token_review(
+    cluster, namespace, endpoint, api_client
+):
+    """A good token does not make the operator read anything a crafted path names: percent-encoded slashes,
+    dot segments and query strings in the name, or names that are no DNS labels, are 404 before any check."""
+    (pod,) = running_job(cluster, namespace, "mine")
+    token = token_for(api_client, namespace, pod)
+    crafted = [
+        (namespace, "mine%2F..%2F..%2F..%2Fapi%2Fv1%2Fnamespaces%2Fkube-system%2Fsecrets%2Fx"),
+        (namespace, "..%2Fmine"),
+        (namespace, "mine%3Fwatch=true"),
+        (namespace, "MINE"),
+        (namespace.upper(), "mine"),
+        (namespace, "m" * 64),
+    ]
+    for crafted_namespace, name in crafted:
+        status, _ = endpoint.post(crafted_namespace, name, REPORT, token)
+        assert status == 404, name
+    assert token_reviews(endpoint.metrics()) == 0
+    assert endpoint.post(namespace, "mine", REPORT, token)[0] == 204
+    assert token_reviews(endpoint.metrics()) == 1, "the counter counts: the real path cost one TokenReview"

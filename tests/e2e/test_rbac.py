@@ -141,6 +141,11 @@ def is_user_role(obj: dict) -> bool:
     return obj["metadata"]["name"].endswith(("-edit", "-view"))
 
 
+def is_metrics_reader(obj: dict) -> bool:
+    """The ClusterRole (and its binding) that lets Prometheus read /metrics: not the operator's permissions."""
+    return obj["metadata"]["name"].endswith("-metrics-reader")
+
+
 # -- permissions ---------------------------------------------------------------------------------------
 
 
@@ -289,6 +294,7 @@ class Run:
     namespaces: dict[str, str] = field(default_factory=dict)
     operator: OperatorProcess | None = None
     progress_port: int = 0
+    metrics_port: int = 0
     progress: tuple[str, Path] | None = None  # the pod-bound token and the CA, once step_progress has them
     audit: Audit | None = None
     cluster_objects: list[tuple[str, str]] = field(default_factory=list)
@@ -333,7 +339,10 @@ class Run:
         """The chart's ServiceAccount and operator RBAC, applied from `helm template` (less one verb, maybe)."""
         for namespace in self.namespaces.values():
             self.cluster.run_kubectl("create", "namespace", namespace)
-        values: dict[str, Any] = {"fullnameOverride": self.name}
+        values: dict[str, Any] = {
+            "fullnameOverride": self.name,
+            "metrics": {"readers": [{"name": "prometheus", "namespace": self.namespaces["release"]}]},
+        }
         if self.mode == "namespaced":
             values["operator"] = {"watchNamespaces": [self.workload]}
         docs = render_chart(self.namespaces["release"], values)
@@ -343,11 +352,18 @@ class Run:
             for d in docs
             if d["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
             and not is_user_role(d)
+            and not is_metrics_reader(d)
         ]
         if self.removed:
             rbac = without(rbac, self.removed, self.namespaces)
         apply(self.cluster, *rbac)
-        self.cluster_objects = [(d["kind"], d["metadata"]["name"]) for d in rbac if "namespace" not in d["metadata"]]
+        # Prometheus, as the chart's values bind it to the metrics-reader role.
+        readers = [d for d in docs if is_metrics_reader(d)]
+        apply(self.cluster, *readers)
+        self.cluster.run_kubectl("create", "serviceaccount", "prometheus", "-n", self.namespaces["release"])
+        self.cluster_objects = [
+            (d["kind"], d["metadata"]["name"]) for d in [*rbac, *readers] if "namespace" not in d["metadata"]
+        ]
         account = next(d for d in rbac if d["kind"] == "ServiceAccount")["metadata"]["name"]
         self.user = f"system:serviceaccount:{self.namespaces['release']}:{account}"
         token = self.cluster.run_kubectl(
@@ -393,7 +409,8 @@ class Run:
         self.progress_port = free_port()
         env["FINETUNE_PROGRESS_PORT"] = str(self.progress_port)
         env["FINETUNE_PROGRESS_URL"] = f"https://127.0.0.1:{self.progress_port}"
-        env["FINETUNE_METRICS_PORT"] = "0"
+        self.metrics_port = free_port()
+        env["FINETUNE_METRICS_PORT"] = str(self.metrics_port)
         env["FINETUNE_ALLOW_LOCAL_FILES"] = "true"  # the published artifact is a local directory (step_report_artifact)
         return env
 
@@ -430,7 +447,7 @@ class Run:
             self.cluster.run_kubectl("delete", kind, name, "--wait=false", check=False)
 
 
-# -- the scenario: create, run, report progress, succeed, delete ---------------------------------------
+# -- the scenario: create, run, report progress, read metrics, succeed, delete -----------------------
 
 
 def training_job(name: str, namespace: str, **spec: Any) -> dict:
@@ -561,6 +578,27 @@ def post_report(run: Run, report: dict) -> None:
     assert status == 204
 
 
+def step_metrics(run: Run) -> None:
+    """Prometheus, bound to the chart's metrics-reader role, reads /metrics: a TokenReview and a
+    SubjectAccessReview of the operator's."""
+    _, ca_file = run.progress
+    token = run.cluster.run_kubectl(
+        "create", "token", "prometheus", "-n", run.namespaces["release"], "--duration=10m"
+    ).stdout.strip()
+    request = urllib.request.Request(
+        f"https://127.0.0.1:{run.metrics_port}/metrics", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(
+            request, context=ssl.create_default_context(cafile=str(ca_file)), timeout=20
+        ) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError as error:
+        run.check()  # a refusal of the operator's own review explains a 503 best
+        raise ScenarioFailed(f"/metrics was refused: {error.code} {error.read()[:300]!r}") from None
+    assert 'finetune_operator_progress_reports_total{reason="",result="accepted"}' in text, text[:2000]
+
+
 def step_report_artifact(run: Run) -> None:
     """The trainer's final report: the evaluation and the artifact it stored (here a local directory)."""
     artifact = run.tmp_path / f"{run.name}-artifact"
@@ -653,6 +691,7 @@ def run_scenario(run: Run) -> Outcome:
         step_resize(run)
         pod = step_run(run)
         step_progress(run, pod)
+        step_metrics(run)
         step_report_artifact(run)
         step_succeed(run, pod)
         step_publish(run)

@@ -36,7 +36,15 @@ ALL_FEATURES = {
         "verificationTimeoutSeconds": 120,
     },
     "progress": {"tls": {"secretName": "progress-tls"}, "url": "https://progress.example:8443"},
-    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}, "podMonitor": {"enabled": True}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+        "podMonitor": {"enabled": True},
+        "readers": [{"name": "prometheus", "namespace": "monitoring"}],
+    },
+    "networkPolicy": {
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"team": "observability"}}, "podSelector": {}}],
+        "extraIngress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}], "ports": [{"port": 8081}]}],
+    },
     "grafanaDashboard": {"enabled": True, "namespace": "monitoring"},
     "crds": {"asTemplates": True},
     "image": {"digest": "sha256:" + "a" * 64},
@@ -113,6 +121,7 @@ def test_every_feature_renders_every_kind(tools):
         "ConfigMap",
         "CustomResourceDefinition",
         "Deployment",
+        "NetworkPolicy",
         "PodMonitor",
         "Role",
         "RoleBinding",
@@ -198,6 +207,9 @@ def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint)
         ({"progress": {"url": "http://operator:8443"}}, "url"),
         ({"trainer": {"terminationGraceSeconds": 5}}, "terminationGraceSeconds"),
         ({"operator": {"watchNamespaces": ["Team_A"]}}, "watchNamespaces"),
+        ({"metrics": {"readers": [{"name": "prometheus"}]}}, "namespace"),
+        ({"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabel": {}}}]}}, "matchLabel"),
+        ({"networkPolicy": {"metricsFrom": []}}, "metricsFrom"),
         ({"storage": {"endpoint": "minio:9000"}}, "endpoint"),
         ({"storage": {"allowedEndpoints": ["http://minio/bucket"]}}, "allowedEndpoints"),
     ],
@@ -211,6 +223,9 @@ def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint)
         "progress-http",
         "grace-too-short",
         "namespace-name",
+        "metrics-reader-without-namespace",
+        "network-policy-selector",
+        "network-policy-admitting-everyone",
         "storage-endpoint-scheme",
         "storage-endpoint-path",
     ],
@@ -265,11 +280,14 @@ def expected_rules(values: dict, scopes: set[str]) -> set[tuple]:
     """files/operator-rbac.yaml read independently of the template: (groups, resources, verbs) per rule."""
     namespaced = bool(values.get("operator", {}).get("watchNamespaces"))
     progress = values.get("progress", {}).get("enabled", True)
+    metrics = values.get("metrics", {}).get("enabled", True)
     conditions = {
         "clusterwide": not namespaced,
         "namespaced": namespaced,
         "progress": progress,
-        "selfSignedTLS": progress and not values.get("progress", {}).get("tls", {}).get("secretName"),
+        "metrics": metrics,
+        "httpsEndpoints": progress or metrics,
+        "selfSignedTLS": (progress or metrics) and not values.get("progress", {}).get("tls", {}).get("secretName"),
     }
     return {
         (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])))
@@ -282,11 +300,12 @@ def rules_of(obj: dict) -> set[tuple]:
     return {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in obj["rules"]}
 
 
+PEOPLES_ROLES = ("-edit", "-view", "-metrics-reader")
+
+
 def operator_objects(docs: list[dict]) -> list[dict]:
     return [
-        d
-        for d in docs
-        if d["kind"] in ("ClusterRole", "Role") and not d["metadata"]["name"].endswith(("-edit", "-view"))
+        d for d in docs if d["kind"] in ("ClusterRole", "Role") and not d["metadata"]["name"].endswith(PEOPLES_ROLES)
     ]
 
 
@@ -299,8 +318,21 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         NAMESPACED,
         {**NAMESPACED, "progress": {"tls": {"secretName": "progress-tls"}}},
         {**NAMESPACED, "progress": {"enabled": False}},
+        {"metrics": {"enabled": False}},
+        {"progress": {"enabled": False}, "metrics": {"enabled": False}},
+        {**NAMESPACED, "progress": {"enabled": False}, "metrics": {"enabled": False}},
     ],
-    ids=["clusterwide", "no-progress", "tls-secret", "namespaced", "namespaced-tls-secret", "namespaced-no-progress"],
+    ids=[
+        "clusterwide",
+        "no-progress",
+        "tls-secret",
+        "namespaced",
+        "namespaced-tls-secret",
+        "namespaced-no-progress",
+        "no-metrics",
+        "no-endpoints",
+        "namespaced-no-endpoints",
+    ],
 )
 def test_the_operator_gets_exactly_the_declared_rules(tools, values):
     docs = tools.render(values)
@@ -322,6 +354,8 @@ def test_every_operator_role_is_bound_to_the_operators_service_account(tools):
     roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in operator_objects(docs)}
     bound = set()
     for binding in find(docs, "ClusterRoleBinding") + find(docs, "RoleBinding"):
+        if binding["roleRef"]["name"].endswith(PEOPLES_ROLES):
+            continue
         assert binding["subjects"] == [
             {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}
         ]
@@ -340,7 +374,14 @@ def test_no_rule_of_the_chart_uses_a_wildcard(tools):
 def test_every_declared_verb_says_which_code_needs_it():
     for rule in operator_rbac():
         assert rule["scope"] in ("watched", "cluster", "operator")
-        assert set(rule.get("when", [])) <= {"clusterwide", "namespaced", "progress", "selfSignedTLS"}
+        assert set(rule.get("when", [])) <= {
+            "clusterwide",
+            "namespaced",
+            "progress",
+            "metrics",
+            "httpsEndpoints",
+            "selfSignedTLS",
+        }
         for verb, reason in rule["verbs"].items():
             assert verb in {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
             assert isinstance(reason, str) and len(reason) > 10, (rule["resources"], verb)
@@ -473,6 +514,7 @@ def test_the_service_exposes_progress_on_8443_and_metrics_on_8080(tools):
     (service,) = find(docs, "Service")
     ports = {p["name"]: (p["port"], p["targetPort"]) for p in service["spec"]["ports"]}
     assert ports == {"progress": (8443, "progress"), "metrics": (8080, "metrics")}
+    assert {p["name"]: p["appProtocol"] for p in service["spec"]["ports"]} == {"progress": "https", "metrics": "https"}
     container = operator_container(docs)
     assert {p["name"] for p in container["ports"]} >= {"progress", "metrics"}
     env = environment(container)
@@ -495,6 +537,133 @@ def test_the_pod_monitor_selects_trainer_pods_in_the_watched_namespaces(tools):
     assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
     (everywhere,) = find(tools.render(ALL_FEATURES), "PodMonitor")
     assert everywhere["spec"]["namespaceSelector"] == {"any": True}
+
+
+# -- who may read /metrics, who may connect at all --------------------------------------------------
+
+
+def test_the_metrics_reader_role_grants_get_on_metrics_and_nothing_else(tools):
+    docs = tools.render()
+    (reader,) = find(docs, "ClusterRole", "fto-finetune-operator-metrics-reader")
+    assert reader["rules"] == [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]
+    assert not [b for b in find(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == reader["metadata"]["name"]]
+
+
+def test_metrics_readers_are_bound_to_the_metrics_reader_role(tools):
+    readers = [{"name": "prometheus", "namespace": "monitoring"}, {"name": "vmagent", "namespace": "vm"}]
+    (binding,) = find(
+        tools.render({"metrics": {"readers": readers}}), "ClusterRoleBinding", "fto-finetune-operator-metrics-reader"
+    )
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "fto-finetune-operator-metrics-reader",
+    }
+    assert binding["subjects"] == [{"kind": "ServiceAccount", **reader} for reader in readers]
+
+
+def test_without_metrics_there_is_no_metrics_reader_role(tools):
+    names = {
+        d["metadata"]["name"]
+        for d in tools.render({"metrics": {"enabled": False, "readers": [{"name": "p", "namespace": "m"}]}})
+    }
+    assert "fto-finetune-operator-metrics-reader" not in names
+
+
+def test_the_service_monitor_scrapes_over_https_with_prometheus_token_and_verifies_the_operators_ca(tools):
+    (monitor,) = find(tools.render({"metrics": {"serviceMonitor": {"enabled": True}}}), "ServiceMonitor")
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["scheme"] == "https"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {
+        "serverName": f"fto-finetune-operator.{RELEASE_NAMESPACE}.svc",
+        "ca": {"secret": {"name": "finetune-operator-progress-ca", "key": "ca.crt"}},
+    }
+    with_secret = tools.render(
+        {"metrics": {"serviceMonitor": {"enabled": True}}, "progress": {"tls": {"secretName": "operator-tls"}}}
+    )
+    (monitor,) = find(with_secret, "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"]["ca"] == {"secret": {"name": "operator-tls", "key": "ca.crt"}}
+
+
+def test_the_service_monitor_takes_a_tls_config_of_yours(tools):
+    values = {"metrics": {"serviceMonitor": {"enabled": True, "tlsConfig": {"insecureSkipVerify": True}}}}
+    (monitor,) = find(tools.render(values), "ServiceMonitor")
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"] == {"insecureSkipVerify": True}
+
+
+@pytest.mark.parametrize("values", [{}, {"progress": {"enabled": False}}], ids=["default", "metrics-only"])
+def test_the_operators_own_certificate_names_the_host_the_service_monitor_verifies(tools, values):
+    from finetune_operator.__main__ import parse
+    from finetune_operator.progress.tls import hosts_for
+    from finetune_operator.settings import from_arguments
+
+    docs = tools.render({**values, "metrics": {"serviceMonitor": {"enabled": True}}})
+    container = operator_container(docs)
+    env = {k: v for k, v in environment(container).items() if k.startswith("FINETUNE_")}
+    settings = from_arguments(parse(container["args"]), environ=env)
+    (monitor,) = find(docs, "ServiceMonitor")
+    assert settings.metrics_secure, "the chart serves /metrics over HTTPS, authorized"
+    assert monitor["spec"]["endpoints"][0]["tlsConfig"]["serverName"] in hosts_for(settings)
+
+
+def network_policy(docs: list[dict]) -> dict:
+    (policy,) = find(docs, "NetworkPolicy")
+    assert policy["spec"]["policyTypes"] == ["Ingress"], "egress stays open: the API server, object stores"
+    return policy
+
+
+def rules_by_port(policy: dict) -> dict[int, list[dict]]:
+    return {rule["ports"][0]["port"]: rule["from"] for rule in policy["spec"].get("ingress", [])}
+
+
+def test_the_network_policy_admits_trainer_pods_to_progress_and_prometheus_to_metrics_only(tools):
+    from finetune_operator.naming import child_labels
+
+    docs = tools.render()
+    policy = network_policy(docs)
+    (deployment,) = find(docs, "Deployment")
+    assert (
+        policy["spec"]["podSelector"]["matchLabels"].items()
+        <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    )
+    rules = rules_by_port(policy)
+    assert set(rules) == {8443, 8080}, "nothing but the two endpoints: kubelet probes come from the node"
+    (trainers,) = rules[8443]
+    assert trainers["namespaceSelector"] == {}, "trainer pods of every namespace"
+    assert trainers["podSelector"]["matchLabels"].items() <= child_labels("any-job").items()
+    assert rules[8080] == [
+        {
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}},
+        }
+    ]
+
+
+def test_the_network_policy_admits_trainers_of_the_watched_namespaces_only(tools):
+    (trainers,) = rules_by_port(network_policy(tools.render(NAMESPACED)))[8443]
+    assert trainers["namespaceSelector"] == {
+        "matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
+    }
+
+
+def test_the_network_policy_follows_the_monitoring_selectors_and_extra_rules_given(tools):
+    policy = network_policy(tools.render(ALL_FEATURES))
+    rules = rules_by_port(policy)
+    assert rules[8080] == [{"namespaceSelector": {"matchLabels": {"team": "observability"}}, "podSelector": {}}]
+    assert rules[8081] == [{"ipBlock": {"cidr": "10.0.0.0/8"}}]
+
+
+def test_the_network_policy_follows_the_ports_and_the_endpoints_enabled(tools):
+    custom = rules_by_port(network_policy(tools.render({"progress": {"port": 9443}, "metrics": {"port": 9090}})))
+    assert set(custom) == {9443, 9090}
+    assert set(rules_by_port(network_policy(tools.render({"metrics": {"enabled": False}})))) == {8443}
+    nothing = network_policy(tools.render({"progress": {"enabled": False}, "metrics": {"enabled": False}}))
+    assert "ingress" not in nothing["spec"], "no endpoint: no connection is admitted"
+
+
+def test_the_network_policy_can_be_switched_off(tools):
+    assert not find(tools.render({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
 
 
 # -- dashboard, NOTES, Argo CD ---------------------------------------------------------------------
@@ -574,6 +743,14 @@ def test_notes_name_the_watched_namespaces_and_the_default_output(tools, tmp_pat
     assert "the namespaces team-a, team-b" in notes
     assert "s3://adapters/ with the credentials of the Secret s3-creds" in notes
     assert "--skip-crds" in notes
+
+
+def test_notes_tell_who_may_read_the_metrics(tools, tmp_path):
+    notes = render_notes(tools, tmp_path)
+    assert "bind the ClusterRole fto-finetune-operator-metrics-reader" in notes and "(metrics.readers)" in notes
+    assert "networkPolicy.metricsFrom" in notes
+    notes = render_notes(tools, tmp_path / "readers", ALL_FEATURES)
+    assert "(bound now: monitoring/prometheus)" in notes
 
 
 def test_argocd_cm_embeds_the_health_scripts_verbatim():

@@ -17,6 +17,7 @@ import torch
 from finetune_operator.api import ExitCode, TrainingReport
 from finetune_trainer.run import run
 from safetensors.torch import load_file
+from test_checkpoint_seal import reseal
 from test_preemption import start, wait_for_step
 from trainer_data import artifact_dir, checkpoints_dir
 
@@ -55,7 +56,7 @@ def test_two_ranks_preempted_and_resumed_match_two_ranks_uninterrupted(make_job,
     assert set(stopped_at) == {0, 1} and len(set(stopped_at.values())) == 1
     step = stopped_at[0]
     saved = checkpoints_dir(interrupted) / f"step-{step}"
-    assert {"rng-rank-0.pt", "rng-rank-1.pt", "complete.json"} <= {p.name for p in saved.iterdir()}
+    assert {"rng-rank-0.safetensors", "rng-rank-1.safetensors", "complete.json"} <= {p.name for p in saved.iterdir()}
 
     resumed = subprocess.run(two_ranks(interrupted), capture_output=True, text=True, env=env, check=False)
     assert resumed.returncode == ExitCode.SUCCESS, resumed.stderr[-3000:]
@@ -73,3 +74,22 @@ def test_two_ranks_preempted_and_resumed_match_two_ranks_uninterrupted(make_job,
     two = report_of(straight).evaluation
     assert two.task.base_loss == pytest.approx(single.evaluation.task.base_loss, abs=1e-5)
     assert two.general.base_loss == pytest.approx(single.evaluation.general.base_loss, abs=1e-5)
+
+
+def test_a_checkpoint_only_one_rank_cannot_read_is_skipped_by_both(make_job, env):
+    """Rank 1's generators are resealed as garbage: rank 0 reads all it needs, yet both ranks fall back together."""
+    config = make_job(name="one-rank-damaged", method=LORA, training=TRAINING)
+    process, lines = start(two_ranks(config), env)
+    wait_for_step(process, lines, 30)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == ExitCode.PREEMPTED, lines[-5:]
+    step = next(line["step"] for line in lines if line.get("event") == "preempted")
+    reseal(checkpoints_dir(config) / f"step-{step}", "rng-rank-1.safetensors", b"not a state file")
+
+    process, lines = start(two_ranks(config), env)
+    assert process.wait(timeout=300) == ExitCode.SUCCESS, lines[-5:]
+
+    fallbacks = {line["rank"]: line for line in lines if line.get("event") == "checkpoint_fallback"}
+    assert set(fallbacks) == {0, 1}
+    assert {(f["from_step"], f["to_step"], f["reason"]) for f in fallbacks.values()} == {(step, 20, "unreadable")}
+    assert report_of(config).resumed_from_step == 20

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from botocore.exceptions import ClientError
 from finetune_operator.api import Manifest, manifest_of_directory
 from finetune_trainer.checkpoint import Checkpointer
-from finetune_trainer.errors import ConfigError, Preempted
+from finetune_trainer.errors import ConfigError, DataError, Preempted
 from finetune_trainer.report import TrainingHooks
 from finetune_trainer.run import run
 from finetune_trainer.storage import (
@@ -118,6 +119,40 @@ def test_a_reused_cache_follows_the_bucket_when_objects_change_or_go(bucket, tra
     assert again == first
     assert (again / "a.jsonl").read_bytes() == b'{"text": "ONE"}\n'
     assert not (again / "b.jsonl").exists()
+
+
+@pytest.mark.parametrize("key", ["data/../x", "data/./x", "data//x", "data/a/.."])
+def test_minio_refuses_keys_with_dot_or_empty_segments(bucket, key):
+    # Why the trainer's refusal of such keys in a listing is tested on join_below itself (test_storage.py):
+    # this server never lists them. Other S3 implementations may.
+    client = s3_client(credentials_for("data"))
+    with pytest.raises(ClientError, match=r"XMinioInvalid(Resource|Object)Name"):
+        client.put_object(Bucket=bucket, Key=key, Body=b"x")
+
+
+def test_keys_that_look_like_dot_segments_are_downloaded_below_the_destination(bucket, trainer_env):
+    client = s3_client(credentials_for("data"))
+    keys = ["data/..x", "data/...", "data/a..", "data/.hidden", "data/%2e%2e/x", "/data/leading-slash"]
+    for key in keys:
+        client.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    dest = trainer_env / "mirror" / "data"
+
+    assert s3_download(client, bucket, "data", dest) == len(keys)
+
+    written = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert written == sorted(["..x", "...", "a..", ".hidden", "%2e%2e/x", "leading-slash"])
+    assert all(p.resolve().is_relative_to(dest.resolve()) for p in dest.rglob("*"))
+    assert sorted(p.name for p in (trainer_env / "mirror").iterdir()) == [".data.etags", "data"]
+
+
+def test_a_checkpoint_name_outside_the_location_is_refused_before_any_request(bucket, trainer_env):
+    location = open_location(f"s3://{bucket}/runs/job/checkpoints")
+    for name in ("..", "../other-job/step-1", "/abs", "a//b"):
+        with pytest.raises(DataError, match=r"has an?"):
+            location.download(name)
+        with pytest.raises(DataError, match=r"has an?"):
+            location.child(name)
+    assert not (trainer_env / "scratch" / "downloads").exists()
 
 
 def test_wrong_s3_keys_are_a_configuration_error(bucket, s3_secret):

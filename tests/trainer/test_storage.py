@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from finetune_trainer.storage import (
     LocalLocation,
     credentials_for,
     fetch_model,
+    join_below,
     local_path,
     open_location,
     parse_uri,
@@ -41,6 +43,47 @@ def test_pvc_uris_live_under_the_mount_root(trainer_env):
 def test_pvc_mount_root_defaults_to_mnt_pvc(monkeypatch):
     monkeypatch.delenv("FINETUNE_PVC_ROOT", raising=False)
     assert local_path("pvc://claim/a/b") == Path("/mnt/pvc/claim/a/b")
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["pvc://claim/../../etc", "pvc://claim/a/../../../etc/passwd", "pvc://../etc", "pvc://claim/a//b", "pvc://./x"],
+)
+def test_pvc_uris_that_would_leave_their_claim_are_a_configuration_error(trainer_env, uri):
+    with pytest.raises(ConfigError, match=r"has an? ('\.\.?'|empty) segment"):
+        local_path(uri)
+    with pytest.raises(ConfigError):
+        resolve_data(uri)
+
+
+@pytest.mark.parametrize("relative", ["a", "a/b.json", ".hidden", "..x"])
+def test_join_below_keeps_names_below_the_root(tmp_path, relative):
+    assert join_below(tmp_path, relative, "the key") == tmp_path / relative
+
+
+@pytest.mark.parametrize("relative", ["../x", "a/../../x", "/etc/passwd", "a//b", "./a", "a/.", ""])
+def test_join_below_refuses_names_that_could_leave_the_root_naming_them(tmp_path, relative):
+    with pytest.raises(DataError, match=f"the key {re.escape(repr(relative))} has"):
+        join_below(tmp_path, relative, "the key")
+    with pytest.raises(ConfigError):
+        join_below(tmp_path, relative, "the key", ConfigError)
+
+
+@pytest.mark.parametrize("name", ["../escaped", "a/../../escaped", "/escaped", "."])
+def test_a_local_location_refuses_names_outside_it_and_writes_nothing(trainer_env, name):
+    location = open_location(f"file://{trainer_env}/out/job")
+    for operation in (
+        lambda: location.child(name),
+        lambda: location.read_bytes(name),
+        lambda: location.write_bytes(name, b"x"),
+        lambda: location.download(name),
+        lambda: location.staging_dir(f"x/{name}"),
+        lambda: location.delete(name, "complete.json"),
+    ):
+        with pytest.raises(DataError, match=r"has an?"):
+            operation()
+    assert not (trainer_env / "out" / "escaped").exists()
+    assert not (trainer_env / "escaped").exists()
 
 
 def test_remote_uris_have_no_local_path():

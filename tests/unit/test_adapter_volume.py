@@ -189,10 +189,14 @@ def test_job_names_are_per_generation_and_fit_kubernetes_limits():
 COMPLETE = {"type": "Complete", "status": "True"}
 
 
-def pod(exit_code: int, message: str, container: str = "verify") -> dict:
+def pod(exit_code: int, message: str, container: str = "verify", controller_uid: str | None = "j") -> dict:
+    """A pod of the verification Job (UID j), or a look-alike controlled by something else or nothing."""
     terminated = {"exitCode": exit_code, "message": message, "reason": "Completed" if exit_code == 0 else "Error"}
+    owners = [
+        {"apiVersion": "batch/v1", "kind": "Job", "name": "bot-verify-3", "uid": controller_uid, "controller": True}
+    ]
     return {
-        "metadata": {"name": "bot-verify-3-x"},
+        "metadata": {"name": "bot-verify-3-x", "ownerReferences": owners if controller_uid else []},
         "status": {"containerStatuses": [{"name": container, "state": {"terminated": terminated}}]},
     }
 
@@ -232,3 +236,14 @@ def test_a_long_adapter_name_fits_the_labels_and_is_found_through_the_owner():
     assert len(job["metadata"]["name"]) <= 63
     assert adapter_of(job) == name
     assert adapter_of({"metadata": {"ownerReferences": [{"kind": "FineTuneJob", "name": "x"}]}}) is None
+
+
+@pytest.mark.parametrize("controller_uid", [None, "another-job"])
+def test_a_pod_the_job_does_not_control_is_no_verdict(controller_uid):
+    """The pods are listed by the controller-uid label, which anyone who creates pods can set."""
+    forged = Verification(digest="sha256:" + "f" * 64, size_bytes=3, summary="3 files verified")
+    found = result_of(JOB, COMPLETE, [pod(0, forged.to_message(), controller_uid=controller_uid)])
+    assert found.problem_reason == "VerificationFailed" and "without a result" in found.problem_message
+    genuine = Verification(problem_reason="DigestMismatch", problem_message="digest differs")
+    both = [pod(0, forged.to_message(), controller_uid=controller_uid), pod(0, genuine.to_message())]
+    assert result_of(JOB, COMPLETE, both) == genuine

@@ -267,8 +267,28 @@ def test_free_form_pod_spec_passthroughs_preserve_unknown_fields():
         "x-kubernetes-preserve-unknown-fields": True,
         "description": template["affinity"]["description"],
     }
-    for name in ("tolerations", "volumes", "volumeMounts"):
-        assert template[name]["items"]["x-kubernetes-preserve-unknown-fields"] is True, name
+    assert template["tolerations"]["items"]["x-kubernetes-preserve-unknown-fields"] is True
+    for source in ("configMap", "secret", "persistentVolumeClaim", "projected"):
+        assert template["volumes"]["items"]["properties"][source]["x-kubernetes-preserve-unknown-fields"] is True
+
+
+def test_volumes_are_typed_so_that_other_volume_types_are_not_stored():
+    # Unknown fields are refused by strict field validation (kubectl's default) and pruned otherwise; a volume
+    # left without a source is then refused by its exactly-one-source rule.
+    volume = _at(_schema(crdgen.finetunejob_crd()), "spec.template")["properties"]["volumes"]["items"]
+    assert "x-kubernetes-preserve-unknown-fields" not in volume
+    assert "hostPath" not in volume["properties"]
+    assert set(volume["properties"]) == {
+        "name",
+        "configMap",
+        "csi",
+        "downwardAPI",
+        "emptyDir",
+        "ephemeral",
+        "persistentVolumeClaim",
+        "projected",
+        "secret",
+    }
 
 
 @pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])

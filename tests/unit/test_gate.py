@@ -5,7 +5,15 @@ from __future__ import annotations
 import math
 
 import pytest
-from finetune_operator.api import Gate, LossComparison, allows_publishing, judge, relative_change
+from finetune_operator.api import (
+    EvaluationSummary,
+    Gate,
+    LossComparison,
+    allows_publishing,
+    judge,
+    relative_change,
+    verdict_from_numbers,
+)
 
 
 def losses(base: float | None, adapted: float | None) -> LossComparison:
@@ -133,3 +141,35 @@ def test_allows_publishing(mode, verdict, allowed):
 def test_an_enforced_gate_without_a_summary_does_not_publish():
     assert allows_publishing(None, Gate(mode="enforce")) is False
     assert allows_publishing(None, Gate(mode="warn")) is True
+
+
+# -- the operator's verdict: the numbers judged again, the trainer's words ignored ------------------
+
+
+def test_a_manipulated_verdict_is_replaced_by_the_one_the_numbers_give():
+    claimed = EvaluationSummary(task=WORSE_TASK, general=STABLE_GENERAL, gate="Passed", message="all good")
+    decided = verdict_from_numbers(Gate(), claimed)
+    assert decided == judge(Gate(), WORSE_TASK, STABLE_GENERAL)
+    assert decided.gate == "Failed" and "all good" not in decided.message
+    assert allows_publishing(decided, Gate()) is False
+
+
+def test_a_verdict_without_numbers_fails_an_enforced_gate_and_says_they_are_missing():
+    decided = verdict_from_numbers(Gate(), EvaluationSummary(gate="Passed"))
+    assert decided.gate == "Failed"
+    assert "task loss not measured" in decided.message and "general loss not measured" in decided.message
+
+
+def test_a_failed_verdict_on_good_numbers_passes():
+    claimed = EvaluationSummary(task=BETTER_TASK, general=STABLE_GENERAL, gate="Failed")
+    assert verdict_from_numbers(Gate(), claimed).gate == "Passed"
+
+
+def test_the_verdict_follows_the_jobs_gate_not_the_trainers():
+    claimed = EvaluationSummary(task=WORSE_TASK, general=STABLE_GENERAL, gate="Skipped", message="gate is off")
+    assert verdict_from_numbers(Gate(mode="warn"), claimed).gate == "Warned"
+    assert verdict_from_numbers(Gate(mode="off"), claimed).gate == "Skipped"
+
+
+def test_no_evaluation_stays_none():
+    assert verdict_from_numbers(Gate(), None) is None

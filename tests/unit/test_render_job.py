@@ -376,11 +376,11 @@ def test_the_volumes_and_mount_paths_the_operator_uses_are_the_ones_the_api_rese
 @pytest.mark.parametrize(
     ("template", "message"),
     [
-        ({"volumes": [{"name": "config", "emptyDir": {}}]}, "volumes[0].name 'config' is the operator's"),
-        ({"volumes": [{"name": "pvc-0", "emptyDir": {}}]}, "volumes[0].name 'pvc-0' is the operator's"),
-        ({"volumes": [{"emptyDir": {}}]}, "volumes[0] needs a name"),
-        ({"volumeMounts": [{"name": "x", "mountPath": "/dev/shm"}]}, "mountPath /dev/shm is within /dev/shm"),
-        ({"volumeMounts": [{"name": "x", "mountPath": "/mnt/pvc/x/"}]}, "is within /mnt/pvc"),
+        ({"volumes": [{"name": "config", "emptyDir": {}}]}, "spec.template.volumes[].name is the operator's"),
+        ({"volumes": [{"name": "pvc-0", "emptyDir": {}}]}, "spec.template.volumes[].name is the operator's"),
+        ({"volumes": [{"emptyDir": {}}]}, "volumes.0.name\n  Field required"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/dev/shm"}]}, "mountPath must not be within /etc/finetune"),
+        ({"volumeMounts": [{"name": "x", "mountPath": "/mnt/pvc/x/"}]}, "mountPath must not be within"),
         ({"volumeMounts": [{"name": "x", "mountPath": "data"}]}, "must be an absolute path"),
     ],
 )
@@ -389,6 +389,93 @@ def test_template_volumes_that_would_collide_with_the_operators_are_refused(temp
 
     with pytest.raises(ValidationError, match=re.escape(message)):
         make_job({"spec.template": template})
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc//finetune",
+        "/etc/finetune/.",
+        "/etc/./finetune",
+        "//etc/finetune",
+        "/scratch/",
+        "/./dev/shm/x",
+        "/mnt//pvc",
+    ],
+)
+def test_mount_paths_are_normalised_before_the_reserved_check(path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="must not be within"):
+        make_job({"spec.template.volumeMounts": [{"name": "x", "mountPath": path}]})
+
+
+@pytest.mark.parametrize("path", ["/scratch/../etc/finetune", "/data/..", "/a/../b"])
+def test_mount_paths_with_dot_dot_segments_are_refused(path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=re.escape("must not have '..' segments")):
+        make_job({"spec.template.volumeMounts": [{"name": "x", "mountPath": path}]})
+
+
+@pytest.mark.parametrize("path", ["/etc/finetune-extra", "/etc", "/scratchpad", "/mnt/pvcs/x", "/data/./etc/finetune"])
+def test_mount_paths_beside_the_reserved_ones_are_accepted(path):
+    job = make_job({"spec.template.volumeMounts": [{"name": "x", "mountPath": path}]})
+    assert mounts_of(job)["x"]["mountPath"] == path
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/etc/finetune",
+        "/etc//finetune",
+        "/etc/finetune/.",
+        "//etc/./finetune/x",
+        "/scratch",
+        "/var/run/finetune/credentials/model",
+        "/etc/finetune-extra",
+        "/etc",
+        "/",
+        "/.",
+        "/data/./etc/finetune",
+        "/etc/finetune.",
+        "/etc/.finetune",
+        "/mnt/pvc\n/x",
+    ],
+)
+def test_the_reserved_mount_path_rule_of_the_crd_agrees_with_the_models(path):
+    from finetune_operator.api.finetunejob import RESERVED_MOUNT_PATHS, RESERVED_MOUNT_PATTERN
+    from finetune_operator.api.paths import is_within, normalised_mount_path
+
+    by_cel = re.search(RESERVED_MOUNT_PATTERN, path) is not None
+    by_model = any(is_within(normalised_mount_path(path), reserved) for reserved in RESERVED_MOUNT_PATHS)
+    assert by_cel == by_model, path
+
+
+@pytest.mark.parametrize("volume_type", ["hostPath", "nfs", "iscsi", "gitRepo", "rbd", "cephfs", "flexVolume"])
+def test_volumes_of_types_restricted_pod_security_refuses_are_refused_naming_the_volume(volume_type):
+    from finetune_operator.api import format_validation_error
+    from pydantic import ValidationError
+
+    volumes = [{"name": "ok", "emptyDir": {}}, {"name": "host", volume_type: {"path": "/"}}]
+    with pytest.raises(ValidationError) as raised:
+        make_job({"spec.template.volumes": volumes})
+    (message,) = format_validation_error(raised.value)
+    assert message.startswith(f"spec.template.volumes[1]: {volume_type}: volumes may be of the types"), message
+
+
+@pytest.mark.parametrize("volume_type", sorted(RESTRICTED_VOLUME_TYPES))
+def test_volumes_of_every_type_restricted_pod_security_allows_are_kept(volume_type):
+    job = make_job({"spec.template.volumes": [{"name": "extra", volume_type: {}}]})
+    assert volumes_of(job)["extra"] == {"name": "extra", volume_type: {}}
+
+
+@pytest.mark.parametrize("sources", [{}, {"emptyDir": {}, "secret": {"secretName": "s"}}])
+def test_a_volume_needs_exactly_one_source(sources):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="needs exactly one source"):
+        make_job({"spec.template.volumes": [{"name": "extra", **sources}]})
 
 
 def test_template_volumes_beside_the_operators_are_kept():
@@ -743,6 +830,46 @@ def test_torch_threads_follow_the_cpu_limit_per_process(cpu, gpus, threads):
     )
     env = {e["name"]: e.get("value") for e in render_pod_template(job, Settings())["spec"]["containers"][0]["env"]}
     assert env["OMP_NUM_THREADS"] == threads
+
+
+@pytest.mark.parametrize(
+    ("cpu", "gpus", "threads"),
+    [
+        ("1k", 8, "125"),
+        ("2Ki", 2, "1024"),
+        ("1e3", 4, "250"),
+        ("1E1", 0, "10"),
+        ("0.5k", 0, "500"),
+        ("1M", 1, "1000000"),
+    ],
+)
+def test_torch_threads_follow_cpu_limits_written_with_any_suffix(cpu, gpus, threads):
+    job = make_job({"spec.resources": {"cpu": cpu, "gpusPerNode": gpus}})
+    assert env_of(job)["OMP_NUM_THREADS"]["value"] == threads
+    assert container(job)["resources"]["limits"]["cpu"] == cpu
+
+
+@pytest.mark.parametrize("name", ["MACHINE_RANK", "POD_NAME", "HOME", "FINETUNE_SCRATCH_DIR", "FINETUNE_ANYTHING"])
+def test_user_env_cannot_override_what_the_operator_sets(name):
+    from finetune_operator.api import format_validation_error
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as raised:
+        make_job({"spec.template.env": [{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": name, "value": "x"}]})
+    (message,) = format_validation_error(raised.value)
+    assert message.startswith("spec.template.env[1]: spec.template.env[].name: MACHINE_RANK"), message
+    assert "are set by the operator" in message
+
+
+def test_every_variable_the_operator_sets_is_reserved_except_omp_num_threads():
+    from finetune_operator.api.finetunejob import RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX
+
+    settings = Settings(default_output_uri="s3://models/out", progress_url="https://operator:8443")
+    job = make_job({"spec.resources": {"cpu": "8", "nodes": 2}})
+    for variable in container(job, settings)["env"]:
+        name = variable["name"]
+        if name != "OMP_NUM_THREADS":
+            assert name in RESERVED_ENV_NAMES or name.startswith(RESERVED_ENV_PREFIX), name
 
 
 def test_torch_threads_are_left_alone_without_a_cpu_limit_or_when_the_user_sets_them():

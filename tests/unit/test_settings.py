@@ -69,6 +69,8 @@ def test_the_namespace_flag_is_repeatable_and_replaces_the_environment():
         (["--default-output-uri", "hf://org/x"], {}, "--default-output-uri / FINETUNE_DEFAULT_OUTPUT_URI"),
         (["--termination-grace-seconds", "1"], {}, "--termination-grace-seconds / FINETUNE_TERMINATION_GRACE_SECONDS"),
         (["--progress-tls-secret", "just-a-name"], {}, "--progress-tls-secret / FINETUNE_PROGRESS_TLS_SECRET"),
+        (["--metrics-secure", "maybe"], {}, "--metrics-secure / FINETUNE_METRICS_SECURE"),
+        ([], {"FINETUNE_TLS_HOSTS": "operator.ns.svc,Not_A_Host"}, "--tls-hosts / FINETUNE_TLS_HOSTS (item 2)"),
     ],
 )
 def test_a_validation_error_names_the_flag_and_the_environment_variable(argv, environ, names):
@@ -80,6 +82,17 @@ def test_every_invalid_setting_is_reported_at_once():
     assert message.startswith("invalid operator settings:")
     assert "--metrics-port / FINETUNE_METRICS_PORT" in message
     assert "--log-level / FINETUNE_LOG_LEVEL" in message
+
+
+def test_metrics_are_secure_unless_local_development_asks_otherwise():
+    assert Settings().metrics_secure
+    assert not settings_from(["--metrics-secure", "false"]).metrics_secure
+    assert not settings_from([], {"FINETUNE_METRICS_SECURE": "false"}).metrics_secure
+
+
+def test_the_services_dns_names_are_comma_separated():
+    settings = settings_from([], {"FINETUNE_TLS_HOSTS": "fto.finetune-system.svc, fto.example.com,"})
+    assert settings.tls_hosts == ["fto.finetune-system.svc", "fto.example.com"]
 
 
 @pytest.mark.parametrize("value", ["operator-system/progress-tls", "ns/name"])
@@ -174,6 +187,7 @@ def test_an_endpoint_that_is_not_scheme_host_port_is_refused_at_start_up(url):
 def test_local_mode_is_off_unless_asked_for():
     assert not Settings().allow_local_files
     assert settings_from(["--allow-local-files"]).allow_local_files
+    assert not settings_from(["--allow-local-files", "false"]).allow_local_files
     assert settings_from([], {"FINETUNE_ALLOW_LOCAL_FILES": "true"}).allow_local_files
     assert not settings_from([], {"FINETUNE_ALLOW_LOCAL_FILES": "false"}).allow_local_files
 

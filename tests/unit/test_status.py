@@ -9,9 +9,18 @@ from catalog import edited, valid_job
 from finetune_operator.api import FinalSummary, FineTuneJob, FineTuneJobStatus
 from finetune_operator.crdgen import finetunejob_crd
 from finetune_operator.status.conditions import get_condition
-from finetune_operator.status.observe import MAX_MESSAGE, Blocker, Observation, compute_status, last_termination
+from finetune_operator.status.observe import (
+    MAX_MESSAGE,
+    Blocker,
+    Observation,
+    compute_status,
+    last_termination,
+    pods_of,
+)
 
 NAMESPACE = "team-a"
+JOB_UID = "uid-1"  # the FineTuneJob's
+TRAINING_JOB_UID = "uid-training-1"  # its training Job's
 NOW = "2025-03-04T10:00:00Z"
 LATER = "2025-03-04T11:00:00Z"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -28,7 +37,7 @@ def make_job(
 ) -> FineTuneJob:
     manifest = edited(
         valid_job("demo"),
-        {"metadata.namespace": NAMESPACE, "metadata.uid": "uid-1", "metadata.generation": generation},
+        {"metadata.namespace": NAMESPACE, "metadata.uid": JOB_UID, "metadata.generation": generation},
     )
     manifest["spec"]["suspend"] = suspend
     if isinstance(status, FineTuneJobStatus):
@@ -36,6 +45,11 @@ def make_job(
     if status is not None:
         manifest["status"] = status
     return FineTuneJob.model_validate(manifest)
+
+
+def controller(kind: str, name: str, uid: str, is_controller: bool = True) -> dict[str, Any]:
+    api_version = "finetune.dev/v1alpha1" if kind == "FineTuneJob" else "batch/v1"
+    return {"apiVersion": api_version, "kind": kind, "name": name, "uid": uid, "controller": is_controller}
 
 
 def job_condition(type_: str, reason: str | None = None, message: str = "", at: str = NOW) -> dict[str, Any]:
@@ -56,6 +70,7 @@ def training_job(
     start_time: str | None = None,
     completion_time: str | None = None,
     labels: dict[str, str] | None = None,
+    owner_uid: str = JOB_UID,
 ) -> dict[str, Any]:
     status: dict[str, Any] = {}
     if conditions:
@@ -71,7 +86,13 @@ def training_job(
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": {"name": "demo", "namespace": NAMESPACE, "labels": {"finetune.dev/job": "demo", **(labels or {})}},
+        "metadata": {
+            "name": "demo",
+            "namespace": NAMESPACE,
+            "uid": TRAINING_JOB_UID,
+            "labels": {"finetune.dev/job": "demo", **(labels or {})},
+            "ownerReferences": [controller("FineTuneJob", "demo", owner_uid)],
+        },
         "spec": {"completions": completions, "parallelism": completions, "suspend": suspend},
         "status": status,
     }
@@ -85,8 +106,17 @@ def pod(
     finished_at: str = NOW,
     unschedulable: str | None = None,
     deleting: bool = False,
+    owner_references: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    metadata: dict[str, Any] = {"name": name, "namespace": NAMESPACE, "labels": {"finetune.dev/job": "demo"}}
+    """A pod of the training Job, or with ``owner_references``, a pod that only looks like one."""
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": NAMESPACE,
+        "labels": {"finetune.dev/job": "demo"},
+        "ownerReferences": [controller("Job", "demo", TRAINING_JOB_UID)]
+        if owner_references is None
+        else owner_references,
+    }
     if deleting:
         metadata["deletionTimestamp"] = NOW
     status: dict[str, Any] = {"phase": phase}
@@ -386,21 +416,85 @@ DIGEST = "sha256:" + "d" * 64
 SUMMARY = FinalSummary.model_validate(
     {
         "artifact": {"uri": "pvc://outputs/team-a/demo/v1/", "digest": DIGEST, "sizeBytes": 1234},
-        "evaluation": {"task": {"baseLoss": 2.0, "adapterLoss": 1.5}, "gate": "Passed", "message": "g" * 3000},
+        "evaluation": {
+            "task": {"baseLoss": 2.0, "adapterLoss": 1.5},
+            "general": {"baseLoss": 3.0, "adapterLoss": 3.03},
+            "gate": "Passed",
+            "message": "g" * 3000,
+        },
         "modelRevision": "abc123",
     }
 )
 
 
 def test_the_summary_in_a_succeeded_trainers_termination_message_stands_in_for_the_final_push():
-    message = SUMMARY.to_message()
-    assert len(message.encode()) < 4096
+    said = SUMMARY.to_message()
+    assert len(said.encode()) < 4096
     done = training_job(job_condition("Complete"))
-    status, _ = observe(make_job(), done, [pod(phase="Succeeded", exit_code=0, message=message)])
+    status, _ = observe(make_job(), done, [pod(phase="Succeeded", exit_code=0, message=said)])
     assert status.artifact.uri == "pvc://outputs/team-a/demo/v1/" and status.artifact.digest == DIGEST
     assert status.artifact.size_bytes == 1234 and status.model.revision == "abc123"
-    assert status.evaluation.gate == "Passed" and status.evaluation.message == "g" * 1500
+    assert status.evaluation.task == SUMMARY.evaluation.task and status.evaluation.gate == "Passed"
     assert condition(status, "Evaluated") == ("True", "GatePassed")
+    assert message(status, "Evaluated").startswith("task loss 2.0000 -> 1.5000 (-25.0%")
+
+
+# A pod that carries the job's labels and says what the job would, but is not the training Job's pod.
+FORGERIES = {
+    "no owner": [],
+    "owned, not controlled": [controller("Job", "demo", TRAINING_JOB_UID, is_controller=False)],
+    "another job's": [controller("Job", "demo", "uid-of-an-earlier-job")],
+}
+
+
+@pytest.mark.parametrize("owners", FORGERIES.values(), ids=FORGERIES.keys())
+def test_a_termination_message_from_a_pod_the_job_does_not_control_is_not_believed(owners):
+    done = training_job(job_condition("Complete"))
+    forged = pod("demo-0-forged", phase="Succeeded", exit_code=0, message=SUMMARY.to_message(), owner_references=owners)
+    status, _ = observe(make_job(), done, [forged, pod(phase="Succeeded", exit_code=0)])
+    assert status.artifact is None and status.evaluation is None
+    assert get_condition(status.conditions, "Evaluated") is None
+
+
+def test_the_pods_of_a_job_the_finetunejob_does_not_control_say_nothing():
+    foreign = training_job(job_condition("Complete"), owner_uid="uid-of-another-finetunejob")
+    genuine = pod(phase="Succeeded", exit_code=0, message=SUMMARY.to_message())
+    assert pods_of(foreign, [genuine], JOB_UID) == []
+    assert pods_of(training_job(), [genuine], JOB_UID) == [genuine]
+    assert pods_of(None, [genuine], JOB_UID) == []
+    status, _ = observe(make_job(), foreign, [genuine])
+    assert status.artifact is None
+
+
+def test_a_failure_is_explained_only_by_the_jobs_own_pods():
+    failed = training_job(
+        job_condition("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+    )
+    forged = pod("demo-0-forged", phase="Failed", exit_code=78, message="forged words", owner_references=[])
+    status, _ = observe(make_job(), failed, [forged])
+    assert condition(status, "Failed") == ("True", "BackoffLimitExceeded")
+    assert "forged words" not in message(status, "Failed")
+
+
+def test_the_gate_is_judged_again_from_the_numbers_whatever_the_trainer_said():
+    worse = SUMMARY.model_copy(deep=True)
+    worse.evaluation.task.adapter_loss = 2.5  # the task got worse; the trainer still says Passed
+    done = training_job(job_condition("Complete"))
+    status, _ = observe(make_job(), done, [pod(phase="Succeeded", exit_code=0, message=worse.to_message())])
+    assert status.evaluation.gate == "Failed" and "g" * 10 not in status.evaluation.message
+    assert condition(status, "Evaluated") == ("False", "GateFailed")
+    assert "task loss 2.0000 -> 2.5000 (+25.0%; needs a decrease of at least 0.0%) FAILED" in message(
+        status, "Evaluated"
+    )
+
+
+def test_a_pushed_verdict_without_numbers_is_a_failed_gate_that_says_the_numbers_are_missing():
+    pushed = {"evaluation": {"gate": "Passed", "message": "all good"}}
+    status, _ = observe(make_job(pushed), training_job(job_condition("Complete")))
+    assert status.evaluation.gate == "Failed"
+    assert condition(status, "Evaluated") == ("False", "GateFailed")
+    assert "task loss not measured" in message(status, "Evaluated")
+    assert "all good" not in message(status, "Evaluated")
 
 
 def test_a_pushed_artifact_wins_over_the_termination_message_and_failures_say_nothing():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from finetune_operator.api import TrainerConfig
@@ -51,6 +52,14 @@ class Distributed:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.SUM)
         return tensor.tolist()
+
+    def all_gather(self, value: Any) -> list[Any]:
+        """Every rank's ``value`` (small, picklable: lists of names, digests, reason codes), by rank."""
+        if self.world_size == 1:
+            return [value]
+        gathered: list[Any] = [None] * self.world_size
+        torch.distributed.all_gather_object(gathered, value)
+        return gathered
 
     def any(self, flag: bool) -> bool:
         """True on every rank when it is True on any: ranks must agree to stop at the same point."""

@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if command else 2
     exit_dir = Path(tempfile.mkdtemp(prefix="finetune-exit-"))
     env = {**os.environ, "FINETUNE_EXIT_CODE_DIR": str(exit_dir)}
-    child = subprocess.Popen(command, env=env, start_new_session=True)
+    child = subprocess.Popen(command, env=env, start_new_session=True)  # noqa: S603 the pod's own command line, from the rendered Job
     forwarded = False
 
     def forward(signum: int, _frame) -> None:

@@ -277,7 +277,7 @@ class ProgressPusher(TrainingHooks):
 
     def _wait_to_retry(self, queued: _Queued, attempt: int) -> bool:
         """Sleep the backoff; False when the report is not worth retrying any more."""
-        delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+        delay = min(self.backoff_cap, self.backoff_base * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311 retry jitter, not cryptography
         until = time.monotonic() + delay
         with self._cond:
             while True:

@@ -21,6 +21,7 @@ import torch
 from finetune_operator.api import (
     REPORT_FILE_NAME,
     ArtifactReport,
+    CheckpointFallback,
     EvaluationSummary,
     ProgressReport,
     SourceStatistics,
@@ -121,6 +122,7 @@ class _Session:
     training: TrainingRun
     state: TrainState
     stop: StopRequest
+    checkpoint_fallback: CheckpointFallback | None  # told to the operator with the first report
 
     @property
     def config(self) -> TrainerConfig:
@@ -230,7 +232,8 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
         periodic_eval=evaluator.periodic if bundle.eval else None,
     )
 
-    state, rng = _resume(checkpointer, model, optimizer, scheduler, metrics_file)
+    resumed = checkpointer.resume(model, optimizer, scheduler, metrics_file)
+    state, rng = resumed.state, resumed.rng
     plan_layout = {
         "world_size": dist.world_size,
         "micro_batch_tokens": layout.micro_batch_tokens,
@@ -282,6 +285,7 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
         training=training,
         state=state,
         stop=stop,
+        checkpoint_fallback=resumed.fallback,
     )
 
 
@@ -295,6 +299,7 @@ def _train(session: _Session) -> TrainState:
                 step=session.state.step,
                 total_steps=session.training.total_steps,
                 resumed_from_step=session.state.resumed_from_step,
+                checkpoint_fallback=session.checkpoint_fallback,
                 model_revision=session.fetched.revision,
             )
         )
@@ -401,13 +406,6 @@ def _rescheduled(optimizer, training, total_steps: int, restored):
     for group, rate in zip(optimizer.param_groups, scheduler.get_last_lr(), strict=True):
         group["lr"] = rate  # as the restored schedule left it: the constructor reset it
     return scheduler
-
-
-def _resume(checkpointer: Checkpointer, model, optimizer, scheduler, metrics_file: Path):
-    latest = checkpointer.latest()
-    if latest is None:
-        return TrainState(), None
-    return checkpointer.restore(latest, model, optimizer, scheduler, metrics_file)
 
 
 def _seed_everything(seed: int) -> None:

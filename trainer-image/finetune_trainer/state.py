@@ -52,10 +52,15 @@ class TrainState:
 
 
 def capture_rng() -> dict[str, Any]:
-    """Every generator a training step draws from (dropout, shuffles): restored on resume."""
+    """Every generator a training step draws from (dropout, shuffles): restored on resume.
+
+    Plain values and tensors only (numpy's key as a list of ints), so that a checkpoint stores them
+    without pickling (state_codec).
+    """
+    kind, key, position, has_gauss, cached_gaussian = np.random.get_state()
     state: dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (kind, key.tolist(), position, has_gauss, cached_gaussian),
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -65,7 +70,8 @@ def capture_rng() -> dict[str, Any]:
 
 def restore_rng(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    kind, key, position, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((kind, np.asarray(key, dtype=np.uint32), position, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

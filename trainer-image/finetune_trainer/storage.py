@@ -29,6 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from finetune_operator.api.paths import UnsafePathError, checked_relative
+
 from . import log
 from .errors import ConfigError, DataError, TrainerError
 
@@ -91,6 +93,28 @@ def credentials_for(purpose: Purpose) -> Credentials:
 
 
 # ---------------------------------------------------------------------------------------------
+# local paths of remote names
+
+
+def checked_name(relative: str, what: str, error: type[TrainerError] = DataError) -> str:
+    """``relative`` if it has no empty, ``.`` or ``..`` segment; else ``error`` naming ``what``."""
+    try:
+        return checked_relative(relative, what)
+    except UnsafePathError as problem:
+        raise error(str(problem)) from None
+
+
+def join_below(root: Path, relative: str, what: str, error: type[TrainerError] = DataError) -> Path:
+    """``root / relative``, with ``relative`` checked by :func:`checked_name`.
+
+    Every remote name that becomes a local path goes through here: object keys of a listing, claim paths,
+    checkpoint and artifact names. The API refuses such URIs already; a bucket's listing is checked by
+    no one else, and the filesystem resolves ``..`` onto whatever lies above the cache.
+    """
+    return root / checked_name(relative, what, error)
+
+
+# ---------------------------------------------------------------------------------------------
 # URIs
 
 
@@ -129,7 +153,8 @@ def local_path(uri: str) -> Path | None:
     if parsed.scheme == "file":
         return Path(parsed.path)
     if parsed.scheme == "pvc":
-        return pvc_root() / parsed.authority / parsed.path
+        claim = join_below(pvc_root(), parsed.authority, f"the claim of {uri}", ConfigError)
+        return join_below(claim, parsed.path, f"the path of {uri}", ConfigError) if parsed.path else claim
     return None
 
 
@@ -195,7 +220,9 @@ def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
             relative = obj["Key"][len(listing_prefix) :]
             if not relative or relative.endswith("/"):
                 continue
-            target, etag = dest / relative, etags / f"{relative}.etag"
+            # A tenant's bucket may hold "../x" or "/x": refused, never written outside dest (or etags).
+            target = join_below(dest, relative, f"the object s3://{bucket}/{obj['Key']}")
+            etag = etags / f"{relative}.etag"
             listed.add(target)
             etag_value = str(obj.get("ETag", ""))
             current = etag.is_file() and etag.read_text() == etag_value
@@ -252,7 +279,8 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
 
     The cache mirrors the bucket's layout, so an object and a prefix that contains it share the file.
     """
-    local = cache / parsed.authority / parsed.path
+    bucket = join_below(cache, parsed.authority, f"the bucket of {uri}", ConfigError)
+    local = join_below(bucket, parsed.path, f"the key of {uri}", ConfigError) if parsed.path else bucket
     try:
         client = s3_client(credentials)
         count = s3_download(client, parsed.authority, parsed.path, local)
@@ -343,7 +371,7 @@ def resolve_data(uri: str) -> Path:
         # Only the named file or directory: dataset repositories can be terabytes.
         patterns = [inner, f"{inner}/*"] if inner else None
         root, _ = hf_snapshot(repo_id, revision, repo_type="dataset", uri=uri, allow_patterns=patterns)
-        path = root / inner if inner else root
+        path = join_below(root, inner, f"the path of {uri}", ConfigError) if inner else root
         if not path.exists():
             raise DataError(f"data {uri}: no {inner} in the dataset repository")
         if not inner:
@@ -429,17 +457,20 @@ class LocalLocation(Location):
         super().__init__(uri)
         self.root = root
 
+    def _below(self, name: str) -> Path:
+        return join_below(self.root, name, f"{self.uri}: the name")
+
     def child(self, name: str) -> LocalLocation:
-        return LocalLocation(f"{self.uri}/{name}", self.root / name)
+        return LocalLocation(f"{self.uri}/{name}", self._below(name))
 
     def read_bytes(self, name: str) -> bytes | None:
         try:
-            return (self.root / name).read_bytes()
+            return self._below(name).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
             return None
 
     def write_bytes(self, name: str, content: bytes) -> None:
-        target = self.root / name
+        target = self._below(name)
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{unique_suffix()}")
         _write_durably(partial, content)
@@ -453,14 +484,14 @@ class LocalLocation(Location):
     def staging_dir(self, name: str) -> Path:
         # Next to the destination (same filesystem) so that sealing is a rename, not a copy. The name is
         # deterministic so that every rank of a job writes into the same one on shared storage.
-        return self.root / f".partial-{name}"
+        return self._below(f".partial-{name}")
 
     def upload(self, staging: Path, name: str) -> None:
         """Nothing to copy: staging already is on the destination's filesystem."""
 
     def seal(self, staging: Path, name: str, marker: str, content: bytes) -> None:
         _write_durably(staging / marker, content)
-        target = self.root / name
+        target = self._below(name)
         if target.exists():
             # An incomplete leftover of an earlier attempt (a complete one is never re-sealed).
             _remove_tree(target, self.root)
@@ -468,14 +499,14 @@ class LocalLocation(Location):
         _fsync_dir(self.root)
 
     def delete(self, name: str, marker: str) -> None:
-        target = self.root / name
+        target = self._below(name)
         if not target.exists():
             return
         (target / marker).unlink(missing_ok=True)
         _remove_tree(target, self.root)
 
     def download(self, name: str) -> Path:
-        return self.root / name
+        return self._below(name)
 
 
 class S3Location(Location):
@@ -496,6 +527,7 @@ class S3Location(Location):
         return self._client
 
     def child(self, name: str) -> S3Location:
+        checked_name(name, f"{self.uri}: the name")
         location = S3Location(f"{self.uri}/{name}", self.bucket, _s3_key(self.prefix, name), self.credentials)
         location._client = self._client
         return location
@@ -558,6 +590,7 @@ class S3Location(Location):
                 self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": keys, "Quiet": True})
 
     def download(self, name: str) -> Path:
+        name = checked_name(name, f"{self.uri}: the name")
         dest = scratch_dir() / "downloads" / f"{name}-{uuid.uuid4().hex[:8]}"
         try:
             s3_download(self.client, self.bucket, _s3_key(self.prefix, name), dest)
@@ -578,7 +611,7 @@ def open_location(uri: str, purpose: Purpose = "output") -> Location:
 
 def scratch_dir() -> Path:
     """Local space for staging uploads; ephemeral (an emptyDir in the pod)."""
-    path = Path(os.environ.get("FINETUNE_SCRATCH_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "finetune-scratch"))
+    path = Path(os.environ.get("FINETUNE_SCRATCH_DIR", Path(os.environ.get("TMPDIR", "/tmp")) / "finetune-scratch"))  # noqa: S108 fallback outside a pod only; pods set FINETUNE_SCRATCH_DIR
     path.mkdir(parents=True, exist_ok=True)
     return path
 

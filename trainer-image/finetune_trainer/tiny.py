@@ -72,8 +72,8 @@ def build_tokenizer(corpus: Iterable[str], vocab_size: int):
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=None,
-        eos_token="<|im_end|>",
-        pad_token="<|pad|>",
+        eos_token="<|im_end|>",  # noqa: S106 a token string of the tokenizer, not a password
+        pad_token="<|pad|>",  # noqa: S106 a token string of the tokenizer, not a password
         unk_token=None,
         model_max_length=1 << 20,
     )

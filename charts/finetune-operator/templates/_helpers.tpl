@@ -71,6 +71,17 @@ app.kubernetes.io/part-of: finetune-operator
 {{- join "," $items -}}
 {{- end -}}
 
+{{/* The Service's DNS name: in the operator's own certificate, and what Prometheus verifies it for. */}}
+{{- define "finetune-operator.serviceHost" -}}
+{{- printf "%s.%s.svc" (include "finetune-operator.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{/* The labels the operator gives every trainer pod (naming.py child_labels). */}}
+{{- define "finetune-operator.trainerLabels" -}}
+app.kubernetes.io/name: finetune-trainer
+app.kubernetes.io/managed-by: finetune-operator
+{{- end }}
+
 {{- define "finetune-operator.progressUrl" -}}
 {{- default (printf "https://%s.%s.svc:%d" (include "finetune-operator.fullname" .) .Release.Namespace (int .Values.progress.port)) .Values.progress.url }}
 {{- end }}
@@ -80,11 +91,14 @@ app.kubernetes.io/part-of: finetune-operator
 {{- $root := index . 0 }}
 {{- $scopes := index . 1 }}
 {{- $values := $root.Values }}
+{{- $https := or $values.progress.enabled $values.metrics.enabled }}
 {{- $conditions := dict
       "clusterwide" (empty $values.operator.watchNamespaces)
       "namespaced" (not (empty $values.operator.watchNamespaces))
       "progress" $values.progress.enabled
-      "selfSignedTLS" (and $values.progress.enabled (empty $values.progress.tls.secretName)) }}
+      "metrics" $values.metrics.enabled
+      "httpsEndpoints" $https
+      "selfSignedTLS" (and $https (empty $values.progress.tls.secretName)) }}
 {{- $rules := list }}
 {{- range ($root.Files.Get "files/operator-rbac.yaml" | fromYaml).rules }}
 {{- $applies := has .scope $scopes }}

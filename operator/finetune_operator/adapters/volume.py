@@ -14,6 +14,7 @@ from typing import Any
 from ..api import ModelAdapter
 from ..context import Context, age
 from ..kube import JOBS, PODS, PVCS
+from ..render.owner import controlled_by
 from ..render.verifier import VERIFIER_CONTAINER, artifact_path, render_verifier_job, verifier_job_name
 from ..status.observe import job_condition
 from .verification import Verification
@@ -42,6 +43,9 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
             return Verification(problem_reason="ClaimNotFound", problem_message=message)
         context.kube.create(render_verifier_job(adapter, generation, context.settings))
         return None
+    if not controlled_by(job, adapter.metadata.uid):
+        message = f"a Job named {name} exists and is not this ModelAdapter's verification: delete it"
+        return Verification(problem_reason="JobNameTaken", problem_message=message)
     finished = _finished(job)
     if finished is None:
         return None
@@ -56,8 +60,9 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
 
 
 def result_of(job: dict[str, Any], finished: dict[str, Any], pods: list[dict[str, Any]]) -> Verification:
-    """What the Job's pod said in its termination message; a pod that said nothing is a failed check."""
-    for pod in pods:
+    """What the Job's pod said in its termination message; a pod that said nothing is a failed check.
+    Only the Job's own pods (controlled by its UID) speak: the label that lists them is anyone's to set."""
+    for pod in (p for p in pods if controlled_by(p, job["metadata"].get("uid"))):
         for container in (pod.get("status") or {}).get("containerStatuses") or []:
             terminated = (container.get("state") or {}).get("terminated")
             if container.get("name") != VERIFIER_CONTAINER or not terminated:

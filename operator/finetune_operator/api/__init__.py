@@ -30,7 +30,7 @@ from .finetunejob import (
     Template,
     Training,
 )
-from .gate import allows_publishing, judge, relative_change
+from .gate import allows_publishing, judge, relative_change, verdict_from_numbers
 from .manifest import Manifest, ManifestEntry, build_manifest, digest_of, manifest_of_directory
 from .modeladapter import (
     VLLM_MAX_LORA_RANKS,
@@ -47,6 +47,8 @@ from .reports import (
     MANIFEST_FILE_NAME,
     REPORT_FILE_NAME,
     ArtifactReport,
+    CheckpointFallback,
+    CheckpointFallbackReason,
     CheckpointReport,
     FinalSummary,
     ProgressReport,
@@ -67,6 +69,8 @@ __all__ = [
     "Artifact",
     "ArtifactReport",
     "BaseModelRef",
+    "CheckpointFallback",
+    "CheckpointFallbackReason",
     "CheckpointReport",
     "CheckpointStatus",
     "Condition",
@@ -114,4 +118,5 @@ __all__ = [
     "manifest_of_directory",
     "relative_change",
     "required_max_lora_rank",
+    "verdict_from_numbers",
 ]

@@ -5,24 +5,26 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 
 from .base import (
     CONDITIONS_LIST_MAP,
     ApiModel,
     Condition,
     DataUri,
+    Int64,
     LabelName,
     LocalObjectReference,
     ModelUri,
     ObjectName,
-    Quantity,
+    PositiveQuantity,
     SecretReference,
     StorageUri,
     Timestamp,
     describe,
     text,
 )
+from .paths import is_within, normalised_mount_path
 from .rules import Rule, check, immutable
 
 KIND = "FineTuneJob"
@@ -385,16 +387,46 @@ class Resources(ApiModel):
     gpu_resource: text(253, r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[a-z0-9]([-a-z0-9_.]*[a-z0-9])?$", 1) = describe(
         "Extended resource name of the GPUs.", default="nvidia.com/gpu"
     )
-    cpu: Quantity | None = describe('CPU request and limit per pod, for example "32".', default=None)
-    memory: Quantity | None = describe("Memory request and limit per pod, for example 256Gi.", default=None)
-    shared_memory: Quantity | None = describe(
+    cpu: PositiveQuantity | None = describe('CPU request and limit per pod, for example "32".', default=None)
+    memory: PositiveQuantity | None = describe("Memory request and limit per pod, for example 256Gi.", default=None)
+    shared_memory: PositiveQuantity | None = describe(
         "Size of /dev/shm (a memory-backed emptyDir) for dataloader workers and NCCL. Default: 1Gi.",
         default=None,
     )
 
 
+# What the operator sets in the trainer's environment (render/job.py; a unit test keeps the two in
+# step): the rank, the trainer's directories and where libraries cache on a read-only root. A user's
+# value would silently win over the operator's (the later entry of a name does), so it is refused.
+# OMP_NUM_THREADS stays the user's to tune.
+RESERVED_ENV_NAMES = (
+    "MACHINE_RANK",
+    "POD_NAME",
+    "HOME",
+    "TMPDIR",
+    "HF_HOME",
+    "TRITON_CACHE_DIR",
+    "XDG_CACHE_HOME",
+    "PYTHONPATH",
+    "PYTHONUNBUFFERED",
+)
+RESERVED_ENV_PREFIX = "FINETUNE_"
+
+ENV_RULES = [
+    Rule(
+        cel=f"!(self.name in {list(RESERVED_ENV_NAMES)}) && !self.name.startsWith('{RESERVED_ENV_PREFIX}')",
+        message=f"spec.template.env[].name: {', '.join(RESERVED_ENV_NAMES)} and {RESERVED_ENV_PREFIX}* are set by "
+        "the operator for the trainer; choose another name",
+        holds=lambda e: e.name not in RESERVED_ENV_NAMES and not e.name.startswith(RESERVED_ENV_PREFIX),
+        field_path=".name",
+    )
+]
+
+
 class EnvVar(ApiModel):
     """An environment variable of the trainer container (a core/v1 EnvVar)."""
+
+    cel_rules: ClassVar[list[Rule]] = ENV_RULES
 
     name: text(256, r"^[-._a-zA-Z][-._a-zA-Z0-9]*$", 1) = describe("Name of the variable.")
     value: text(32768) | None = describe("Literal value.", default=None)
@@ -402,11 +434,151 @@ class EnvVar(ApiModel):
         "Source of the value (a core/v1 EnvVarSource: secretKeyRef, configMapKeyRef, fieldRef...).", default=None
     )
 
+    @model_validator(mode="after")
+    def _rules(self) -> EnvVar:
+        return check(ENV_RULES, self)
+
 
 # What the operator itself mounts into the trainer (render/job.py; a unit test keeps the two in step).
 RESERVED_VOLUME_NAMES = ("config", "scratch", "shm", "progress-token")
 RESERVED_VOLUME_PREFIXES = ("credentials-", "pvc-")
-RESERVED_MOUNT_PATHS = ("/etc/finetune", "/scratch", "/dev/shm", "/var/run/finetune", "/mnt/pvc")
+RESERVED_MOUNT_PATHS = ("/etc/finetune", "/scratch", "/dev/shm", "/var/run/finetune", "/mnt/pvc")  # noqa: S108 a path the operator reserves in the pod, not a temporary file
+
+# The volume types the restricted Pod Security Standard allows, by their core/v1 Volume field names:
+# none of them reaches the node's filesystem, devices or another namespace.
+VOLUME_SOURCES = {
+    "config_map": "configMap",
+    "csi": "csi",
+    "downward_api": "downwardAPI",
+    "empty_dir": "emptyDir",
+    "ephemeral": "ephemeral",
+    "persistent_volume_claim": "persistentVolumeClaim",
+    "projected": "projected",
+    "secret": "secret",
+}
+
+VOLUME_RULES = [
+    Rule(
+        cel="[" + ", ".join(f"has(self.{source})" for source in VOLUME_SOURCES.values()) + "].exists_one(s, s)",
+        message="spec.template.volumes[] needs exactly one source of the types restricted Pod Security allows: "
+        + ", ".join(VOLUME_SOURCES.values()),
+        holds=lambda v: sum(getattr(v, field) is not None for field in VOLUME_SOURCES) == 1,
+    ),
+    Rule(
+        cel=f"!(self.name in {list(RESERVED_VOLUME_NAMES)}) && "
+        + " && ".join(f"!self.name.startsWith('{prefix}')" for prefix in RESERVED_VOLUME_PREFIXES),
+        message=f"spec.template.volumes[].name is the operator's: avoid {', '.join(RESERVED_VOLUME_NAMES)} and "
+        f"names starting with {' or '.join(RESERVED_VOLUME_PREFIXES)}",
+        holds=lambda v: v.name not in RESERVED_VOLUME_NAMES and not v.name.startswith(RESERVED_VOLUME_PREFIXES),
+        field_path=".name",
+    ),
+]
+
+
+def _volume_source(description: str, alias: str | None = None) -> Any:
+    return describe(description, default=None, **({"alias": alias} if alias else {}))
+
+
+class Volume(ApiModel):
+    """An extra volume of the pods: a core/v1 Volume of a type restricted Pod Security allows."""
+
+    cel_rules: ClassVar[list[Rule]] = VOLUME_RULES
+
+    name: LabelName = describe("Name of the volume, referenced by volumeMounts.")
+    config_map: dict[str, Any] | None = _volume_source("A ConfigMap's keys as files (core/v1 ConfigMapVolumeSource).")
+    csi: dict[str, Any] | None = _volume_source("An inline CSI volume (core/v1 CSIVolumeSource).")
+    downward_api: dict[str, Any] | None = _volume_source(
+        "Pod fields as files (core/v1 DownwardAPIVolumeSource).", alias="downwardAPI"
+    )
+    empty_dir: dict[str, Any] | None = _volume_source("A scratch directory (core/v1 EmptyDirVolumeSource).")
+    ephemeral: dict[str, Any] | None = _volume_source(
+        "A claim created and deleted with the pod (core/v1 EphemeralVolumeSource)."
+    )
+    persistent_volume_claim: dict[str, Any] | None = _volume_source(
+        "A PersistentVolumeClaim of this namespace (core/v1 PersistentVolumeClaimVolumeSource)."
+    )
+    projected: dict[str, Any] | None = _volume_source(
+        "Secrets, ConfigMaps, downward API and tokens in one directory (core/v1 ProjectedVolumeSource)."
+    )
+    secret: dict[str, Any] | None = _volume_source("A Secret's keys as files (core/v1 SecretVolumeSource).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _only_allowed_types(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            allowed = {"name", *VOLUME_SOURCES, *VOLUME_SOURCES.values()}
+            refused = sorted(key for key in data if key not in allowed)
+            if refused:
+                raise ValueError(
+                    f"{', '.join(refused)}: volumes may be of the types restricted Pod Security allows only: "
+                    f"{', '.join(VOLUME_SOURCES.values())}"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _rules(self) -> Volume:
+        return check(VOLUME_RULES, self)
+
+
+def _reserved_mount_pattern() -> str:
+    """The CEL twin of "normalised, the path is within a reserved one": '.' and empty segments may come
+    between the reserved path's segments (``..`` is refused by a rule of its own)."""
+    between = "/([.]?/)*"
+    reserved = "|".join(between.join(path.strip("/").split("/")) for path in RESERVED_MOUNT_PATHS)
+    return f"(?s)^{between}({reserved})(/.*)?$"
+
+
+RESERVED_MOUNT_PATTERN = _reserved_mount_pattern()
+
+VOLUME_MOUNT_RULES = [
+    Rule(
+        cel="self.mountPath.startsWith('/')",
+        message="spec.template.volumeMounts[].mountPath must be an absolute path",
+        holds=lambda m: m.mount_path.startswith("/"),
+        field_path=".mountPath",
+    ),
+    Rule(
+        cel="!self.mountPath.split('/').exists(s, s == '..')",
+        message="spec.template.volumeMounts[].mountPath must not have '..' segments: name the directory itself",
+        holds=lambda m: ".." not in m.mount_path.split("/"),
+        field_path=".mountPath",
+    ),
+    Rule(
+        cel=f"!self.mountPath.matches('{RESERVED_MOUNT_PATTERN}')",
+        message=f"spec.template.volumeMounts[].mountPath must not be within {', '.join(RESERVED_MOUNT_PATHS)}, where "
+        "the operator mounts the trainer's configuration, scratch space, tokens, credentials and claims",
+        holds=lambda m: (
+            not any(is_within(normalised_mount_path(m.mount_path), reserved) for reserved in RESERVED_MOUNT_PATHS)
+        ),
+        field_path=".mountPath",
+    ),
+]
+
+
+class VolumeMount(ApiModel):
+    """An extra mount of the trainer container (a core/v1 VolumeMount)."""
+
+    cel_rules: ClassVar[list[Rule]] = VOLUME_MOUNT_RULES
+
+    name: LabelName = describe("Name of a volume of spec.template.volumes.")
+    mount_path: text(1024, min_length=1) = describe(
+        "Absolute path in the container; not within the operator's own mounts."
+    )
+    read_only: bool | None = describe("Mount read-only.", default=None)
+    sub_path: text(1024) | None = describe("Path within the volume to mount instead of its root.", default=None)
+    sub_path_expr: text(1024) | None = describe(
+        "Like subPath, with $(VAR_NAME) expanded from the container's environment.", default=None
+    )
+    mount_propagation: Literal["None", "HostToContainer", "Bidirectional"] | None = describe(
+        "How mounts propagate between host and container.", default=None
+    )
+    recursive_read_only: Literal["Disabled", "IfPossible", "Enabled"] | None = describe(
+        "Whether a read-only mount is read-only recursively.", default=None
+    )
+
+    @model_validator(mode="after")
+    def _rules(self) -> VolumeMount:
+        return check(VOLUME_MOUNT_RULES, self)
 
 
 class Template(ApiModel):
@@ -436,47 +608,25 @@ class Template(ApiModel):
     image_pull_secrets: list[LocalObjectReference] = describe(
         "Secrets for pulling the trainer image.", default_factory=list, max_length=16
     )
-    env: list[EnvVar] = describe("Extra environment variables of the trainer.", default_factory=list, max_length=128)
-    volumes: list[dict[str, Any]] = describe(
-        "Extra volumes of the pods (core/v1 Volume).", default_factory=list, max_length=64
+    env: list[EnvVar] = describe(
+        "Extra environment variables of the trainer. Names the operator sets (FINETUNE_*, MACHINE_RANK, HOME...) "
+        "are refused; OMP_NUM_THREADS may be set.",
+        default_factory=list,
+        max_length=128,
     )
-    volume_mounts: list[dict[str, Any]] = describe(
+    volumes: list[Volume] = describe(
+        "Extra volumes of the pods, of the types restricted Pod Security allows (configMap, csi, downwardAPI, "
+        "emptyDir, ephemeral, persistentVolumeClaim, projected, secret).",
+        default_factory=list,
+        max_length=64,
+    )
+    volume_mounts: list[VolumeMount] = describe(
         "Extra volume mounts of the trainer container (core/v1 VolumeMount).", default_factory=list, max_length=64
     )
     pod_labels: dict[str, text(63)] = describe("Extra labels of the pods.", default_factory=dict, max_length=64)
     pod_annotations: dict[str, text(4096)] = describe(
         "Extra annotations of the pods.", default_factory=dict, max_length=64
     )
-
-    @field_validator("volumes")
-    @classmethod
-    def _volume_names_are_free(cls, volumes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for index, volume in enumerate(volumes):
-            name = volume.get("name")
-            if not isinstance(name, str) or not name:
-                raise ValueError(f"volumes[{index}] needs a name")
-            if name in RESERVED_VOLUME_NAMES or name.startswith(RESERVED_VOLUME_PREFIXES):
-                raise ValueError(
-                    f"volumes[{index}].name {name!r} is the operator's: avoid {', '.join(RESERVED_VOLUME_NAMES)} "
-                    f"and names starting with {' or '.join(RESERVED_VOLUME_PREFIXES)}"
-                )
-        return volumes
-
-    @field_validator("volume_mounts")
-    @classmethod
-    def _mount_paths_are_free(cls, mounts: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        for index, mount in enumerate(mounts):
-            path = mount.get("mountPath")
-            if not isinstance(path, str) or not path.startswith("/"):
-                raise ValueError(f"volumeMounts[{index}].mountPath must be an absolute path")
-            clean = path.rstrip("/") or "/"
-            for reserved in RESERVED_MOUNT_PATHS:
-                if clean == reserved or clean.startswith(reserved + "/"):
-                    raise ValueError(
-                        f"volumeMounts[{index}].mountPath {path} is within {reserved}, where the operator mounts "
-                        "the trainer's configuration, scratch space, tokens, credentials and claims"
-                    )
-        return mounts
 
 
 class Output(ApiModel):
@@ -617,8 +767,8 @@ class FineTuneJobSpec(ApiModel):
 class Progress(ApiModel):
     """Training progress pushed by the trainer's rank 0."""
 
-    step: int = describe("Optimizer steps done.", default=0, ge=0)
-    total_steps: int | None = describe("Optimizer steps planned.", default=None, ge=0)
+    step: Int64 = describe("Optimizer steps done.", default=0, ge=0)
+    total_steps: Int64 | None = describe("Optimizer steps planned.", default=None, ge=0)
     percent: int | None = describe("step / totalSteps in percent.", default=None, ge=0, le=100)
     epoch: float | None = describe("Passes over the training mix so far.", default=None, ge=0.0)
     train_loss: float | None = describe("Training loss, averaged since the previous report.", default=None)
@@ -627,7 +777,7 @@ class Progress(ApiModel):
     tokens_per_second: float | None = describe(
         "Real (non-padding) tokens per second over all ranks.", default=None, ge=0.0
     )
-    eta_seconds: int | None = describe("Estimated seconds until training ends.", default=None, ge=0)
+    eta_seconds: Int64 | None = describe("Estimated seconds until training ends.", default=None, ge=0)
     eta: text(32) | None = describe("The same estimate for people, for example 1h5m.", default=None)
     updated_at: Timestamp | None = describe("When the trainer sent this report.", default=None)
 
@@ -635,7 +785,7 @@ class Progress(ApiModel):
 class CheckpointStatus(ApiModel):
     """The newest complete checkpoint."""
 
-    step: int = describe("Optimizer step of the checkpoint.", ge=0)
+    step: Int64 = describe("Optimizer step of the checkpoint.", ge=0)
     uri: text(2048) = describe("Where it is stored.")
     saved_at: Timestamp | None = describe("When it was saved.", default=None)
 
@@ -647,7 +797,7 @@ class LossComparison(ApiModel):
     adapter_loss: float | None = describe("Mean token loss of the fine-tuned model.", default=None)
     base_perplexity: float | None = describe("exp(baseLoss).", default=None)
     adapter_perplexity: float | None = describe("exp(adapterLoss).", default=None)
-    samples: int | None = describe("Rows evaluated.", default=None, ge=0)
+    samples: Int64 | None = describe("Rows evaluated.", default=None, ge=0)
     base_exact_match: float | None = describe("Fraction of exact-match completions of the base model.", default=None)
     adapter_exact_match: float | None = describe("Fraction of exact-match completions after fine-tuning.", default=None)
     base_json_valid: float | None = describe("Fraction of base-model completions that parse as JSON.", default=None)
@@ -679,7 +829,7 @@ class ArtifactStatus(ApiModel):
 
     uri: text(2048) = describe("Directory of the artifact.")
     digest: text(71, r"^sha256:[a-f0-9]{64}$") = describe("Digest over the artifact's files (its manifest's).")
-    size_bytes: int = describe("Total size of the files.", ge=0)
+    size_bytes: Int64 = describe("Total size of the files.", ge=0)
 
 
 class ModelStatus(ApiModel):
@@ -695,7 +845,7 @@ class FineTuneJobStatus(ApiModel):
         "Pending, Suspended, Running, Succeeded or Failed: a summary for display; the conditions are authoritative.",
         default=None,
     )
-    observed_generation: int | None = describe("The metadata.generation this status describes.", default=None, ge=0)
+    observed_generation: Int64 | None = describe("The metadata.generation this status describes.", default=None, ge=0)
     conditions: list[Condition] = describe(
         "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published and ReferencesResolved.",
         default_factory=list,
@@ -704,8 +854,8 @@ class FineTuneJobStatus(ApiModel):
     )
     start_time: Timestamp | None = describe("When training pods first ran.", default=None)
     completion_time: Timestamp | None = describe("When the job succeeded or failed.", default=None)
-    restarts: int = describe("Training pods that failed and were retried.", default=0, ge=0)
-    resumed_from_step: int | None = describe("The checkpoint step the latest retry resumed from.", default=None, ge=0)
+    restarts: Int64 = describe("Training pods that failed and were retried.", default=0, ge=0)
+    resumed_from_step: Int64 | None = describe("The checkpoint step the latest retry resumed from.", default=None, ge=0)
     job_name: text(253) | None = describe("Name of the batch/v1 Job that runs the training.", default=None)
     model: ModelStatus | None = describe("The base model as resolved.", default=None)
     progress: Progress | None = describe("Live progress from the trainer.", default=None)

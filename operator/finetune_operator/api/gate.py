@@ -55,6 +55,14 @@ def judge(gate: Gate, task: LossComparison | None, general: LossComparison | Non
     return EvaluationSummary(task=task, general=general, gate=verdict, message="; ".join(findings))
 
 
+def verdict_from_numbers(gate: Gate, summary: EvaluationSummary | None) -> EvaluationSummary | None:
+    """The verdict the operator stands by: judged again from the reported losses, whatever gate and message
+    came with them (a trainer's report is the tenant's word; only its numbers are evidence)."""
+    if summary is None:
+        return None
+    return judge(gate, summary.task, summary.general)
+
+
 def allows_publishing(summary: EvaluationSummary | None, gate: Gate) -> bool:
     if gate.mode != "enforce":
         return True

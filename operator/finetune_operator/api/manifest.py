@@ -14,6 +14,7 @@ from pathlib import Path
 from pydantic import field_validator
 
 from .base import ApiModel, describe, text
+from .paths import unsafe_segment
 
 MANIFEST_VERSION = 1
 MAX_MANIFEST_FILES = 10_000  # a full model has tens of files; a checkpointed adapter a handful
@@ -25,10 +26,10 @@ def relative_path_problem(path: str) -> str | None:
     """Why ``path`` is not a plain relative path of / separated names (None: it is one)."""
     if "\0" in path:
         return "must not hold a NUL character"
-    segments = path.split("/")
-    if any(segment in ("", ".", "..") for segment in segments):
-        return "must be relative, with / between names, and no empty, '.' or '..' segment"
-    if any(len(segment.encode()) > 255 for segment in segments):
+    segment = unsafe_segment(path)
+    if segment is not None:
+        return f"has {segment}: it must be relative and stay below the artifact's directory"
+    if any(len(name.encode()) > 255 for name in path.split("/")):
         return "has a name longer than 255 bytes"
     return None
 

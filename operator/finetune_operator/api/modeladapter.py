@@ -14,6 +14,7 @@ from .base import (
     CONDITIONS_LIST_MAP,
     ApiModel,
     Condition,
+    Int64,
     ModelUri,
     SecretReference,
     StorageUri,
@@ -121,7 +122,7 @@ class ModelAdapterStatus(ApiModel):
     """What the operator verified."""
 
     phase: AdapterPhase | None = describe("Pending, Verifying, Ready or Failed (for display).", default=None)
-    observed_generation: int | None = describe("The metadata.generation this status describes.", default=None, ge=0)
+    observed_generation: Int64 | None = describe("The metadata.generation this status describes.", default=None, ge=0)
     conditions: list[Condition] = describe(
         "ArtifactVerified, ServingCompatible and Ready.",
         default_factory=list,
@@ -129,7 +130,7 @@ class ModelAdapterStatus(ApiModel):
         json_schema_extra=CONDITIONS_LIST_MAP,
     )
     digest: text(71) | None = describe("The digest the operator computed over the artifact's files.", default=None)
-    size_bytes: int | None = describe("Total size of the artifact's files.", default=None, ge=0)
+    size_bytes: Int64 | None = describe("Total size of the artifact's files.", default=None, ge=0)
     required_max_lora_rank: int | None = describe(
         "The smallest vLLM --max-lora-rank that can load the adapter.", default=None, ge=1
     )

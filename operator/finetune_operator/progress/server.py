@@ -4,34 +4,51 @@ POST /v1/namespaces/{namespace}/finetunejobs/{name}/progress
     Authorization: Bearer <projected ServiceAccount token, audience finetune.dev/progress>
     body: an api.ProgressReport as JSON
 -> 204 written; 400 malformed body (the field is named); 401 bad or missing token; 403 a good token
-   for the wrong pod or job, or not rank 0; 404 no such job; 429 too many reports.
+   for the wrong pod or job, or not rank 0; 404 no such job (or a namespace or name that is no DNS label);
+   413 too large; 429 too many reports (from this job, or from this client's address).
+
+Each request is checked in the order of what the check costs: the names in the path (nothing), the
+client's budget (nothing), the token (a TokenReview, unless answered a moment ago, yes or no), the pod and
+its jobs (three reads), and only then is the body read: whoever may not report spends none of the API
+server's requests beyond its budget, and none of the operator's memory or time on a body.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import threading
-import time
+import re
 
 from aiohttp import web
 from pydantic import ValidationError
 
 from ..api import ProgressReport, format_validation_error
+from ..api.base import DNS_LABEL_PATTERN
 from ..context import utc_now
 from ..kube import FINETUNEJOBS, JOBS, PODS, Kube, KubeError
 from ..metrics import OperatorMetrics
 from ..naming import training_job_name
 from ..settings import Settings
+from ..tokens import ReviewCache, bearer_token
+from .checkpoint_events import record_checkpoint_fallback
 from .identity import Refusal, caller_from_review, check_chain
 from .ratelimit import RateLimiter
-from .status_patch import status_patch
+from .status_patch import job_gate, status_patch
 
 log = logging.getLogger(__name__)
 
 MAX_BODY = 64 * 1024
 REVIEW_CACHE_SECONDS = 10.0
+# A token the API server refused is refused again without asking, for a while: retrying one costs nothing.
+FAILED_REVIEW_CACHE_SECONDS = 10.0
+REVIEW_CACHE_ENTRIES = 1024
+# Per client address, before the token is looked at. A trainer reports every few seconds; this allows
+# many times that, and caps what any one address can make the operator ask the API server.
+CLIENT_RATE, CLIENT_BURST = 5.0, 20
+
+
+def is_dns_label(value: str) -> bool:
+    return len(value) <= 63 and re.fullmatch(DNS_LABEL_PATTERN, value) is not None
 
 
 class ProgressService:
@@ -42,25 +59,24 @@ class ProgressService:
         self.settings = settings
         self.metrics = metrics
         self.limiter = RateLimiter(rate=2.0, burst=10)
-        self._reviews: dict[str, tuple[float, dict]] = {}
-        self._lock = threading.Lock()
+        self.clients = RateLimiter(rate=CLIENT_RATE, burst=CLIENT_BURST)
+        self._reviews: ReviewCache[dict] = ReviewCache(REVIEW_CACHE_ENTRIES)
 
     def _review(self, token: str) -> dict:
-        key = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            cached = self._reviews.get(key)
-            if cached and now - cached[0] < REVIEW_CACHE_SECONDS:
-                return cached[1]
-        status = self.kube.token_review(token, [self.settings.progress_audience])
-        if status.get("authenticated"):
-            with self._lock:
-                if len(self._reviews) > 1024:
-                    self._reviews.clear()
-                self._reviews[key] = (now, status)
+        if (cached := self._reviews.get(token)) is not None:
+            return cached
+        try:
+            status = self.kube.token_review(token, [self.settings.progress_audience])
+        except KubeError:
+            self.metrics.token_reviewed("progress", None)
+            raise
+        self.metrics.token_reviewed("progress", status)
+        seconds = REVIEW_CACHE_SECONDS if status.get("authenticated") else FAILED_REVIEW_CACHE_SECONDS
+        self._reviews.put(token, status, seconds)
         return status
 
-    def accept(self, namespace: str, name: str, token: str, body: bytes) -> None:
+    def authenticate(self, namespace: str, name: str, token: str) -> dict:
+        """The FineTuneJob the token's pod may report for, once it is proven to be the job's rank 0."""
         caller = caller_from_review(self._review(token), namespace, self.settings.progress_audience)
         finetunejob = self.kube.get(FINETUNEJOBS, namespace, name)
         training_job = self.kube.get(JOBS, namespace, training_job_name(name)) if finetunejob else None
@@ -69,52 +85,60 @@ class ProgressService:
         # Only the job's own rank 0 spends its budget: another pod's tokens cannot starve it.
         if not self.limiter.allow((namespace, name)):
             raise Refusal(429, "rate_limited", "too many reports; send at most one every few seconds")
+        return finetunejob
+
+    def accept(self, namespace: str, name: str, finetunejob: dict, body: bytes) -> None:
+        """Apply the report of an authenticated caller to ``finetunejob``'s status."""
         try:
             report = ProgressReport.model_validate_json(body)
         except ValidationError as error:
             raise Refusal(400, "invalid_body", "; ".join(format_validation_error(error))) from None
         now = utc_now()
-        patch = status_patch(report, now)
+        patch = status_patch(report, job_gate(finetunejob), now)
         self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
+        record_checkpoint_fallback(self.kube, finetunejob, report.checkpoint_fallback, now)
         status = finetunejob.get("status") or {}
         if not status.get("progress"):
             self.metrics.first_report(status.get("startTime"), now)
         self.metrics.report_accepted(namespace, name, report)
 
 
+async def _read_body(request: web.Request) -> bytes:
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise Refusal(413, "too_large", f"reports are at most {MAX_BODY} bytes")
+    return body
+
+
 def build_app(service: ProgressService) -> web.Application:
     async def progress(request: web.Request) -> web.Response:
-        header = request.headers.get("Authorization", "")
         namespace, name = request.match_info["namespace"], request.match_info["name"]
+        valid_names = is_dns_label(namespace) and is_dns_label(name)
+        # The path is the caller's: logged only once it is known to hold plain DNS labels.
+        where = f"{namespace}/{name}" if valid_names else "an invalid path"
         try:
-            if not header.startswith("Bearer ") or not header[7:].strip():
+            if not valid_names:
+                raise Refusal(404, "invalid_name", "no such FineTuneJob: namespace and name are DNS labels")
+            if not service.clients.allow(request.remote):
+                raise Refusal(429, "client_rate_limited", "too many requests from this address; retry later")
+            token = bearer_token(request.headers.get("Authorization", ""))
+            if token is None:
                 raise Refusal(401, "missing_token", "send the projected ServiceAccount token as a Bearer token")
             if (request.content_length or 0) > MAX_BODY:
                 raise Refusal(413, "too_large", f"reports are at most {MAX_BODY} bytes")
-            body = await request.content.read(MAX_BODY + 1)
-            if len(body) > MAX_BODY:
-                raise Refusal(413, "too_large", f"reports are at most {MAX_BODY} bytes")
             try:
-                await asyncio.to_thread(service.accept, namespace, name, header[7:].strip(), body)
+                finetunejob = await asyncio.to_thread(service.authenticate, namespace, name, token)
+                body = await _read_body(request)
+                await asyncio.to_thread(service.accept, namespace, name, finetunejob, body)
             except KubeError as error:
-                log.warning("progress report for %s/%s: the API server failed: %s", namespace, name, error)
+                log.warning("progress report for %s: the API server failed: %s", where, error)
                 raise Refusal(503, "api_unavailable", "the operator could not reach the API server; retry") from None
         except Refusal as refusal:
             service.metrics.report_rejected(refusal.reason)
-            log.info("progress report for %s/%s refused: %s", namespace, name, refusal.reason)
+            log.info("progress report for %s refused: %s", where, refusal.reason)
             return web.json_response({"error": refusal.reason, "message": refusal.message}, status=refusal.status)
         return web.Response(status=204)
 
     app = web.Application(client_max_size=MAX_BODY + 1024)
     app.router.add_post("/v1/namespaces/{namespace}/finetunejobs/{name}/progress", progress)
-    return app
-
-
-def build_metrics_app(metrics: OperatorMetrics, depth) -> web.Application:
-    async def serve(_: web.Request) -> web.Response:
-        depth()
-        return web.Response(body=metrics.exposition(), content_type="text/plain", charset="utf-8")
-
-    app = web.Application()
-    app.router.add_get("/metrics", serve)
     return app

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import ProgressReport
+from pydantic import ValidationError
+
+from ..api import Gate, ProgressReport, verdict_from_numbers
 
 
 def human_duration(seconds: int) -> str:
@@ -22,7 +24,18 @@ def _rounded(value: float | None, digits: int = 4) -> float | None:
     return None if value is None else round(value, digits)
 
 
-def status_patch(report: ProgressReport, now: str) -> dict[str, Any]:
+def job_gate(finetunejob: dict[str, Any]) -> Gate:
+    """The FineTuneJob's gate as stored; the default (enforcing) gate if it does not parse (an object written
+    before a schema change: its reconcile says what is wrong with it)."""
+    stored = ((finetunejob.get("spec") or {}).get("evaluation") or {}).get("gate") or {}
+    try:
+        return Gate.model_validate(stored)
+    except ValidationError:
+        return Gate()
+
+
+def status_patch(report: ProgressReport, gate: Gate, now: str) -> dict[str, Any]:
+    """The report's numbers as status; the gate's verdict is the operator's own, judged from them by ``gate``."""
     progress: dict[str, Any] = {"step": report.step, "updatedAt": now}
     if report.total_steps:
         progress["totalSteps"] = report.total_steps
@@ -42,10 +55,12 @@ def status_patch(report: ProgressReport, now: str) -> dict[str, Any]:
         patch["checkpoint"] = {"step": report.checkpoint.step, "uri": report.checkpoint.uri, "savedAt": now}
     if report.resumed_from_step is not None:
         patch["resumedFromStep"] = report.resumed_from_step
+    elif report.checkpoint_fallback is not None and report.checkpoint_fallback.to_step is None:
+        patch["resumedFromStep"] = None  # no checkpoint was usable: this attempt started over (null deletes)
     if report.model_revision:
         patch["model"] = {"revision": report.model_revision}
     if report.evaluation is not None:
-        patch["evaluation"] = report.evaluation.to_api()
+        patch["evaluation"] = verdict_from_numbers(gate, report.evaluation).to_api()
     if report.artifact is not None:
         patch["artifact"] = report.artifact.to_api()
     return patch

@@ -1,5 +1,6 @@
-"""TLS of the progress endpoint: a certificate from a Secret (cert-manager compatible), or one the
-operator signs with its own CA, kept in a Secret so restarts do not invalidate what pods trust."""
+"""TLS of the operator's HTTPS endpoints (progress, and /metrics): a certificate from a Secret (cert-manager
+compatible), or one the operator signs with its own CA, kept in a Secret so restarts do not invalidate what
+pods (and Prometheus) trust."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
-CA_SECRET = "finetune-operator-progress-ca"
+CA_SECRET = "finetune-operator-progress-ca"  # noqa: S105 the name of a Secret, not its value
 
 
 @dataclass(frozen=True)
@@ -48,12 +49,15 @@ def _decode(secret: dict, key: str) -> bytes | None:
 
 
 def hosts_for(settings: Settings) -> list[str]:
-    hosts = ["localhost", "127.0.0.1"]
+    """The names the operator's own certificate is for: the progress URL's host (as pods reach it), the
+    Service's names (as Prometheus reaches /metrics), and loopback."""
+    names = list(settings.tls_hosts)
     if settings.progress_url and (host := urlparse(settings.progress_url).hostname):
-        hosts.insert(0, host)
-        if host.endswith(".svc"):
-            hosts.insert(1, f"{host}.cluster.local")
-    return hosts
+        names.insert(0, host)
+    hosts = [
+        host for name in names for host in (name, f"{name}.cluster.local") if host == name or name.endswith(".svc")
+    ]
+    return list(dict.fromkeys([*hosts, "localhost", "127.0.0.1"]))
 
 
 def from_secret(kube: Kube, reference: str) -> ServingTLS:

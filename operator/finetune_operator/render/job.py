@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+from fractions import Fraction
 from typing import Any
 
 from ..api import ExitCode, FineTuneJob
+from ..api.quantity import parse_quantity
 from ..naming import (
     CONFIG_HASH_ANNOTATION,
     KUEUE_LABELS,
@@ -95,7 +97,7 @@ def _environment(job: FineTuneJob) -> list[dict[str, Any]]:
         {"name": "FINETUNE_CACHE_DIR", "value": f"{scratch}/cache/finetune"},
         # The root filesystem is read-only: everything libraries cache goes to scratch.
         {"name": "HOME", "value": f"{scratch}/home"},
-        {"name": "TMPDIR", "value": f"{scratch}/tmp"},
+        {"name": "TMPDIR", "value": f"{scratch}/tmp"},  # noqa: S108 TMPDIR inside the pod's own scratch volume
         {"name": "HF_HOME", "value": f"{scratch}/huggingface"},
         {"name": "TRITON_CACHE_DIR", "value": f"{scratch}/triton"},
         {"name": "XDG_CACHE_HOME", "value": f"{scratch}/cache"},
@@ -111,9 +113,9 @@ def _environment(job: FineTuneJob) -> list[dict[str, Any]]:
     return env
 
 
-def cpu_cores(quantity: str) -> float:
-    """A CPU quantity ("32", "2.5", "500m") in cores."""
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+def cpu_cores(quantity: str) -> Fraction:
+    """A CPU quantity ("32", "2.5", "500m", "1k", "2Ki") in cores, exactly."""
+    return parse_quantity(quantity)
 
 
 def threads_per_process(job: FineTuneJob) -> int | None:
@@ -121,7 +123,7 @@ def threads_per_process(job: FineTuneJob) -> int | None:
     if not resources.cpu:
         return None
     per_node = max(resources.gpus_per_node, 1)
-    return max(1, int(cpu_cores(resources.cpu) // per_node))
+    return max(1, cpu_cores(resources.cpu) // per_node)
 
 
 def _volumes_and_mounts(job: FineTuneJob, settings: Settings) -> tuple[list[dict], list[dict]]:
@@ -166,8 +168,8 @@ def _volumes_and_mounts(job: FineTuneJob, settings: Settings) -> tuple[list[dict
             {"name": f"pvc-{index}", "persistentVolumeClaim": {"claimName": claim, "readOnly": not writable}}
         )
         mounts.append({"name": f"pvc-{index}", "mountPath": f"{paths.PVC_ROOT}/{claim}", "readOnly": not writable})
-    volumes += job.spec.template.volumes
-    mounts += job.spec.template.volume_mounts
+    volumes += [volume.to_api() for volume in job.spec.template.volumes]
+    mounts += [mount.to_api() for mount in job.spec.template.volume_mounts]
     return volumes, mounts
 
 

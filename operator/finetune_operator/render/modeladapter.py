@@ -65,3 +65,16 @@ def render_model_adapter(
         },
         "spec": adapter_spec.to_api(),
     }
+
+
+def is_publication_of(adapter: dict[str, Any], job: FineTuneJob, artifact: ArtifactStatus) -> bool:
+    """Whether an existing ModelAdapter is the one this job publishes (created by an earlier try whose status
+    write was lost): the same job by UID and the same artifact by location and digest. Anyone who can create
+    ModelAdapters can copy a job's UID into spec.source; the artifact is what serving loads."""
+    spec = adapter.get("spec") or {}
+    source, stored = spec.get("source") or {}, spec.get("artifact") or {}
+    return (
+        source.get("uid") == job.metadata.uid
+        and stored.get("uri") == artifact.uri
+        and stored.get("digest") == artifact.digest
+    )

@@ -1,6 +1,9 @@
-"""Owner references: what the operator creates for a FineTuneJob or a ModelAdapter goes with it."""
+"""Owner references: what the operator creates for a FineTuneJob or a ModelAdapter goes with it, and what
+is believed about it comes from objects whose controller chain leads back to it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 from ..api import API_VERSION, FineTuneJob, ModelAdapter
 
@@ -18,3 +21,12 @@ def owner_reference(owner: FineTuneJob | ModelAdapter, block_owner_deletion: boo
     if block_owner_deletion:
         reference["blockOwnerDeletion"] = True
     return reference
+
+
+def controlled_by(obj: dict[str, Any], uid: str | None) -> bool:
+    """Whether the object's controller (its one owner reference with controller: true) has ``uid``.
+
+    A label or a name is anyone's to copy in a namespace, and names come back after a deletion; the
+    UID of the object that created it is what tells the operator's children from look-alikes."""
+    references = obj.get("metadata", {}).get("ownerReferences") or []
+    return uid is not None and any(ref.get("controller") is True and ref.get("uid") == uid for ref in references)

@@ -67,12 +67,12 @@ def _template_references(job: FineTuneJob) -> list[Reference]:
                 found.append(Reference(kind, ref["name"], f"spec.template.env[{index}].valueFrom.{key}"))
     for index, volume in enumerate(template.volumes):
         where = f"spec.template.volumes[{index}]"
-        secret, config_map, claim = volume.get("secret"), volume.get("configMap"), volume.get("persistentVolumeClaim")
-        if isinstance(secret, dict) and secret.get("secretName") and not secret.get("optional"):
+        secret, config_map, claim = volume.secret or {}, volume.config_map or {}, volume.persistent_volume_claim or {}
+        if secret.get("secretName") and not secret.get("optional"):
             found.append(Reference("Secret", secret["secretName"], f"{where}.secret"))
-        if isinstance(config_map, dict) and config_map.get("name") and not config_map.get("optional"):
+        if config_map.get("name") and not config_map.get("optional"):
             found.append(Reference("ConfigMap", config_map["name"], f"{where}.configMap"))
-        if isinstance(claim, dict) and claim.get("claimName"):
+        if claim.get("claimName"):
             found.append(Reference("PersistentVolumeClaim", claim["claimName"], f"{where}.persistentVolumeClaim"))
     return found
 

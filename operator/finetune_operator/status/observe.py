@@ -8,9 +8,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..api import ExitCode, FinalSummary, FineTuneJob, FineTuneJobStatus, describe_exit_code
+from ..api import ExitCode, FinalSummary, FineTuneJob, FineTuneJobStatus, describe_exit_code, verdict_from_numbers
 from ..api.finetunejob import ArtifactStatus, ModelStatus
 from ..naming import KUEUE_LABELS, TRAINER_CONTAINER
+from ..render.owner import controlled_by
 from .conditions import Change, get_condition, is_true, set_condition
 
 MAX_MESSAGE = 2048
@@ -43,7 +44,7 @@ class Blocker:
 class Observation:
     job: FineTuneJob
     training_job: dict[str, Any] | None
-    pods: list[dict[str, Any]]
+    pods: list[dict[str, Any]]  # as listed by label: anyone's pods may carry the labels
     now: str
     blockers: list[Blocker] = field(default_factory=list)
 
@@ -65,6 +66,19 @@ class Termination:
 def is_finished(status: FineTuneJobStatus) -> bool:
     """Succeeded and Failed are terminal: a finished job is never restarted."""
     return is_true(status.conditions, "Succeeded") or is_true(status.conditions, "Failed")
+
+
+def pods_of(
+    training_job: dict[str, Any] | None, pods: list[dict[str, Any]], owner_uid: str | None
+) -> list[dict[str, Any]]:
+    """The pods of the training Job the FineTuneJob ``owner_uid`` controls, and no other: termination messages
+    and states are believed only along that chain of controllers, checked by UID. A pod that merely
+    carries the labels (a tenant's, another controller's) or belongs to an earlier Job of the same
+    name is not the job's."""
+    if training_job is None or not controlled_by(training_job, owner_uid):
+        return []
+    job_uid = training_job["metadata"].get("uid")
+    return [pod for pod in pods if controlled_by(pod, job_uid)]
 
 
 def last_termination(pods: list[dict[str, Any]]) -> Termination | None:
@@ -200,8 +214,10 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     else:
         condition("ReferencesResolved", "True", "AllFound", "everything the job refers to exists")
 
-    if status.artifact is None and (summary := final_summary(observation.pods)) is not None:
+    pods = pods_of(observation.training_job, observation.pods, job.metadata.uid)
+    if status.artifact is None and (summary := final_summary(pods)) is not None:
         _adopt(status, summary)
+    status.evaluation = verdict_from_numbers(job.spec.evaluation.gate, status.evaluation)
 
     if status.evaluation is not None and status.evaluation.gate:
         verdict, message = status.evaluation.gate, status.evaluation.message or ""
@@ -232,7 +248,7 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     # Pods failed by a disruption (drain, preemption, eviction) are retried without counting in the Job's
     # status.failed (podFailurePolicy Ignore); they are restarts all the same. Never lower than before:
     # a replaced Job starts counting at 0 again, and disrupted pods are removed in time.
-    status.restarts = max(status.restarts or 0, int(job_status.get("failed") or 0) + _disrupted(observation.pods))
+    status.restarts = max(status.restarts or 0, int(job_status.get("failed") or 0) + _disrupted(pods))
     condition("Created", "True", "JobCreated", f"created Job {name} with {nodes} indexed pod(s)")
 
     complete = job_condition(training_job, "Complete")
@@ -253,7 +269,7 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         return _finish(status), changes
 
     if failed is not None:
-        reason, message = _failure(training_job, observation.pods)
+        reason, message = _failure(training_job, pods)
         status.phase = "Failed"
         status.completion_time = failed.get("lastTransitionTime") or observation.now
         condition("Running", "False", "JobFinished", "training stopped")
@@ -279,7 +295,7 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     else:
         condition("Suspended", "False", "NotSuspended", "the job is not suspended")
 
-    active = _active(observation.pods)
+    active = _active(pods)
     running = [p for p in active if p["status"].get("phase") == "Running"]
     if running:
         status.phase = "Running"
@@ -287,7 +303,7 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         condition("Running", "True", "PodsRunning", f"{len(running)} of {nodes} training pod(s) running")
         return status, changes
 
-    if any(p.get("status", {}).get("phase") == "Succeeded" for p in observation.pods) and not active:
+    if any(p.get("status", {}).get("phase") == "Succeeded" for p in pods) and not active:
         # The trainer exited 0; the Job controller has yet to mark the Job Complete (a moment).
         status.phase = "Running"
         condition("Running", "True", "Completing", "the training pods finished; completing the Job")
@@ -298,7 +314,7 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         condition("Running", "False", "Unschedulable", _clip(message))
     elif stuck := _stuck(active):
         condition("Running", "False", stuck[0], _clip(stuck[1]))
-    elif status.restarts and (termination := last_termination(observation.pods)):
+    elif status.restarts and (termination := last_termination(pods)):
         condition("Running", "False", "Restarting", _clip(f"retrying after {termination.describe()}"))
     else:
         condition("Running", "False", "PodsPending", "waiting for the training pods to start")
