@@ -104,7 +104,7 @@ def serve() -> int:
             "--metrics-secure=false",  # the local development setting: plain HTTP on 127.0.0.1, no token
             f"--operator-namespace={OPERATOR_NAMESPACE}",
             "--log-format=text",
-            env={"FINETUNE_DEFAULT_OUTPUT_URI": ""},
+            env={"FINETUNE_DEFAULT_OUTPUT_URI": "", "FINETUNE_S3_ENDPOINT": minio.endpoint},
         ).start()
         agent = LocalNodeAgent(cluster.kubeconfig, workdir=run / "node")
         agent.start()

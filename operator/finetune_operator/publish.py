@@ -26,7 +26,7 @@ from .context import Context
 from .render import ResolutionError, resolve_trainer_config
 from .render.modeladapter import is_publication_of, render_model_adapter
 from .status.conditions import Change, is_true, set_condition
-from .storage import StorageUnreachable, open_store
+from .storage import StorageProblem, open_store
 from .sts import job_output_credentials
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,9 @@ def _training_report(context: Context, job: FineTuneJob) -> tuple[TrainingReport
     location = f"{config.output.checkpoints_uri}{REPORT_FILE_NAME}"
     try:
         credentials = job_output_credentials(context.kube, context.settings, job, config.output.checkpoints_uri)
-        raw = open_store(config.output.checkpoints_uri, credentials).read(REPORT_FILE_NAME)
-    except StorageUnreachable as problem:
+        store = open_store(config.output.checkpoints_uri, credentials, context.settings)
+        raw = store.read_small(REPORT_FILE_NAME)
+    except StorageProblem as problem:  # unreachable, or a report above the size bound
         return None, problem.message
     if raw is None:
         return None, f"no {location}"
@@ -56,12 +57,12 @@ def _target_modules(context: Context, job: FineTuneJob, artifact: ArtifactStatus
     """The module names PEFT resolved (all-linear becomes q_proj, ...), from the artifact itself."""
     try:
         credentials = job_output_credentials(context.kube, context.settings, job, artifact.uri)
-        raw = open_store(artifact.uri, credentials).read("adapter_config.json")
-    except (StorageUnreachable, ResolutionError):
+        raw = open_store(artifact.uri, credentials, context.settings).read_small("adapter_config.json")
+    except (StorageProblem, ResolutionError):
         return []  # the ModelAdapter's own verification reports what is wrong with the storage
     try:
         config = json.loads(raw) if raw is not None else {}
-    except ValueError:
+    except (ValueError, RecursionError):
         return []  # the ModelAdapter's verification says what is wrong with it
     targets = (config.get("target_modules") if isinstance(config, dict) else None) or []
     targets = [targets] if isinstance(targets, str) else targets

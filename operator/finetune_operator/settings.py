@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from .api import format_validation_error
 from .api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
+from .endpoints import EndpointInvalid, normalise_endpoint
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 PROGRESS_AUDIENCE = "finetune.dev/progress"
@@ -57,6 +58,20 @@ class Settings(BaseModel):
         3600, ge=900, le=43200, description="Lifetime of the minted credentials; re-minted at half of it."
     )
     sts_region: str | None = Field(None, min_length=1, description="Region of the STS endpoint; default: the Secret's.")
+    s3_endpoint: str | None = Field(
+        None,
+        description="The platform's S3 endpoint (scheme://host[:port]): a Secret's AWS_ENDPOINT_URL may name it; "
+        "empty: AWS's own S3 only.",
+    )
+    allowed_s3_endpoints: list[str] = Field(
+        default_factory=list, description="Other S3 endpoints a Secret's AWS_ENDPOINT_URL may name (url,...)."
+    )
+    allow_local_files: bool = Field(
+        False, description="Local mode: read file:// artifacts from the operator's own filesystem (never in a cluster)."
+    )
+    verification_timeout_seconds: float = Field(
+        300.0, gt=0, le=3600, description="Time allowed for all the reads of one look at a store (one verification)."
+    )
     progress_url: str | None = Field(
         None,
         pattern=r"^https://",
@@ -127,6 +142,21 @@ class Settings(BaseModel):
                 raise ValueError("must be namespace/name")
         return value
 
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        return _normalised(value) if value else None
+
+    @field_validator("allowed_s3_endpoints", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        return value.split(",") if isinstance(value, str) else value
+
+    @field_validator("allowed_s3_endpoints")
+    @classmethod
+    def _endpoints(cls, value: list[str]) -> list[str]:
+        return [_normalised(url) for url in value if url.strip()]
+
     @field_validator("verifier_image_pull_secrets", "tls_hosts", mode="before")
     @classmethod
     def _names(cls, value: object) -> object:
@@ -173,6 +203,18 @@ class Settings(BaseModel):
     def sts_enabled(self) -> bool:
         return self.sts_credentials_secret is not None
 
+    @property
+    def allowed_endpoints(self) -> frozenset[str]:
+        """Every S3 endpoint (normalised) the operator may send a request to; AWS's own S3 besides."""
+        return frozenset([*([self.s3_endpoint] if self.s3_endpoint else []), *self.allowed_s3_endpoints])
+
+
+def _normalised(url: str) -> str:
+    try:
+        return normalise_endpoint(url)
+    except EndpointInvalid as error:
+        raise ValueError(f"{url!r} {error}") from None
+
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
 
@@ -204,6 +246,14 @@ _OPTIONS = {
     "sts_role_arn": ("--sts-role-arn", "FINETUNE_STS_ROLE_ARN", None),
     "sts_duration_seconds": ("--sts-duration-seconds", "FINETUNE_STS_DURATION_SECONDS", None),
     "sts_region": ("--sts-region", "FINETUNE_STS_REGION", None),
+    "s3_endpoint": ("--s3-endpoint", "FINETUNE_S3_ENDPOINT", "the platform's S3 endpoint, scheme://host[:port]"),
+    "allowed_s3_endpoints": ("--allowed-s3-endpoints", "FINETUNE_ALLOWED_S3_ENDPOINTS", "other S3 endpoints, url,..."),
+    "allow_local_files": ("--allow-local-files", "FINETUNE_ALLOW_LOCAL_FILES", "read file:// artifacts (local runs)"),
+    "verification_timeout_seconds": (
+        "--verification-timeout-seconds",
+        "FINETUNE_VERIFICATION_TIMEOUT_SECONDS",
+        "time allowed for one verification's reads",
+    ),
     "progress_url": ("--progress-url", "FINETUNE_PROGRESS_URL", "progress endpoint URL as pods reach it"),
     "progress_port": ("--progress-port", "FINETUNE_PROGRESS_PORT", None),
     "progress_tls_secret": ("--progress-tls-secret", "FINETUNE_PROGRESS_TLS_SECRET", "namespace/name"),
@@ -235,6 +285,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default_text = f" (env {env})"
         if name == "namespaces":
             parser.add_argument(flag, dest=name, action="append", default=None, help=(help_text or "") + default_text)
+        elif Settings.model_fields[name].annotation is bool:  # --allow-local-files alone means true
+            parser.add_argument(
+                flag, dest=name, nargs="?", const="true", default=None, help=(help_text or "") + default_text
+            )
         else:
             parser.add_argument(
                 flag, dest=name, default=None, help=(help_text or name.replace("_", " ")) + default_text

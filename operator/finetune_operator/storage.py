@@ -1,23 +1,46 @@
 """Reading stored artifacts: the operator checks what the trainer wrote (or a user imported).
 
-s3:// with the credentials of a Secret (any S3-compatible endpoint), and file:// for local runs.
-pvc:// cannot be read from the operator's pod; callers decide what that means.
+Everything read here belongs to a tenant, so every read is bounded:
+- a small object (manifest.json, adapter_config.json, ...) is at most SMALL_OBJECT_LIMIT_BYTES: its
+  size is asked first, and the read stops one byte past the limit whatever the size said;
+- a file is hashed as a stream, only once its size matched its manifest's, and never further than
+  that size;
+- all the reads of one opened store share one Deadline, checked before every request and between
+  socket reads (each returns after one receive, itself bounded by the client's read timeout).
+s3:// is read only with the keys of a Secret, never with the operator's own identity, and only at an
+endpoint the platform admin allows (endpoints.py); file:// only by an operator in local mode. pvc://
+cannot be read from the operator's pod: a verification pod reads it (adapters/volume.py).
+Messages name the object and the problem; they never carry an object's content or a store's answer.
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING
 
+from .endpoints import endpoint_problem
 from .kube import SECRETS, Kube
 
+if TYPE_CHECKING:
+    from .settings import Settings
+
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
+SMALL_OBJECT_LIMIT_BYTES = 1 << 20  # manifest.json of 10,000 files is about 1 MiB; configs are a few KiB
+CHUNK_BYTES = 1 << 20
+DEFAULT_DEADLINE_SECONDS = 300.0
+CONNECT_TIMEOUT_SECONDS = 5
+READ_TIMEOUT_SECONDS = 20
 
 
-class StorageUnreachable(Exception):
-    """The location cannot be read from here (pvc://), or its credentials are missing."""
+class StorageProblem(Exception):
+    """``reason`` is a condition reason; ``message`` names the object and the problem."""
 
     def __init__(self, reason: str, message: str):
         super().__init__(message)
@@ -25,91 +48,258 @@ class StorageUnreachable(Exception):
         self.message = message
 
 
-class Store(Protocol):
+class StorageUnreachable(StorageProblem):
+    """The store cannot be read from here (credentials, endpoint, time): nothing said about its objects."""
+
+
+class ObjectRefused(StorageProblem):
+    """An object the operator will not read: too large, outside its directory, or gone while read."""
+
+
+class Deadline:
+    """One wall-clock budget for all the reads of one look at a store."""
+
+    def __init__(self, seconds: float, clock: Callable[[], float] = time.monotonic):
+        self.seconds = seconds
+        self._clock = clock
+        self._ends = clock() + seconds
+
+    def check(self, location: str) -> None:
+        if self._clock() >= self._ends:
+            raise StorageUnreachable(
+                "VerificationTimedOut", f"{location}: still reading after the {self.seconds:g} s allowed for one look"
+            )
+
+
+def read_at_most(chunks: Iterable[bytes], limit: int) -> bytes | None:
+    """All the bytes of ``chunks`` when they are at most ``limit``; None as soon as there are more."""
+    data = bytearray()
+    for chunk in chunks:
+        data += chunk
+        if len(data) > limit:
+            return None
+    return bytes(data)
+
+
+def sha256_of_exactly(chunks: Iterable[bytes], size: int) -> str | None:
+    """The hex sha256 of ``chunks`` when they hold exactly ``size`` bytes; None otherwise (and no more is read)."""
+    digest = hashlib.sha256()
+    seen = 0
+    for chunk in chunks:
+        seen += len(chunk)
+        if seen > size:
+            return None
+        digest.update(chunk)
+    return digest.hexdigest() if seen == size else None
+
+
+class Store:
+    """Bounded reads over what each kind of store provides: an object's size and its first bytes."""
+
     uri: str
+    deadline: Deadline
 
-    def read(self, name: str) -> bytes | None: ...
-
-    def size(self, name: str) -> int | None: ...
-
-    def sha256(self, name: str) -> str | None: ...
-
-
-class FileStore:
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.root = Path(uri.removeprefix("file://"))
-
-    def _path(self, name: str) -> Path:
-        return self.root / name
-
-    def read(self, name: str) -> bytes | None:
-        path = self._path(name)
-        return path.read_bytes() if path.is_file() else None
+    def location(self, name: str) -> str:
+        return f"{self.uri.rstrip('/')}/{name}"
 
     def size(self, name: str) -> int | None:
-        path = self._path(name)
-        return path.stat().st_size if path.is_file() else None
+        """The object's size in bytes; None when there is no such object."""
+        raise NotImplementedError
 
-    def sha256(self, name: str) -> str | None:
-        path = self._path(name)
-        if not path.is_file():
+    def chunks(self, name: str, at_most: int) -> Iterator[bytes]:
+        """At most ``at_most`` bytes of the object from its start, one read at a time."""
+        raise NotImplementedError
+
+    def read_small(self, name: str, limit: int = SMALL_OBJECT_LIMIT_BYTES) -> bytes | None:
+        """A small object's bytes (None: there is none); ObjectRefused when it is larger than ``limit``."""
+        size = self.size(name)
+        if size is None:
             return None
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            while chunk := handle.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        if size > limit:
+            raise ObjectRefused("ObjectTooLarge", f"{self.location(name)} is {size} bytes; at most {limit} are read")
+        data = read_at_most(self.chunks(name, limit + 1), limit)
+        if data is None:  # its size said less than what came
+            raise ObjectRefused("ObjectTooLarge", f"{self.location(name)} is larger than {limit} bytes")
+        return data
+
+    def sha256(self, name: str, size: int) -> str | None:
+        """The object's sha256 when it holds exactly ``size`` bytes; None otherwise. Reads at most size+1."""
+        return sha256_of_exactly(self.chunks(name, size + 1), size)
 
 
-class S3Store:
-    def __init__(self, uri: str, credentials: dict[str, str]):
-        import boto3
-        from botocore.config import Config
+class FileStore(Store):
+    """A directory: the verification pod's mounted claim, or anything in local mode."""
 
+    def __init__(self, uri: str, deadline: Deadline | None = None):
+        self.uri = uri
+        self.root = Path(uri.removeprefix("file://"))
+        self.deadline = deadline or Deadline(DEFAULT_DEADLINE_SECONDS)
+
+    def _path(self, name: str) -> Path:
+        """The file ``name`` under the root; a name that leads elsewhere (.., a symlink) is refused."""
+        try:
+            root = self.root.resolve()
+            path = (root / name).resolve()
+        except (OSError, RuntimeError):  # a symlink loop
+            raise ObjectRefused("PathOutsideArtifact", f"{self.location(name)} cannot be resolved") from None
+        if not path.is_relative_to(root):
+            raise ObjectRefused("PathOutsideArtifact", f"{self.location(name)} leads outside {self.uri}")
+        return path
+
+    def size(self, name: str) -> int | None:
+        self.deadline.check(self.location(name))
+        path = self._path(name)
+        try:
+            found = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as error:
+            raise StorageUnreachable("StorageError", f"{self.location(name)}: {error.strerror}") from None
+        return found.st_size if stat.S_ISREG(found.st_mode) else None  # a FIFO or device is no file
+
+    def chunks(self, name: str, at_most: int) -> Iterator[bytes]:
+        location = self.location(name)
+        try:
+            # O_NONBLOCK: a FIFO put there since size() must not block the open
+            descriptor = os.open(self._path(name), os.O_RDONLY | os.O_NONBLOCK)
+        except FileNotFoundError:
+            raise ObjectRefused("FileMissing", f"{location} disappeared while it was read") from None
+        except OSError as error:
+            raise StorageUnreachable("StorageError", f"{location}: {error.strerror}") from None
+        with os.fdopen(descriptor, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                raise ObjectRefused("FileMissing", f"{location} is not a regular file")
+            left = at_most
+            while left > 0:
+                self.deadline.check(location)
+                chunk = handle.read(min(CHUNK_BYTES, left))
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
+
+
+def s3_client(credentials: dict[str, str], allowed_endpoints: frozenset[str]):
+    """An S3 client that signs only with ``credentials`` and talks only to an allowed endpoint.
+
+    The botocore session's credential chain is emptied, so that keys missing from a Secret can never
+    be filled in from the operator's environment, ~/.aws, an instance profile or IRSA; endpoints
+    configured in the environment or config files are ignored for the same reason.
+    """
+    import botocore.session
+    from botocore.config import Config
+    from botocore.credentials import CredentialResolver
+    from botocore.exceptions import BotoCoreError
+
+    missing = [key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not credentials.get(key)]
+    if missing:
+        raise StorageUnreachable(
+            "CredentialsMissing",
+            f"the credentials Secret has no {' and no '.join(missing)}: storage is read only with a Secret's keys",
+        )
+    problem = endpoint_problem(credentials.get("AWS_ENDPOINT_URL"), allowed_endpoints)
+    if problem:
+        raise StorageUnreachable("EndpointNotAllowed", problem)
+    session = botocore.session.Session()
+    session.register_component("credential_provider", CredentialResolver(providers=[]))
+    config = Config(
+        connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        read_timeout=READ_TIMEOUT_SECONDS,
+        retries={"max_attempts": 2, "mode": "standard"},
+        ignore_configured_endpoint_urls=True,
+        response_checksum_validation="when_required",
+        signature_version="s3v4",
+    )
+    try:
+        return session.create_client(
+            "s3",
+            aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
+            aws_session_token=credentials.get("AWS_SESSION_TOKEN") or None,
+            endpoint_url=credentials.get("AWS_ENDPOINT_URL") or None,
+            region_name=credentials.get("AWS_REGION") or "us-east-1",
+            config=config,
+        )
+    except (BotoCoreError, ValueError):
+        raise StorageUnreachable(
+            "StorageError", "AWS_REGION or AWS_ENDPOINT_URL of the credentials Secret cannot be used"
+        ) from None
+
+
+def _answer(error) -> str:
+    """What the store said, as status code and error code only: never the body of its answer."""
+    status = (error.response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
+    code = str((error.response.get("Error") or {}).get("Code", ""))
+    code = code if re.fullmatch(r"[A-Za-z0-9.]{1,64}", code) and code != str(status) else ""
+    return f"the store answered {status or 'with an error'}{f' ({code})' if code else ''}"
+
+
+def _failure(error: Exception) -> str:
+    """A request that got no answer, named by its kind (botocore's messages can quote a response body)."""
+    from botocore.exceptions import ConnectTimeoutError, EndpointConnectionError, NoCredentialsError, ReadTimeoutError
+
+    for kind, words in [
+        (ConnectTimeoutError, "cannot connect to the store (timed out)"),
+        (EndpointConnectionError, "cannot connect to the store"),
+        (ReadTimeoutError, "the store did not answer in time"),
+        (NoCredentialsError, "no credentials"),
+    ]:
+        if isinstance(error, kind):
+            return words
+    return f"the request failed ({type(error).__name__})"
+
+
+class S3Store(Store):
+    def __init__(self, uri: str, client, deadline: Deadline):
         self.uri = uri
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         self.bucket = bucket
         self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
-        self.client = boto3.client(
-            "s3",
-            aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
-            aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-            endpoint_url=credentials.get("AWS_ENDPOINT_URL"),
-            region_name=credentials.get("AWS_REGION") or "us-east-1",
-            config=Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 3}),
-        )
+        self.client = client
+        self.deadline = deadline
 
     def _call(self, action, name: str):
         """Run one S3 request: a missing object is None; any other failure is StorageUnreachable."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        location = self.location(name)
+        self.deadline.check(location)
         try:
             return action(Bucket=self.bucket, Key=self.prefix + name)
         except ClientError as error:
-            if error.response.get("Error", {}).get("Code", "") in ("404", "NoSuchKey", "NotFound"):
+            if str((error.response.get("Error") or {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
                 return None
-            raise StorageUnreachable("StorageError", f"{self.uri}{name}: {error}") from None
-        except BotoCoreError as error:  # no credentials, endpoint unreachable, timeouts
-            raise StorageUnreachable("StorageError", f"{self.uri}{name}: {error}") from None
-
-    def read(self, name: str) -> bytes | None:
-        found = self._call(self.client.get_object, name)
-        return None if found is None else found["Body"].read()
+            raise StorageUnreachable("StorageError", f"{location}: {_answer(error)}") from None
+        except BotoCoreError as error:
+            raise StorageUnreachable("StorageError", f"{location}: {_failure(error)}") from None
 
     def size(self, name: str) -> int | None:
         found = self._call(self.client.head_object, name)
         return None if found is None else int(found["ContentLength"])
 
-    def sha256(self, name: str) -> str | None:
+    def chunks(self, name: str, at_most: int) -> Iterator[bytes]:
+        from urllib3.exceptions import HTTPError
+
+        location = self.location(name)
         found = self._call(self.client.get_object, name)
         if found is None:
-            return None
-        digest = hashlib.sha256()
-        for chunk in found["Body"].iter_chunks(1 << 20):
-            digest.update(chunk)
-        return digest.hexdigest()
+            raise ObjectRefused("FileMissing", f"{location} disappeared while it was read")
+        # botocore hands over urllib3's response here: its read1 returns after one socket read, where
+        # StreamingBody.read(n) waits for n bytes, however slowly they come.
+        with found["Body"] as response:
+            left = at_most
+            while left > 0:
+                self.deadline.check(location)
+                try:
+                    chunk = response.read1(min(CHUNK_BYTES, left))
+                except (HTTPError, OSError) as error:
+                    raise StorageUnreachable(
+                        "StorageError", f"{location}: reading failed ({type(error).__name__})"
+                    ) from None
+                if not chunk:
+                    return
+                left -= len(chunk)
+                yield chunk
 
 
 def secret_credentials(kube: Kube, namespace: str, name: str | None) -> dict[str, str]:
@@ -120,12 +310,22 @@ def secret_credentials(kube: Kube, namespace: str, name: str | None) -> dict[str
     if secret is None:
         raise StorageUnreachable("SecretNotFound", f"Secret {name} not found in namespace {namespace}")
     data = secret.get("data") or {}
-    return {key: base64.b64decode(data[key]).decode().strip() for key in CREDENTIAL_KEYS if key in data}
+    return {key: base64.b64decode(data[key]).decode(errors="replace").strip() for key in CREDENTIAL_KEYS if key in data}
 
 
-def open_store(uri: str, credentials: dict[str, str]) -> Store:
+def open_store(
+    uri: str, credentials: dict[str, str], settings: Settings, clock: Callable[[], float] = time.monotonic
+) -> Store:
+    """The store at ``uri`` with a fresh deadline for all of its reads."""
+    deadline = Deadline(settings.verification_timeout_seconds, clock)
     if uri.startswith("s3://"):
-        return S3Store(uri, credentials)
+        return S3Store(uri, s3_client(credentials, settings.allowed_endpoints), deadline)
     if uri.startswith("file://"):
-        return FileStore(uri)
+        if not settings.allow_local_files:
+            raise StorageUnreachable(
+                "StorageNotReadable",
+                "the operator reads file:// locations only in local mode (--allow-local-files); "
+                "in a cluster, store artifacts in s3:// or pvc://",
+            )
+        return FileStore(uri, deadline)
     raise StorageUnreachable("StorageNotReadable", f"the operator cannot read {uri.split('://')[0]}:// locations")

@@ -63,15 +63,26 @@ def namespace(cluster, request):
 
 
 @pytest.fixture
-def start_operator(cluster, namespace, tmp_path):
-    """Start the operator watching the test's namespace; stopped (and its log shown on failure) afterwards."""
+def start_operator(cluster, namespace, tmp_path, request):
+    """Start the operator watching the test's namespace; stopped (and its log shown on failure) afterwards.
+
+    In a test that uses MinIO, MinIO is the platform's S3 endpoint (the one a Secret may name), as the
+    chart's storage.endpoint makes it in a cluster.
+    """
     from localcluster.operator_process import OperatorProcess
 
     started: list[OperatorProcess] = []
+    platform = (
+        {"FINETUNE_S3_ENDPOINT": request.getfixturevalue("minio").endpoint} if "minio" in request.fixturenames else {}
+    )
 
     def start(*args: str, env: dict[str, str] | None = None) -> OperatorProcess:
         process = OperatorProcess(
-            cluster.kubeconfig, tmp_path / f"operator-{len(started)}.log", f"--namespace={namespace}", *args, env=env
+            cluster.kubeconfig,
+            tmp_path / f"operator-{len(started)}.log",
+            f"--namespace={namespace}",
+            *args,
+            env={**platform, **(env or {})},
         )
         started.append(process)
         return process.start()

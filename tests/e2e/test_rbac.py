@@ -415,6 +415,7 @@ class Run:
         env["FINETUNE_PROGRESS_URL"] = f"https://127.0.0.1:{self.progress_port}"
         self.metrics_port = free_port()
         env["FINETUNE_METRICS_PORT"] = str(self.metrics_port)
+        env["FINETUNE_ALLOW_LOCAL_FILES"] = "true"  # the published artifact is a local directory (step_report_artifact)
         return env
 
     def start_operator(self) -> None:

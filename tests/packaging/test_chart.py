@@ -39,6 +39,11 @@ ALL_FEATURES = {
             "region": "eu-west-1",
         },
     },
+    "storage": {
+        "endpoint": "http://minio.storage.svc:9000",
+        "allowedEndpoints": ["https://s3.example.com", "http://10.0.0.5:9000"],
+        "verificationTimeoutSeconds": 120,
+    },
     "progress": {"tls": {"secretName": "progress-tls"}, "url": "https://progress.example:8443"},
     "metrics": {
         "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
@@ -180,6 +185,27 @@ def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
 
 
 @pytest.mark.parametrize(
+    "endpoint",
+    ["http://minio.storage.svc:9000", "https://s3.example.com/", "http://10.0.0.5", "minio:9000", "http://minio/path"],
+)
+def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint):
+    import re
+
+    from finetune_operator.settings import Settings
+
+    pattern = json.loads((CHART / "values.schema.json").read_text())["properties"]["storage"]["properties"]
+    schema_accepts = (
+        re.fullmatch(pattern["endpoint"]["pattern"].removeprefix("^").removesuffix("$"), endpoint) is not None
+    )
+    try:
+        Settings(s3_endpoint=endpoint, allowed_s3_endpoints=[endpoint])
+        operator_accepts = True
+    except ValueError:
+        operator_accepts = False
+    assert schema_accepts == operator_accepts
+
+
+@pytest.mark.parametrize(
     "values, message",
     [
         ({"operator": {"logFormat": "xml"}}, "logFormat"),
@@ -194,6 +220,8 @@ def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
         ({"metrics": {"readers": [{"name": "prometheus"}]}}, "namespace"),
         ({"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabel": {}}}]}}, "matchLabel"),
         ({"networkPolicy": {"metricsFrom": []}}, "metricsFrom"),
+        ({"storage": {"endpoint": "minio:9000"}}, "endpoint"),
+        ({"storage": {"allowedEndpoints": ["http://minio/bucket"]}}, "allowedEndpoints"),
     ],
     ids=[
         "log-format",
@@ -208,6 +236,8 @@ def test_the_default_output_the_schema_accepts_is_one_the_operator_accepts(uri):
         "metrics-reader-without-namespace",
         "network-policy-selector",
         "network-policy-admitting-everyone",
+        "storage-endpoint-scheme",
+        "storage-endpoint-path",
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(tools, tmp_path, values, message):
@@ -432,6 +462,12 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
         assert (settings.sts_endpoint, settings.sts_region) == ("https://sts.example", "eu-west-1")
         assert settings.sts_role_arn == "arn:aws:iam::123456789012:role/finetune-jobs"
         assert settings.sts_duration_seconds == 1800
+        assert settings.allowed_endpoints == {
+            "http://minio.storage.svc:9000",
+            "https://s3.example.com:443",
+            "http://10.0.0.5:9000",
+        }
+        assert settings.verification_timeout_seconds == 120
         assert settings.verifier_image == f"ghcr.io/finetune-operator/operator@sha256:{'a' * 64}"
         assert settings.verifier_node_selector == {"pool": "cpu", "zone": "a"}
         assert settings.verifier_image_pull_policy == "IfNotPresent"
@@ -440,13 +476,16 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
             {"key": "dedicated", "operator": "Equal", "value": "cpu", "effect": "NoSchedule"},
             {"key": "spot", "operator": "Exists", "effect": "NoExecute"},
         ]
+    else:
+        assert settings.allowed_endpoints == frozenset() and settings.verification_timeout_seconds == 300
+    assert not settings.allow_local_files  # local mode reads the operator's own files: never in a cluster
 
 
 def test_every_environment_variable_the_chart_sets_is_an_operator_setting(tools):
     result = subprocess.run(
         [sys.executable, "-m", "finetune_operator", "--help"], capture_output=True, text=True, check=True, cwd=REPO
     )
-    known = set(re.findall(r"\(env\s+(FINETUNE_[A-Z_]+)\)", result.stdout))
+    known = set(re.findall(r"\(env\s+(FINETUNE_[A-Z0-9_]+)\)", result.stdout))
     container = operator_container(tools.render(ALL_FEATURES))
     assert {v["name"] for v in container["env"] if v["name"].startswith("FINETUNE_")} <= known
 

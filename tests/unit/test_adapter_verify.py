@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
 from finetune_operator.adapters.verify import (
     ArtifactProblem,
-    StoredFile,
     check_files,
     check_manifest,
     check_serving,
     parse_json,
 )
 from finetune_operator.api import ManifestEntry, ModelAdapterSpec, build_manifest
+from finetune_operator.api.manifest import MAX_MANIFEST_FILES
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}
@@ -77,30 +78,120 @@ def test_a_spec_without_a_digest_takes_the_manifests():
     assert manifest.digest.startswith("sha256:")
 
 
+class Stored:
+    """Files as a store reports them (path: (size, sha256)), with a record of what was hashed."""
+
+    def __init__(self, **files: tuple[int | None, str]):
+        self.files = {path.replace("_", "."): found for path, found in files.items()}
+        self.hashed: list[tuple[str, int]] = []
+
+    def size(self, path: str) -> int | None:
+        return self.files.get(path, (None, ""))[0]
+
+    def sha256(self, path: str, size: int) -> str:
+        self.hashed.append((path, size))
+        return self.files[path][1]
+
+
 def test_every_file_must_be_present_with_its_size_and_hash():
     manifest = check_manifest(spec(), manifest_bytes(("a.bin", 3, SHA_A), ("b.bin", 5, SHA_B)))
-    assert "2 files verified" in check_files(manifest, {"a.bin": StoredFile(3, SHA_A), "b.bin": StoredFile(5, SHA_B)})
+    stored = Stored(a_bin=(3, SHA_A), b_bin=(5, SHA_B))
+    assert "2 files verified" in check_files(manifest, stored.size, stored.sha256)
     for stored, reason in [
-        ({"a.bin": StoredFile(3, SHA_A)}, "FileMissing"),
-        ({"a.bin": StoredFile(3, SHA_A), "b.bin": StoredFile(None)}, "FileMissing"),
-        ({"a.bin": StoredFile(4, SHA_A), "b.bin": StoredFile(5, SHA_B)}, "FileCorrupt"),
-        ({"a.bin": StoredFile(3, SHA_B), "b.bin": StoredFile(5, SHA_B)}, "FileCorrupt"),
+        (Stored(a_bin=(3, SHA_A)), "FileMissing"),
+        (Stored(a_bin=(3, SHA_A), b_bin=(None, "")), "FileMissing"),
+        (Stored(a_bin=(4, SHA_A), b_bin=(5, SHA_B)), "FileCorrupt"),
+        (Stored(a_bin=(3, SHA_B), b_bin=(5, SHA_B)), "FileCorrupt"),
     ]:
         with pytest.raises(ArtifactProblem) as raised:
-            check_files(manifest, stored)
+            check_files(manifest, stored.size, stored.sha256)
         assert raised.value.reason == reason
+
+
+def test_a_file_of_another_size_than_the_manifests_is_never_hashed():
+    manifest = check_manifest(spec(), manifest_bytes(("huge.bin", 1, SHA_A)))
+    stored = Stored(huge_bin=(50 << 30, SHA_A))
+    with pytest.raises(ArtifactProblem) as raised:
+        check_files(manifest, stored.size, stored.sha256)
+    assert raised.value.reason == "FileCorrupt" and "has 53687091200 bytes, the manifest says 1" in raised.value.message
+    assert stored.hashed == []
+
+
+def test_a_hash_is_asked_for_exactly_the_size_the_manifest_gives():
+    manifest = check_manifest(spec(), manifest_bytes(("a.bin", 3, SHA_A)))
+    stored = Stored(a_bin=(3, SHA_A))
+    check_files(manifest, stored.size, stored.sha256)
+    assert stored.hashed == [("a.bin", 3)]
 
 
 def test_files_too_large_to_hash_are_checked_by_size_and_said_so():
     manifest = check_manifest(spec(), manifest_bytes(("model.safetensors", 10, SHA_A)))
-    summary = check_files(manifest, {"model.safetensors": StoredFile(10, None)})
-    assert "0 hashed" in summary
+    stored = Stored(model_safetensors=(10, SHA_A))
+    summary = check_files(manifest, stored.size, None)
+    assert "0 hashed" in summary and stored.hashed == []
+
+
+# -- what a manifest may say ---------------------------------------------------------------------
+
+
+def raw_manifest(paths: list[str], size: int = 1) -> bytes:
+    """A manifest as a tenant could write it: paths not checked, its digest right for them."""
+    lines = "".join(f"{SHA_A}  {path}\n" for path in sorted(paths))
+    files = [{"path": path, "size": size, "sha256": SHA_A} for path in paths]
+    return json.dumps({"files": files, "digest": "sha256:" + hashlib.sha256(lines.encode()).hexdigest()}).encode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["../../etc/passwd", "/var/run/secrets/token", "a//b", "a/./b", "a/", ".", "", "a/../../b", "x\0y", "n" * 256],
+)
+def test_manifest_paths_must_be_plain_relative_names(path):
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), raw_manifest([path]))
+    assert raised.value.reason == "ManifestInvalid" and "files[0].path" in raised.value.message
+
+
+def test_a_path_in_the_manifest_is_not_echoed_when_refused():
+    secret_looking = "../" + "s3cr3t-" * 10
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), raw_manifest([secret_looking]))
+    assert "s3cr3t" not in raised.value.message
+
+
+def test_paths_longer_than_the_bound_are_refused():
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), raw_manifest(["/".join(["d" * 200] * 6)]))
+    assert raised.value.reason == "ManifestInvalid" and "1024" in raised.value.message
+
+
+def test_plain_nested_paths_are_accepted():
+    manifest = check_manifest(spec(), raw_manifest(["adapter_model.safetensors", "tokenizer/tokenizer.json"]))
+    assert [entry.path for entry in manifest.files] == ["adapter_model.safetensors", "tokenizer/tokenizer.json"]
+
+
+def test_a_manifest_of_more_files_than_the_bound_is_too_many_files():
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), raw_manifest([f"f{i}" for i in range(MAX_MANIFEST_FILES + 1)]))
+    assert raised.value.reason == "TooManyFiles" and str(MAX_MANIFEST_FILES) in raised.value.message
+
+
+def test_a_manifest_that_is_not_json_says_so_without_its_content():
+    with pytest.raises(ArtifactProblem) as raised:
+        check_manifest(spec(), b"PRIVATE KEY material, not json")
+    assert raised.value.reason == "ManifestInvalid" and "PRIVATE" not in raised.value.message
 
 
 def test_a_json_file_that_does_not_parse_is_a_problem_naming_it():
     with pytest.raises(ArtifactProblem) as raised:
         parse_json(b"{not json", "adapter_config.json")
     assert "adapter_config.json" in raised.value.message
+
+
+@pytest.mark.parametrize("raw", [b"\xff\xfe\x00garbage", b"[" * 100_000])
+def test_json_that_is_not_utf8_or_nested_too_deep_is_a_problem_not_a_crash(raw):
+    with pytest.raises(ArtifactProblem) as raised:
+        parse_json(raw, "base_model_config.json")
+    assert raised.value.reason == "ManifestInvalid"
 
 
 # -- what vLLM can load ----------------------------------------------------------------------------
@@ -182,3 +273,10 @@ def test_odd_types_in_a_crafted_adapter_config_are_problems_not_crashes(changes,
 def test_an_odd_model_type_leaves_the_target_modules_unchecked():
     result = check_serving(spec(), adapter_config(), {"model_type": ["llama"]})
     assert not result.problems and "unknown: target modules not checked" in result.notes[0]
+
+
+def test_long_values_of_a_crafted_adapter_config_are_described_not_echoed():
+    result = check_serving(spec(), adapter_config(bias="x" * 10_000, peft_type=["P"] * 5000), LLAMA)
+    text = "; ".join(result.problems)
+    assert "bias is a str of 10000 characters" in text and "peft_type is a list of 5000 items" in text
+    assert len(text) < 400

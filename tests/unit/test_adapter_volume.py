@@ -95,6 +95,24 @@ def test_the_pods_program_writes_the_result_where_the_kubelet_reads_it(tmp_path,
     assert result.read_text() in capsys.readouterr().out
 
 
+def test_the_pods_program_reports_a_verification_out_of_time_as_its_result(tmp_path, monkeypatch):
+    write_artifact(tmp_path / "v1")
+    monkeypatch.setenv("FINETUNE_ADAPTER_SPEC", json.dumps(adapter().spec.to_api()))
+    result = tmp_path / "termination-log"
+    assert volume_check([f"--dir={tmp_path / 'v1'}", f"--result={result}", "--timeout-seconds=0"]) == 0
+    found = Verification.from_message(result.read_text())
+    assert found.problem_reason == "VerificationTimedOut" and "manifest.json" in found.problem_message
+
+
+def test_a_symlink_on_the_claim_cannot_make_the_pod_read_outside_the_artifact(tmp_path):
+    write_artifact(tmp_path / "v1")
+    (tmp_path / "secret.json").write_text('{"model_type": "llama"}')
+    (tmp_path / "v1" / "base_model_config.json").unlink()
+    (tmp_path / "v1" / "base_model_config.json").symlink_to(tmp_path / "secret.json")
+    found = verify_artifact(adapter().spec, FileStore(f"file://{tmp_path / 'v1'}"))
+    assert found.problem_reason == "PathOutsideArtifact" and "base_model_config.json" in found.problem_message
+
+
 def test_the_pods_program_refuses_a_spec_it_cannot_read(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("FINETUNE_ADAPTER_SPEC", '{"artifact": {}}')
     assert volume_check([f"--dir={tmp_path}", f"--result={tmp_path / 'log'}"]) == 2

@@ -157,3 +157,41 @@ def test_verification_pods_are_placed_by_a_node_selector_and_tolerations():
 def test_a_malformed_verifier_placement_names_the_flag(argv, names, detail):
     message = error_from(argv)
     assert f"\n  {names}: " in message and detail in message
+
+
+# -- storage: endpoints and local mode ------------------------------------------------------------
+
+
+def test_the_s3_endpoints_come_normalised_from_flags_or_the_environment():
+    settings = settings_from(
+        ["--s3-endpoint=http://MinIO.storage.svc:9000/"],
+        {"FINETUNE_ALLOWED_S3_ENDPOINTS": "https://s3.example.com, http://10.0.0.5"},
+    )
+    assert settings.s3_endpoint == "http://minio.storage.svc:9000"
+    assert settings.allowed_endpoints == {
+        "http://minio.storage.svc:9000",
+        "https://s3.example.com:443",
+        "http://10.0.0.5:80",
+    }
+
+
+def test_without_endpoints_only_aws_own_s3_is_allowed():
+    assert Settings().allowed_endpoints == frozenset()
+
+
+@pytest.mark.parametrize("url", ["minio:9000", "ftp://minio", "http://minio/bucket", "http://user:pw@minio"])
+def test_an_endpoint_that_is_not_scheme_host_port_is_refused_at_start_up(url):
+    assert "--s3-endpoint / FINETUNE_S3_ENDPOINT" in error_from([f"--s3-endpoint={url}"])
+
+
+def test_local_mode_is_off_unless_asked_for():
+    assert not Settings().allow_local_files
+    assert settings_from(["--allow-local-files"]).allow_local_files
+    assert not settings_from(["--allow-local-files", "false"]).allow_local_files
+    assert settings_from([], {"FINETUNE_ALLOW_LOCAL_FILES": "true"}).allow_local_files
+    assert not settings_from([], {"FINETUNE_ALLOW_LOCAL_FILES": "false"}).allow_local_files
+
+
+def test_a_verification_has_five_minutes_by_default_and_at_most_an_hour():
+    assert Settings().verification_timeout_seconds == 300
+    assert "--verification-timeout-seconds" in error_from(["--verification-timeout-seconds=7200"])

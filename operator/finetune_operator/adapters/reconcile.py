@@ -4,7 +4,7 @@ Every new generation of the spec is verified. A Ready adapter is verified again 
 day on a volume, where each check is a pod) and stays Ready meanwhile: an artifact deleted or altered
 behind its back turns it Failed, a store that is only unreachable does not. A Failed one is retried
 on resync (an upload may still be arriving, a Secret may be created later).
-s3:// and file:// artifacts are read by the operator, pvc:// ones by a verification pod
+s3:// (and, in local mode, file://) artifacts are read by the operator, pvc:// ones by a verification pod
 (adapters/volume.py).
 """
 
@@ -96,9 +96,9 @@ def _verify_here(context: Context, adapter: ModelAdapter) -> Verification:
             credentials = read_credentials(
                 context.kube, context.settings, namespace, spec.artifact.uri, "spec.artifact"
             )
-            return verify_artifact(spec, open_store(spec.artifact.uri, credentials))
+            return verify_artifact(spec, open_store(spec.artifact.uri, credentials, context.settings))
     credentials = secret_credentials(context.kube, namespace, secret)
-    return verify_artifact(spec, open_store(spec.artifact.uri, credentials))
+    return verify_artifact(spec, open_store(spec.artifact.uri, credentials, context.settings))
 
 
 def _verifying(status: ModelAdapterStatus, adapter: ModelAdapter, generation) -> list[Change]:

@@ -10,12 +10,11 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from ..api import MANIFEST_FILE_NAME, ModelAdapterSpec
-from ..storage import Store
+from ..storage import ObjectRefused, Store
 from .verify import (
     ADAPTER_CONFIG,
     BASE_CONFIG,
     ArtifactProblem,
-    StoredFile,
     check_files,
     check_manifest,
     check_serving,
@@ -76,19 +75,16 @@ class Verification:
 def verify_artifact(spec: ModelAdapterSpec, store: Store) -> Verification:
     """Read the artifact's manifest and files from ``store`` and check them against ``spec``.
 
-    StorageUnreachable (credentials, endpoint) propagates: that says nothing about the artifact.
+    Every read is bounded (storage.py): an object over its bound is a problem of the artifact.
+    StorageUnreachable (credentials, endpoint, the deadline) propagates: that says nothing about it.
     """
     try:
-        manifest = check_manifest(spec, store.read(MANIFEST_FILE_NAME))
+        manifest = check_manifest(spec, store.read_small(MANIFEST_FILE_NAME))
         hash_all = manifest.size_bytes <= HASH_LIMIT_BYTES
-        stored = {
-            entry.path: StoredFile(store.size(entry.path), store.sha256(entry.path) if hash_all else None)
-            for entry in manifest.files
-        }
-        summary = check_files(manifest, stored)
-        adapter_config = parse_json(store.read(ADAPTER_CONFIG), ADAPTER_CONFIG)
-        base_config = parse_json(store.read(BASE_CONFIG), BASE_CONFIG)
-    except ArtifactProblem as problem:
+        summary = check_files(manifest, store.size, store.sha256 if hash_all else None)
+        adapter_config = parse_json(store.read_small(ADAPTER_CONFIG), ADAPTER_CONFIG)
+        base_config = parse_json(store.read_small(BASE_CONFIG), BASE_CONFIG)
+    except (ArtifactProblem, ObjectRefused) as problem:
         return Verification(problem_reason=problem.reason, problem_message=problem.message)
     compatibility = check_serving(spec, adapter_config, base_config)
     return Verification(

@@ -11,20 +11,48 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from pydantic import field_validator
+
 from .base import ApiModel, describe, text
+from .paths import unsafe_segment
 
 MANIFEST_VERSION = 1
+MAX_MANIFEST_FILES = 10_000  # a full model has tens of files; a checkpointed adapter a handful
+MAX_PATH_LENGTH = 1024
+MAX_SIZE_BYTES = 1 << 40  # a TiB a file: the sum over MAX_MANIFEST_FILES still fits an int64 (status.sizeBytes)
+
+
+def relative_path_problem(path: str) -> str | None:
+    """Why ``path`` is not a plain relative path of / separated names (None: it is one)."""
+    if "\0" in path:
+        return "must not hold a NUL character"
+    segment = unsafe_segment(path)
+    if segment is not None:
+        return f"has {segment}: it must be relative and stay below the artifact's directory"
+    if any(len(name.encode()) > 255 for name in path.split("/")):
+        return "has a name longer than 255 bytes"
+    return None
 
 
 class ManifestEntry(ApiModel):
-    path: text(1024) = describe("Path relative to the artifact directory, with / separators.")
-    size: int = describe("Size in bytes.", ge=0)
+    path: text(MAX_PATH_LENGTH, min_length=1) = describe("Path relative to the artifact directory, with / separators.")
+    size: int = describe("Size in bytes.", ge=0, le=MAX_SIZE_BYTES)
     sha256: text(64, r"^[a-f0-9]{64}$") = describe("Hex sha256 of the file's content.")
+
+    @field_validator("path")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        problem = relative_path_problem(value)
+        if problem:
+            raise ValueError(problem)  # the path itself is not echoed: it is the artifact's content
+        return value
 
 
 class Manifest(ApiModel):
     version: int = describe("Manifest format version.", default=MANIFEST_VERSION)
-    files: list[ManifestEntry] = describe("Every file of the artifact but the manifest itself.")
+    files: list[ManifestEntry] = describe(
+        "Every file of the artifact but the manifest itself.", max_length=MAX_MANIFEST_FILES
+    )
     digest: text(71, r"^sha256:[a-f0-9]{64}$") = describe("sha256 over the sorted sha256sum lines of files.")
 
     @property

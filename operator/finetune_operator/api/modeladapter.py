@@ -67,7 +67,8 @@ class Artifact(ApiModel):
     )
     credentials_secret_ref: SecretReference | None = describe(
         "Secret with AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY and optionally AWS_ENDPOINT_URL and "
-        "AWS_REGION to read an s3:// artifact.",
+        "AWS_REGION to read an s3:// artifact (required: the operator never reads storage with its own identity). "
+        "AWS_ENDPOINT_URL must be an endpoint the platform admin allows; without it, AWS's own S3.",
         default=None,
     )
 
