@@ -66,6 +66,7 @@ TRAINER_IMPORTS = (
     "tokenizers",
     "numpy",
     "pydantic",
+    "pydantic-core",  # the API models name its schema types; pydantic brings it at its own pinned version
     "prometheus-client",
 )
 LAZY_IMPORTS = ("boto3", "botocore", "pyarrow", "huggingface-hub")
