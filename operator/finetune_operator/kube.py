@@ -77,6 +77,7 @@ SERVICEACCOUNTS = Kind("", "v1", "serviceaccounts")
 SECRETS = Kind("", "v1", "secrets")
 PVCS = Kind("", "v1", "persistentvolumeclaims")
 EVENTS = Kind("", "v1", "events")
+LEASES = Kind("coordination.k8s.io", "v1", "leases")
 TOKENREVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
 SUBJECTACCESSREVIEWS = Kind("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
 
@@ -90,6 +91,7 @@ KINDS = {
     "ServiceAccount": SERVICEACCOUNTS,
     "Secret": SECRETS,
     "PersistentVolumeClaim": PVCS,
+    "Lease": LEASES,
 }
 
 
@@ -196,6 +198,13 @@ class Kube:
         return self._call(
             "PATCH", kind.path(namespace, name, subresource), body=patch, content_type="application/merge-patch+json"
         )
+
+    def replace(self, kind: Kind, namespace: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``body`` over the object: optimistic concurrency, so ``body`` must carry the
+        metadata.resourceVersion it was read at; a write in between is a KubeError with status 409."""
+        if not body.get("metadata", {}).get("resourceVersion"):
+            raise ValueError("replace needs metadata.resourceVersion: without it the write would be unconditional")
+        return self._call("PUT", kind.path(namespace, name), body=body)
 
     def delete(self, kind: Kind, namespace: str, name: str, propagation: str = "Background") -> bool:
         try:

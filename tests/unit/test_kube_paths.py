@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.kube import FINETUNEJOBS, PODS, SECRETS, TOKENREVIEWS, InvalidApiPath, Kube
+from finetune_operator.kube import FINETUNEJOBS, KINDS, LEASES, PODS, SECRETS, TOKENREVIEWS, InvalidApiPath, Kube
 from kubernetes import client
 
 
@@ -16,6 +16,10 @@ def test_paths_of_collections_objects_and_subresources():
         == "/apis/finetune.dev/v1alpha1/namespaces/team-a/finetunejobs/demo/status"
     )
     assert TOKENREVIEWS.path() == "/apis/authentication.k8s.io/v1/tokenreviews"
+    assert LEASES.path("finetune-system", "finetune-operator") == (
+        "/apis/coordination.k8s.io/v1/namespaces/finetune-system/leases/finetune-operator"
+    )
+    assert KINDS["Lease"] is LEASES
 
 
 def test_names_may_be_dns_subdomains():
@@ -90,3 +94,8 @@ def test_the_client_refuses_before_any_request(method, args):
 def test_a_path_not_built_by_kind_is_refused_by_the_client(path):
     with pytest.raises(InvalidApiPath, match="API path"):
         _kube_without_a_server()._call("GET", path)
+
+
+def test_a_replace_without_a_resource_version_is_refused_before_any_request():
+    with pytest.raises(ValueError, match="resourceVersion"):
+        _kube_without_a_server().replace(LEASES, "finetune-system", "leader", {"metadata": {"name": "leader"}})
