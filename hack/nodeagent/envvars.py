@@ -10,10 +10,9 @@ import base64
 import math
 import re
 from collections.abc import Callable, Mapping
-from decimal import Decimal
 from typing import Any
 
-from kubernetes.utils import parse_quantity
+from finetune_operator.api.quantity import parse_quantity
 
 POD_IP = "127.0.0.1"
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
@@ -87,7 +86,7 @@ def resource_value(container: dict[str, Any], ref: dict[str, Any], allocatable: 
     divisor = parse_quantity(str(ref.get("divisor") or "1"))
     if divisor == 0:
         raise ConfigError(f"resourceFieldRef {ref['resource']}: divisor must not be zero")
-    return str(math.ceil(Decimal(value) / Decimal(divisor)))
+    return str(math.ceil(value / divisor))
 
 
 def resolve_env(

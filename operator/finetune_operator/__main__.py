@@ -36,15 +36,21 @@ def main(argv: list[str] | None = None) -> int:
     import kopf
 
     from .adapters.reconcile import reconcile_adapter
+    from .connection import ConfigError
     from .context import Context
     from .controller import Controller, job_metrics_recorder
     from .handlers import build_registry
-    from .kube import FINETUNEJOBS, MODELADAPTERS, Kube, load_api_client
+    from .kube import FINETUNEJOBS, MODELADAPTERS, Kube
     from .metrics import OperatorMetrics
     from .reconcile import reconcile
 
-    context = Context(kube=Kube(load_api_client(args.kubeconfig)), settings=settings)
     metrics = OperatorMetrics()
+    try:
+        kube = Kube.connect(args.kubeconfig, observe=metrics.api_request)
+    except ConfigError as error:
+        print(f"finetune-operator: {error}", file=sys.stderr)
+        return 2
+    context = Context(kube=kube, settings=settings)
     jobs = Controller(
         "finetunejob", FINETUNEJOBS, reconcile, context, metrics, args.workers, job_metrics_recorder(metrics)
     )

@@ -16,6 +16,7 @@ import kopf
 from aiohttp import web
 
 from .api import GROUP, VERSION
+from .connection import Connection
 from .controller import Controller
 from .metrics_endpoint import MetricsAccess, build_metrics_app
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
@@ -79,21 +80,21 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 60
 
 
-def connection_info(api_client) -> kopf.ConnectionInfo:
-    """kopf's watches use the same credentials as our client (kubeconfig or in-cluster, refreshed)."""
-    configuration = api_client.configuration
-    if configuration.refresh_api_key_hook is not None:
-        configuration.refresh_api_key_hook(configuration)
-    header = configuration.api_key.get("authorization") or configuration.api_key.get("BearerToken") or ""
-    token = header.removeprefix("Bearer").strip() or None
+def connection_info(connection: Connection) -> kopf.ConnectionInfo:
+    """kopf's watches use the same credentials as our client (kubeconfig or in-cluster). kopf logs in again
+    when a watch is refused with 401: a token file is read afresh then, as the kubelet may have rotated it."""
+    token = None
+    if connection.token is not None:
+        connection.token.reload()
+        token = connection.token.value()
     return kopf.ConnectionInfo(
-        server=configuration.host,
-        ca_path=configuration.ssl_ca_cert,
-        insecure=not configuration.verify_ssl,
+        server=connection.server,
+        ca_data=connection.ca_pem,
+        insecure=connection.insecure,
         scheme="Bearer" if token else None,
-        token=token,
-        certificate_path=configuration.cert_file,
-        private_key_path=configuration.key_file,
+        token=token or None,
+        certificate_data=connection.cert_pem,
+        private_key_data=connection.key_pem,
     )
 
 
@@ -102,7 +103,7 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
 
     @kopf.on.login(registry=registry)
     def login(**_) -> kopf.ConnectionInfo:
-        return connection_info(jobs.context.kube.api_client)
+        return connection_info(jobs.context.kube.rest.connection)
 
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task] = []

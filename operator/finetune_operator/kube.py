@@ -1,4 +1,4 @@
-"""The operator's only door to the Kubernetes API: a thin, synchronous client over the official one.
+"""The operator's only door to the Kubernetes API: a small, synchronous client over plain REST (rest.py).
 
 Objects travel as plain dicts in the API's own JSON shape (camelCase), exactly as the builders
 produce them and the status functions read them. Creates are idempotent: AlreadyExists means
@@ -7,32 +7,23 @@ another run of the same handler got there first, and the existing object is retu
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-
+from . import connection
 from .api import GROUP, VERSION
 from .api.base import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
+from .rest import JSON, InvalidApiPath, KubeError, Observer, RestClient
 
 log = logging.getLogger(__name__)
 
 _DNS_SUBDOMAIN = re.compile(DNS_SUBDOMAIN_PATTERN)
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
-# What Kind.path builds: segments of the checked alphabet, never a query, a fragment or a dot segment.
-_API_PATH = re.compile(r"(/[a-z0-9A-Z][-a-zA-Z0-9.]*)+")
-
-
-class InvalidApiPath(ValueError):
-    """A namespace, name or subresource that cannot be one segment of an API path: refused before any request.
-
-    The value is not repeated in the message: it may come from a tenant, and messages reach logs.
-    """
+# The API server's own default page size for kubectl; big lists come in pages, never in one answer.
+PAGE_SIZE = 500
 
 
 def _segment(value: str, pattern: re.Pattern[str], max_length: int, what: str) -> str:
@@ -77,6 +68,7 @@ SERVICEACCOUNTS = Kind("", "v1", "serviceaccounts")
 SECRETS = Kind("", "v1", "secrets")
 PVCS = Kind("", "v1", "persistentvolumeclaims")
 EVENTS = Kind("", "v1", "events")
+LEASES = Kind("coordination.k8s.io", "v1", "leases")
 TOKENREVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
 SUBJECTACCESSREVIEWS = Kind("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
 
@@ -90,34 +82,23 @@ KINDS = {
     "ServiceAccount": SERVICEACCOUNTS,
     "Secret": SECRETS,
     "PersistentVolumeClaim": PVCS,
+    "Lease": LEASES,
 }
 
 
 METADATA_ONLY = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1,application/json"
-
-
-class KubeError(RuntimeError):
-    def __init__(self, status: int, reason: str, body: str):
-        super().__init__(f"{status} {reason}: {body[:500]}")
-        self.status = status
-        self.reason = reason
-        self.body = body
-
-
-def load_api_client(kubeconfig: str | None = None) -> client.ApiClient:
-    """In a pod: the ServiceAccount's in-cluster config. Elsewhere: KUBECONFIG or ~/.kube/config."""
-    try:
-        config.load_incluster_config()
-        return client.ApiClient()
-    except config.ConfigException:
-        return config.new_client_from_config(config_file=kubeconfig)
+# No fallback to full objects for lists: a server that cannot answer metadata only says so (406).
+METADATA_ONLY_LIST = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1"
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient):
-        self.api_client = api_client
+    def __init__(self, rest: RestClient):
+        self.rest = rest
 
-    # -- raw requests ------------------------------------------------------------------------
+    @classmethod
+    def connect(cls, kubeconfig: str | None = None, observe: Observer | None = None) -> Kube:
+        """From --kubeconfig; else the pod's ServiceAccount; else KUBECONFIG or ~/.kube/config."""
+        return cls(RestClient(connection.load(kubeconfig), observe=observe))
 
     def _call(
         self,
@@ -125,30 +106,10 @@ class Kube:
         path: str,
         body: Any = None,
         query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-        accept: str = "application/json",
+        content_type: str = JSON,
+        accept: str = JSON,
     ) -> dict[str, Any]:
-        if _API_PATH.fullmatch(path) is None:
-            # Paths come from Kind.path; anything else (a query, "..", a percent escape) is a bug, refused here.
-            raise InvalidApiPath("an API path must be segments of letters, digits, '-' and '.' only")
-        method, url, headers, serialized, _ = self.api_client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params={"Accept": accept, "Content-Type": content_type},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        try:
-            response = self.api_client.call_api(
-                method, url, header_params=headers, body=serialized, _request_timeout=60
-            )
-        except ApiException as error:
-            raise KubeError(error.status or 0, error.reason or "", error.body or "") from None
-        data = response.read()
-        if response.status >= 400:
-            raise KubeError(response.status, response.reason or "", data.decode(errors="replace") if data else "")
-        return json.loads(data) if data else {}
+        return self.rest.request(method, path, body, query or (), content_type, accept)
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -160,9 +121,36 @@ class Kube:
                 return None
             raise
 
-    def list(self, kind: Kind, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
+    def list(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+        metadata_only: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Every matching object, read in pages of PAGE_SIZE; ``metadata_only``: apiVersion, kind and
+        metadata of each (a PartialObjectMetadataList), for when the body is not needed."""
+        path = kind.path(namespace)
+        accept = METADATA_ONLY_LIST if metadata_only else JSON
         query = [("labelSelector", label_selector)] if label_selector else []
-        return self._call("GET", kind.path(namespace), query=query).get("items", [])
+        if field_selector:
+            query.append(("fieldSelector", field_selector))
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = [*query, ("limit", str(PAGE_SIZE))] + ([("continue", token)] if token else [])
+            try:
+                answer = self._call("GET", path, query=page, accept=accept)
+            except KubeError as error:
+                if error.status != 410 or not token:
+                    raise
+                # The continue token outlived etcd's compaction: list it whole, as client-go's pager does.
+                return self._call("GET", path, query=query, accept=accept).get("items", [])
+            items.extend(answer.get("items") or [])
+            token = (answer.get("metadata") or {}).get("continue") or ""
+            if not token:
+                return items
 
     def exists(self, kind: Kind, namespace: str, name: str) -> bool:
         """Whether the object exists, reading its metadata only (a Secret's values never reach us here)."""
@@ -196,6 +184,13 @@ class Kube:
         return self._call(
             "PATCH", kind.path(namespace, name, subresource), body=patch, content_type="application/merge-patch+json"
         )
+
+    def replace(self, kind: Kind, namespace: str | None, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``body`` over the object: optimistic concurrency, so ``body`` must carry the
+        metadata.resourceVersion it was read at; a write in between is a KubeError with status 409."""
+        if not body.get("metadata", {}).get("resourceVersion"):
+            raise ValueError("replace needs metadata.resourceVersion: without it the write would be unconditional")
+        return self._call("PUT", kind.path(namespace, name), body=body)
 
     def delete(self, kind: Kind, namespace: str, name: str, propagation: str = "Background") -> bool:
         try:

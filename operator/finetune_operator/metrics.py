@@ -77,6 +77,13 @@ class OperatorMetrics:
             ["result"],
             registry=r,
         )
+        self.api_requests = Counter(
+            f"{PREFIX}_api_requests_total",
+            "Requests the operator's client sent to the API server, by verb, resource and HTTP code "
+            "(error: no answer). kopf's watches are not counted.",
+            ["verb", "resource", "code"],
+            registry=r,
+        )
         labels = ["namespace", "name"]
         self.train_loss = Gauge(f"{PREFIX}_job_train_loss", "Latest training loss.", labels, registry=r)
         self.eval_loss = Gauge(f"{PREFIX}_job_eval_loss", "Latest task eval loss.", labels, registry=r)
@@ -124,6 +131,9 @@ class OperatorMetrics:
     def job_finished(self, result: str, started: str | None, finished: str | None) -> None:
         if (seconds := _seconds_between(started, finished)) is not None:
             self.job_duration.labels(result).observe(seconds)
+
+    def api_request(self, verb: str, resource: str, code: str) -> None:
+        self.api_requests.labels(verb, resource, code).inc()
 
     # -- the endpoints' reviews -------------------------------------------------------------------
 

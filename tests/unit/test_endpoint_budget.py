@@ -3,7 +3,7 @@ over their budget, requests without a token or with too large a body are answere
 and without reading the body.
 
 The endpoints run in aiohttp's test server. Their API client points at an address where nothing listens:
-a request that got as far as a TokenReview would fail (500 or 503), never give the answer expected here.
+a request that got as far as a TokenReview would fail (503), never give the answer expected here.
 """
 
 from __future__ import annotations
@@ -13,20 +13,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from finetune_operator.connection import Connection
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.metrics_endpoint import MetricsAccess, build_metrics_app
 from finetune_operator.progress.ratelimit import RateLimiter
 from finetune_operator.progress.server import CLIENT_BURST, MAX_BODY, ProgressService, build_app
+from finetune_operator.rest import RestClient
 from finetune_operator.settings import Settings
-from kubernetes import client
 
 GUARD_SECONDS = 60  # only a hang is caught by it: every answer here comes without waiting for anything
 
 
 def kube_nowhere() -> Kube:
-    configuration = client.Configuration(host="https://127.0.0.1:9")
-    return Kube(client.ApiClient(configuration))
+    return Kube(RestClient(Connection(server="https://127.0.0.1:9")))
 
 
 def token_reviews(metrics: OperatorMetrics) -> float:

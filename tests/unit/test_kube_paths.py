@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.kube import FINETUNEJOBS, PODS, SECRETS, TOKENREVIEWS, InvalidApiPath, Kube
-from kubernetes import client
+from finetune_operator.connection import Connection
+from finetune_operator.kube import FINETUNEJOBS, KINDS, LEASES, PODS, SECRETS, TOKENREVIEWS, InvalidApiPath, Kube
+from finetune_operator.rest import RestClient, request_labels
 
 
 def test_paths_of_collections_objects_and_subresources():
@@ -16,6 +17,10 @@ def test_paths_of_collections_objects_and_subresources():
         == "/apis/finetune.dev/v1alpha1/namespaces/team-a/finetunejobs/demo/status"
     )
     assert TOKENREVIEWS.path() == "/apis/authentication.k8s.io/v1/tokenreviews"
+    assert LEASES.path("finetune-system", "finetune-operator") == (
+        "/apis/coordination.k8s.io/v1/namespaces/finetune-system/leases/finetune-operator"
+    )
+    assert KINDS["Lease"] is LEASES
 
 
 def test_names_may_be_dns_subdomains():
@@ -64,9 +69,8 @@ def test_the_refusal_does_not_repeat_the_value():
 
 
 def _kube_without_a_server() -> Kube:
-    configuration = client.Configuration()
-    configuration.host = "https://127.0.0.1:9"  # nothing listens: a request would fail differently
-    return Kube(client.ApiClient(configuration))
+    # Nothing listens there: a request would fail differently (KubeError, status 0).
+    return Kube(RestClient(Connection(server="https://127.0.0.1:9")))
 
 
 @pytest.mark.parametrize(
@@ -77,6 +81,7 @@ def _kube_without_a_server() -> Kube:
         ("delete", (PODS, "team-a", "x%2Fy")),
         ("merge_patch", (FINETUNEJOBS, "team-a", "demo", {}, "status/../x")),
         ("list", (PODS, "kube-system/secrets")),
+        ("replace", (LEASES, "team-a", "x/y", {"metadata": {"resourceVersion": "1"}})),
     ],
 )
 def test_the_client_refuses_before_any_request(method, args):
@@ -90,3 +95,36 @@ def test_the_client_refuses_before_any_request(method, args):
 def test_a_path_not_built_by_kind_is_refused_by_the_client(path):
     with pytest.raises(InvalidApiPath, match="API path"):
         _kube_without_a_server()._call("GET", path)
+
+
+def test_a_replace_without_a_resource_version_is_refused_before_any_request():
+    with pytest.raises(ValueError, match="resourceVersion"):
+        _kube_without_a_server().replace(LEASES, "finetune-system", "leader", {"metadata": {"name": "leader"}})
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "labels"),
+    [
+        ("GET", "/api/v1/namespaces/a/pods", ("list", "pods")),
+        ("GET", "/api/v1/pods", ("list", "pods")),
+        ("GET", "/api/v1/namespaces/a/pods/demo-0", ("get", "pods")),
+        ("GET", "/api/v1/namespaces", ("list", "namespaces")),
+        ("GET", "/api/v1/namespaces/a", ("get", "namespaces")),
+        (
+            "PATCH",
+            "/apis/finetune.dev/v1alpha1/namespaces/a/finetunejobs/demo/status",
+            ("patch", "finetunejobs/status"),
+        ),
+        ("POST", "/apis/authentication.k8s.io/v1/tokenreviews", ("create", "tokenreviews")),
+        ("PUT", "/apis/coordination.k8s.io/v1/namespaces/a/leases/leader", ("update", "leases")),
+        ("DELETE", "/apis/batch/v1/namespaces/a/jobs/demo", ("delete", "jobs")),
+        ("GET", "/api/v1/nodes/local-cpu-0", ("get", "nodes")),
+        ("GET", "/version", ("get", "")),
+    ],
+)
+def test_requests_are_counted_by_the_verb_and_resource_the_api_server_would_name(method, path, labels):
+    assert request_labels(method, path) == labels
+
+
+def test_a_watch_is_counted_as_one():
+    assert request_labels("GET", "/api/v1/pods", watch=True) == ("watch", "pods")
