@@ -79,6 +79,8 @@ PVCS = Kind("", "v1", "persistentvolumeclaims")
 EVENTS = Kind("", "v1", "events")
 TOKENREVIEWS = Kind("authentication.k8s.io", "v1", "tokenreviews", namespaced=False)
 SUBJECTACCESSREVIEWS = Kind("authorization.k8s.io", "v1", "subjectaccessreviews", namespaced=False)
+# -- leader election (leader.py): the Lease and a replace with optimistic concurrency -------------------
+LEASES = Kind("coordination.k8s.io", "v1", "leases")
 
 KINDS = {
     "FineTuneJob": FINETUNEJOBS,
@@ -90,6 +92,7 @@ KINDS = {
     "ServiceAccount": SERVICEACCOUNTS,
     "Secret": SECRETS,
     "PersistentVolumeClaim": PVCS,
+    "Lease": LEASES,
 }
 
 
@@ -196,6 +199,11 @@ class Kube:
         return self._call(
             "PATCH", kind.path(namespace, name, subresource), body=patch, content_type="application/merge-patch+json"
         )
+
+    def replace(self, kind: Kind, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """PUT ``body``, which carries the metadata.resourceVersion it was read at: a KubeError 409 when the
+        object changed since (optimistic concurrency, what leader election relies on)."""
+        return self._call("PUT", kind.path(namespace, name), body=body)
 
     def delete(self, kind: Kind, namespace: str, name: str, propagation: str = "Background") -> bool:
         try:
