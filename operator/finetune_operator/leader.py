@@ -17,18 +17,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from .kube import LEASES, Kube, KubeError
 from .settings import Settings
 
 log = logging.getLogger(__name__)
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 LEASE_NAME = "finetune-operator"
 LOST_LEASE_EXIT_CODE = 3
@@ -142,10 +147,18 @@ class LeaderElector:
         self._lease: dict[str, Any] | None = None  # the Lease as last read or written (its resourceVersion)
         self._record: LeaseRecord | None = None
         self._observed_at = 0.0  # when our view of the record last changed, on our clock
+        self._renewed_at: float | None = None  # when our last write naming us the holder succeeded
 
     @property
     def is_leader(self) -> bool:
         return self._record is not None and self._record.holder == self.config.identity
+
+    def holds_lease(self) -> bool:
+        """Whether we hold the Lease as of a write recent enough that no standby can have taken it over: checked
+        before each reconcile, it keeps a leader that was frozen (SIGSTOP, a VM paused) from writing in the moment
+        between waking up and finding its Lease gone. Callable from any thread."""
+        renewed_at = self._renewed_at
+        return self.is_leader and renewed_at is not None and self._clock() - renewed_at < self.config.renew_deadline
 
     @property
     def holder(self) -> str:
@@ -157,12 +170,14 @@ class LeaderElector:
             return 0.0
         return max(self._observed_at + self._record.lease_duration_seconds - self._clock(), 0.0)
 
-    def _observe(self, lease: dict[str, Any]) -> None:
+    def _observe(self, lease: dict[str, Any], written: bool = False) -> None:
         record = LeaseRecord.of(lease)
         if record != self._record:
             self._record = record
             self._observed_at = self._clock()
         self._lease = lease
+        if written and record.holder == self.config.identity:
+            self._renewed_at = self._observed_at
 
     def _manifest(self, record: LeaseRecord, resource_version: str | None = None) -> dict[str, Any]:
         metadata: dict[str, Any] = {"name": self.config.name, "namespace": self.config.namespace}
@@ -180,7 +195,7 @@ class LeaderElector:
             if error.status == 409:
                 return False
             raise
-        self._observe(written)
+        self._observe(written, written=True)
         return True
 
     def try_acquire_or_renew(self) -> bool:
@@ -195,7 +210,7 @@ class LeaderElector:
         if lease is None:
             record = claimed(None, self.config.identity, self.config.lease_duration, self._wall_clock())
             lease, created = self.kube.create(self._manifest(record))
-            self._observe(lease)  # when not created, another replica's Lease: seen now, judged next time
+            self._observe(lease, written=created)  # not created: another replica's Lease, judged next time
             return created
         self._observe(lease)
         if held_by_another(self._record, self.config.identity, self._observed_at, self._clock()):
@@ -251,28 +266,66 @@ async def keep_leading(elector: LeaderElector, clock: Callable[[], float] = time
     config = elector.config
     last_renewed = clock()
     pending: asyncio.Task[bool] | None = None
-    while True:
-        await asyncio.sleep(config.retry_period)
-        if pending is None:
-            pending = asyncio.create_task(_attempt(elector))
-        left = last_renewed + config.renew_deadline - clock()
-        done, _ = await asyncio.wait({pending}, timeout=max(left, 0.0))
-        if done:
-            renewed = pending.result()
-            pending = None
-            if renewed:
-                last_renewed = clock()
-                continue
-            if elector.holder and not elector.is_leader:
+    try:
+        while True:
+            await asyncio.sleep(config.retry_period)
+            if pending is None:
+                pending = asyncio.create_task(_attempt(elector))
+            left = last_renewed + config.renew_deadline - clock()
+            done, _ = await asyncio.wait({pending}, timeout=max(left, 0.0))
+            if done:
+                renewed = pending.result()
+                pending = None
+                if renewed:
+                    last_renewed = clock()
+                    continue
+                if elector.holder and not elector.is_leader:
+                    log.error(
+                        "leader election: the Lease %s/%s is now held by %s",
+                        config.namespace,
+                        config.name,
+                        elector.holder,
+                    )
+                    return
+            if clock() - last_renewed >= config.renew_deadline:
                 log.error(
-                    "leader election: the Lease %s/%s is now held by %s", config.namespace, config.name, elector.holder
+                    "leader election: no renewal of the Lease %s/%s for %.0fs: leadership lost",
+                    config.namespace,
+                    config.name,
+                    config.renew_deadline,
                 )
                 return
-        if clock() - last_renewed >= config.renew_deadline:
-            log.error(
-                "leader election: no renewal of the Lease %s/%s for %.0fs: leadership lost",
-                config.namespace,
-                config.name,
-                config.renew_deadline,
-            )
-            return
+    except asyncio.CancelledError:
+        # Stopping: let a renewal in flight finish, so that the release that follows writes over it
+        # instead of racing it (and losing to a 409).
+        if pending is not None:
+            await asyncio.wait({pending}, timeout=config.renew_deadline)
+        raise
+
+
+class NotLeading(RuntimeError):
+    """The Lease was not renewed lately: no reconcile may write (the key is retried, or the process exits)."""
+
+
+def leading_only(reconcile: Callable[P, T], elector: LeaderElector | None) -> Callable[P, T]:
+    """``reconcile``, refusing to run while the Lease is not freshly ours (``LeaderElector.holds_lease``)."""
+    if elector is None:
+        return reconcile
+
+    def guarded(*args: P.args, **kwargs: P.kwargs) -> T:
+        if not elector.holds_lease():
+            raise NotLeading("the Lease is not renewed: not reconciling")
+        return reconcile(*args, **kwargs)
+
+    return guarded
+
+
+def exit_when_lost(leading: asyncio.Task) -> None:
+    """Done callback of ``keep_leading``'s task: leadership lost, stop at once, mid-reconcile if need be,
+    before a standby takes over. Kubernetes restarts the container, which comes back as a standby."""
+    if leading.cancelled():
+        return
+    log.error("leadership lost: exiting with code %d", LOST_LEASE_EXIT_CODE)
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(LOST_LEASE_EXIT_CODE)
