@@ -10,10 +10,13 @@ import pytest
 from finetune_operator.health import Health, Role
 from finetune_operator.leader import (
     ElectionConfig,
+    LeaderElector,
     LeaseRecord,
+    NotLeading,
     claimed,
     held_by_another,
     identity_of,
+    leading_only,
     micro_time,
     released,
 )
@@ -128,3 +131,17 @@ def test_readiness_is_true_for_a_standby_and_for_a_leader_whose_handlers_started
     if started:
         health.started.set()
     assert health.ready()[0] is ready
+
+
+def reconcile(context, namespace: str, name: str) -> str:
+    return f"reconciled {namespace}/{name}"
+
+
+def test_a_replica_that_never_renewed_the_lease_refuses_to_reconcile():
+    elector = LeaderElector(kube=None, config=ElectionConfig("finetune-system", "op-a", 15.0, 10.0, 2.0))
+    with pytest.raises(NotLeading):
+        leading_only(reconcile, elector)(None, "team-a", "job")
+
+
+def test_without_leader_election_reconciles_are_not_fenced():
+    assert leading_only(reconcile, None)(None, "team-a", "job") == "reconciled team-a/job"
