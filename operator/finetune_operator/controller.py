@@ -36,7 +36,7 @@ class Controller:
         self.reconcile = reconcile
         self.context = context
         self.metrics = metrics
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(observer=metrics.workqueue(name))
         self.workers = workers
         self.record = record or (lambda *_: None)
         self._threads: list[threading.Thread] = []
@@ -73,7 +73,7 @@ class Controller:
             try:
                 outcome = self.reconcile(self.context, namespace, name)
             except Exception as error:  # a failed reconcile is retried, never fatal
-                delay = self.queue.retry(key)
+                delay = self.queue.add_rate_limited(key)
                 log.warning("%s %s/%s failed, retrying in %.1fs: %s", self.name, namespace, name, delay, error)
                 self.metrics.reconciled(self.name, time.monotonic() - started, error)
             else:
