@@ -41,12 +41,19 @@ def main(argv: list[str] | None = None) -> int:
     from .handlers import build_registry
     from .kube import FINETUNEJOBS, MODELADAPTERS, Kube, load_api_client
     from .metrics import OperatorMetrics
-    from .reconcile import reconcile
+    from .reconcile import reconcile, settled_job
 
     context = Context(kube=Kube(load_api_client(args.kubeconfig)), settings=settings)
     metrics = OperatorMetrics()
     jobs = Controller(
-        "finetunejob", FINETUNEJOBS, reconcile, context, metrics, args.workers, job_metrics_recorder(metrics)
+        "finetunejob",
+        FINETUNEJOBS,
+        reconcile,
+        context,
+        metrics,
+        args.workers,
+        job_metrics_recorder(metrics),
+        settled=settled_job,
     )
     adapters = Controller("modeladapter", MODELADAPTERS, reconcile_adapter, context, metrics, workers=2)
     registry = build_registry(jobs, adapters)
