@@ -52,7 +52,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from .kube import FINETUNEJOBS, MODELADAPTERS, Kube
     from .leader import ElectionConfig, LeaderElector, acquire, exit_when_lost, keep_leading, leading_only
     from .metrics import OperatorMetrics
-    from .reconcile import reconcile
+    from .reconcile import reconcile, settled_job
 
     metrics = OperatorMetrics()
     try:
@@ -94,6 +94,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         metrics,
         args.workers,
         job_metrics_recorder(metrics),
+        settled=settled_job,
     )
     adapters = Controller(
         "modeladapter", MODELADAPTERS, leading_only(reconcile_adapter, elector), context, metrics, workers=2

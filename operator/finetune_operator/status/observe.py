@@ -68,6 +68,42 @@ def is_finished(status: FineTuneJobStatus) -> bool:
     return is_true(status.conditions, "Succeeded") or is_true(status.conditions, "Failed")
 
 
+def is_settled(status: FineTuneJobStatus) -> bool:
+    """Finished with its outcome recorded: failed, or succeeded with its publication decided (published, or
+    refused by the gate). Nothing more happens to it unless it changes, so the periodic resync leaves it be."""
+    if is_true(status.conditions, "Failed"):
+        return True
+    if not is_true(status.conditions, "Succeeded"):
+        return False
+    published = get_condition(status.conditions, "Published")
+    return published is not None and (published.status == "True" or published.reason == "GateFailed")
+
+
+def references_settled(job: FineTuneJob) -> bool:
+    """Whether what the job refers to need not be looked up again: all of it was found for the current spec
+    (a reference is only ever added by a spec change), or the job finished and needs none of it."""
+    if is_finished(job.status):
+        return True
+    resolved = get_condition(job.status.conditions, "ReferencesResolved")
+    return (
+        resolved is not None and resolved.status == "True" and resolved.observed_generation == job.metadata.generation
+    )
+
+
+def phase_on_report(phase: str | None) -> str | None:
+    """The phase a progress report moves the job to: a report proves the trainer runs, so a Pending job is
+    Running from then on, even before the operator sees its pod Running. None: the phase stays."""
+    return "Running" if phase in (None, "Pending") else None
+
+
+def _reported_since(status: FineTuneJobStatus, pods: list[dict[str, Any]]) -> bool:
+    """Whether a progress report arrived after the newest of ``pods`` was created: it came from a pod that
+    runs now, not from an attempt before a restart."""
+    updated = status.progress.updated_at if status.progress else None
+    created = [p["metadata"].get("creationTimestamp") or "" for p in pods]
+    return bool(updated and created) and updated >= max(created)
+
+
 def pods_of(
     training_job: dict[str, Any] | None, pods: list[dict[str, Any]], owner_uid: str | None
 ) -> list[dict[str, Any]]:
@@ -301,6 +337,12 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         status.phase = "Running"
         status.start_time = status.start_time or job_status.get("startTime") or observation.now
         condition("Running", "True", "PodsRunning", f"{len(running)} of {nodes} training pod(s) running")
+        return status, changes
+
+    if active and _reported_since(status, active):
+        status.phase = "Running"
+        status.start_time = status.start_time or job_status.get("startTime") or observation.now
+        condition("Running", "True", "TrainerReporting", "the trainer reports progress")
         return status, changes
 
     if any(p.get("status", {}).get("phase") == "Succeeded" for p in pods) and not active:
