@@ -374,13 +374,14 @@ def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Res
     except ValidationError:
         # Stored before a schema change, say: the admin's to fix; what is wrong is not the tenant's to read.
         return job, Refused("ModelInvalid", f"FineTuneModel {job.spec.model.name} is invalid: ask the platform admin")
+    enforce = not is_finished(job.status)
     labels: dict[str, str] = {}
-    if entry is not None and entry.spec.limits.namespace_selector is not None:
+    if enforce and entry is not None and entry.spec.limits.namespace_selector is not None:
         # Read only when a selector needs it. The labels are the namespace's, set by whoever may label
         # namespaces (the platform), never by the job's author.
         namespace = context.kube.get(NAMESPACES, None, job.metadata.namespace)
         labels = (namespace or {}).get("metadata", {}).get("labels") or {}
-    outcome = resolve(job.spec, entry, job.metadata.namespace, labels)
+    outcome = resolve(job.spec, entry, job.metadata.namespace, labels, enforce)
     if isinstance(outcome, Refused):
         return job, outcome
     return job.model_copy(update={"spec": outcome.spec}), outcome
