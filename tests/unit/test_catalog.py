@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from catalog import edited, valid_job
 from finetune_operator.api import FineTuneJob, FineTuneModel, format_validation_error
+from finetune_operator.api.finetunejob import ArtifactStatus
 from finetune_operator.catalog import (
     DEFAULTS_INVALID,
     LIMIT_EXCEEDED,
@@ -19,9 +20,13 @@ from finetune_operator.catalog import (
     resolve,
     selector_matches,
 )
+from finetune_operator.render import resolve_trainer_config
+from finetune_operator.render.modeladapter import render_model_adapter
+from finetune_operator.settings import Settings
 from pydantic import ValidationError
 
 NAMESPACE = "team-a"
+SETTINGS = Settings(default_output_uri="s3://models/out")
 
 
 def entry(**spec: Any) -> FineTuneModel:
@@ -99,6 +104,39 @@ def test_an_unknown_model_is_refused_as_not_found():
     outcome = refused(job(), None)
     assert outcome.reason == MODEL_NOT_FOUND
     assert "FineTuneModel llama-8b not found" in outcome.message
+
+
+def effective_job(spec) -> FineTuneJob:
+    return FineTuneJob.model_validate(edited(valid_job(), {"metadata.namespace": NAMESPACE})).model_copy(
+        update={"spec": spec}
+    )
+
+
+def test_the_trainer_is_configured_with_the_catalog_model():
+    model = entry(revision="abc123", servingName="llama-3.1-8b", credentialsSecretRef={"name": "hf-token"})
+    config = resolve_trainer_config(effective_job(resolved(job(), model).spec), SETTINGS)
+    assert (config.model.uri, config.model.revision, config.model.served_name) == (
+        "hf://meta-llama/Llama-3.1-8B",
+        "abc123",
+        "llama-3.1-8b",
+    )
+    assert config.model.credentials_secret_ref.name == "hf-token"
+
+
+def test_the_trainer_never_gets_a_catalog_name_in_place_of_a_uri():
+    with pytest.raises(ValidationError, match=r"model\.uri must be resolved"):
+        resolve_trainer_config(effective_job(job()), SETTINGS)
+
+
+def test_the_published_adapter_names_the_catalog_models_uri_and_serving_name():
+    spec = resolved(job(), entry(revision="abc123", servingName="llama-3.1-8b")).spec
+    artifact = ArtifactStatus(uri="s3://models/out/team-a/catalog-job/v1/", digest="sha256:" + "0" * 64, size_bytes=1)
+    adapter = render_model_adapter(effective_job(spec), artifact, None, SETTINGS, ["q_proj"], None)
+    assert adapter["spec"]["baseModel"] == {
+        "uri": "hf://meta-llama/Llama-3.1-8B",
+        "revision": "abc123",
+        "servedName": "llama-3.1-8b",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
