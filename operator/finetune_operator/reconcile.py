@@ -21,14 +21,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import FineTuneJob, FineTuneJobStatus, format_validation_error
+from .api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
+from .catalog import Refused, Resolved, resolve
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
 from .kube import (
     CONFIGMAPS,
     FINETUNEJOBS,
+    FINETUNEMODELS,
     JOBS,
     KINDS,
+    NAMESPACES,
     PODS,
     SECRETS,
     SERVICEACCOUNTS,
@@ -109,12 +112,14 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     now = utc_now()
     spec_pending = False
     mint_due: float | None = None
-    blockers = [] if references_settled(job) else _missing_references(context, job)
+    job, model = _resolve_model(context, job)  # the model catalog: see the end of this module
+    blockers = [Blocker(model.reason, model.message)] if isinstance(model, Refused) else []
+    blockers = blockers or ([] if references_settled(job) else _missing_references(context, job))
     training_job = caches[JOBS].get(namespace, training_job_name(name))
     foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
     if foreign:
         training_job = None  # says nothing about this job, and is never changed or deleted by it
-    if not is_finished(job.status):
+    if not is_finished(job.status) and not isinstance(model, Refused):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
         except ResolutionError as error:
@@ -151,6 +156,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     pods = caches[PODS].select(namespace, selector_labels(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
     changes += _spec_applied(job, status, spec_pending, now)
+    changes += _model_resolved(job, status, model, now)
     try:
         changes += publish(context, job, status, now)
     except Exception as error:
@@ -388,3 +394,42 @@ def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationErro
     )
     context.caches[FINETUNEJOBS].written(written)
     return "Pending"
+
+
+# -- the model catalog ---------------------------------------------------------------------------------
+# A job that names a FineTuneModel (spec.model.name) is reconciled as the effective job catalog.resolve()
+# makes of it: everything above renders that one exactly as a job that gave a uri. A refused job gets no
+# children; its ModelResolved condition names the limit.
+
+
+def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Resolved | Refused | None]:
+    conditions = job.status.conditions
+    if job.spec.model.name is None or is_true(conditions, "Failed") or is_true(conditions, "Published"):
+        return job, None  # a failed or published job is done with its model: the catalog costs it no request
+    raw = context.kube.get(FINETUNEMODELS, None, job.spec.model.name)
+    try:
+        entry = FineTuneModel.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        # Stored before a schema change, say: the admin's to fix; what is wrong is not the tenant's to read.
+        return job, Refused("ModelInvalid", f"FineTuneModel {job.spec.model.name} is invalid: ask the platform admin")
+    enforce = not is_finished(job.status)
+    labels: dict[str, str] = {}
+    if enforce and entry is not None and entry.spec.limits.namespace_selector is not None:
+        # Read only when a selector needs it. The labels are the namespace's, set by whoever may label
+        # namespaces (the platform), never by the job's author.
+        namespace = context.kube.get(NAMESPACES, None, job.metadata.namespace)
+        labels = (namespace or {}).get("metadata", {}).get("labels") or {}
+    outcome = resolve(job.spec, entry, job.metadata.namespace, labels, enforce)
+    if isinstance(outcome, Refused):
+        return job, outcome
+    return job.model_copy(update={"spec": outcome.spec}), outcome
+
+
+def _model_resolved(job: FineTuneJob, status, model: Resolved | Refused | None, now: str) -> list:
+    if model is None:
+        return []
+    value, reason = ("True", "Resolved") if isinstance(model, Resolved) else ("False", model.reason)
+    change = set_condition(
+        status.conditions, "ModelResolved", value, reason, model.message, now, job.metadata.generation
+    )
+    return [change] if change else []
