@@ -48,14 +48,39 @@ SFT_FORMATS = ("messages", "prompt-completion", "alpaca", "sharegpt")
 # spec.model
 
 
-class ModelSource(ApiModel):
-    """The base model to fine-tune."""
+MODEL_RULES = [
+    Rule(
+        cel="has(self.name) != has(self.uri)",
+        message="spec.model needs exactly one of name (a FineTuneModel of the catalog) or uri",
+        holds=lambda m: (m.name is None) != (m.uri is None),
+    ),
+    Rule(
+        cel="!has(self.name) || (!has(self.revision) && !has(self.credentialsSecretRef) && !has(self.servedName))",
+        message="spec.model.name takes the revision, credentials and served name from the FineTuneModel: remove "
+        "spec.model.revision, credentialsSecretRef and servedName, or give spec.model.uri instead of name",
+        holds=lambda m: m.name is None or (m.revision, m.credentials_secret_ref, m.served_name) == (None, None, None),
+    ),
+]
 
-    uri: ModelUri = describe(
+
+class ModelSource(ApiModel):
+    """The base model to fine-tune: a FineTuneModel of the catalog by name, or a uri."""
+
+    cel_rules: ClassVar[list[Rule]] = MODEL_RULES
+
+    name: ObjectName | None = describe(
+        "Name of a FineTuneModel (the cluster's model catalog) instead of a uri: the operator takes the model's "
+        "uri, revision, credentials and serving name from it, applies its defaults to what this job leaves at the "
+        "built-in defaults, and refuses the job (condition ModelResolved) when it exceeds the model's limits or "
+        "this namespace may not use it.",
+        default=None,
+    )
+    uri: ModelUri | None = describe(
         "Where the base model is: hf://org/name (Hugging Face Hub or the mirror in HF_ENDPOINT), "
         "s3://bucket/prefix/ (any S3-compatible store), pvc://claim/path (a PersistentVolumeClaim in "
         "this namespace) or file:///abs/path (local runs). The directory holds config.json, the "
-        "weights in safetensors and the tokenizer files."
+        "weights in safetensors and the tokenizer files.",
+        default=None,
     )
     revision: text(255) | None = describe(
         "Branch, tag or commit of an hf:// model. The trainer resolves it to a commit and reports it in "
@@ -74,6 +99,10 @@ class ModelSource(ApiModel):
         "segment of uri, lower-cased.",
         default=None,
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelSource:
+        return check(MODEL_RULES, self)
 
 
 # ---------------------------------------------------------------------------------------------
