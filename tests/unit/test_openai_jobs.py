@@ -6,6 +6,8 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from finetune_operator.api import FineTuneModel
+from finetune_operator.openai_api.admission import check_job, hints
 from finetune_operator.openai_api.errors import ApiError
 from finetune_operator.openai_api.jobs import (
     CANCELLED_AT,
@@ -249,3 +251,40 @@ def test_a_failed_job_carries_the_reason_and_message_of_its_condition_as_the_err
 def test_a_running_job_estimates_its_finish_from_the_eta():
     found = job_object(finetunejob("Running", progress={"step": 5, "etaSeconds": 600}), NOW)
     assert found["estimated_finish"] == NOW + 600
+
+
+def catalog_entry(**limits) -> FineTuneModel:
+    return FineTuneModel.model_validate(
+        {
+            "apiVersion": "finetune.dev/v1alpha1",
+            "kind": "FineTuneModel",
+            "metadata": {"name": "llama-8b"},
+            "spec": {"uri": "hf://meta/llama-8b", "defaults": {"maxSeqLength": 4096}, "limits": limits},
+        }
+    )
+
+
+def test_the_manifest_is_a_valid_finetunejob_the_catalog_resolves():
+    request = parse_job_request(
+        {"model": "llama-8b", "training_file": FILE, "method": {"type": "dpo", "dpo": {"hyperparameters": {}}}}
+    )
+    check_job(manifest(request), catalog_entry(), "team-a", {})
+
+
+def test_the_catalogs_defaults_size_the_batch():
+    assert hints(catalog_entry()) == ModelHints(method_type="lora", max_seq_length=4096)
+
+
+def test_a_job_over_a_catalog_limit_is_refused_naming_the_limit():
+    request = parse_job_request({"model": "llama-8b", "training_file": FILE, "hyperparameters": {"n_epochs": 5}})
+    with pytest.raises(ApiError) as caught:
+        check_job(manifest(request), catalog_entry(maxEpochs=3), "team-a", {})
+    assert (caught.value.status, caught.value.code, caught.value.param) == (400, "model_limit_exceeded", "n_epochs")
+    assert "maxEpochs 3" in caught.value.message
+
+
+def test_a_namespace_the_catalog_does_not_allow_gets_the_same_404_as_an_unknown_model():
+    request = JobRequest(model="llama-8b", training_file=FILE)
+    with pytest.raises(ApiError) as caught:
+        check_job(manifest(request), catalog_entry(namespaces=["team-b"]), "team-a", {})
+    assert (caught.value.status, caught.value.code) == (404, "model_not_found")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from finetune_operator.openai_api.errors import ApiError
 from finetune_operator.openai_api.files import file_key, parse_key, safe_filename
-from finetune_operator.openai_api.models import models_list, namespace_may_use
+from finetune_operator.openai_api.models import models_list
 from finetune_operator.openai_api.paging import metadata_filter, page, page_request
 
 ITEMS = [{"id": f"item-{n}"} for n in range(5)]
@@ -49,16 +49,26 @@ def test_a_files_key_holds_its_id_kind_and_safe_name_under_the_namespace():
 
 
 def model(name, **limits):
-    return {"metadata": {"name": name, "creationTimestamp": "2027-01-01T00:00:00Z"}, "spec": {"limits": limits}}
+    return {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneModel",
+        "metadata": {"name": name, "creationTimestamp": "2027-01-01T00:00:00Z"},
+        "spec": {"uri": f"hf://org/{name}", "limits": limits},
+    }
 
 
-def test_a_catalog_model_is_usable_by_listed_or_selected_namespaces_or_all_when_unrestricted():
-    assert namespace_may_use(model("m"), "a", {})
-    assert namespace_may_use(model("m", namespaces=["a"]), "a", {})
-    assert not namespace_may_use(model("m", namespaces=["b"]), "a", {})
-    selector = {"matchLabels": {"tier": "gold"}, "matchExpressions": [{"key": "banned", "operator": "DoesNotExist"}]}
-    assert namespace_may_use(model("m", namespaceSelector=selector), "a", {"tier": "gold"})
-    assert not namespace_may_use(model("m", namespaceSelector=selector), "a", {"tier": "gold", "banned": "1"})
+def test_the_catalog_models_listed_are_those_the_namespace_may_use():
+    selector = {"matchLabels": {"tier": "gold"}}
+    catalog = [model("open"), model("listed", namespaces=["a"]), model("other", namespaces=["b"])]
+    catalog.append(model("gold", namespaceSelector=selector))
+    assert [m["id"] for m in models_list(catalog, [], "a", {})["data"]] == ["listed", "open"]
+    assert [m["id"] for m in models_list(catalog, [], "a", {"tier": "gold"})["data"]] == ["gold", "listed", "open"]
+
+
+def test_a_malformed_catalog_entry_is_not_offered():
+    broken = model("broken")
+    broken["spec"]["uri"] = "ftp://nowhere"
+    assert models_list([broken], [], "a", {})["data"] == []
 
 
 def test_models_are_the_usable_catalog_entries_and_the_ready_adapters():

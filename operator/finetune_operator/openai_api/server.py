@@ -21,22 +21,21 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from ..api import GROUP, VERSION
+from ..api import GROUP, VERSION, FineTuneModel
 from ..api.base import DNS_SUBDOMAIN_PATTERN
 from ..context import utc_now
 from ..kube import FINETUNEJOBS, MODELADAPTERS, Kind, KubeError
 from ..tokens import bearer_token
 from . import datafiles
 from .access import Access, AccessKube, Caller
+from .admission import catalog_entry, check_job, hints, model_not_found, usable
 from .errors import ApiError, invalid, not_found, too_large, unauthenticated, unavailable
 from .events import job_checkpoints, job_events
 from .files import FILE_ID_PATTERN, StoredFile, file_object, new_file_id, safe_filename
 from .filestore import FileStore, StoreFailed
 from .jobs import (
     CANCELLED_AT,
-    DEFAULT_MAX_SEQ_LENGTH,
     JobPolicy,
-    ModelHints,
     job_manifest,
     job_object,
     job_status,
@@ -44,7 +43,7 @@ from .jobs import (
     new_job_name,
     parse_job_request,
 )
-from .models import adapter_model_object, catalog_model_object, is_ready, models_list, namespace_may_use
+from .models import adapter_model_object, catalog_model_object, is_ready, models_list
 from .paging import metadata_filter, page, page_request
 from .params import only_known
 from .settings import ApiSettings
@@ -90,20 +89,24 @@ class Service:
             raise not_found("File", "file_id")
         return found
 
-    def usable_model(self, namespace: str, name: str) -> dict[str, Any]:
-        """The FineTuneModel ``name`` when this namespace may use it; one 404 for absent and not allowed."""
-        model = self.kube.get(FINETUNEMODELS, None, name) if is_object_name(name) else None
-        if model is not None:
-            labels = ((self.kube.get(NAMESPACES, None, namespace) or {}).get("metadata") or {}).get("labels") or {}
-            if namespace_may_use(model, namespace, labels):
-                return model
-        raise ApiError(
-            404,
-            "The model does not exist or your project may not use it: list the models you may use with GET /v1/models",
-            "invalid_request_error",
-            "model_not_found",
-            "model",
-        )
+    def namespace_labels(self, namespace: str) -> dict[str, str]:
+        return ((self.kube.get(NAMESPACES, None, namespace) or {}).get("metadata") or {}).get("labels") or {}
+
+    def usable_model(self, namespace: str, name: str) -> tuple[FineTuneModel, dict[str, str]]:
+        """The FineTuneModel ``name`` and the namespace's labels, when it may use it; one 404 for absent and
+        not allowed (a caller learns nothing about models it may not use)."""
+        entry = catalog_entry(self.kube.get(FINETUNEMODELS, None, name)) if is_object_name(name) else None
+        labels = self.namespace_labels(namespace) if entry is not None else {}
+        if not usable(entry, namespace, labels):
+            raise model_not_found()
+        return entry, labels
+
+
+async def require(
+    service: Service, caller: Caller, namespace: str, verb: str, resource: str, hidden: ApiError | None = None
+) -> None:
+    """access.require off the event loop (a SubjectAccessReview is a request to the API server)."""
+    await asyncio.to_thread(service.access.require, caller, namespace, verb, resource, hidden)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -128,7 +131,7 @@ def _check_and_store(service: Service, namespace: str, spooled: Path, filename: 
 
 
 async def upload_file(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "create", "finetunejobs")
+    await require(service, caller, namespace, "create", "finetunejobs")
     if not request.content_type.startswith("multipart/"):
         raise invalid("Upload the file as multipart/form-data with the fields purpose and file", "file")
     reader = await request.multipart()
@@ -157,7 +160,7 @@ async def upload_file(request: web.Request, service: Service, caller: Caller, na
 
 
 async def list_files(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "list", "finetunejobs")
+    await require(service, caller, namespace, "list", "finetunejobs")
     after, limit = page_request(request.query, extra=("purpose", "order"))
     purpose = request.query.get("purpose")
     stored = await asyncio.to_thread(service.store.list, namespace)
@@ -168,12 +171,12 @@ async def list_files(request: web.Request, service: Service, caller: Caller, nam
 
 
 async def retrieve_file(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "get", "finetunejobs", not_found("File", "file_id"))
+    await require(service, caller, namespace, "get", "finetunejobs", not_found("File", "file_id"))
     return file_object(await asyncio.to_thread(service.file, namespace, request.match_info["file_id"]))
 
 
 async def file_content(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "get", "finetunejobs", not_found("File", "file_id"))
+    await require(service, caller, namespace, "get", "finetunejobs", not_found("File", "file_id"))
     stored = await asyncio.to_thread(service.file, namespace, request.match_info["file_id"])
     response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
     response.content_length = stored.bytes
@@ -186,7 +189,7 @@ async def file_content(request: web.Request, service: Service, caller: Caller, n
 
 
 async def delete_file(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "delete", "finetunejobs", not_found("File", "file_id"))
+    await require(service, caller, namespace, "delete", "finetunejobs", not_found("File", "file_id"))
     stored = await asyncio.to_thread(service.file, namespace, request.match_info["file_id"])
     await asyncio.to_thread(service.store.delete, stored)
     return {"id": stored.id, "object": "file", "deleted": True}
@@ -206,17 +209,9 @@ async def _json_body(request: web.Request, service: Service) -> Any:
         raise invalid("The body is not valid JSON") from None
 
 
-def _hints(model: dict[str, Any]) -> ModelHints:
-    defaults = (model.get("spec") or {}).get("defaults") or {}
-    return ModelHints(
-        method_type=((defaults.get("method") or {}).get("type")) or "lora",
-        max_seq_length=defaults.get("maxSeqLength") or DEFAULT_MAX_SEQ_LENGTH,
-    )
-
-
 def _create_job(service: Service, namespace: str, body: Any) -> dict[str, Any]:
     job_request = parse_job_request(body)
-    model = service.usable_model(namespace, job_request.model)
+    entry, labels = service.usable_model(namespace, job_request.model)
     uris = {}
     for param, file_id in (
         ("training_file", job_request.training_file),
@@ -241,9 +236,10 @@ def _create_job(service: Service, namespace: str, body: Any) -> dict[str, Any]:
         new_job_name(),
         uris["training_file"],
         uris.get("validation_file"),
-        _hints(model),
+        hints(entry),
         service.policy,
     )
+    check_job(manifest, entry, namespace, labels)
     try:
         created, _ = service.kube.create(manifest)
     except KubeError as error:
@@ -261,13 +257,13 @@ def _status_message(error: KubeError) -> str:
 
 
 async def create_job(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "create", "finetunejobs")
+    await require(service, caller, namespace, "create", "finetunejobs")
     body = await _json_body(request, service)
     return await asyncio.to_thread(_create_job, service, namespace, body)
 
 
 async def list_jobs(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "list", "finetunejobs")
+    await require(service, caller, namespace, "list", "finetunejobs")
     after, limit = page_request(request.query)
     wanted = metadata_filter(request.query)
     found = await asyncio.to_thread(service.kube.list, FINETUNEJOBS, namespace)
@@ -283,7 +279,7 @@ def _job_not_found() -> ApiError:
 
 
 async def retrieve_job(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "get", "finetunejobs", _job_not_found())
+    await require(service, caller, namespace, "get", "finetunejobs", _job_not_found())
     found = await asyncio.to_thread(service.job, namespace, request.match_info["job_id"])
     return job_object(found, int(time.time()))
 
@@ -309,22 +305,22 @@ def _change_job(service: Service, namespace: str, job_id: str, action: str) -> d
 
 def job_action(action: str) -> Handler:
     async def handle(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-        service.access.require(caller, namespace, "get", "finetunejobs", _job_not_found())
-        service.access.require(caller, namespace, "patch", "finetunejobs")
+        await require(service, caller, namespace, "get", "finetunejobs", _job_not_found())
+        await require(service, caller, namespace, "patch", "finetunejobs")
         return await asyncio.to_thread(_change_job, service, namespace, request.match_info["job_id"], action)
 
     return handle
 
 
 async def job_events_page(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "get", "finetunejobs", _job_not_found())
+    await require(service, caller, namespace, "get", "finetunejobs", _job_not_found())
     after, limit = page_request(request.query)
     found = await asyncio.to_thread(service.job, namespace, request.match_info["job_id"])
     return page(job_events(found), after, limit)
 
 
 async def job_checkpoints_page(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "get", "finetunejobs", _job_not_found())
+    await require(service, caller, namespace, "get", "finetunejobs", _job_not_found())
     after, limit = page_request(request.query)
     found = await asyncio.to_thread(service.job, namespace, request.match_info["job_id"])
     return page(job_checkpoints(found), after, limit)
@@ -336,50 +332,38 @@ async def job_checkpoints_page(request: web.Request, service: Service, caller: C
 
 def _list_models(service: Service, namespace: str) -> dict[str, Any]:
     catalog = service.kube.list(FINETUNEMODELS)
-    labels = ((service.kube.get(NAMESPACES, None, namespace) or {}).get("metadata") or {}).get("labels") or {}
-    return models_list(catalog, service.kube.list(MODELADAPTERS, namespace), namespace, labels)
-
-
-def _model_not_found() -> ApiError:
-    return ApiError(
-        404,
-        "The model does not exist or your project may not use it",
-        "invalid_request_error",
-        "model_not_found",
-        "model",
-    )
+    adapters = service.kube.list(MODELADAPTERS, namespace)
+    return models_list(catalog, adapters, namespace, service.namespace_labels(namespace))
 
 
 async def list_models(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "list", "modeladapters")
+    await require(service, caller, namespace, "list", "modeladapters")
     return await asyncio.to_thread(_list_models, service, namespace)
 
 
 def _retrieve_model(service: Service, namespace: str, model_id: str) -> dict[str, Any]:
     if not is_object_name(model_id):
-        raise _model_not_found()
+        raise model_not_found()
     adapter = service.kube.get(MODELADAPTERS, namespace, model_id)
     if adapter is not None and is_ready(adapter):
         return adapter_model_object(adapter)
-    try:
-        return catalog_model_object(service.usable_model(namespace, model_id))
-    except ApiError:
-        raise _model_not_found() from None
+    entry, _ = service.usable_model(namespace, model_id)
+    return catalog_model_object(entry.to_api())
 
 
 async def retrieve_model(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "get", "modeladapters", _model_not_found())
+    await require(service, caller, namespace, "get", "modeladapters", model_not_found())
     return await asyncio.to_thread(_retrieve_model, service, namespace, request.match_info["model"])
 
 
 def _delete_model(service: Service, namespace: str, model_id: str) -> dict[str, Any]:
     if not is_object_name(model_id) or not service.kube.delete(MODELADAPTERS, namespace, model_id):
-        raise _model_not_found()
+        raise model_not_found()
     return {"id": model_id, "object": "model", "deleted": True}
 
 
 async def delete_model(request: web.Request, service: Service, caller: Caller, namespace: str) -> Any:
-    service.access.require(caller, namespace, "delete", "modeladapters", _model_not_found())
+    await require(service, caller, namespace, "delete", "modeladapters", model_not_found())
     return await asyncio.to_thread(_delete_model, service, namespace, request.match_info["model"])
 
 
