@@ -140,7 +140,7 @@ def refusal(line: int, reason: str) -> ApiError:
 
 
 def checked_lines(lines: Iterable[bytes], check: FileCheck) -> Iterator[bytes]:
-    """The lines to store (a preference line in the trainer's form), each checked; ApiError at the first bad one.
+    """The lines to store, each checked; ApiError at the first bad one.
 
     ``lines`` are raw lines as read (with their newline); blank lines are skipped, as the trainer skips them.
     """
@@ -165,7 +165,8 @@ def checked_lines(lines: Iterable[bytes], check: FileCheck) -> Iterator[bytes]:
             raise refusal(number, str(error)) from None
         check.kind = kind
         check.examples += 1
-        yield json.dumps(row, ensure_ascii=False, separators=(",", ":")).encode() + b"\n"
+        # A chat line is stored as it came (the file reads back as uploaded); a preference line in the trainer's form.
+        yield raw.rstrip(b"\r\n") + b"\n" if kind == CHAT else json.dumps(row, separators=(",", ":")).encode() + b"\n"
     if check.examples < MIN_EXAMPLES:
         raise invalid(
             f"Invalid file format. The file has {check.examples} examples; at least {MIN_EXAMPLES} are needed",
