@@ -80,7 +80,7 @@ class Service:
     def job(self, namespace: str, job_id: str) -> dict[str, Any]:
         found = self.kube.get(FINETUNEJOBS, namespace, job_id) if is_object_name(job_id) else None
         if found is None:
-            raise not_found(f"Fine-tuning job {job_id if is_object_name(job_id) else ''}".strip(), "fine_tuning_job_id")
+            raise not_found("Fine-tuning job", "fine_tuning_job_id")
         return found
 
     def file(self, namespace: str, file_id: str) -> StoredFile:
@@ -140,7 +140,7 @@ async def upload_file(request: web.Request, service: Service, caller: Caller, na
         spooled = Path(directory) / "upload"
         while (part := await reader.next()) is not None:
             if part.name == "purpose":
-                purpose = (await part.read(decode=False))[:64].decode(errors="replace")
+                purpose = (await part.read_chunk(64)).decode(errors="replace")  # only "fine-tune" is wanted
             elif part.name == "file":
                 filename = safe_filename(part.filename)
                 size = 0
