@@ -60,9 +60,16 @@ class Refused:
 
 
 def resolve(
-    spec: FineTuneJobSpec, entry: FineTuneModel | None, namespace: str, namespace_labels: Mapping[str, str]
+    spec: FineTuneJobSpec,
+    entry: FineTuneModel | None,
+    namespace: str,
+    namespace_labels: Mapping[str, str],
+    enforce: bool = True,
 ) -> Resolved | Refused:
-    """The effective spec of a job that names ``entry`` (spec.model.name), or why it is refused."""
+    """The effective spec of a job that names ``entry`` (spec.model.name), or why it is refused.
+
+    ``enforce=False`` for a finished job: its outcome stands whatever the catalog says now (a limit lowered
+    since, a namespace left out), and its spec is still needed to publish what it trained."""
     name = spec.model.name
     if name is None:
         raise ValueError("resolve() is for jobs that name a catalog model (spec.model.name)")
@@ -72,7 +79,7 @@ def resolve(
             f"FineTuneModel {name} not found: spec.model.name must name a model of the catalog "
             "(kubectl get finetunemodels); the job proceeds once it exists",
         )
-    if not namespace_allowed(entry.spec.limits, namespace, namespace_labels):
+    if enforce and not namespace_allowed(entry.spec.limits, namespace, namespace_labels):
         return Refused(
             NAMESPACE_NOT_ALLOWED,
             f"namespace {namespace} may not use FineTuneModel {name}: it is not in the model's limits.namespaces "
@@ -86,7 +93,7 @@ def resolve(
             f"the defaults of FineTuneModel {name} do not fit this job: "
             + "; ".join(format_validation_error(error))[:1024],
         )
-    exceeded = limits_exceeded(effective, name, entry.spec.limits)
+    exceeded = limits_exceeded(effective, name, entry.spec.limits) if enforce else []
     if exceeded:
         return Refused(LIMIT_EXCEEDED, "; ".join(exceeded))
     return Resolved(effective, f"FineTuneModel {name}: {entry.spec.uri}" + _at_revision(entry))

@@ -69,6 +69,8 @@ class Kind:
 
 FINETUNEJOBS = Kind(GROUP, VERSION, "finetunejobs")
 MODELADAPTERS = Kind(GROUP, VERSION, "modeladapters")
+FINETUNEMODELS = Kind(GROUP, VERSION, "finetunemodels", namespaced=False)
+NAMESPACES = Kind("", "v1", "namespaces", namespaced=False)
 JOBS = Kind("batch", "v1", "jobs")
 PODS = Kind("", "v1", "pods")
 SERVICES = Kind("", "v1", "services")

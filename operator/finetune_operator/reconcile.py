@@ -15,10 +15,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import FineTuneJob, format_validation_error
+from .api import FineTuneJob, FineTuneModel, format_validation_error
+from .catalog import Refused, Resolved, resolve
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, SECRETS, InvalidApiPath, KubeError
+from .kube import (
+    CONFIGMAPS,
+    FINETUNEJOBS,
+    FINETUNEMODELS,
+    JOBS,
+    KINDS,
+    NAMESPACES,
+    PODS,
+    SECRETS,
+    InvalidApiPath,
+    KubeError,
+)
 from .naming import (
     CONFIG_HASH_ANNOTATION,
     SPEC_HASH_ANNOTATION,
@@ -81,12 +93,14 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     now = utc_now()
     spec_pending = False
     mint_due: float | None = None
-    blockers = _missing_references(context, job)
+    job, model = _resolve_model(context, job)  # the model catalog: see the end of this module
+    blockers = [Blocker(model.reason, model.message)] if isinstance(model, Refused) else []
+    blockers = blockers or _missing_references(context, job)
     training_job = context.kube.get(JOBS, namespace, training_job_name(name))
     foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
     if foreign:
         training_job = None  # says nothing about this job, and is never changed or deleted by it
-    if not is_finished(job.status):
+    if not is_finished(job.status) and not isinstance(model, Refused):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
         except ResolutionError as error:
@@ -123,6 +137,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
     changes += _spec_applied(job, status, spec_pending, now)
+    changes += _model_resolved(job, status, model, now)
     try:
         changes += publish(context, job, status, now)
     except Exception as error:
@@ -342,3 +357,41 @@ def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationErro
     }
     context.kube.merge_patch(FINETUNEJOBS, raw["metadata"]["namespace"], raw["metadata"]["name"], patch, "status")
     return "Pending"
+
+
+# -- the model catalog ---------------------------------------------------------------------------------
+# A job that names a FineTuneModel (spec.model.name) is reconciled as the effective job catalog.resolve()
+# makes of it: everything above renders that one exactly as a job that gave a uri. A refused job gets no
+# children; its ModelResolved condition names the limit.
+
+
+def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Resolved | Refused | None]:
+    if job.spec.model.name is None:
+        return job, None
+    raw = context.kube.get(FINETUNEMODELS, None, job.spec.model.name)
+    try:
+        entry = FineTuneModel.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        # Stored before a schema change, say: the admin's to fix; what is wrong is not the tenant's to read.
+        return job, Refused("ModelInvalid", f"FineTuneModel {job.spec.model.name} is invalid: ask the platform admin")
+    enforce = not is_finished(job.status)
+    labels: dict[str, str] = {}
+    if enforce and entry is not None and entry.spec.limits.namespace_selector is not None:
+        # Read only when a selector needs it. The labels are the namespace's, set by whoever may label
+        # namespaces (the platform), never by the job's author.
+        namespace = context.kube.get(NAMESPACES, None, job.metadata.namespace)
+        labels = (namespace or {}).get("metadata", {}).get("labels") or {}
+    outcome = resolve(job.spec, entry, job.metadata.namespace, labels, enforce)
+    if isinstance(outcome, Refused):
+        return job, outcome
+    return job.model_copy(update={"spec": outcome.spec}), outcome
+
+
+def _model_resolved(job: FineTuneJob, status, model: Resolved | Refused | None, now: str) -> list:
+    if model is None:
+        return []
+    value, reason = ("True", "Resolved") if isinstance(model, Resolved) else ("False", model.reason)
+    change = set_condition(
+        status.conditions, "ModelResolved", value, reason, model.message, now, job.metadata.generation
+    )
+    return [change] if change else []

@@ -29,6 +29,7 @@ def cluster():
             "--for=condition=Established",
             "crd/finetunejobs.finetune.dev",
             "crd/modeladapters.finetune.dev",
+            "crd/finetunemodels.finetune.dev",
             "--timeout=60s",
         )
         # The CRDs' OpenAPI is published a moment after they are Established; kubectl explain needs it.

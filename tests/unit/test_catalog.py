@@ -258,6 +258,12 @@ def test_no_limits_allow_everything():
     resolved(job({"spec.resources": {"nodes": 256, "gpusPerNode": 16}, "spec.training": {"maxSteps": 5}}), entry())
 
 
+def test_a_finished_job_keeps_its_model_whatever_the_limits_and_namespaces_say_now():
+    model = entry(limits={"maxGPUs": 0, "namespaces": ["team-b"]})
+    outcome = resolve(job(), model, NAMESPACE, {}, enforce=False)
+    assert isinstance(outcome, Resolved) and outcome.spec.model.uri == "hf://meta-llama/Llama-3.1-8B"
+
+
 # ---------------------------------------------------------------------------------------------
 # namespaces
 

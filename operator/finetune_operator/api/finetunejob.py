@@ -876,7 +876,8 @@ class FineTuneJobStatus(ApiModel):
     )
     observed_generation: Int64 | None = describe("The metadata.generation this status describes.", default=None, ge=0)
     conditions: list[Condition] = describe(
-        "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published and ReferencesResolved.",
+        "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published, ReferencesResolved and (for a "
+        "job that names a catalog model) ModelResolved.",
         default_factory=list,
         max_length=16,
         json_schema_extra=CONDITIONS_LIST_MAP,

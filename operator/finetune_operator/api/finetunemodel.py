@@ -66,7 +66,8 @@ class LabelSelectorRequirement(ApiModel):
 class LabelSelector(ApiModel):
     """A metav1.LabelSelector: every matchLabels pair and every matchExpressions requirement must hold."""
 
-    match_labels: dict[LabelKey, LabelValue] = describe(
+    # Keys are not checked here (a CRD schema cannot constrain map keys): a key no label can have matches nothing.
+    match_labels: dict[str, LabelValue] = describe(
         "Labels the namespace must carry with these values.", default_factory=dict, max_length=32
     )
     match_expressions: list[LabelSelectorRequirement] = describe(
