@@ -113,7 +113,7 @@ class TokenStore:
         if np.any(self.seq_trained < 0) or np.any(self.seq_trained > lengths):
             raise StoreCorrupt(f"{self.directory}: trained-token counts out of bounds")
         vocab = int(self.manifest["key"]["tokenizer"]["vocab_size"])
-        if len(self.ids) and int(_max(self.ids)) >= vocab:
+        if len(self.ids) and _max_id(self.directory / "ids.bin", self.ids.dtype) >= vocab:
             raise StoreCorrupt(f"{self.directory}: a token id past the vocabulary ({vocab})")
 
     def sequence(self, index: int, source: int) -> Example:
@@ -211,6 +211,11 @@ def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
 
-def _max(array: np.ndarray, block: int = 64 << 20) -> int:
-    """The largest value, a block at a time: the whole array is never copied."""
-    return max(int(array[start : start + block].max()) for start in range(0, len(array), block))
+def _max_id(path: Path, dtype: np.dtype, block: int = 16 << 20) -> int:
+    """The largest id, read a block at a time with read(), not through the map: scanning a mapped file
+    would count all of it in the process's resident memory."""
+    largest = 0
+    with path.open("rb") as stream:
+        while len(values := np.fromfile(stream, dtype=dtype, count=block)):
+            largest = max(largest, int(values.max()))
+    return largest
