@@ -113,3 +113,13 @@ def minio():
 
     with MinioServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster):
+    """Kueue's controller manager and CRDs, built from Go modules at the pinned version and shared by the
+    session; hack/localcluster/kueue.py says what differs from a production install."""
+    from localcluster.kueue import KueueController
+
+    with KueueController(cluster) as running:
+        yield running
