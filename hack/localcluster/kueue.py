@@ -30,7 +30,7 @@ from pathlib import Path
 import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from . import pki
@@ -179,7 +179,8 @@ class KueueController:
 def _certificates() -> tuple[pki.KeyPair, pki.KeyPair]:
     """A CA the rotator accepts (valid for the DNS name kueue-ca, well past its 90-day look-ahead) and a
     serving certificate for the webhook Service's name and for 127.0.0.1, where the API server calls it."""
-    key = ec.generate_private_key(ec.SECP256R1())
+    # RSA in PKCS#1: the rotator parses the CA key from the Secret with x509.ParsePKCS1PrivateKey.
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CA_NAME)])
     now = dt.datetime.now(dt.UTC)
     certificate = (
@@ -193,14 +194,26 @@ def _certificates() -> tuple[pki.KeyPair, pki.KeyPair]:
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(CA_NAME)]), critical=False)
         .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
         )
         .sign(key, hashes.SHA256())
     )
     ca = pki.KeyPair(
         certificate.public_bytes(serialization.Encoding.PEM),
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()),
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        ),
     )
     hosts = [f"{WEBHOOK_SERVICE}.{NAMESPACE}.svc", "127.0.0.1"]
     return ca, pki.make_serving_certificate(ca, hosts[0], hosts, days=365)

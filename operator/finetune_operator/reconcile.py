@@ -62,6 +62,7 @@ OWNED_STATUS_FIELDS = (
     "completionTime",
     "restarts",
     "jobName",
+    "queue",
     "progress",
     "artifact",
     "evaluation",

@@ -121,5 +121,7 @@ def kueue(cluster):
     session; hack/localcluster/kueue.py says what differs from a production install."""
     from localcluster.kueue import KueueController
 
-    with KueueController(cluster) as running:
+    # waitForPodsReady's timeout: simulated pods are ready within a second, so 30s tells a job that can
+    # never start from one that is starting, without making the all-or-nothing test wait minutes.
+    with KueueController(cluster, pods_ready_timeout_seconds=30) as running:
         yield running

@@ -100,19 +100,22 @@ def test_two_of_three_jobs_fit_the_quota_and_the_third_waits_saying_why(cluster,
         wait_for(f"{name} to run", condition_is(cluster, namespace, name, "Running"), timeout=90)
     apply(cluster, queued_job("third", namespace))
 
-    admitted = wait_for("third to be reported queued", condition_is(cluster, namespace, "third", "Admitted", "False"))
-    waiting = wait_for(
-        "Kueue's reason", lambda: queue_of(cluster, namespace, "third").get("clusterQueue") and admitted, timeout=30
+    admitted = wait_for(
+        "third to be reported waiting for quota",
+        lambda: (
+            (c := condition(get(cluster, "ftj", namespace, "third"), "Admitted"))
+            and "insufficient" in c["message"]
+            and c
+        ),
     )
-    admitted = condition(get(cluster, "ftj", namespace, "third"), "Admitted")
-    assert admitted["reason"] == "Pending", admitted
-    assert "insufficient unused quota for nvidia.com/gpu" in admitted["message"]
+    assert admitted["status"] == "False" and admitted["reason"] == "Pending", admitted
+    assert "insufficient unused quota for nvidia.com/gpu" in admitted["message"], admitted
     assert queue_of(cluster, namespace, "third") == {
         "state": "Queued",
         "localQueue": "gpu-queue",
         "clusterQueue": gpu_queue,
         "preemptions": 0,
-    }, waiting
+    }, get(cluster, "ftj", namespace, "third")["status"]
     third = get(cluster, "ftj", namespace, "third")
     assert third["status"]["phase"] == "Suspended"
     assert condition(third, "Suspended")["reason"] == "QueuedByKueue"
@@ -168,3 +171,48 @@ def test_a_high_priority_job_preempts_a_running_low_priority_one_which_resumes_l
     low = get(cluster, "ftj", namespace, "low")
     assert low["status"]["queue"]["state"] == "Admitted" and low["status"]["queue"]["preemptions"] == 1
     assert len(items(cluster, "jobs", namespace, "finetune.dev/job=low")) == 1
+
+
+def test_a_two_node_job_that_cannot_place_both_pods_is_evicted_whole(cluster, namespace, kueue, operator, request):
+    """waitForPodsReady: quota for 16 GPUs, but the flavor's nodes (one 8-GPU node) hold one pod of two.
+    Kueue admits the job, waits for all its pods to be ready, then evicts the whole Job: never half-started."""
+    flavor = f"{namespace}-one-node"[:63]
+    apply(
+        cluster,
+        {
+            "apiVersion": API,
+            "kind": "ResourceFlavor",
+            "metadata": {"name": flavor},
+            "spec": {"nodeLabels": {"kubernetes.io/hostname": "gpu-2"}},
+        },
+    )
+    queue = cluster_queue(namespace, namespace, gpus=16)
+    queue["spec"]["resourceGroups"][0]["flavors"][0]["name"] = flavor
+    apply(cluster, queue)
+    apply(cluster, local_queue(namespace, namespace))
+    request.addfinalizer(
+        lambda: cluster.run_kubectl(
+            "delete", "clusterqueue,resourceflavor", namespace, flavor, "--wait=false", check=False
+        )
+    )
+    manifest = queued_job("pair", namespace, gpus=8)
+    manifest["spec"]["resources"]["nodes"] = 2
+    apply(cluster, manifest)
+
+    wait_for("admission", lambda: queue_of(cluster, namespace, "pair").get("state") == "Admitted", timeout=90)
+    pods = wait_for("the pods", lambda: len(items(cluster, "pods", namespace, "finetune.dev/job=pair")) == 2)
+    assert pods
+    evicted = wait_for(
+        "eviction after waitForPodsReady's timeout",
+        lambda: (
+            (c := condition(get(cluster, "ftj", namespace, "pair"), "Admitted"))
+            and c["reason"] == "PodsReadyTimeout"
+            and c
+        ),
+        timeout=120,
+    )
+    assert "evicted by Kueue (PodsReadyTimeout)" in evicted["message"]
+    pair = get(cluster, "ftj", namespace, "pair")
+    assert pair["status"]["queue"]["state"] == "Evicted" and pair["status"]["phase"] == "Suspended"
+    assert get(cluster, "job", namespace, "pair")["spec"]["suspend"] is True
+    wait_for("no pod left running", lambda: not items(cluster, "pods", namespace, "finetune.dev/job=pair"), timeout=60)
