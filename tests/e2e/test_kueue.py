@@ -160,7 +160,8 @@ def test_a_high_priority_job_preempts_a_running_low_priority_one_which_resumes_l
     assert preempted["reason"] == "InClusterQueue", preempted
     low = get(cluster, "ftj", namespace, "low")
     assert low["status"]["queue"]["state"] == "Preempted" and low["status"]["queue"]["preemptions"] == 1
-    assert condition(low, "Suspended")["reason"] == "Preempted"
+    suspended = wait_for("low to be suspended", condition_is(cluster, namespace, "low", "Suspended"), timeout=60)
+    assert suspended["reason"] == "Preempted" and "evicted by Kueue (Preempted)" in suspended["message"]
     assert get(cluster, "job", namespace, "low")["spec"]["suspend"] is True
 
     wait_for("high to succeed", condition_is(cluster, namespace, "high", "Succeeded"), timeout=90)

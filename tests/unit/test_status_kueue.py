@@ -164,3 +164,9 @@ def test_a_job_without_the_queue_label_has_no_queue_status():
     status, _ = compute_status(Observation(make_job(), training_job(), [pod()], NOW, [], None))
     assert status.queue is None
     assert all(c.type not in ("Admitted", "Preempted") for c in status.conditions)
+
+
+def test_an_evicted_job_whose_pods_still_run_says_kueue_is_suspending_it():
+    status, _ = observe_queued(make_job(), kueue.queue_state(PREEMPTED), suspend=False, pods=[pod()])
+    assert condition(status, "Suspended") == ("False", "Evicting")
+    assert "Kueue is suspending the Job" in message(status, "Suspended")

@@ -295,7 +295,11 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         condition("Running", "False", "Suspended", "the job is suspended")
         return status, changes
 
-    if queue:
+    if queue and observation.queue is not None and observation.queue.state == "Evicted":
+        # Kueue took the quota back and is about to suspend the Job: its pods are still there.
+        message = get_condition(status.conditions, "Admitted").message
+        condition("Suspended", "False", "Evicting", f"{message}; Kueue is suspending the Job")
+    elif queue:
         condition("Suspended", "False", "Admitted", get_condition(status.conditions, "Admitted").message)
     else:
         condition("Suspended", "False", "NotSuspended", "the job is not suspended")
