@@ -135,16 +135,22 @@ class KueueController:
                     },
                 }
             crds.append(crd)
-        names = [f"crd/{crd['metadata']['name']}" for crd in crds]
-        self.cluster.run_kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": crds}),
-        )
-        self.cluster.run_kubectl("wait", "--for=condition=Established", *names, "--timeout=60s")
+        apply(self.cluster, *crds)
+        names = {crd["metadata"]["name"] for crd in crds}
+
+        def established() -> bool:
+            # Polled rather than `kubectl wait`, which fails on a CRD whose status has no conditions yet.
+            listed = json.loads(self.cluster.run_kubectl("get", "crd", "-o", "json").stdout)["items"]
+            return names <= {
+                crd["metadata"]["name"]
+                for crd in listed
+                if any(
+                    c["type"] == "Established" and c["status"] == "True"
+                    for c in crd.get("status", {}).get("conditions", [])
+                )
+            }
+
+        self.cluster._wait("Kueue's CRDs to be established", established, 60)
 
     def _install_secret(self, ca: pki.KeyPair, serving: pki.KeyPair) -> None:
         import base64
@@ -166,14 +172,7 @@ class KueueController:
                 },
             },
         ]
-        self.cluster.run_kubectl(
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            "-",
-            input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}),
-        )
+        apply(self.cluster, *objects)
 
 
 def _certificates() -> tuple[pki.KeyPair, pki.KeyPair]:

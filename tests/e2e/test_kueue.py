@@ -201,8 +201,10 @@ def test_a_two_node_job_that_cannot_place_both_pods_is_evicted_whole(cluster, na
     apply(cluster, manifest)
 
     wait_for("admission", lambda: queue_of(cluster, namespace, "pair").get("state") == "Admitted", timeout=90)
-    pods = wait_for("the pods", lambda: len(items(cluster, "pods", namespace, "finetune.dev/job=pair")) == 2)
-    assert pods
+    wait_for(
+        "both pods, one of them unschedulable",
+        lambda: len(items(cluster, "pods", namespace, "finetune.dev/job=pair")) == 2,
+    )
     evicted = wait_for(
         "eviction after waitForPodsReady's timeout",
         lambda: (
@@ -217,3 +219,35 @@ def test_a_two_node_job_that_cannot_place_both_pods_is_evicted_whole(cluster, na
     assert pair["status"]["queue"]["state"] == "Evicted" and pair["status"]["phase"] == "Suspended"
     assert get(cluster, "job", namespace, "pair")["spec"]["suspend"] is True
     wait_for("no pod left running", lambda: not items(cluster, "pods", namespace, "finetune.dev/job=pair"), timeout=60)
+
+
+def test_an_operator_killed_while_kueue_releases_quota_catches_up_without_duplicates(
+    cluster, namespace, gpu_queue, start_operator
+):
+    first = start_operator()
+    apply(cluster, queued_job("before", namespace, gpus=8, run="6s"))
+    wait_for("before to run", condition_is(cluster, namespace, "before", "Running"), timeout=90)
+    apply(cluster, queued_job("after", namespace, gpus=8))
+    wait_for("after to be created and queued", lambda: queue_of(cluster, namespace, "after").get("state") == "Queued")
+    first.kill()
+
+    # With the operator gone, before finishes and Kueue admits after (it unsuspends after's Job itself).
+    wait_for(
+        "Kueue to admit after",
+        lambda: get(cluster, "job", namespace, "after")["spec"]["suspend"] is False,
+        timeout=90,
+    )
+    start_operator()
+    wait_for("before to succeed", condition_is(cluster, namespace, "before", "Succeeded"), timeout=60)
+    wait_for("after to run", condition_is(cluster, namespace, "after", "Running"), timeout=60)
+    wait_for("after to say admitted", lambda: queue_of(cluster, namespace, "after").get("state") == "Admitted")
+    for name in ("before", "after"):
+        assert len(items(cluster, "jobs", namespace, f"finetune.dev/job={name}")) == 1
+        assert (
+            len(items(cluster, "workloads", namespace, f"kueue.x-k8s.io/job-uid={job_uid(cluster, namespace, name)}"))
+            == 1
+        )
+
+
+def job_uid(cluster, namespace: str, name: str) -> str:
+    return get(cluster, "job", namespace, name)["metadata"]["uid"]
