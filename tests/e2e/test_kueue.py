@@ -123,7 +123,9 @@ def test_two_of_three_jobs_fit_the_quota_and_the_third_waits_saying_why(cluster,
     for name in ("first", "second"):
         queue = queue_of(cluster, namespace, name)
         assert queue["state"] == "Admitted" and queue["clusterQueue"] == gpu_queue and queue["admissionTime"]
-    assert "Queued" in cluster.run_kubectl("get", "ftj", "third", "-n", namespace).stdout
+    listed = cluster.run_kubectl("get", "ftj", "-n", namespace).stdout
+    print(listed)  # shown with -s: the README's example
+    assert [line.split()[2] for line in listed.splitlines()[1:]] == ["Admitted", "Admitted", "Queued"], listed
 
 
 def test_a_queue_name_without_a_local_queue_in_the_namespace_is_reported(cluster, kueue, namespace, operator):
@@ -161,6 +163,7 @@ def test_a_high_priority_job_preempts_a_running_low_priority_one_which_resumes_l
     low = get(cluster, "ftj", namespace, "low")
     assert low["status"]["queue"]["state"] == "Preempted" and low["status"]["queue"]["preemptions"] == 1
     suspended = wait_for("low to be suspended", condition_is(cluster, namespace, "low", "Suspended"), timeout=60)
+    print(cluster.run_kubectl("get", "ftj", "-n", namespace).stdout)  # shown with -s: the README's example
     assert suspended["reason"] == "Preempted" and "evicted by Kueue (Preempted)" in suspended["message"]
     assert get(cluster, "job", namespace, "low")["spec"]["suspend"] is True
 
@@ -169,6 +172,7 @@ def test_a_high_priority_job_preempts_a_running_low_priority_one_which_resumes_l
     assert readmitted["reason"] == "Readmitted"
     wait_for("low to run again", condition_is(cluster, namespace, "low", "Running"), timeout=90)
     print(f"preempted low: admitted again and running {time.monotonic() - evicted_at:.1f}s after the eviction")
+    print(cluster.run_kubectl("get", "ftj", "-n", namespace, "-o", "wide").stdout)
     low = get(cluster, "ftj", namespace, "low")
     assert low["status"]["queue"]["state"] == "Admitted" and low["status"]["queue"]["preemptions"] == 1
     assert len(items(cluster, "jobs", namespace, "finetune.dev/job=low")) == 1
