@@ -117,6 +117,8 @@ def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcom
         if outcome.phase is None:
             started.difference_update({key for key in started if key[:2] == (namespace, name)})
         status = outcome.status
+        if status is not None and status.queue is not None:
+            metrics.preemptions.labels(namespace, name).set(status.queue.preemptions)
         for change in outcome.changes:
             condition = change.condition
             if condition.status != "True" or status is None:

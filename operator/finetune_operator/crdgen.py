@@ -213,6 +213,12 @@ def finetunejob_crd() -> dict[str, Any]:
     columns = [
         {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
         {
+            "name": "Queue",
+            "type": "string",
+            "jsonPath": ".status.queue.state",
+            "description": "Where Kueue has the job: Queued, Admitted, Inadmissible, Preempted or Evicted.",
+        },
+        {
             "name": "Progress",
             "type": "integer",
             "jsonPath": ".status.progress.percent",
@@ -232,6 +238,7 @@ def finetunejob_crd() -> dict[str, Any]:
         {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "priority": 1},
         {"name": "Catalog-Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
+        {"name": "ClusterQueue", "type": "string", "jsonPath": ".status.queue.clusterQueue", "priority": 1},
     ]
     return _crd(finetunejob.KIND, finetunejob.PLURAL, ["ftj"], schema, columns)
 

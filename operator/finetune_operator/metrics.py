@@ -115,7 +115,17 @@ class OperatorMetrics:
         self.tokens_per_second = Gauge(f"{PREFIX}_job_tokens_per_second", "Real tokens per second.", labels, registry=r)
         self.progress_ratio = Gauge(f"{PREFIX}_job_progress_ratio", "step / totalSteps.", labels, registry=r)
         self.eta_seconds = Gauge(f"{PREFIX}_job_eta_seconds", "Estimated seconds left.", labels, registry=r)
-        self._per_job = (self.train_loss, self.eval_loss, self.tokens_per_second, self.progress_ratio, self.eta_seconds)
+        self.preemptions = Gauge(
+            f"{PREFIX}_job_preemptions", "Times Kueue preempted the job (status.queue.preemptions).", labels, registry=r
+        )
+        self._per_job = (
+            self.train_loss,
+            self.eval_loss,
+            self.tokens_per_second,
+            self.progress_ratio,
+            self.eta_seconds,
+            self.preemptions,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:

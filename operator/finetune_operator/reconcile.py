@@ -50,6 +50,7 @@ from .naming import (
     training_job_name,
 )
 from .publish import publish
+from .queueing import observe_queue
 from .render import (
     ResolutionError,
     data_hash,
@@ -83,6 +84,7 @@ OWNED_STATUS_FIELDS = (
     "completionTime",
     "restarts",
     "jobName",
+    "queue",
     "progress",
     "artifact",
     "evaluation",
@@ -154,7 +156,8 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
                 mint_due = MINT_RETRY_SECONDS
 
     pods = caches[PODS].select(namespace, selector_labels(name)) if training_job is not None else []
-    status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
+    queue = observe_queue(context.kube, training_job) if not is_finished(job.status) else None
+    status, changes = compute_status(Observation(job, training_job, pods, now, blockers, queue))
     changes += _spec_applied(job, status, spec_pending, now)
     changes += _model_resolved(job, status, model, now)
     try:

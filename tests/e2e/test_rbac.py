@@ -183,6 +183,9 @@ def declared_permissions() -> list[Permission]:
             # The scenario runs without a store that mints credentials (it has no MinIO): the per-job
             # credentials' permissions are exercised by tests/e2e/test_storage_isolation.py, not trimmed here.
             continue
+        if "kueue.x-k8s.io" in rule["apiGroups"]:
+            # The scenario has no Kueue: reading Workloads and LocalQueues is exercised by tests/e2e/test_kueue.py.
+            continue
         mode = "namespaced" if "namespaced" in rule.get("when", []) else "clusterwide"
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:

@@ -867,6 +867,19 @@ class ModelStatus(ApiModel):
     revision: text(255) | None = describe("Exact commit of an hf:// model.", default=None)
 
 
+class QueueStatus(ApiModel):
+    """Where Kueue has the job (a job with the kueue.x-k8s.io/queue-name label), from Kueue's Workload."""
+
+    state: Literal["Queued", "Admitted", "Inadmissible", "Preempted", "Evicted"] = describe(
+        "Queued (waiting for quota), Admitted, Inadmissible (its LocalQueue or ClusterQueue is missing or "
+        "stopped), Preempted or Evicted (Kueue took the quota back; the job waits to be admitted again)."
+    )
+    local_queue: text(63) = describe("The LocalQueue in the job's namespace that the label names.")
+    cluster_queue: text(253) | None = describe("The ClusterQueue the LocalQueue feeds, once known.", default=None)
+    admission_time: Timestamp | None = describe("When Kueue last admitted the job.", default=None)
+    preemptions: Int64 = describe("Times Kueue preempted the job's current training Job.", default=0, ge=0)
+
+
 class FineTuneJobStatus(ApiModel):
     """What the operator observed. Written only through the status subresource."""
 
@@ -876,8 +889,8 @@ class FineTuneJobStatus(ApiModel):
     )
     observed_generation: Int64 | None = describe("The metadata.generation this status describes.", default=None, ge=0)
     conditions: list[Condition] = describe(
-        "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published, ReferencesResolved and (for a "
-        "job that names a catalog model) ModelResolved.",
+        "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published, ReferencesResolved, (for a "
+        "job that names a catalog model) ModelResolved, and Admitted and Preempted for a job queued by Kueue.",
         default_factory=list,
         max_length=16,
         json_schema_extra=CONDITIONS_LIST_MAP,
@@ -887,6 +900,7 @@ class FineTuneJobStatus(ApiModel):
     restarts: Int64 = describe("Training pods that failed and were retried.", default=0, ge=0)
     resumed_from_step: Int64 | None = describe("The checkpoint step the latest retry resumed from.", default=None, ge=0)
     job_name: text(253) | None = describe("Name of the batch/v1 Job that runs the training.", default=None)
+    queue: QueueStatus | None = describe("Where Kueue has the job, for a job queued by Kueue.", default=None)
     model: ModelStatus | None = describe("The base model as resolved.", default=None)
     progress: Progress | None = describe("Live progress from the trainer.", default=None)
     checkpoint: CheckpointStatus | None = describe("The newest complete checkpoint.", default=None)
