@@ -99,6 +99,9 @@ class LocalCluster:
     workdir: Path | None = None
     die_with_parent: bool = True
     gpu_nodes: int = GPU_NODES
+    # An audit policy (audit.k8s.io/v1 Policy, as a dict): kube-apiserver then writes the events it selects,
+    # one JSON line each, to ``audit_log`` (the operator benchmark counts the operator's requests there).
+    audit_policy: dict | None = None
     processes: list[Process] = field(default_factory=list)
     _own_workdir: bool = False
 
@@ -109,6 +112,7 @@ class LocalCluster:
         self.workdir = Path(self.workdir)
         self.pki_dir = self.workdir / "pki"
         self.kubeconfig = self.workdir / "kubeconfig"
+        self.audit_log = self.workdir / "audit.log"
         self.admin_token = secrets.token_hex(16)
         self.api_port = 0
         self.server = ""
@@ -258,6 +262,16 @@ class LocalCluster:
         self.api_port = free_port()
         self.server = f"https://127.0.0.1:{self.api_port}"
         p = self.pki_dir
+        audit = []
+        if self.audit_policy is not None:
+            policy = self.workdir / "audit-policy.json"  # JSON is YAML, which the flag expects
+            policy.write_text(json.dumps(self.audit_policy))
+            # One file, never rotated (its size in MB): a reader finds every event in it.
+            audit = [
+                f"--audit-policy-file={policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxsize=100000",
+            ]
         process = self.spawn(
             "kube-apiserver",
             [
@@ -280,6 +294,7 @@ class LocalCluster:
                 "--allow-privileged=true",
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
+                *audit,
                 "--v=1",
             ],
         )
