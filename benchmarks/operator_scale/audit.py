@@ -6,8 +6,9 @@ is one auditID (a watch logs ResponseStarted and ResponseComplete). Requests are
 
 - ``lease``: anything on coordination.k8s.io Leases (leader election renewals and the standby's reads);
 - ``watch``: watch requests (each is one reconnection of a long-running watch);
-- ``relist``: a list answered shortly before a watch of the same resource and namespace
-  starts, which is how a watch (re)connects (list, then watch from its resourceVersion);
+- ``relist``: a list shortly before a watch of the same resource and namespace by the same
+  client (user agent) starts, which is how a watch (re)connects (list, then watch from the list's
+  resourceVersion); a reconcile's own lists come from another client and stay work;
 - ``work``: everything else, the requests the goal counts.
 """
 
@@ -35,8 +36,8 @@ class Request:
     user_agent: str
 
     @property
-    def collection(self) -> tuple[str, str]:
-        return self.resource, self.namespace
+    def collection(self) -> tuple[str, str, str]:
+        return self.resource, self.namespace, self.user_agent
 
 
 def parse_time(value: str) -> float:

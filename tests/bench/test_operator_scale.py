@@ -7,6 +7,8 @@ the operator, never how fast anything was: timings on shared test machines mean 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,8 +39,8 @@ def audit_line(audit_id: str, verb: str, resource: str, at: str, user: str = OPE
     return json.dumps(event)
 
 
-def request(verb: str, resource: str, at: float) -> Request:
-    return Request(time=at, verb=verb, resource=resource, namespace="ns", code=200, user_agent="kopf")
+def request(verb: str, resource: str, at: float, user_agent: str = "kopf") -> Request:
+    return Request(time=at, verb=verb, resource=resource, namespace="ns", code=200, user_agent=user_agent)
 
 
 def test_the_audit_log_yields_one_request_per_audit_id_of_the_operator_only():
@@ -59,13 +61,14 @@ def test_the_audit_log_yields_one_request_per_audit_id_of_the_operator_only():
 def test_leases_watches_and_the_list_that_opens_a_watch_are_set_apart_from_work():
     requests = [
         request("list", "core/pods", T0),
+        request("list", "core/pods", T0, user_agent="reconciler"),  # another client's: work
         request("watch", "core/pods", T0 + 1),
         request("list", "core/pods", T0 + 100),  # no watch follows: work
         request("update", "coordination.k8s.io/leases", T0 + 101),
         request("get", "finetune.dev/finetunejobs", T0 + 102),
     ]
 
-    assert categorise(requests) == ["relist", "watch", "work", "lease", "work"]
+    assert categorise(requests) == ["relist", "work", "watch", "work", "lease", "work"]
 
 
 def test_rates_are_per_minute_of_the_window_and_only_count_requests_inside_it():
@@ -143,3 +146,50 @@ def test_the_summary_has_one_line_per_figure_and_says_when_failover_is_unsupport
     assert [line.split(":")[0] for line in lines] == ["bind", "memory", "steady", "failover"]
     assert "ratio 1.25x" in lines[0] and "120 MB" in lines[1] and "0.00 operator API requests/min" in lines[2]
     assert lines[3] == NOT_SUPPORTED
+
+
+@pytest.mark.e2e
+def test_a_quick_run_produces_every_figure(tmp_path):
+    out = tmp_path / "results"
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks.operator_scale", "--quick", "--steady-minutes", "0.1", "--out", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    (path,) = out.glob("operator-scale-*.json")
+    results = json.loads(path.read_text())
+    figures = results["figures"]
+    jobs = results["options"]["jobs"]
+
+    bind = figures["bind"]
+    for side in ("bare", "finetunejobs"):
+        assert bind[side]["bound"] == jobs and not bind[side]["timed_out"]
+        assert bind[side]["all_bound_seconds"] > 0
+    assert bind["ratio"] > 0
+
+    memory = figures["memory"]
+    assert memory["peak_rss_bytes"] >= memory["rss_after_first_reconcile_bytes"] > 0
+    assert memory["startup"]["to_first_reconcile_seconds"] > 0 and memory["startup"]["to_healthy_seconds"] > 0
+    assert memory["unrelated_pods"] == results["options"]["unrelated_pods"]
+
+    steady = figures["steady"]
+    assert steady["jobs_by_phase"].get("Succeeded") == jobs
+    assert steady["per_minute"]["work"] >= 0 and set(steady["requests"]) == {"work", "lease", "watch", "relist"}
+
+    # The audit log attributes the operator's own writes to it: one training Job per FineTuneJob (and the probe's).
+    created = results["operator_requests_whole_run"]["work_by_request"]
+    assert created.get("create batch/jobs 201", 0) >= jobs + 1
+
+    failover = figures["failover"]
+    if failover["supported"]:
+        assert failover["to_reconcile_seconds"] > 0
+        assert failover["duplicates"] == 0 and failover["orphans"] == 0
+    else:
+        assert NOT_SUPPORTED in result.stdout
+
+    summary = [line.split(":")[0] for line in result.stdout.splitlines()]
+    assert summary[:4] == ["bind", "memory", "steady", "failover"]
