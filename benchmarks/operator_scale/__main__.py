@@ -14,7 +14,7 @@ from pathlib import Path
 from .report import summary_lines
 from .run import Options, run, write_results
 
-DEFAULTS = {"jobs": 200, "unrelated_pods": 5000, "steady_minutes": 3.0, "failover_jobs": 20}
+DEFAULTS = {"jobs": 200, "unrelated_pods": 5000, "steady_minutes": 5.0, "failover_jobs": 20}
 QUICK = {"jobs": 3, "unrelated_pods": 20, "steady_minutes": 0.0, "failover_jobs": 2}
 
 

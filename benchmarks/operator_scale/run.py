@@ -91,8 +91,9 @@ def run(options: Options, log=print) -> dict[str, Any]:
         electing = detect_leader_election(api)
         log(f"operator reconciling after {startup['to_first_reconcile_seconds']:.1f}s")
 
+        rss_before_jobs = memory.sample() * 1024  # the unrelated objects' share, before any job of ours
         bind = bound_pods(api, options.jobs, options.run_duration, options.timeout)
-        log(f"figure 1 done: ratio {bind['ratio']}")
+        log("figure 1: every pod of both batches bound")
         steady, steady_end = steady_state(
             api, cluster.audit_log, options.jobs, options.steady_minutes, memory, options.timeout
         )
@@ -129,6 +130,7 @@ def run(options: Options, log=print) -> dict[str, Any]:
                 "unrelated_pods": options.unrelated_pods,
                 "peak_rss_bytes": memory.peak_kib * 1024,
                 "rss_after_first_reconcile_bytes": rss_after_start,
+                "rss_before_jobs_bytes": rss_before_jobs,
                 "startup": startup,
                 "unrelated_setup": unrelated,
             },

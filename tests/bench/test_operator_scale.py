@@ -82,6 +82,10 @@ def test_rates_are_per_minute_of_the_window_and_only_count_requests_inside_it():
     assert summary["per_minute_series"] == [2, 1]
 
 
+def test_a_window_a_hair_over_a_minute_is_one_bucket():
+    assert per_minute_series([request("get", "batch/jobs", T0 + 59)], T0, T0 + 60.004) == [1]
+
+
 def test_an_empty_window_has_no_rate():
     assert summarise([], T0, T0)["per_minute"]["work"] is None
     assert per_minute_series([], T0, T0) == []
