@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from . import REPO
 from .report import summary_lines
 from .run import Options, run, write_results
 
@@ -31,11 +32,19 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="a handful of jobs and pods, no steady minutes")
     parser.add_argument("--run-duration", default="5s", help="how long each training pod runs under kwok")
     parser.add_argument("--resync-seconds", type=float, default=30.0, help="the operator's resync (chart default 30)")
+    parser.add_argument(
+        "--operator",
+        type=Path,
+        default=REPO / "operator",
+        help="directory holding the finetune_operator package to measure (another checkout's, to compare builds)",
+    )
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="directory of the JSON results")
     args = parser.parse_args(argv)
     for name, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    if not (args.operator / "finetune_operator").is_dir():
+        parser.error(f"--operator {args.operator}: no finetune_operator package there")
     if args.jobs < 1 or args.unrelated_pods < 0 or args.steady_minutes < 0 or args.failover_jobs < 1:
         parser.error(
             "--jobs and --failover-jobs must be at least 1; --unrelated-pods and --steady-minutes not negative"
@@ -52,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         failover_jobs=args.failover_jobs,
         run_duration=args.run_duration,
         resync_seconds=args.resync_seconds,
+        operator_source=str(args.operator.resolve()),
     )
     results = run(options, log=lambda line: print(line, file=sys.stderr, flush=True))
     path = write_results(results, args.out)

@@ -75,10 +75,15 @@ def requests_of(lines: Iterable[str], user: str) -> list[Request]:
 
 
 def read_requests(path: Path, user: str) -> list[Request]:
-    if not path.exists():
-        return []
-    with path.open(errors="replace") as lines:
-        return requests_of(lines, user)
+    """``user``'s requests in the audit log at ``path`` and in the backups kube-apiserver rotated it into
+    (``<stem>-<time><suffix>``, beside it: the log rotates at 100 MB unless told otherwise)."""
+    files = [path, *sorted(path.parent.glob(f"{path.stem}-*{path.suffix}"))]
+    found: list[Request] = []
+    for file in files:
+        if file.exists():
+            with file.open(errors="replace") as lines:
+                found.extend(requests_of(lines, user))
+    return sorted(found, key=lambda request: request.time)
 
 
 def categorise(requests: list[Request]) -> list[str]:

@@ -1,5 +1,5 @@
 """What the benchmark puts on the cluster, as pure functions: the two workloads compared, the
-unrelated pods, the extra simulated nodes, the operator's identity and the audit policy.
+unrelated pods, the extra simulated nodes, and the audit policy.
 
 A FineTuneJob and a bare Job ask for the same pod: one GPU, the same CPU and memory, the GPU
 taint tolerated, and the same simulated run time (hack/kwok/stages.yaml), so the difference in
@@ -129,29 +129,6 @@ def bulk_node(name: str) -> dict[str, Any]:
     }
 
 
-def operator_identity() -> list[dict[str, Any]]:
-    """A ServiceAccount of its own, so the audit log tells the operator's requests from everyone else's.
-
-    Bound to cluster-admin: the benchmark measures cost, not RBAC (the e2e tests check the chart's
-    rules), and an operator build that needs a new permission (Leases, say) still runs here.
-    """
-    return [
-        namespace(OPERATOR_NAMESPACE),
-        {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE},
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "ClusterRoleBinding",
-            "metadata": {"name": "opbench-operator"},
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
-            "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": OPERATOR_NAMESPACE}],
-        },
-    ]
-
-
 def audit_policy(user: str = OPERATOR_USER) -> dict[str, Any]:
     """Metadata of every request by ``user``, nothing of anyone else's (the log stays small at scale)."""
     return {
@@ -159,17 +136,6 @@ def audit_policy(user: str = OPERATOR_USER) -> dict[str, Any]:
         "kind": "Policy",
         "omitStages": ["RequestReceived"],
         "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}],
-    }
-
-
-def kubeconfig(server: str, ca_file: str, token: str, user: str = OPERATOR_ACCOUNT) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{"name": "opbench", "cluster": {"server": server, "certificate-authority": ca_file}}],
-        "users": [{"name": user, "user": {"token": token}}],
-        "contexts": [{"name": "opbench", "context": {"cluster": "opbench", "user": user}}],
-        "current-context": "opbench",
     }
 
 

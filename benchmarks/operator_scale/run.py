@@ -45,6 +45,7 @@ class Options:
     failover_jobs: int
     run_duration: str = "5s"
     resync_seconds: float = 30.0  # the chart's default (values.yaml: operator.resyncSeconds)
+    operator_source: str = str(REPO / "operator")  # the directory holding the finetune_operator package measured
 
     @property
     def timeout(self) -> float:
@@ -52,12 +53,12 @@ class Options:
         return 300 + 2.0 * max(self.jobs, self.failover_jobs) + 0.05 * self.unrelated_pods
 
 
-def git_revision() -> str:
+def git_revision(directory: Path) -> str:
     git = shutil.which("git")
     if git is None:
         return "unknown"
     result = subprocess.run(
-        [git, "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=False
+        [git, "rev-parse", "--short", "HEAD"], cwd=directory, capture_output=True, text=True, check=False
     )
     return result.stdout.strip() or "unknown"
 
@@ -83,7 +84,8 @@ def run(options: Options, log=print) -> dict[str, Any]:
         log(f"{options.unrelated_pods} unrelated pods Running ({unrelated['running_seconds']:.0f}s)")
         create_all(api, FINETUNEJOBS.format(namespace=PROBE[0]), [finetune_job(PROBE[1], "1s")])
 
-        first = operator(cluster, kubeconfig, REPLICAS[0], options.resync_seconds)
+        source = Path(options.operator_source)
+        first = operator(cluster, kubeconfig, REPLICAS[0], options.resync_seconds, source)
         processes.append(first)
         startup = start_operator(first, api, PROBE, options.timeout)
         memory = PeakMemory(first.process.pid).start()
@@ -93,7 +95,7 @@ def run(options: Options, log=print) -> dict[str, Any]:
 
         rss_before_jobs = memory.sample() * 1024  # the unrelated objects' share, before any job of ours
         bind = bound_pods(api, options.jobs, options.run_duration, options.timeout)
-        log("figure 1: every pod of both batches bound")
+        log("figure 1 measured")
         steady, steady_end = steady_state(
             api, cluster.audit_log, options.jobs, options.steady_minutes, memory, options.timeout
         )
@@ -101,7 +103,7 @@ def run(options: Options, log=print) -> dict[str, Any]:
         whole_run = summarise(read_requests(cluster.audit_log, OPERATOR_USER), started, steady_end, top=None)
 
         if electing:
-            second = operator(cluster, kubeconfig, REPLICAS[1], options.resync_seconds)
+            second = operator(cluster, kubeconfig, REPLICAS[1], options.resync_seconds, source)
             processes.append(second)
             handover = failover(api, first, second, REPLICAS, options.failover_jobs, options.timeout)
         else:
@@ -121,7 +123,8 @@ def run(options: Options, log=print) -> dict[str, Any]:
         "benchmark": "operator-scale",
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "duration_seconds": time.time() - started,
-        "revision": git_revision(),
+        "revision": git_revision(REPO),
+        "operator_revision": git_revision(Path(options.operator_source)),
         "machine": {"cpus": _cpus(), "platform": platform.platform(), "python": platform.python_version()},
         "options": asdict(options),
         "figures": {

@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.operator_scale.audit import Request, categorise, per_minute_series, requests_of, summarise
+from benchmarks.operator_scale.audit import (
+    Request,
+    categorise,
+    per_minute_series,
+    read_requests,
+    requests_of,
+    summarise,
+)
 from benchmarks.operator_scale.failover import holder_of
 from benchmarks.operator_scale.figures import latency_summary
 from benchmarks.operator_scale.manifests import OPERATOR_USER, bare_job, bound_job, finetune_job
@@ -56,6 +63,16 @@ def test_the_audit_log_yields_one_request_per_audit_id_of_the_operator_only():
 
     assert [(r.verb, r.resource) for r in found] == [("get", "batch/jobs/status"), ("watch", "batch/jobs")]
     assert found[0].time == pytest.approx(1704067200.5)
+
+
+def test_the_backups_kube_apiserver_rotated_the_log_into_are_read_too(tmp_path):
+    log = tmp_path / "audit.log"
+    log.write_text(audit_line("b", "get", "batch/jobs", "2024-01-01T00:00:02Z") + "\n")
+    (tmp_path / "audit-2024-01-01T00-00-01.000.log").write_text(
+        audit_line("a", "get", "core/pods", "2024-01-01T00:00:01Z") + "\n"
+    )
+
+    assert [r.resource for r in read_requests(log, OPERATOR_USER)] == ["core/pods", "batch/jobs"]
 
 
 def test_leases_watches_and_the_list_that_opens_a_watch_are_set_apart_from_work():
