@@ -112,7 +112,8 @@ def run(options: Options, log=print) -> dict[str, Any]:
             )
     except BaseException:
         for process in processes:
-            log(f"--- {process.log_path.name} (last lines)\n{process.tail(30)}")
+            if process.log_path.exists():
+                log(f"--- {process.log_path.name} (last lines)\n{process.tail(30)}")
         raise
     finally:
         for process in processes:
