@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-unit test-e2e lint format crds crds-check demo demo-down cluster-up cluster-down binaries bench bench-trainer gpu-check clean
+.PHONY: install test test-unit test-e2e lint format crds crds-check demo demo-down cluster-up cluster-down binaries bench bench-trainer bench-data bench-operator gpu-check clean
 
 install: $(STAMP) ## a .venv with the operator, the trainer and the development tools
 
@@ -54,10 +54,18 @@ demo: install ## run the main job (see README)
 demo-down:
 	$(PY) hack/demo.py down
 
-bench: bench-trainer ## every benchmark (results in bench-results/)
+bench: bench-trainer bench-data bench-operator ## every benchmark (results in bench-results/)
 
 bench-trainer: install ## ours vs TRL SFTTrainer+PEFT, side by side; GPU=1 for the 1B/8B GPU mode; BENCH_ARGS=--ablations ...
 	$(PY) -m benchmarks.trainer $(if $(GPU),--gpu,) $(BENCH_ARGS)
+
+bench-data: install ## the token store vs tokenizing in memory: RSS, time to first step, MB/s; BENCH_DATA_ARGS=--sizes 100,500
+	$(PY) -m benchmarks.data $(BENCH_DATA_ARGS)
+
+# Defaults finish in under 30 minutes on 2 cores; issue 16's full size:
+#   make bench-operator OPBENCH_ARGS="--jobs 1000 --unrelated-pods 20000 --steady-minutes 10 --failover-jobs 100"
+bench-operator: install ## the operator at scale vs bare Jobs on the test control plane; OPBENCH_ARGS=--jobs N ...
+	$(PY) -m benchmarks.operator_scale $(OPBENCH_ARGS)
 
 gpu-check: install ## the wheels a lent GPU machine lacks, into .gpu-carry/ (needs PyPI); prints the command to run there
 	$(PY) -m benchmarks.carry --out .gpu-carry

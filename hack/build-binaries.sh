@@ -4,7 +4,7 @@
 #   ${FTO_CACHE:-~/.cache/finetune-operator}/bin/<name>-<version>/<binary>
 # A binary already in the cache is not rebuilt, so a second run takes a second.
 #
-# usage: hack/build-binaries.sh [kubernetes|etcd|kwok|minio|helm|kubeconform ...]   (default: all)
+# usage: hack/build-binaries.sh [kubernetes|etcd|kwok|minio|helm|kubeconform|kueue ...]   (default: all)
 # Prints one line per component: <component>=<directory holding its binaries>.
 set -euo pipefail
 shopt -s inherit_errexit
@@ -122,10 +122,26 @@ build_helm() {
     go_install helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm helm
 }
 build_minio() { go_install minio "$MINIO_VERSION" github.com/minio/minio minio; }
+# Kueue's controller manager, and next to it the CRDs of the same release (from the module source, so
+# the binary and the schema it expects can never drift apart).
+build_kueue() {
+  local v=$KUEUE_VERSION out=$cache/bin/kueue-$KUEUE_VERSION
+  [[ -x $out/kueue && -f $out/crds/kueue.x-k8s.io_workloads.yaml ]] && { echo "$out"; return; }
+  log "kueue $v"
+  local tmp src
+  tmp=$(mktemp -d "$cache/work.XXXXXX")
+  GOBIN=$tmp go install -trimpath -ldflags "-s -w -X sigs.k8s.io/kueue/pkg/version.GitVersion=$v" "sigs.k8s.io/kueue/cmd/kueue@$v"
+  src=$(go mod download -json "sigs.k8s.io/kueue@$v" | sed -n 's/.*"Dir": "\(.*\)".*/\1/p')
+  mkdir "$tmp/crds"
+  cp "$src"/config/components/crd/bases/*.yaml "$tmp/crds/"
+  chmod 644 "$tmp"/crds/*.yaml
+  finish "$tmp" "$out"
+  echo "$out"
+}
 
 mkdir -p "$cache/bin"
 components=("$@")
-[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd kwok minio helm kubeconform)
+[[ ${#components[@]} -gt 0 ]] || components=(kubernetes etcd kwok minio helm kubeconform kueue)
 for c in "${components[@]}"; do
   dir=$("build_$c")
   echo "$c=$dir"

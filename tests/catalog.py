@@ -64,6 +64,15 @@ CATALOG = [
     InvalidCase("bad-data-scheme", {"spec.data.train": [{"uri": "ftp://host/data.jsonl"}]}, "spec.data.train[0].uri"),
     InvalidCase("bad-output-scheme", {"spec.output": {"uri": "hf://org/out"}}, "spec.output.uri"),
     InvalidCase("missing-model", {"spec.model": _DELETE}, "spec.model"),
+    InvalidCase("model-name-and-uri", {"spec.model.name": "llama-8b"}, "spec.model"),
+    InvalidCase("model-neither-name-nor-uri", {"spec.model": {"revision": "main"}}, "spec.model"),
+    InvalidCase("model-name-with-revision", {"spec.model": {"name": "llama-8b", "revision": "v2"}}, "spec.model"),
+    InvalidCase(
+        "model-name-with-credentials",
+        {"spec.model": {"name": "a", "credentialsSecretRef": {"name": "s"}}},
+        "spec.model",
+    ),
+    InvalidCase("model-name-not-a-dns-name", {"spec.model": {"name": "Llama_8B"}}, "spec.model.name"),
     InvalidCase("missing-train-data", {"spec.data.train": _DELETE}, "spec.data.train"),
     InvalidCase("empty-train-data", {"spec.data.train": []}, "spec.data.train"),
     InvalidCase(

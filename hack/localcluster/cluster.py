@@ -99,6 +99,9 @@ class LocalCluster:
     workdir: Path | None = None
     die_with_parent: bool = True
     gpu_nodes: int = GPU_NODES
+    # An audit policy (YAML) turns on kube-apiserver's audit log, at ``audit_log``: which requests each
+    # client made, with their URLs (selectors included). Written before each response (blocking mode).
+    audit_policy: str | None = None
     processes: list[Process] = field(default_factory=list)
     _own_workdir: bool = False
 
@@ -113,6 +116,7 @@ class LocalCluster:
         self.api_port = 0
         self.server = ""
         self.bins: dict[str, Path] = {}
+        self.audit_log = self.workdir / "audit.log"
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -281,9 +285,53 @@ class LocalCluster:
                 "--enable-priority-and-fairness=false",
                 "--profiling=false",
                 "--v=1",
+                *self._audit_flags(),
             ],
         )
         self._wait("kube-apiserver /readyz", lambda: self._https_get("/readyz") == 200, 90, process)
+
+    def _audit_flags(self) -> list[str]:
+        if self.audit_policy is None:
+            return []
+        policy = self.workdir / "audit-policy.yaml"
+        policy.write_text(self.audit_policy)
+        return [
+            f"--audit-policy-file={policy}",
+            f"--audit-log-path={self.audit_log}",
+            "--audit-log-format=json",
+            "--audit-log-mode=blocking",
+        ]
+
+    def service_account_kubeconfig(self, namespace: str, name: str, cluster_role: str = "cluster-admin") -> Path:
+        """A kubeconfig of a new ServiceAccount bound to ``cluster_role``: a client of its own, told apart in
+        the audit log as system:serviceaccount:<namespace>:<name>."""
+        self.run_kubectl("create", "serviceaccount", name, "-n", namespace)
+        self.run_kubectl(
+            "create",
+            "clusterrolebinding",
+            f"{namespace}-{name}",
+            f"--clusterrole={cluster_role}",
+            f"--serviceaccount={namespace}:{name}",
+        )
+        token = self.run_kubectl("create", "token", name, "-n", namespace, "--duration=6h").stdout.strip()
+        config = json.loads(self.kubeconfig.read_text())
+        config["users"] = [{"name": name, "user": {"token": token}}]
+        config["contexts"] = [{"name": "fto-test", "context": {"cluster": "fto-test", "user": name}}]
+        path = self.workdir / f"{namespace}-{name}.kubeconfig"
+        path.write_text(json.dumps(config, indent=2))
+        path.chmod(0o600)
+        return path
+
+    def audit_events(self, offset: int = 0) -> tuple[list[dict], int]:
+        """The audit log's events from byte ``offset`` on, and the offset after the last whole line."""
+        if not self.audit_log.exists():
+            return [], offset
+        with self.audit_log.open("rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+        whole, _, _ = data.rpartition(b"\n")
+        events = [json.loads(line) for line in whole.splitlines() if line.strip()]
+        return events, offset + len(whole) + (1 if whole else 0)
 
     def _write_kubeconfig(self) -> None:
         config = {

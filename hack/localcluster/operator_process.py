@@ -55,7 +55,7 @@ class OperatorProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"the operator exited with {self.process.returncode}:\n{self.tail()}")
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1) as response:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.health_port}/readyz", timeout=1) as response:
                     if response.status == 200:
                         return self
             except OSError:

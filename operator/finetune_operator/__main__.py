@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import signal
 import sys
 
 from . import logs
-from .settings import SettingsError, add_arguments, from_arguments
+from .settings import Settings, SettingsError, add_arguments, from_arguments
 
 log = logging.getLogger("finetune_operator")
 
@@ -32,7 +35,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune-operator: {error}", file=sys.stderr)
         return 2
     logs.configure(settings.log_format, settings.log_level)
+    return asyncio.run(run(args, settings))
 
+
+async def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Serve health at once; wait to be elected; only then start what reads and writes (kopf's watches and
+    handlers, the controllers, the progress and metrics endpoints)."""
     import kopf
 
     from .adapters.reconcile import reconcile_adapter
@@ -40,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     from .context import Context
     from .controller import Controller, job_metrics_recorder
     from .handlers import build_registry
+    from .health import Health, Role
     from .kube import FINETUNEJOBS, MODELADAPTERS, Kube
+    from .leader import ElectionConfig, LeaderElector, acquire, exit_when_lost, keep_leading, leading_only
     from .metrics import OperatorMetrics
-    from .reconcile import reconcile
+    from .reconcile import reconcile, settled_job
 
     metrics = OperatorMetrics()
     try:
@@ -51,21 +61,67 @@ def main(argv: list[str] | None = None) -> int:
         print(f"finetune-operator: {error}", file=sys.stderr)
         return 2
     context = Context(kube=kube, settings=settings)
+    health = Health()
+    health_runner = await health.serve(settings.health_port) if settings.health_port else None
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)  # kopf installs its own once it runs
+
+    elector = None
+    if settings.elects_leader:
+        elector = LeaderElector(context.kube, ElectionConfig.from_settings(settings))
+        config = elector.config
+        log.info("standby as %s: waiting for the Lease %s/%s", config.identity, config.namespace, config.name)
+        if not await acquire(elector, stop) or stop.is_set():
+            await asyncio.to_thread(elector.release)
+            return 0
+        log.info("elected leader as %s", config.identity)
+        health.lead(Role.LEADER)
+        leading = asyncio.create_task(keep_leading(elector))
+        leading.add_done_callback(exit_when_lost)
+    else:
+        if settings.leader_election:
+            log.warning("leader election off: no operator namespace to keep the Lease in; run one copy only")
+        health.lead(Role.SINGLE)
+        leading = None
+
     jobs = Controller(
-        "finetunejob", FINETUNEJOBS, reconcile, context, metrics, args.workers, job_metrics_recorder(metrics)
+        "finetunejob",
+        FINETUNEJOBS,
+        leading_only(reconcile, elector),
+        context,
+        metrics,
+        args.workers,
+        job_metrics_recorder(metrics),
+        settled=settled_job,
     )
-    adapters = Controller("modeladapter", MODELADAPTERS, reconcile_adapter, context, metrics, workers=2)
-    registry = build_registry(jobs, adapters)
+    adapters = Controller(
+        "modeladapter", MODELADAPTERS, leading_only(reconcile_adapter, elector), context, metrics, workers=2
+    )
     log.info(
         "watching %s", "all namespaces" if settings.clusterwide else "namespaces " + ", ".join(settings.namespaces)
     )
-    kopf.run(
-        registry=registry,
-        standalone=True,
-        clusterwide=settings.clusterwide,
-        namespaces=settings.namespaces,
-        liveness_endpoint=f"http://0.0.0.0:{settings.health_port}/healthz" if settings.health_port else None,
-    )
+    try:
+        await kopf.operator(
+            registry=build_registry(jobs, adapters),
+            standalone=True,
+            clusterwide=settings.clusterwide,
+            namespaces=settings.namespaces,
+            ready_flag=health.started,
+        )
+    finally:
+        # kopf has stopped the controllers (its cleanup handler): nothing writes any more, so the Lease
+        # can go to a standby at once.
+        if leading is not None:
+            leading.remove_done_callback(exit_when_lost)
+            leading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await leading
+        if elector is not None and await asyncio.to_thread(elector.release):
+            log.info("released the Lease")
+        if health_runner is not None:
+            await health_runner.cleanup()
     return 0
 
 

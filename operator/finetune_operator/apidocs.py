@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .crdgen import finetunejob_crd, modeladapter_crd
+from .crdgen import finetunejob_crd, finetunemodel_crd, modeladapter_crd
 
 HEADER = """# API reference
 
@@ -69,19 +69,22 @@ def _rules(node: dict[str, Any], path: str) -> list[str]:
 
 def render() -> str:
     sections = [HEADER]
-    for crd in (finetunejob_crd(), modeladapter_crd()):
+    for crd in (finetunejob_crd(), modeladapter_crd(), finetunemodel_crd()):
         version = crd["spec"]["versions"][0]
         schema = version["schema"]["openAPIV3Schema"]
         kind = crd["spec"]["names"]["kind"]
         sections.append(f"## {kind}\n\n{schema['description']}\n")
         names = crd["spec"]["names"]
         sections.append(
-            f"Resource `{crd['metadata']['name']}`, short names {', '.join(names['shortNames'])}, "
+            f"Resource `{crd['metadata']['name']}` ({crd['spec']['scope'].lower()}-scoped), short names "
+            f"{', '.join(names['shortNames'])}, "
             f"category `{names['categories'][0]}`. `kubectl get` columns: "
             + ", ".join(c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority"))
             + ".\n"
         )
         for part in ("spec", "status"):
+            if part not in schema["properties"]:
+                continue
             sections.append(f"### {kind} {part}\n\n| field | type | default | description |\n|---|---|---|---|")
             sections += _rows(schema["properties"][part], part, False)[1:]
             sections.append("")

@@ -1,12 +1,13 @@
-"""What every reconcile shares: the API client, the settings, the published progress CA; and what a
-reconcile returns."""
+"""What every reconcile shares: the API client, the watch-fed caches, the settings, the published progress CA;
+and what a reconcile returns."""
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .api import FineTuneJobStatus
+from .cache import Caches
 from .kube import Kube
 from .settings import Settings
 from .status.conditions import Change
@@ -31,6 +32,7 @@ class Context:
     kube: Kube
     settings: Settings
     progress_ca: str | None = None
+    caches: Caches = field(default_factory=Caches)
 
 
 @dataclass(frozen=True)

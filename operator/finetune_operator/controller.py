@@ -1,6 +1,11 @@
 """Workers that drain a work queue into reconciles, and the periodic resync that re-checks every
-object even when no event arrives (a Secret created later, a lost watch event, an upload that
-finished after the last look). One Controller per kind: FineTuneJobs and ModelAdapters."""
+object even when no event arrives (a Secret created later, an upload that finished after the last
+look). One Controller per kind: FineTuneJobs and ModelAdapters.
+
+The resync reads the keys from the watch-fed cache, not from the API, and skips settled objects (a
+finished job whose outcome is recorded): those cost nothing until they change. Workers start only once
+the caches hold the initial lists, so a first reconcile never takes a child it has not seen yet for
+missing."""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from .context import Context, Outcome
-from .kube import Kind, KubeError
+from .kube import Kind
 from .metrics import OperatorMetrics
 from .workqueue import WorkQueue
 
@@ -30,15 +35,17 @@ class Controller:
         metrics: OperatorMetrics,
         workers: int = 2,
         record: Callable[[str, str, Outcome], None] | None = None,
+        settled: Callable[[dict], bool] | None = None,
     ):
         self.name = name
         self.kind = kind
         self.reconcile = reconcile
         self.context = context
         self.metrics = metrics
-        self.queue = WorkQueue()
+        self.queue = WorkQueue(observer=metrics.workqueue(name))
         self.workers = workers
         self.record = record or (lambda *_: None)
+        self.settled = settled or (lambda _: False)
         self._threads: list[threading.Thread] = []
         self._stop = threading.Event()
 
@@ -64,6 +71,9 @@ class Controller:
         self.metrics.workqueue_depth.labels(self.name).set(len(self.queue))
 
     def _work(self) -> None:
+        while not self.context.caches.ready.wait(1.0):
+            if self._stop.is_set():
+                return
         while not self._stop.is_set():
             key = self.queue.get(timeout=1.0)
             if key is None:
@@ -73,7 +83,7 @@ class Controller:
             try:
                 outcome = self.reconcile(self.context, namespace, name)
             except Exception as error:  # a failed reconcile is retried, never fatal
-                delay = self.queue.retry(key)
+                delay = self.queue.add_rate_limited(key)
                 log.warning("%s %s/%s failed, retrying in %.1fs: %s", self.name, namespace, name, delay, error)
                 self.metrics.reconciled(self.name, time.monotonic() - started, error)
             else:
@@ -87,18 +97,14 @@ class Controller:
 
     def _resync(self) -> None:
         while not self._stop.wait(self.context.settings.resync_seconds):
-            try:
-                for namespace, name in self.list_keys():
+            if self.context.caches.ready.is_set():
+                for namespace, name in self.due_keys():
                     self.enqueue(namespace, name)
-            except KubeError as error:
-                log.warning("%s resync could not list: %s", self.name, error)
 
-    def list_keys(self) -> list[Key]:
-        keys = []
-        for namespace in self.context.settings.namespaces or [None]:
-            for item in self.context.kube.list(self.kind, namespace):
-                keys.append((item["metadata"]["namespace"], item["metadata"]["name"]))
-        return keys
+    def due_keys(self) -> list[Key]:
+        """The cached objects the resync looks at again: all but the settled ones."""
+        store = self.context.caches[self.kind]
+        return [store.key_of(item) for item in store if not self.settled(item)]
 
 
 def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcome], None]:
@@ -111,6 +117,8 @@ def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcom
         if outcome.phase is None:
             started.difference_update({key for key in started if key[:2] == (namespace, name)})
         status = outcome.status
+        if status is not None and status.queue is not None:
+            metrics.preemptions.labels(namespace, name).set(status.queue.preemptions)
         for change in outcome.changes:
             condition = change.condition
             if condition.status != "True" or status is None:

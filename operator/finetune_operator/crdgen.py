@@ -24,9 +24,11 @@ from .api import (
     VERSION,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    FineTuneModelSpec,
     ModelAdapterSpec,
     ModelAdapterStatus,
     finetunejob,
+    finetunemodel,
     modeladapter,
 )
 from .api.base import INT64_MAX
@@ -148,7 +150,9 @@ def structural_schema(model: type[BaseModel]) -> dict[str, Any]:
     return translator.model_node(model.__name__, schema)
 
 
-def _object_schema(spec: type[BaseModel], status: type[BaseModel], description: str, rules: list) -> dict[str, Any]:
+def _object_schema(
+    spec: type[BaseModel], status: type[BaseModel] | None, description: str, rules: list
+) -> dict[str, Any]:
     schema: dict[str, Any] = {
         "type": "object",
         "description": description,
@@ -158,24 +162,34 @@ def _object_schema(spec: type[BaseModel], status: type[BaseModel], description: 
             "kind": {"type": "string", "description": "Kind of the object."},
             "metadata": {"type": "object"},
             "spec": structural_schema(spec),
-            "status": structural_schema(status),
         },
     }
+    if status is not None:
+        schema["properties"]["status"] = structural_schema(status)
     if rules:
         schema["x-kubernetes-validations"] = [rule.as_validation() for rule in rules]
     return schema
 
 
 def _crd(
-    kind: str, plural: str, short_names: list[str], schema: dict[str, Any], columns: list[dict[str, Any]]
+    kind: str,
+    plural: str,
+    short_names: list[str],
+    schema: dict[str, Any],
+    columns: list[dict[str, Any]],
+    scope: str = "Namespaced",
 ) -> dict[str, Any]:
+    version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
+    if "status" in schema["properties"]:
+        version["subresources"] = {"status": {}}
+    version |= {"additionalPrinterColumns": columns, "schema": {"openAPIV3Schema": schema}}
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {"name": f"{plural}.{GROUP}", "labels": {"app.kubernetes.io/part-of": "finetune-operator"}},
         "spec": {
             "group": GROUP,
-            "scope": "Namespaced",
+            "scope": scope,
             "names": {
                 "kind": kind,
                 "listKind": f"{kind}List",
@@ -184,16 +198,7 @@ def _crd(
                 "shortNames": short_names,
                 "categories": [CATEGORY],
             },
-            "versions": [
-                {
-                    "name": VERSION,
-                    "served": True,
-                    "storage": True,
-                    "subresources": {"status": {}},
-                    "additionalPrinterColumns": columns,
-                    "schema": {"openAPIV3Schema": schema},
-                }
-            ],
+            "versions": [version],
         },
     }
 
@@ -207,6 +212,12 @@ def finetunejob_crd() -> dict[str, Any]:
     )
     columns = [
         {"name": "Status", "type": "string", "jsonPath": ".status.phase", "description": "Phase of the job."},
+        {
+            "name": "Queue",
+            "type": "string",
+            "jsonPath": ".status.queue.state",
+            "description": "Where Kueue has the job: Queued, Admitted, Inadmissible, Preempted or Evicted.",
+        },
         {
             "name": "Progress",
             "type": "integer",
@@ -226,6 +237,8 @@ def finetunejob_crd() -> dict[str, Any]:
         {"name": "Tokens/s", "type": "number", "jsonPath": ".status.progress.tokensPerSecond", "priority": 1},
         {"name": "Method", "type": "string", "jsonPath": ".spec.method.type", "priority": 1},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri", "priority": 1},
+        {"name": "Catalog-Model", "type": "string", "jsonPath": ".spec.model.name", "priority": 1},
+        {"name": "ClusterQueue", "type": "string", "jsonPath": ".status.queue.clusterQueue", "priority": 1},
     ]
     return _crd(finetunejob.KIND, finetunejob.PLURAL, ["ftj"], schema, columns)
 
@@ -243,11 +256,36 @@ def modeladapter_crd() -> dict[str, Any]:
     return _crd(modeladapter.KIND, modeladapter.PLURAL, ["ftadapter"], schema, columns)
 
 
+def finetunemodel_crd() -> dict[str, Any]:
+    # No status: the catalog is the admin's statement; what a job made of it is said on the job (ModelResolved).
+    schema = _object_schema(FineTuneModelSpec, None, finetunemodel.FineTuneModel.__doc__ or "", [])
+    columns = [
+        {"name": "URI", "type": "string", "jsonPath": ".spec.uri", "description": "Where the base model is."},
+        {"name": "Revision", "type": "string", "jsonPath": ".spec.revision", "description": "Its revision."},
+        {
+            "name": "Serving-Name",
+            "type": "string",
+            "jsonPath": ".spec.servingName",
+            "description": "The base model's name in serving stacks.",
+        },
+        {
+            "name": "Max-GPUs",
+            "type": "integer",
+            "jsonPath": ".spec.limits.maxGPUs",
+            "description": "Most GPUs of one job.",
+        },
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        {"name": "Max-Nodes", "type": "integer", "jsonPath": ".spec.limits.maxNodes", "priority": 1},
+    ]
+    return _crd(finetunemodel.KIND, finetunemodel.PLURAL, ["ftmodel"], schema, columns, scope="Cluster")
+
+
 def all_crds() -> dict[str, dict[str, Any]]:
     """File name -> CRD, as written to crds/."""
     return {
         f"{GROUP}_{finetunejob.PLURAL}.yaml": finetunejob_crd(),
         f"{GROUP}_{modeladapter.PLURAL}.yaml": modeladapter_crd(),
+        f"{GROUP}_{finetunemodel.PLURAL}.yaml": finetunemodel_crd(),
     }
 
 

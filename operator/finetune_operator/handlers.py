@@ -1,5 +1,11 @@
-"""kopf handlers: thin. Watch events of FineTuneJobs (and of their Jobs and pods) and of
-ModelAdapters (and of their verification Jobs) only enqueue a key; the controllers' workers do the work.
+"""kopf handlers: thin. Watch events of FineTuneJobs (and of their Jobs, pods, Services, ConfigMaps and
+ServiceAccounts) and of ModelAdapters (and of their verification Jobs) feed the caches (cache.py) and
+enqueue a key; the controllers' workers do the work.
+
+Every watch of a kind that is not the operator's own carries a server-side label selector
+(settings.watching.label_selectors): the API server sends the operator its children only, never the
+cluster's other pods and Jobs. The caches are fed by index handlers, which kopf runs for every object of
+every initial list before it runs any event handler: the first event handler finds them complete.
 
 Only event handlers are used (no create/update/delete handlers, timers or daemons), so kopf never
 writes to the user's objects: no finalizers that could block a deletion while the operator is
@@ -11,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from collections.abc import Callable
 
 import kopf
 from aiohttp import web
 
-from .api import GROUP, VERSION
+from .cache import Caches
 from .connection import Connection
 from .controller import Controller
+from .kube import FINETUNEJOBS, MODELADAPTERS, Kind
 from .metrics_endpoint import MetricsAccess, build_metrics_app
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
 from .progress.server import ProgressService, build_app
@@ -57,7 +65,7 @@ async def _keep_tls_fresh(context, tls: ServingTLS, ssl_context: ssl.SSLContext)
             logging.getLogger(__name__).info("progress TLS certificate reloaded")
 
 
-def configure_kopf(settings: kopf.OperatorSettings) -> None:
+def configure_kopf(settings: kopf.OperatorSettings, caches: Caches) -> None:
     # Nothing is stored with event handlers alone; should a change handler ever be added, kopf's
     # bookkeeping goes to annotations with our own prefix, never to status (whose schema prunes it).
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
@@ -75,6 +83,10 @@ def configure_kopf(settings: kopf.OperatorSettings) -> None:
     # The resources are known and installed with the chart: no cluster-wide watch of CRDs (and of
     # namespaces in namespaced mode) just to discover them, and no RBAC for it.
     settings.scanning.disabled = True
+    for kind, selector in caches.selectors().items():
+        settings.watching.label_selectors[kind.group, kind.version, kind.plural] = selector
+    # The initial lists come in pages: a namespace of many finished jobs is never one response held whole.
+    settings.watching.chunk_size = 500
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.networking.request_timeout = 60
@@ -110,7 +122,7 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
-        configure_kopf(settings)
+        configure_kopf(settings, jobs.context.caches)
         context = jobs.context
         own = context.settings
         secure_metrics = bool(own.metrics_port) and own.metrics_secure
@@ -150,25 +162,36 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
         for runner in runners:
             await runner.cleanup()
 
-    @kopf.on.event(GROUP, VERSION, "finetunejobs", registry=registry)
-    async def finetunejob_event(namespace: str, name: str, **_) -> None:
-        jobs.enqueue(namespace, name)
+    caches = jobs.context.caches
 
-    @kopf.on.event(GROUP, VERSION, "modeladapters", registry=registry)
-    async def modeladapter_event(namespace: str, name: str, **_) -> None:
-        adapters.enqueue(namespace, name)
+    def owner_of(namespace: str, name: str, labels: dict, body: kopf.Body) -> None:
+        # A child's change (a pod started, a ConfigMap deleted by hand) is its FineTuneJob's to look at.
+        if JOB_LABEL in labels:
+            jobs.enqueue(namespace, labels[JOB_LABEL])
+        elif ADAPTER_LABEL in labels and (adapter := adapter_of(body)) is not None:
+            adapters.enqueue(namespace, adapter)
 
-    @kopf.on.event("batch", "v1", "jobs", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
-    async def job_event(namespace: str, labels: dict, **_) -> None:
-        jobs.enqueue(namespace, labels[JOB_LABEL])
-
-    @kopf.on.event("batch", "v1", "jobs", labels={ADAPTER_LABEL: kopf.PRESENT}, registry=registry)
-    async def verifier_job_event(namespace: str, body: kopf.Body, **_) -> None:
-        if (name := adapter_of(body)) is not None:
-            adapters.enqueue(namespace, name)
-
-    @kopf.on.event("", "v1", "pods", labels={JOB_LABEL: kopf.PRESENT}, registry=registry)
-    async def pod_event(namespace: str, labels: dict, **_) -> None:
-        jobs.enqueue(namespace, labels[JOB_LABEL])
-
+    then = {FINETUNEJOBS: lambda namespace, name, *_: jobs.enqueue(namespace, name)}
+    then[MODELADAPTERS] = lambda namespace, name, *_: adapters.enqueue(namespace, name)
+    for watched in caches.watched:
+        _watch(registry, caches, watched.kind, then.get(watched.kind, owner_of))
     return registry
+
+
+def _watch(registry: kopf.OperatorRegistry, caches: Caches, kind: Kind, then: Callable[..., None]) -> None:
+    """The cache of ``kind`` and what its events trigger: an index handler stores each listed or changed
+    object (kopf runs those for all initial lists before any event handler); the event handler forgets a
+    deleted one, says the caches are ready, and only then enqueues: a reconcile finds the cache as it is."""
+    store = caches[kind]
+
+    @kopf.index(kind.group, kind.version, kind.plural, id=f"cache-{kind.plural}", registry=registry)
+    async def cache(body: kopf.Body, **_) -> dict:
+        store.observe(body)
+        return {}  # the cache is ours; kopf's own index stays empty
+
+    @kopf.on.event(kind.group, kind.version, kind.plural, id=f"event-{kind.plural}", registry=registry)
+    async def event(type: str | None, namespace: str, name: str, labels: dict, body: kopf.Body, **_) -> None:
+        caches.ready.set()
+        if type == "DELETED":
+            store.forget(body)
+        then(namespace, name, labels, body)

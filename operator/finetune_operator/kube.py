@@ -60,6 +60,8 @@ class Kind:
 
 FINETUNEJOBS = Kind(GROUP, VERSION, "finetunejobs")
 MODELADAPTERS = Kind(GROUP, VERSION, "modeladapters")
+FINETUNEMODELS = Kind(GROUP, VERSION, "finetunemodels", namespaced=False)
+NAMESPACES = Kind("", "v1", "namespaces", namespaced=False)
 JOBS = Kind("batch", "v1", "jobs")
 PODS = Kind("", "v1", "pods")
 SERVICES = Kind("", "v1", "services")
@@ -164,14 +166,15 @@ class Kube:
 
     # -- writes ------------------------------------------------------------------------------
 
-    def create(self, manifest: dict[str, Any]) -> tuple[dict[str, Any], bool]:
-        """Create ``manifest``; returns (object, created). An existing object of that name is returned as is."""
+    def create(self, manifest: dict[str, Any], read_existing: bool = True) -> tuple[dict[str, Any], bool]:
+        """Create ``manifest``; returns (object, created). An existing object of that name is returned as is, or,
+        with ``read_existing`` False (a caller that reads a watch-fed cache), the 409 is raised."""
         kind = KINDS[manifest["kind"]]
         namespace = manifest["metadata"].get("namespace")
         try:
             return self._call("POST", kind.path(namespace), body=manifest), True
         except KubeError as error:
-            if error.status != 409:
+            if error.status != 409 or not read_existing:
                 raise
         existing = self.get(kind, namespace, manifest["metadata"]["name"])
         if existing is None:  # deleted in between: the next reconcile creates it

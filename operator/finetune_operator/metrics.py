@@ -1,6 +1,7 @@
 """Prometheus metrics of the operator, named after controller-runtime's under our own prefix
 (finetune_operator_reconcile_total{controller,result}, ..._reconcile_errors_total,
-..._reconcile_time_seconds, ..._workqueue_depth), plus what a fine-tuning platform wants on a
+..._reconcile_time_seconds, ..._workqueue_depth, ..._workqueue_queue_duration_seconds,
+..._workqueue_retries_total), plus what a fine-tuning platform wants on a
 dashboard: jobs by phase, durations, time to first progress, and per-job training gauges that
 disappear with their job."""
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -25,6 +27,20 @@ def _seconds_between(start: str | None, end: str | None) -> float | None:
     return max((parse_time(end) - parse_time(start)).total_seconds(), 0.0)
 
 
+@dataclass(frozen=True)
+class WorkQueueMetrics:
+    """One queue's latency and retries (workqueue.QueueObserver)."""
+
+    latency: Histogram
+    retries: Counter
+
+    def waited(self, seconds: float) -> None:
+        self.latency.observe(seconds)
+
+    def retried(self) -> None:
+        self.retries.inc()
+
+
 class OperatorMetrics:
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
@@ -39,6 +55,15 @@ class OperatorMetrics:
             f"{PREFIX}_reconcile_time_seconds", "Time per reconcile.", ["controller"], registry=r
         )
         self.workqueue_depth = Gauge(f"{PREFIX}_workqueue_depth", "Keys waiting.", ["name"], registry=r)
+        self.workqueue_latency = Histogram(
+            f"{PREFIX}_workqueue_queue_duration_seconds",
+            "From a key queued (or its delay over) to a worker taking it.",
+            ["name"],
+            registry=r,
+        )
+        self.workqueue_retries = Counter(
+            f"{PREFIX}_workqueue_retries_total", "Keys put back with backoff after a failure.", ["name"], registry=r
+        )
         self.jobs = Gauge(f"{PREFIX}_jobs", "FineTuneJobs by phase.", ["phase"], registry=r)
         self.job_duration = Histogram(
             f"{PREFIX}_job_duration_seconds",
@@ -90,7 +115,17 @@ class OperatorMetrics:
         self.tokens_per_second = Gauge(f"{PREFIX}_job_tokens_per_second", "Real tokens per second.", labels, registry=r)
         self.progress_ratio = Gauge(f"{PREFIX}_job_progress_ratio", "step / totalSteps.", labels, registry=r)
         self.eta_seconds = Gauge(f"{PREFIX}_job_eta_seconds", "Estimated seconds left.", labels, registry=r)
-        self._per_job = (self.train_loss, self.eval_loss, self.tokens_per_second, self.progress_ratio, self.eta_seconds)
+        self.preemptions = Gauge(
+            f"{PREFIX}_job_preemptions", "Times Kueue preempted the job (status.queue.preemptions).", labels, registry=r
+        )
+        self._per_job = (
+            self.train_loss,
+            self.eval_loss,
+            self.tokens_per_second,
+            self.progress_ratio,
+            self.eta_seconds,
+            self.preemptions,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for phase in PHASES:
@@ -106,6 +141,9 @@ class OperatorMetrics:
         if error:
             self.reconcile_errors.labels(controller).inc()
         self.reconcile_time.labels(controller).observe(seconds)
+
+    def workqueue(self, name: str) -> WorkQueueMetrics:
+        return WorkQueueMetrics(self.workqueue_latency.labels(name), self.workqueue_retries.labels(name))
 
     def job_phase(self, namespace: str, name: str, phase: str | None) -> None:
         """Track a job's phase; None means the job is gone (its per-job series go too)."""

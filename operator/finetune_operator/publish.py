@@ -23,6 +23,7 @@ from .api import (
 )
 from .api.finetunejob import AdapterStatus, ArtifactStatus
 from .context import Context
+from .kube import MODELADAPTERS
 from .render import ResolutionError, resolve_trainer_config
 from .render.modeladapter import is_publication_of, render_model_adapter
 from .status.conditions import Change, is_true, set_condition
@@ -100,8 +101,13 @@ def publish(context: Context, job: FineTuneJob, status: FineTuneJobStatus, now: 
         job, artifact, evaluation, context.settings, _target_modules(context, job, artifact), revision
     )
     name = manifest["metadata"]["name"]
-    existing, created = context.kube.create(manifest)
-    if not created and not is_publication_of(existing, job, artifact):
+    # Read from the watch-fed cache; one created meanwhile fails the create (409), and its event brings
+    # the job back to be compared here.
+    existing = context.caches[MODELADAPTERS].get(job.metadata.namespace, name)
+    if existing is None:
+        existing, _ = context.kube.create(manifest, read_existing=False)
+        context.caches[MODELADAPTERS].created(existing)
+    elif not is_publication_of(existing, job, artifact):
         return condition(
             "False",
             "AdapterNameTaken",

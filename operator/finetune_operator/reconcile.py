@@ -4,6 +4,12 @@ Level-triggered and idempotent: it may run any number of times, in any order wit
 that trigger it, and after the operator was killed at any instant; it only ever creates what is
 missing and patches what differs. Nothing is created while a reference is missing, so a job is
 never left with half of its children.
+
+What is, it reads from the watch-fed caches (cache.py), not from the API: a reconcile that finds
+everything as it should be sends no request. A create goes out only when the cache lacks the child, and
+what a create or a patch returns goes into the cache at once, so the next reconcile (often triggered by
+that very write) does not send it again. References (Secrets, claims, a ServiceAccount) are read from the
+API until they are all found for the job's current generation, then not again.
 """
 
 from __future__ import annotations
@@ -15,19 +21,36 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .api import FineTuneJob, format_validation_error
+from .api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
+from .catalog import Refused, Resolved, resolve
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, KINDS, PODS, SECRETS, InvalidApiPath, KubeError
+from .kube import (
+    CONFIGMAPS,
+    FINETUNEJOBS,
+    FINETUNEMODELS,
+    JOBS,
+    KINDS,
+    NAMESPACES,
+    PODS,
+    SECRETS,
+    SERVICEACCOUNTS,
+    SERVICES,
+    InvalidApiPath,
+    KubeError,
+)
 from .naming import (
     CONFIG_HASH_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     config_map_name,
     selector_labels,
+    service_account_name,
+    service_name,
     storage_secret_name,
     training_job_name,
 )
 from .publish import publish
+from .queueing import observe_queue
 from .render import (
     ResolutionError,
     data_hash,
@@ -42,7 +65,7 @@ from .render.owner import controlled_by
 from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_minted_credentials
 from .render.storage_secret import mint_due_in, render_storage_secret
 from .status.conditions import get_condition, is_true, set_condition
-from .status.observe import Blocker, Observation, compute_status, is_finished
+from .status.observe import Blocker, Observation, compute_status, is_finished, is_settled, references_settled
 from .storage import StorageUnreachable
 from .sts import mint
 
@@ -61,6 +84,7 @@ OWNED_STATUS_FIELDS = (
     "completionTime",
     "restarts",
     "jobName",
+    "queue",
     "progress",
     "artifact",
     "evaluation",
@@ -68,9 +92,18 @@ OWNED_STATUS_FIELDS = (
 )
 
 
+def settled_job(raw: dict[str, Any]) -> bool:
+    """Whether the resync may leave this cached FineTuneJob be (status/observe.py is_settled)."""
+    try:
+        return is_settled(FineTuneJobStatus.model_validate(raw.get("status") or {}))
+    except ValidationError:
+        return False  # its reconcile says what is wrong with it
+
+
 def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     """Converge one job."""
-    raw = context.kube.get(FINETUNEJOBS, namespace, name)
+    caches = context.caches
+    raw = caches[FINETUNEJOBS].get(namespace, name)
     if raw is None or raw["metadata"].get("deletionTimestamp"):
         return Outcome(None)  # children go with it through their ownerReferences
     try:
@@ -81,12 +114,14 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     now = utc_now()
     spec_pending = False
     mint_due: float | None = None
-    blockers = _missing_references(context, job)
-    training_job = context.kube.get(JOBS, namespace, training_job_name(name))
+    job, model = _resolve_model(context, job)  # the model catalog: see the end of this module
+    blockers = [Blocker(model.reason, model.message)] if isinstance(model, Refused) else []
+    blockers = blockers or ([] if references_settled(job) else _missing_references(context, job))
+    training_job = caches[JOBS].get(namespace, training_job_name(name))
     foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
     if foreign:
         training_job = None  # says nothing about this job, and is never changed or deleted by it
-    if not is_finished(job.status):
+    if not is_finished(job.status) and not isinstance(model, Refused):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
         except ResolutionError as error:
@@ -120,9 +155,11 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
                 blockers.append(Blocker(problem.reason, problem.message))
                 mint_due = MINT_RETRY_SECONDS
 
-    pods = context.kube.list(PODS, namespace, _selector(name)) if training_job is not None else []
-    status, changes = compute_status(Observation(job, training_job, pods, now, blockers))
+    pods = caches[PODS].select(namespace, selector_labels(name)) if training_job is not None else []
+    queue = observe_queue(context.kube, training_job) if not is_finished(job.status) else None
+    status, changes = compute_status(Observation(job, training_job, pods, now, blockers, queue))
     changes += _spec_applied(job, status, spec_pending, now)
+    changes += _model_resolved(job, status, model, now)
     try:
         changes += publish(context, job, status, now)
     except Exception as error:
@@ -205,10 +242,6 @@ def _api_message(error: KubeError) -> str:
         return error.body[:1024]
 
 
-def _selector(name: str) -> str:
-    return ",".join(f"{k}={v}" for k, v in selector_labels(name).items())
-
-
 def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
     namespace = job.metadata.namespace
     missing = []
@@ -236,30 +269,45 @@ def _converge_children(context: Context, job: FineTuneJob, config, training_job:
     pods (and their retries, which resume the same run) keep the configuration and pod template they
     started with; changes apply when the job is suspended, as resources do.
     """
-    kube = context.kube
+    kube, caches, namespace, name = context.kube, context.caches, job.metadata.namespace, job.metadata.name
     account = render_service_account(job)
-    if account is not None:
-        kube.create(account)
+    if account is not None and caches[SERVICEACCOUNTS].get(namespace, service_account_name(name)) is None:
+        _create(context, account)
     running = training_job is not None and not training_job["spec"].get("suspend")
     config_map = render_config_map(job, config, context.progress_ca)
-    existing_config, created = kube.create(config_map)
+    existing_config = caches[CONFIGMAPS].get(namespace, config_map_name(name))
+    if existing_config is None:
+        existing_config = _create(context, config_map)
     applied, pending = config_map["data"], False
-    if not created and existing_config.get("data") != config_map["data"]:
+    if existing_config.get("data") != config_map["data"]:
         if running:
             applied, pending = existing_config.get("data") or {}, True
         else:
-            kube.merge_patch(
-                CONFIGMAPS, job.metadata.namespace, config_map_name(job.metadata.name), {"data": config_map["data"]}
-            )
-    kube.create(render_service(job, context.settings))
+            patched = kube.merge_patch(CONFIGMAPS, namespace, config_map_name(name), {"data": config_map["data"]})
+            caches[CONFIGMAPS].written(patched)
+    if caches[SERVICES].get(namespace, service_name(name)) is None:
+        _create(context, render_service(job, context.settings))
 
     desired = render_job(job, context.settings, data_hash(applied))
     if training_job is None:
-        created_job, _ = kube.create(desired)
-        return created_job, False
+        return _create(context, desired), False
     existing_hash = training_job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
     pending = pending or (running and existing_hash != desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
     return _converge_job(context, job, desired, training_job), pending
+
+
+def _create(context: Context, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Create a child the cache lacks. Should one exist all the same (its watch event on the way), the 409
+    fails this reconcile, and the event brings the job back with the child in the cache: nothing is read."""
+    created, _ = context.kube.create(manifest, read_existing=False)
+    context.caches[KINDS[manifest["kind"]]].created(created)
+    return created
+
+
+def _patch_job(context: Context, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+    patched = context.kube.merge_patch(JOBS, namespace, name, patch)
+    context.caches[JOBS].written(patched)
+    return patched
 
 
 def _converge_job(context: Context, job: FineTuneJob, desired: dict[str, Any], existing: dict[str, Any]):
@@ -282,14 +330,14 @@ def _converge_job(context: Context, job: FineTuneJob, desired: dict[str, Any], e
         return None
     queued = any(label.startswith("kueue.x-k8s.io/") for label in existing["metadata"].get("labels", {}))
     if job.spec.suspend and not suspended:
-        return kube.merge_patch(JOBS, namespace, name, {"spec": {"suspend": True}})
+        return _patch_job(context, namespace, name, {"spec": {"suspend": True}})
     if not job.spec.suspend and suspended and not queued:
         # A queued Job is unsuspended by Kueue when it admits it, never by us.
-        return kube.merge_patch(JOBS, namespace, name, {"spec": {"suspend": False}})
+        return _patch_job(context, namespace, name, {"spec": {"suspend": False}})
     config_hash = desired["metadata"]["annotations"][CONFIG_HASH_ANNOTATION]
     if existing["metadata"].get("annotations", {}).get(CONFIG_HASH_ANNOTATION) != config_hash:
         patch = {"metadata": {"annotations": {CONFIG_HASH_ANNOTATION: config_hash}}}
-        return kube.merge_patch(JOBS, namespace, name, patch)
+        return _patch_job(context, namespace, name, patch)
     return existing
 
 
@@ -307,10 +355,14 @@ def _write_status(context: Context, raw: dict[str, Any], job: FineTuneJob, statu
     if not patch:
         return
     try:
-        context.kube.merge_patch(FINETUNEJOBS, job.metadata.namespace, job.metadata.name, {"status": patch}, "status")
+        written = context.kube.merge_patch(
+            FINETUNEJOBS, job.metadata.namespace, job.metadata.name, {"status": patch}, "status"
+        )
     except KubeError as error:
         if error.status != 404:
             raise
+    else:
+        context.caches[FINETUNEJOBS].written(written)
 
 
 def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationError) -> str:
@@ -340,5 +392,47 @@ def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationErro
             "observedGeneration": raw["metadata"].get("generation"),
         }
     }
-    context.kube.merge_patch(FINETUNEJOBS, raw["metadata"]["namespace"], raw["metadata"]["name"], patch, "status")
+    written = context.kube.merge_patch(
+        FINETUNEJOBS, raw["metadata"]["namespace"], raw["metadata"]["name"], patch, "status"
+    )
+    context.caches[FINETUNEJOBS].written(written)
     return "Pending"
+
+
+# -- the model catalog ---------------------------------------------------------------------------------
+# A job that names a FineTuneModel (spec.model.name) is reconciled as the effective job catalog.resolve()
+# makes of it: everything above renders that one exactly as a job that gave a uri. A refused job gets no
+# children; its ModelResolved condition names the limit.
+
+
+def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Resolved | Refused | None]:
+    conditions = job.status.conditions
+    if job.spec.model.name is None or is_true(conditions, "Failed") or is_true(conditions, "Published"):
+        return job, None  # a failed or published job is done with its model: the catalog costs it no request
+    raw = context.kube.get(FINETUNEMODELS, None, job.spec.model.name)
+    try:
+        entry = FineTuneModel.model_validate(raw) if raw is not None else None
+    except ValidationError:
+        # Stored before a schema change, say: the admin's to fix; what is wrong is not the tenant's to read.
+        return job, Refused("ModelInvalid", f"FineTuneModel {job.spec.model.name} is invalid: ask the platform admin")
+    enforce = not is_finished(job.status)
+    labels: dict[str, str] = {}
+    if enforce and entry is not None and entry.spec.limits.namespace_selector is not None:
+        # Read only when a selector needs it. The labels are the namespace's, set by whoever may label
+        # namespaces (the platform), never by the job's author.
+        namespace = context.kube.get(NAMESPACES, None, job.metadata.namespace)
+        labels = (namespace or {}).get("metadata", {}).get("labels") or {}
+    outcome = resolve(job.spec, entry, job.metadata.namespace, labels, enforce)
+    if isinstance(outcome, Refused):
+        return job, outcome
+    return job.model_copy(update={"spec": outcome.spec}), outcome
+
+
+def _model_resolved(job: FineTuneJob, status, model: Resolved | Refused | None, now: str) -> list:
+    if model is None:
+        return []
+    value, reason = ("True", "Resolved") if isinstance(model, Resolved) else ("False", model.reason)
+    change = set_condition(
+        status.conditions, "ModelResolved", value, reason, model.message, now, job.metadata.generation
+    )
+    return [change] if change else []

@@ -100,7 +100,31 @@ class Settings(BaseModel):
         description="DNS names of the operator's Service, in its own serving certificate beside the progress "
         "URL's host (name,...): what Prometheus verifies /metrics against.",
     )
-    health_port: int = Field(8081, ge=0, le=65535, description="Port of the kopf liveness endpoint /healthz.")
+    health_port: int = Field(
+        8081, ge=0, le=65535, description="Port of /healthz (liveness) and /readyz (readiness); 0: not served."
+    )
+    leader_election: bool = Field(
+        True,
+        description="Elect a leader with the Lease finetune-operator in operator_namespace: only the leader "
+        "reconciles and writes, so several replicas may run (the others wait as standbys). Needs operator_namespace; "
+        "without it (a local run) a single copy runs unelected.",
+    )
+    leader_election_lease_duration_seconds: float = Field(
+        15.0, gt=0, le=3600, description="How long a standby waits after the leader's last renewal before taking over."
+    )
+    leader_election_renew_deadline_seconds: float = Field(
+        10.0, gt=0, le=3600, description="How long the leader keeps retrying to renew before it gives up (and exits)."
+    )
+    leader_election_retry_period_seconds: float = Field(
+        2.0, gt=0, le=600, description="How often the leader renews and a standby tries to acquire."
+    )
+    pod_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=253,
+        description="This replica's identity in the Lease (the chart sets the pod's name); default: the host name "
+        "and a random suffix, so two copies on one host never share an identity.",
+    )
     log_format: Literal["json", "text"] = "text"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     resync_seconds: float = Field(30.0, gt=0, description="How often every job is reconciled even without events.")
@@ -195,6 +219,21 @@ class Settings(BaseModel):
             raise ValueError("sts_credentials_secret: the Secret is read in operator_namespace, which is not set")
         return self
 
+    @model_validator(mode="after")
+    def _leader_election(self) -> Settings:
+        # client-go's rules: the leader must give up (renew deadline) before a standby may take over (lease
+        # duration), and must have time for more than one renewal attempt, jittered, within the deadline.
+        if self.leader_election_lease_duration_seconds <= self.leader_election_renew_deadline_seconds:
+            raise ValueError("leader_election_lease_duration_seconds must be greater than the renew deadline")
+        if self.leader_election_renew_deadline_seconds <= 1.2 * self.leader_election_retry_period_seconds:
+            raise ValueError("leader_election_renew_deadline_seconds must be greater than 1.2 x the retry period")
+        return self
+
+    @property
+    def elects_leader(self) -> bool:
+        """Leader election is on and has a namespace to keep its Lease in."""
+        return self.leader_election and self.operator_namespace is not None
+
     @property
     def clusterwide(self) -> bool:
         return not self.namespaces
@@ -264,6 +303,23 @@ _OPTIONS = {
     "metrics_secure": ("--metrics-secure", "FINETUNE_METRICS_SECURE", "true (HTTPS, authorized) or false (local dev)"),
     "tls_hosts": ("--tls-hosts", "FINETUNE_TLS_HOSTS", "the Service's DNS names, name,..."),
     "health_port": ("--health-port", "FINETUNE_HEALTH_PORT", None),
+    "leader_election": ("--leader-elect", "FINETUNE_LEADER_ELECTION", "true (default) or false: one copy only"),
+    "leader_election_lease_duration_seconds": (
+        "--leader-elect-lease-duration",
+        "FINETUNE_LEADER_ELECTION_LEASE_DURATION_SECONDS",
+        "seconds a standby waits after the leader's last renewal",
+    ),
+    "leader_election_renew_deadline_seconds": (
+        "--leader-elect-renew-deadline",
+        "FINETUNE_LEADER_ELECTION_RENEW_DEADLINE_SECONDS",
+        "seconds the leader retries a renewal before it exits",
+    ),
+    "leader_election_retry_period_seconds": (
+        "--leader-elect-retry-period",
+        "FINETUNE_LEADER_ELECTION_RETRY_PERIOD_SECONDS",
+        "seconds between renewals (leader) and attempts (standby)",
+    ),
+    "pod_name": ("--pod-name", "FINETUNE_POD_NAME", "this replica's identity in the Lease"),
     "log_format": ("--log-format", "FINETUNE_LOG_FORMAT", "json or text"),
     "log_level": ("--log-level", "FINETUNE_LOG_LEVEL", None),
     "resync_seconds": ("--resync-seconds", "FINETUNE_RESYNC_SECONDS", None),

@@ -29,6 +29,7 @@ def cluster():
             "--for=condition=Established",
             "crd/finetunejobs.finetune.dev",
             "crd/modeladapters.finetune.dev",
+            "crd/finetunemodels.finetune.dev",
             "--timeout=60s",
         )
         # The CRDs' OpenAPI is published a moment after they are Established; kubectl explain needs it.
@@ -113,3 +114,15 @@ def minio():
 
     with MinioServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def kueue(cluster):
+    """Kueue's controller manager and CRDs, built from Go modules at the pinned version and shared by the
+    session; hack/localcluster/kueue.py says what differs from a production install."""
+    from localcluster.kueue import KueueController
+
+    # waitForPodsReady's timeout: simulated pods are ready within a second, so 30s tells a job that can
+    # never start from one that is starting, without making the all-or-nothing test wait minutes.
+    with KueueController(cluster, pods_ready_timeout_seconds=30) as running:
+        yield running

@@ -181,6 +181,8 @@ def test_a_pushed_report_shows_in_kubectl_get_within_a_second(cluster, namespace
     # The write is synchronous (204 after the status patch); the generous timeout only absorbs a loaded machine.
     row = wait_for("the PROGRESS, LOSS and ETA columns", columns, timeout=5, interval=0.05)
     print(f"status columns followed the report after {time.monotonic() - sent:.2f}s")
+    # A report proves the trainer runs: the phase moves to Running in the same write as the progress, whether
+    # or not the operator has seen the pod Running yet (it once lagged here, and the row said Pending).
     assert row[1] == "Running"
 
     checkpoint = {"step": 200, "totalSteps": 400, "checkpoint": {"step": 200, "uri": "s3://adapters/ckpt/step-200/"}}

@@ -132,6 +132,7 @@ def test_every_feature_renders_every_kind(tools):
         "CustomResourceDefinition",
         "Deployment",
         "NetworkPolicy",
+        "PodDisruptionBudget",
         "PodMonitor",
         "Role",
         "RoleBinding",
@@ -222,6 +223,10 @@ def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint)
         ({"networkPolicy": {"metricsFrom": []}}, "metricsFrom"),
         ({"storage": {"endpoint": "minio:9000"}}, "endpoint"),
         ({"storage": {"allowedEndpoints": ["http://minio/bucket"]}}, "allowedEndpoints"),
+        ({"leaderElection": {"leaseDuration": 15}}, "leaseDuration"),
+        ({"replicas": 0}, "replicas"),
+        ({"rbac": {"catalogReaders": [{"kind": "ServiceAccount", "name": "api"}]}}, "namespace"),
+        ({"rbac": {"catalogReaders": [{"kind": "Team", "name": "a"}]}}, "kind"),
     ],
     ids=[
         "log-format",
@@ -238,6 +243,10 @@ def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint)
         "network-policy-admitting-everyone",
         "storage-endpoint-scheme",
         "storage-endpoint-path",
+        "leader-election-key",
+        "no-replica",
+        "catalog-reader-account-without-namespace",
+        "catalog-reader-kind",
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(tools, tmp_path, values, message):
@@ -299,6 +308,7 @@ def expected_rules(values: dict, scopes: set[str]) -> set[tuple]:
         "httpsEndpoints": progress or metrics,
         "selfSignedTLS": (progress or metrics) and not values.get("progress", {}).get("tls", {}).get("secretName"),
         "sts": bool(values.get("output", {}).get("sts", {}).get("credentialsSecret")),
+        "leaderElection": values.get("leaderElection", {}).get("enabled", True),
     }
     return {
         (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])))
@@ -311,7 +321,7 @@ def rules_of(obj: dict) -> set[tuple]:
     return {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in obj["rules"]}
 
 
-PEOPLES_ROLES = ("-edit", "-view", "-metrics-reader")
+PEOPLES_ROLES = ("-edit", "-view", "-metrics-reader", "-catalog-reader")
 
 
 def operator_objects(docs: list[dict]) -> list[dict]:
@@ -334,6 +344,7 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         {**NAMESPACED, "progress": {"enabled": False}, "metrics": {"enabled": False}},
         {"output": STS_OUTPUT},
         {**NAMESPACED, "output": STS_OUTPUT},
+        {"leaderElection": {"enabled": False}, "replicas": 1},
     ],
     ids=[
         "clusterwide",
@@ -347,6 +358,7 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         "namespaced-no-endpoints",
         "sts",
         "namespaced-sts",
+        "no-leader-election",
     ],
 )
 def test_the_operator_gets_exactly_the_declared_rules(tools, values):
@@ -397,6 +409,7 @@ def test_every_declared_verb_says_which_code_needs_it():
             "httpsEndpoints",
             "selfSignedTLS",
             "sts",
+            "leaderElection",
         }
         for verb, reason in rule["verbs"].items():
             assert verb in {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
@@ -431,12 +444,16 @@ def operator_container(docs: list[dict]) -> dict:
     return container
 
 
+POD_NAME = "fto-finetune-operator-6d5f7c9b8-x2x9q"
+DOWNWARD_API = {"metadata.namespace": RELEASE_NAMESPACE, "metadata.name": POD_NAME}
+
+
 def environment(container: dict) -> dict[str, str]:
     env = {}
     for var in container["env"]:
         if "valueFrom" in var:
-            assert var["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}, var
-            env[var["name"]] = RELEASE_NAMESPACE
+            (field,) = var["valueFrom"]["fieldRef"].values()
+            env[var["name"]] = DOWNWARD_API[field]
         else:
             env[var["name"]] = var["value"]
     return env
@@ -479,6 +496,12 @@ def test_the_operator_accepts_the_settings_the_deployment_gives_it(tools, values
     else:
         assert settings.allowed_endpoints == frozenset() and settings.verification_timeout_seconds == 300
     assert not settings.allow_local_files  # local mode reads the operator's own files: never in a cluster
+    assert settings.elects_leader and settings.pod_name == POD_NAME
+    assert (
+        settings.leader_election_lease_duration_seconds,
+        settings.leader_election_renew_deadline_seconds,
+        settings.leader_election_retry_period_seconds,
+    ) == (15, 10, 2)
 
 
 def test_every_environment_variable_the_chart_sets_is_an_operator_setting(tools):
@@ -499,10 +522,82 @@ def test_the_default_trainer_image_is_the_operators_default():
     assert f"{image['repository']}:{image['tag'] or chart['appVersion']}" == DEFAULT_TRAINER_IMAGE
 
 
-def test_the_deployment_runs_one_operator_replaced_never_alongside_another(tools):
+def test_two_elected_replicas_run_by_default_and_roll_without_a_gap(tools):
     (deployment,) = find(tools.render(), "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+
+
+def test_the_pod_name_is_the_identity_in_the_lease(tools):
+    container = operator_container(tools.render())
+    (pod_name,) = [v for v in container["env"] if v["name"] == "FINETUNE_POD_NAME"]
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+
+
+def test_the_lease_settings_reach_the_operator(tools):
+    values = {"leaderElection": {"leaseDurationSeconds": 30, "renewDeadlineSeconds": 20, "retryPeriodSeconds": 4}}
+    env = environment(operator_container(tools.render(values)))
+    assert env["FINETUNE_LEADER_ELECTION_LEASE_DURATION_SECONDS"] == "30"
+    assert env["FINETUNE_LEADER_ELECTION_RENEW_DEADLINE_SECONDS"] == "20"
+    assert env["FINETUNE_LEADER_ELECTION_RETRY_PERIOD_SECONDS"] == "4"
+
+
+def test_without_leader_election_one_operator_runs_replaced_never_alongside_another(tools):
+    docs = tools.render({"leaderElection": {"enabled": False}, "replicas": 1})
+    (deployment,) = find(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    env = environment(operator_container(docs))
+    assert env["FINETUNE_LEADER_ELECTION"] == "false" and "FINETUNE_POD_NAME" not in env
+    assert not [d for d in docs if d["kind"] == "Role" and "leases" in str(d["rules"])]
+
+
+def test_the_chart_refuses_two_replicas_without_leader_election(tools, tmp_path):
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps({"leaderElection": {"enabled": False}}))
+    result = tools.run_helm("template", "x", str(CHART), "--values", str(values_file), check=False)
+    assert result.returncode != 0
+    assert "leaderElection.enabled" in result.stderr
+
+
+def test_the_lease_permissions_name_the_lease_except_create_which_cannot(tools):
+    (own,) = [
+        d for d in find(tools.render(), "Role", namespace=RELEASE_NAMESPACE) if d["metadata"]["name"].endswith("-self")
+    ]
+    lease_rules = [r for r in own["rules"] if r["resources"] == ["leases"]]
+    assert sorted((r["verbs"], r.get("resourceNames")) for r in lease_rules) == [
+        (["create"], None),
+        (["get", "update"], ["finetune-operator"]),
+    ]
+    assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+
+
+def test_the_replicas_prefer_different_nodes(tools):
+    (deployment,) = find(tools.render(), "Deployment")
+    (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_an_affinity_of_yours_replaces_the_default_anti_affinity(tools):
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    (deployment,) = find(tools.render({"affinity": affinity}), "Deployment")
+    assert deployment["spec"]["template"]["spec"]["affinity"] == affinity
+
+
+def test_the_disruption_budget_lets_one_pod_go_at_a_time_and_never_blocks_on_an_unhealthy_one(tools):
+    docs = tools.render()
+    (budget,) = find(docs, "PodDisruptionBudget")
+    (deployment,) = find(docs, "Deployment")
+    assert budget["spec"]["maxUnavailable"] == 1
+    assert budget["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    assert budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert not find(tools.render({"podDisruptionBudget": {"enabled": False}}), "PodDisruptionBudget")
 
 
 def test_the_operator_pod_meets_the_restricted_pod_security_standard(tools):
@@ -520,11 +615,11 @@ def test_the_operator_pod_meets_the_restricted_pod_security_standard(tools):
     assert all("hostPath" not in volume for volume in pod["volumes"])
 
 
-def test_liveness_and_readiness_probe_kopfs_health_endpoint(tools):
+def test_liveness_probes_healthz_and_readiness_probes_readyz(tools):
     container = operator_container(tools.render())
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    for probe in (container["livenessProbe"], container["readinessProbe"]):
-        assert probe["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
     assert str(ports["health"]) == environment(container)["FINETUNE_HEALTH_PORT"]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
 
@@ -580,6 +675,41 @@ def test_metrics_readers_are_bound_to_the_metrics_reader_role(tools):
         "name": "fto-finetune-operator-metrics-reader",
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", **reader} for reader in readers]
+
+
+def test_the_catalog_reader_role_reads_finetunemodels_and_is_bound_to_nobody_by_default(tools):
+    docs = tools.render()
+    (reader,) = find(docs, "ClusterRole", "fto-finetune-operator-catalog-reader")
+    assert reader["rules"] == [
+        {"apiGroups": ["finetune.dev"], "resources": ["finetunemodels"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert not [b for b in find(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == reader["metadata"]["name"]]
+
+
+def test_catalog_readers_are_bound_to_the_catalog_reader_role(tools):
+    readers = [
+        {"kind": "Group", "name": "system:authenticated"},
+        {"kind": "User", "name": "alice"},
+        {"kind": "ServiceAccount", "name": "openai-api", "namespace": "finetune-system"},
+    ]
+    (binding,) = find(
+        tools.render({"rbac": {"catalogReaders": readers}}),
+        "ClusterRoleBinding",
+        "fto-finetune-operator-catalog-reader",
+    )
+    assert binding["roleRef"]["name"] == "fto-finetune-operator-catalog-reader"
+    assert binding["subjects"] == [
+        {"kind": "Group", "name": "system:authenticated", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "ServiceAccount", "name": "openai-api", "namespace": "finetune-system"},
+    ]
+
+
+def test_no_role_of_the_chart_lets_anyone_write_the_catalog(tools):
+    for doc in find(tools.render(ALL_FEATURES), "ClusterRole") + find(tools.render(ALL_FEATURES), "Role"):
+        for rule in doc["rules"]:
+            if "finetunemodels" in rule.get("resources", []):
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, doc["metadata"]["name"]
 
 
 def test_without_metrics_there_is_no_metrics_reader_role(tools):

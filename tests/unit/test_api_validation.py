@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import yaml
 from catalog import CATALOG, valid_job
-from finetune_operator.api import FineTuneJob, ModelAdapter, format_validation_error
+from finetune_operator.api import FineTuneJob, FineTuneModel, ModelAdapter, format_validation_error
 from pydantic import ValidationError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-MODELS = {"FineTuneJob": FineTuneJob, "ModelAdapter": ModelAdapter}
+MODELS = {"FineTuneJob": FineTuneJob, "ModelAdapter": ModelAdapter, "FineTuneModel": FineTuneModel}
 
 
 def test_the_catalog_base_manifest_is_valid():

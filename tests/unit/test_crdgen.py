@@ -14,9 +14,11 @@ from finetune_operator.api import (
     FineTuneJob,
     FineTuneJobSpec,
     FineTuneJobStatus,
+    FineTuneModelSpec,
     ModelAdapterSpec,
     ModelAdapterStatus,
     finetunejob,
+    finetunemodel,
 )
 from pydantic import BaseModel
 
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
 FINETUNEJOBS = "finetune.dev_finetunejobs.yaml"
 MODELADAPTERS = "finetune.dev_modeladapters.yaml"
+FINETUNEMODELS = "finetune.dev_finetunemodels.yaml"
 
 
 def _version(crd: dict[str, Any]) -> dict[str, Any]:
@@ -61,7 +64,7 @@ def _spec_and_status_nodes() -> list[tuple[str, dict[str, Any]]]:
     nodes = []
     for file_name, crd in crdgen.all_crds().items():
         schema = _schema(crd)
-        for part in ("spec", "status"):
+        for part in ("spec", "status")[: len(schema["properties"]) - 3]:  # FineTuneModel has no status
             nodes += [(f"{file_name}:{path}", node) for path, node in _walk(schema["properties"][part], part)]
     return nodes
 
@@ -104,17 +107,18 @@ def test_the_rendered_yaml_parses_back_to_the_crd():
 
 
 @pytest.mark.parametrize(
-    ("file_name", "kind", "plural", "short_name"),
+    ("file_name", "kind", "plural", "short_name", "scope"),
     [
-        (FINETUNEJOBS, "FineTuneJob", "finetunejobs", "ftj"),
-        (MODELADAPTERS, "ModelAdapter", "modeladapters", "ftadapter"),
+        (FINETUNEJOBS, "FineTuneJob", "finetunejobs", "ftj", "Namespaced"),
+        (MODELADAPTERS, "ModelAdapter", "modeladapters", "ftadapter", "Namespaced"),
+        (FINETUNEMODELS, "FineTuneModel", "finetunemodels", "ftmodel", "Cluster"),
     ],
 )
-def test_names_short_names_and_category(file_name, kind, plural, short_name):
+def test_names_short_names_and_category(file_name, kind, plural, short_name, scope):
     crd = crdgen.all_crds()[file_name]
     assert crd["metadata"]["name"] == f"{plural}.finetune.dev"
     assert crd["spec"]["group"] == "finetune.dev"
-    assert crd["spec"]["scope"] == "Namespaced"
+    assert crd["spec"]["scope"] == scope
     names = crd["spec"]["names"]
     assert names["kind"] == kind
     assert names["plural"] == plural
@@ -131,20 +135,30 @@ def test_one_served_storage_version_with_a_status_subresource(file_name):
     assert version["subresources"] == {"status": {}}
 
 
+def test_the_catalog_has_no_status_the_operator_would_write():
+    crd = crdgen.all_crds()[FINETUNEMODELS]
+    assert "subresources" not in _version(crd)
+    assert set(_schema(crd)["properties"]) == {"apiVersion", "kind", "metadata", "spec"}
+
+
 def _default_columns(file_name: str) -> list[str]:
     columns = _version(crdgen.all_crds()[file_name])["additionalPrinterColumns"]
     return [c["name"] for c in columns if c.get("priority", 0) == 0]
 
 
 def test_finetunejob_printer_columns():
-    assert _default_columns(FINETUNEJOBS) == ["Status", "Progress", "Loss", "ETA", "Adapter", "Age"]
+    assert _default_columns(FINETUNEJOBS) == ["Status", "Queue", "Progress", "Loss", "ETA", "Adapter", "Age"]
 
 
 def test_modeladapter_printer_columns():
     assert _default_columns(MODELADAPTERS) == ["Status", "Base", "Rank", "Age"]
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+def test_finetunemodel_printer_columns():
+    assert _default_columns(FINETUNEMODELS) == ["URI", "Revision", "Serving-Name", "Max-GPUs", "Age"]
+
+
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_printer_columns_read_fields_of_the_schema_with_the_same_type(file_name):
     crd = crdgen.all_crds()[file_name]
     schema = _schema(crd)
@@ -160,7 +174,7 @@ def test_printer_columns_read_fields_of_the_schema_with_the_same_type(file_name)
 # structural schema
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_every_property_under_spec_has_a_description(file_name):
     spec = _schema(crdgen.all_crds()[file_name])["properties"]["spec"]
     undocumented = [path for path, node in _properties(spec, "spec") if not (node.get("description") or "").strip()]
@@ -193,7 +207,7 @@ def test_every_map_under_spec_has_max_properties():
     assert unbounded == []
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_every_schema_node_has_a_type_or_preserves_unknown_fields(file_name):
     untyped = [
         path
@@ -205,9 +219,9 @@ def test_every_schema_node_has_a_type_or_preserves_unknown_fields(file_name):
     assert untyped == []
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_no_json_schema_leftovers_the_api_server_refuses(file_name):
-    forbidden = ("$ref", "$defs", "anyOf", "allOf", "oneOf", "not", "title", "const", "nullable")
+    forbidden = ("$ref", "$defs", "anyOf", "allOf", "oneOf", "not", "title", "const", "nullable", "propertyNames")
     leftovers = [
         (path, key)
         for path, node in _walk(_schema(crdgen.all_crds()[file_name]), "")
@@ -217,7 +231,7 @@ def test_no_json_schema_leftovers_the_api_server_refuses(file_name):
     assert leftovers == []
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_no_additional_properties_false(file_name):
     closed = [
         path
@@ -227,7 +241,7 @@ def test_no_additional_properties_false(file_name):
     assert closed == []
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_additional_properties_and_properties_are_never_combined(file_name):
     both = [
         path
@@ -237,7 +251,7 @@ def test_additional_properties_and_properties_are_never_combined(file_name):
     assert both == []
 
 
-@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS])
+@pytest.mark.parametrize("file_name", [FINETUNEJOBS, MODELADAPTERS, FINETUNEMODELS])
 def test_every_required_field_is_a_property(file_name):
     for path, node in _walk(_schema(crdgen.all_crds()[file_name]), ""):
         assert set(node.get("required", [])) <= set(node.get("properties", {})), path
@@ -410,8 +424,9 @@ PLACEMENTS = [
     for crd, models in (
         (crdgen.finetunejob_crd(), (FineTuneJobSpec, FineTuneJobStatus)),
         (crdgen.modeladapter_crd(), (ModelAdapterSpec, ModelAdapterStatus)),
+        (crdgen.finetunemodel_crd(), (FineTuneModelSpec,)),
     )
-    for model, part in zip(models, ("spec", "status"), strict=True)
+    for model, part in zip(models, ("spec", "status")[: len(models)], strict=True)
     for placement in _rule_placements(
         model, _schema(crd)["properties"][part], f"{crd['spec']['names']['kind']}.{part}", False
     )
@@ -426,7 +441,9 @@ def test_each_models_cel_rules_sit_at_its_schema_node(path, expected, actual, in
 def test_every_rule_set_of_the_api_is_attached_somewhere():
     attached = [validation for _, _, actual, _ in PLACEMENTS for validation in actual]
     for rules in (
+        finetunejob.MODEL_RULES,
         finetunejob.METHOD_RULES,
+        finetunemodel.REQUIREMENT_RULES,
         finetunejob.EVAL_RULES,
         finetunejob.TRAINING_RULES,
         finetunejob.SPEC_RULES,

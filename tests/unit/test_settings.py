@@ -195,3 +195,46 @@ def test_local_mode_is_off_unless_asked_for():
 def test_a_verification_has_five_minutes_by_default_and_at_most_an_hour():
     assert Settings().verification_timeout_seconds == 300
     assert "--verification-timeout-seconds" in error_from(["--verification-timeout-seconds=7200"])
+
+
+def test_leader_election_defaults_to_client_gos_durations():
+    settings = Settings()
+    assert settings.leader_election
+    assert (
+        settings.leader_election_lease_duration_seconds,
+        settings.leader_election_renew_deadline_seconds,
+        settings.leader_election_retry_period_seconds,
+    ) == (15.0, 10.0, 2.0)
+
+
+def test_leader_election_settings_and_the_pod_name_come_from_the_environment():
+    settings = settings_from(
+        [],
+        {
+            "FINETUNE_LEADER_ELECTION_LEASE_DURATION_SECONDS": "30",
+            "FINETUNE_LEADER_ELECTION_RENEW_DEADLINE_SECONDS": "20",
+            "FINETUNE_LEADER_ELECTION_RETRY_PERIOD_SECONDS": "4",
+            "FINETUNE_POD_NAME": "finetune-operator-5c7d-x2x9q",
+        },
+    )
+    assert settings.leader_election_lease_duration_seconds == 30.0
+    assert settings.leader_election_renew_deadline_seconds == 20.0
+    assert settings.leader_election_retry_period_seconds == 4.0
+    assert settings.pod_name == "finetune-operator-5c7d-x2x9q"
+
+
+def test_leader_election_can_be_turned_off():
+    assert not settings_from(["--leader-elect=false"]).leader_election
+    assert not settings_from([], {"FINETUNE_LEADER_ELECTION": "false"}).leader_election
+
+
+@pytest.mark.parametrize(
+    ("argv", "detail"),
+    [
+        (["--leader-elect-lease-duration=10", "--leader-elect-renew-deadline=10"], "greater than the renew deadline"),
+        (["--leader-elect-renew-deadline=4", "--leader-elect-retry-period=4"], "1.2 x the retry period"),
+        (["--leader-elect-retry-period=0"], "--leader-elect-retry-period"),
+    ],
+)
+def test_leader_election_durations_that_could_overlap_two_leaders_are_refused(argv, detail):
+    assert detail in error_from(argv)

@@ -14,8 +14,11 @@ from finetune_operator.status.observe import (
     Blocker,
     Observation,
     compute_status,
+    is_settled,
     last_termination,
+    phase_on_report,
     pods_of,
+    references_settled,
 )
 
 NAMESPACE = "team-a"
@@ -787,3 +790,101 @@ def test_the_status_written_survives_the_crd_schema(training, pods, blockers):
     progress = {"step": 10, "totalSteps": 100, "percent": 10, "trainLoss": 1.5, "eta": "5m", "etaSeconds": 300}
     status, _ = observe(make_job({"progress": progress}), training, pods, blockers=blockers)
     assert _schema_problems(status.to_api(), schema) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# a progress report proves the trainer runs
+
+
+def reporting(updated_at: str | None) -> dict[str, Any]:
+    return {"progress": {"step": 3, "updatedAt": updated_at}} if updated_at else {}
+
+
+def created_at(p: dict[str, Any], at: str) -> dict[str, Any]:
+    p["metadata"]["creationTimestamp"] = at
+    return p
+
+
+def test_a_report_newer_than_the_pod_makes_the_job_running_before_the_pod_is_seen_running():
+    status, _ = observe(make_job(reporting(LATER)), training_job(), [created_at(pod(phase="Pending"), NOW)])
+    assert status.phase == "Running"
+    assert condition(status, "Running") == ("True", "TrainerReporting")
+    assert status.start_time is not None
+
+
+def test_a_report_older_than_the_pod_says_nothing_about_it():
+    status, _ = observe(make_job(reporting(NOW)), training_job(), [created_at(pod(phase="Pending"), LATER)])
+    assert status.phase == "Pending"
+    assert condition(status, "Running") == ("False", "PodsPending")
+
+
+def test_a_report_without_an_active_pod_does_not_make_the_job_running():
+    status, _ = observe(make_job(reporting(LATER)), training_job(), [])
+    assert status.phase == "Pending"
+
+
+@pytest.mark.parametrize(("phase", "moved"), [(None, "Running"), ("Pending", "Running"), ("Running", None)])
+def test_a_report_moves_only_a_pending_job_to_running(phase, moved):
+    assert phase_on_report(phase) == moved
+
+
+@pytest.mark.parametrize("phase", ["Suspended", "Succeeded", "Failed"])
+def test_a_report_never_moves_a_suspended_or_finished_job(phase):
+    assert phase_on_report(phase) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# what the resync and the reference checks may leave be
+
+
+def with_conditions(*conditions: tuple[str, str, str], generation: int = 1) -> FineTuneJob:
+    return make_job(
+        {
+            "conditions": [
+                {
+                    "type": type_,
+                    "status": value,
+                    "reason": reason,
+                    "message": "",
+                    "lastTransitionTime": NOW,
+                    "observedGeneration": 1,
+                }
+                for type_, value, reason in conditions
+            ]
+        },
+        generation=generation,
+    )
+
+
+def test_a_failed_job_is_settled():
+    assert is_settled(with_conditions(("Failed", "True", "JobFailed")).status)
+
+
+def test_a_succeeded_job_is_settled_once_published_or_refused_by_its_gate():
+    succeeded = ("Succeeded", "True", "TrainingSucceeded")
+    assert is_settled(with_conditions(succeeded, ("Published", "True", "AdapterPublished")).status)
+    assert is_settled(with_conditions(succeeded, ("Published", "False", "GateFailed")).status)
+
+
+@pytest.mark.parametrize("published", [None, ("Published", "False", "PublishFailed")])
+def test_a_succeeded_job_whose_publication_is_open_is_not_settled(published):
+    conditions = [("Succeeded", "True", "TrainingSucceeded")] + ([published] if published else [])
+    assert not is_settled(with_conditions(*conditions).status)
+
+
+def test_a_running_job_is_not_settled():
+    assert not is_settled(with_conditions(("Running", "True", "PodsRunning")).status)
+
+
+def test_references_found_for_the_current_generation_are_not_looked_up_again():
+    assert references_settled(with_conditions(("ReferencesResolved", "True", "AllFound")))
+
+
+def test_references_are_looked_up_again_after_a_spec_change_or_while_missing():
+    assert not references_settled(with_conditions(("ReferencesResolved", "True", "AllFound"), generation=2))
+    assert not references_settled(with_conditions(("ReferencesResolved", "False", "SecretNotFound")))
+    assert not references_settled(make_job())
+
+
+def test_a_finished_job_needs_no_references():
+    assert references_settled(with_conditions(("Failed", "True", "JobFailed"), ("ReferencesResolved", "False", "X")))

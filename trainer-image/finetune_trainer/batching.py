@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 from finetune_trainer.data.seeding import seeded_rng
 from finetune_trainer.data.types import IGNORE_INDEX, Batch, Example, PreferenceExample
+from finetune_trainer.data.views import Measures, Subset, measure, trained_in
 
 Item = Example | PreferenceExample
 MicroBatch = list[int]  # indices into the examples
@@ -67,16 +68,20 @@ def plan_epoch(
     epoch: int,
     window: int = DEFAULT_WINDOW,
 ) -> list[MicroBatch]:
-    """The micro-batches of one epoch, as example indices; every example appears exactly once."""
+    """The micro-batches of one epoch, as example indices; every example appears exactly once.
+
+    Only the items' lengths are read (:func:`views.measure`): a token store's examples are not built.
+    """
+    measures = measure(examples)
     order = list(range(len(examples)))
     seeded_rng(seed, "epoch", epoch).shuffle(order)
     micro_batches: list[MicroBatch] = []
     for start in range(0, len(order), window):
         chunk = order[start : start + window]
         if packing:
-            micro_batches.extend(_pack(chunk, [item_tokens(examples[i]) for i in chunk], micro_batch_tokens))
+            micro_batches.extend(_pack(chunk, [measures.tokens[i] for i in chunk], micro_batch_tokens))
         else:
-            micro_batches.extend(_bucket(chunk, examples, micro_batch_tokens))
+            micro_batches.extend(_bucket(chunk, measures, micro_batch_tokens))
     seeded_rng(seed, "micro-batch-order", epoch).shuffle(micro_batches)
     return micro_batches
 
@@ -94,7 +99,7 @@ def plan_steps(
 ) -> list[Step]:
     """The optimizer steps of one epoch (see :func:`plan_epoch` and :func:`group_into_steps`)."""
     micro_batches = plan_epoch(examples, micro_batch_tokens, packing=packing, seed=seed, epoch=epoch, window=window)
-    return group_into_steps(micro_batches, examples, batch_tokens=batch_tokens, world_size=world_size)
+    return group_into_steps(micro_batches, measure(examples), batch_tokens=batch_tokens, world_size=world_size)
 
 
 def plan_steps_after(
@@ -117,7 +122,7 @@ def plan_steps_after(
     ``subset``: the positions of the epoch's examples in ``examples`` (None: all of them).
     """
     epoch_settings = {"batch_tokens": batch_tokens, "seed": seed, "epoch": epoch}
-    remaining: list[int] | None = None if subset is None else list(subset)  # None: every example
+    remaining: list[int] | None = None if subset is None else [int(i) for i in subset]  # None: every example
     for segment in done:
         layout = {key: segment[key] for key in ("micro_batch_tokens", "packing", "world_size")}
         steps = _plan_subset(examples, remaining, **layout, **epoch_settings)
@@ -132,7 +137,7 @@ def _plan_subset(examples: Sequence[Item], subset: Sequence[int] | None, **layou
         return plan_steps(examples, **layout)
     if not subset:
         return []
-    steps = plan_steps([examples[i] for i in subset], **layout)
+    steps = plan_steps(Subset(examples, subset), **layout)
     return [
         Step(
             tuple(tuple(tuple(subset[j] for j in batch) for batch in rank) for rank in step.micro_batches),
@@ -145,7 +150,11 @@ def _plan_subset(examples: Sequence[Item], subset: Sequence[int] | None, **layou
 
 
 def group_into_steps(
-    micro_batches: Sequence[MicroBatch], examples: Sequence[Item], *, batch_tokens: int, world_size: int = 1
+    micro_batches: Sequence[MicroBatch],
+    examples: Sequence[Item] | Measures,
+    *,
+    batch_tokens: int,
+    world_size: int = 1,
 ) -> list[Step]:
     """Consecutive micro-batches grouped into steps of about ``batch_tokens`` real tokens over all ranks.
 
@@ -159,7 +168,8 @@ def group_into_steps(
     A step is at least one micro-batch per rank: keep ``micro_batch_tokens * world_size`` at or
     below ``batch_tokens``, or steps grow past what was asked.
     """
-    tokens = [sum(item_tokens(examples[i]) for i in micro_batch) for micro_batch in micro_batches]
+    measures = examples if isinstance(examples, Measures) else measure(examples)
+    tokens = [sum(measures.tokens[i] for i in micro_batch) for micro_batch in micro_batches]
     groups: list[list[MicroBatch]] = []
     current: list[MicroBatch] = []
     current_tokens = 0
@@ -180,7 +190,7 @@ def group_into_steps(
             groups[-1].extend(current)
         else:
             groups.append(current)
-    return [_step(_make_divisible(group, world_size), examples, world_size) for group in groups]
+    return [_step(_make_divisible(group, world_size), measures, world_size) for group in groups]
 
 
 def collate(examples: Sequence[Item], indices: Sequence[int], packing: bool, pad_id: int) -> Batch:
@@ -221,7 +231,7 @@ def item_tokens(item: Item) -> int:
 
 def trained_tokens(item: Item) -> int:
     """Tokens the loss is taken on; a sequence's first token never is (see :func:`collate`)."""
-    return sum(_trained_in(sequence.labels) for sequence in _sequences([item]))
+    return sum(trained_in(sequence.labels) for sequence in _sequences([item]))
 
 
 def _pack(chunk: Sequence[int], lengths: Sequence[int], budget: int) -> list[MicroBatch]:
@@ -243,14 +253,14 @@ def _pack(chunk: Sequence[int], lengths: Sequence[int], budget: int) -> list[Mic
     return packs
 
 
-def _bucket(chunk: Sequence[int], examples: Sequence[Item], budget: int) -> list[MicroBatch]:
+def _bucket(chunk: Sequence[int], measures: Measures, budget: int) -> list[MicroBatch]:
     """Longest first, rows added while rows x longest row (the padded size) stays within the budget."""
     batches: list[MicroBatch] = []
     current: MicroBatch = []
     rows = longest = 0
-    for index in sorted(chunk, key=lambda i: -_row_length(examples[i])):
-        item_rows = len(_sequences([examples[index]]))
-        item_longest = _row_length(examples[index])
+    item_rows = 2 if measures.pairs else 1
+    for index in sorted(chunk, key=lambda i: -measures.longest[i]):
+        item_longest = measures.longest[index]
         if current and (rows + item_rows) * max(longest, item_longest) > budget:
             batches.append(current)
             current, rows, longest = [], 0, 0
@@ -274,32 +284,22 @@ def _make_divisible(group: list[MicroBatch], world_size: int) -> list[MicroBatch
     return group
 
 
-def _step(group: list[MicroBatch], examples: Sequence[Item], world_size: int) -> Step:
+def _step(group: list[MicroBatch], measures: Measures, world_size: int) -> Step:
     indices = [i for micro_batch in group for i in micro_batch]
     return Step(
         micro_batches=tuple(
             tuple(tuple(micro_batch) for micro_batch in group[rank::world_size]) for rank in range(world_size)
         ),
-        real_tokens=sum(item_tokens(examples[i]) for i in indices),
-        trained_tokens=sum(trained_tokens(examples[i]) for i in indices),
+        real_tokens=sum(measures.tokens[i] for i in indices),
+        trained_tokens=sum(measures.trained[i] for i in indices),
         examples=len(indices),
     )
-
-
-def _row_length(item: Item) -> int:
-    return max(len(sequence) for sequence in _sequences([item]))
 
 
 def _sequences(items: Sequence[Item]) -> list[Example]:
     if items and isinstance(items[0], PreferenceExample):
         return [pair.chosen for pair in items] + [pair.rejected for pair in items]
     return list(items)
-
-
-def _trained_in(labels: list[int]) -> int:
-    if not labels:
-        return 0
-    return len(labels) - labels.count(IGNORE_INDEX) - (labels[0] != IGNORE_INDEX)
 
 
 def _labels(sequence: Example) -> list[int]:

@@ -35,6 +35,7 @@ from .batching import plan_steps_after
 from .checkpoint import Checkpointer
 from .config import LoadedConfig, load_config
 from .data import DataBundle, load_data
+from .data.store_cache import token_store_root
 from .distributed import Distributed, make_accelerator
 from .errors import ConfigError, DataError, GateFailed, Preempted
 from .evaluate import EvalSet, Evaluator, SetScores
@@ -144,7 +145,7 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
     with accelerator.local_main_process_first():  # one download per node; the others find it cached
         fetched = fetch_model(config.model.uri, config.model.revision)
         tokenizer = load_tokenizer(fetched.path)
-        bundle = load_data(config, tokenizer, resolve_data)
+        bundle = load_data(config, tokenizer, resolve_data, store_root=token_store_root())
     if not bundle.train:
         raise DataError("spec.data.train: no usable training rows: check the files and their format")
 

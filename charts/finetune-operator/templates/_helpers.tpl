@@ -99,7 +99,8 @@ app.kubernetes.io/managed-by: finetune-operator
       "metrics" $values.metrics.enabled
       "httpsEndpoints" $https
       "selfSignedTLS" (and $https (empty $values.progress.tls.secretName))
-      "sts" (not (empty $values.output.sts.credentialsSecret)) }}
+      "sts" (not (empty $values.output.sts.credentialsSecret))
+      "leaderElection" $values.leaderElection.enabled }}
 {{- $rules := list }}
 {{- range ($root.Files.Get "files/operator-rbac.yaml" | fromYaml).rules }}
 {{- $applies := has .scope $scopes }}
@@ -111,6 +112,9 @@ app.kubernetes.io/managed-by: finetune-operator
 {{- end }}
 {{- if $applies }}
 {{- $rule := dict "apiGroups" .apiGroups "resources" .resources "verbs" (keys .verbs | sortAlpha) }}
+{{- with .resourceNames }}
+{{- $_ := set $rule "resourceNames" . }}
+{{- end }}
 {{- $rules = append $rules $rule }}
 {{- end }}
 {{- end }}

@@ -36,7 +36,7 @@ VERIFY_READY_ON_VOLUME_EVERY = dt.timedelta(days=1)  # a pod each time: less oft
 
 
 def reconcile_adapter(context: Context, namespace: str, name: str) -> Outcome:
-    raw = context.kube.get(MODELADAPTERS, namespace, name)
+    raw = context.caches[MODELADAPTERS].get(namespace, name)  # watch-fed: a recently verified one costs nothing
     if raw is None or raw["metadata"].get("deletionTimestamp"):
         return Outcome(None)
     generation = raw["metadata"].get("generation")
@@ -157,10 +157,12 @@ def _write(context: Context, raw: dict[str, Any], status: ModelAdapterStatus, ch
     desired = status.to_api()
     if desired != (raw.get("status") or {}):
         try:
-            context.kube.merge_patch(MODELADAPTERS, namespace, name, {"status": desired}, "status")
+            written = context.kube.merge_patch(MODELADAPTERS, namespace, name, {"status": desired}, "status")
         except KubeError as error:
             if error.status != 404:
                 raise
+        else:
+            context.caches[MODELADAPTERS].written(written)
     now = utc_now()
     for change in changes:
         context.kube.create_event(event_for(raw, change, now))

@@ -1,4 +1,4 @@
-"""The API of finetune-operator: FineTuneJob, ModelAdapter and the trainer's configuration.
+"""The API of finetune-operator: FineTuneJob, ModelAdapter, FineTuneModel and the trainer's configuration.
 
 One source of truth: the CRDs in crds/ are generated from these models, the operator validates
 with them, and the trainer reads its configuration with them. This package imports nothing but
@@ -29,6 +29,15 @@ from .finetunejob import (
     Resources,
     Template,
     Training,
+)
+from .finetunemodel import (
+    FineTuneModel,
+    FineTuneModelSpec,
+    LabelSelector,
+    LabelSelectorRequirement,
+    ModelDefaults,
+    ModelLimits,
+    ResourceDefaults,
 )
 from .gate import allows_publishing, judge, relative_change, verdict_from_numbers
 from .manifest import Manifest, ManifestEntry, build_manifest, digest_of, manifest_of_directory
@@ -84,9 +93,13 @@ __all__ = [
     "FineTuneJob",
     "FineTuneJobSpec",
     "FineTuneJobStatus",
+    "FineTuneModel",
+    "FineTuneModelSpec",
     "Gate",
     "GeneralData",
     "JobIdentity",
+    "LabelSelector",
+    "LabelSelectorRequirement",
     "LoraSettings",
     "LossComparison",
     "Manifest",
@@ -95,11 +108,14 @@ __all__ = [
     "ModelAdapter",
     "ModelAdapterSpec",
     "ModelAdapterStatus",
+    "ModelDefaults",
+    "ModelLimits",
     "ModelSource",
     "ObjectMeta",
     "Progress",
     "ProgressEndpoint",
     "ProgressReport",
+    "ResourceDefaults",
     "Resources",
     "SecretReference",
     "SourceJob",

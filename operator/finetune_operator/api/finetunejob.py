@@ -48,14 +48,39 @@ SFT_FORMATS = ("messages", "prompt-completion", "alpaca", "sharegpt")
 # spec.model
 
 
-class ModelSource(ApiModel):
-    """The base model to fine-tune."""
+MODEL_RULES = [
+    Rule(
+        cel="has(self.name) != has(self.uri)",
+        message="spec.model needs exactly one of name (a FineTuneModel of the catalog) or uri",
+        holds=lambda m: (m.name is None) != (m.uri is None),
+    ),
+    Rule(
+        cel="!has(self.name) || (!has(self.revision) && !has(self.credentialsSecretRef) && !has(self.servedName))",
+        message="spec.model.name takes the revision, credentials and served name from the FineTuneModel: remove "
+        "spec.model.revision, credentialsSecretRef and servedName, or give spec.model.uri instead of name",
+        holds=lambda m: m.name is None or (m.revision, m.credentials_secret_ref, m.served_name) == (None, None, None),
+    ),
+]
 
-    uri: ModelUri = describe(
+
+class ModelSource(ApiModel):
+    """The base model to fine-tune: a FineTuneModel of the catalog by name, or a uri."""
+
+    cel_rules: ClassVar[list[Rule]] = MODEL_RULES
+
+    name: ObjectName | None = describe(
+        "Name of a FineTuneModel (the cluster's model catalog) instead of a uri: the operator takes the model's "
+        "uri, revision, credentials and serving name from it, applies its defaults to what this job leaves at the "
+        "built-in defaults, and refuses the job (condition ModelResolved) when it exceeds the model's limits or "
+        "this namespace may not use it.",
+        default=None,
+    )
+    uri: ModelUri | None = describe(
         "Where the base model is: hf://org/name (Hugging Face Hub or the mirror in HF_ENDPOINT), "
         "s3://bucket/prefix/ (any S3-compatible store), pvc://claim/path (a PersistentVolumeClaim in "
         "this namespace) or file:///abs/path (local runs). The directory holds config.json, the "
-        "weights in safetensors and the tokenizer files."
+        "weights in safetensors and the tokenizer files.",
+        default=None,
     )
     revision: text(255) | None = describe(
         "Branch, tag or commit of an hf:// model. The trainer resolves it to a commit and reports it in "
@@ -74,6 +99,10 @@ class ModelSource(ApiModel):
         "segment of uri, lower-cased.",
         default=None,
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> ModelSource:
+        return check(MODEL_RULES, self)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -838,6 +867,19 @@ class ModelStatus(ApiModel):
     revision: text(255) | None = describe("Exact commit of an hf:// model.", default=None)
 
 
+class QueueStatus(ApiModel):
+    """Where Kueue has the job (a job with the kueue.x-k8s.io/queue-name label), from Kueue's Workload."""
+
+    state: Literal["Queued", "Admitted", "Inadmissible", "Preempted", "Evicted"] = describe(
+        "Queued (waiting for quota), Admitted, Inadmissible (its LocalQueue or ClusterQueue is missing or "
+        "stopped), Preempted or Evicted (Kueue took the quota back; the job waits to be admitted again)."
+    )
+    local_queue: text(63) = describe("The LocalQueue in the job's namespace that the label names.")
+    cluster_queue: text(253) | None = describe("The ClusterQueue the LocalQueue feeds, once known.", default=None)
+    admission_time: Timestamp | None = describe("When Kueue last admitted the job.", default=None)
+    preemptions: Int64 = describe("Times Kueue preempted the job's current training Job.", default=0, ge=0)
+
+
 class FineTuneJobStatus(ApiModel):
     """What the operator observed. Written only through the status subresource."""
 
@@ -847,7 +889,8 @@ class FineTuneJobStatus(ApiModel):
     )
     observed_generation: Int64 | None = describe("The metadata.generation this status describes.", default=None, ge=0)
     conditions: list[Condition] = describe(
-        "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published and ReferencesResolved.",
+        "Created, Suspended, Running, Succeeded, Failed, Evaluated, Published, ReferencesResolved, (for a "
+        "job that names a catalog model) ModelResolved, and Admitted and Preempted for a job queued by Kueue.",
         default_factory=list,
         max_length=16,
         json_schema_extra=CONDITIONS_LIST_MAP,
@@ -857,6 +900,7 @@ class FineTuneJobStatus(ApiModel):
     restarts: Int64 = describe("Training pods that failed and were retried.", default=0, ge=0)
     resumed_from_step: Int64 | None = describe("The checkpoint step the latest retry resumed from.", default=None, ge=0)
     job_name: text(253) | None = describe("Name of the batch/v1 Job that runs the training.", default=None)
+    queue: QueueStatus | None = describe("Where Kueue has the job, for a job queued by Kueue.", default=None)
     model: ModelStatus | None = describe("The base model as resolved.", default=None)
     progress: Progress | None = describe("Live progress from the trainer.", default=None)
     checkpoint: CheckpointStatus | None = describe("The newest complete checkpoint.", default=None)

@@ -37,6 +37,12 @@ class ProgressEndpoint(ApiModel):
 
 TRAINER_CONFIG_RULES = [
     Rule(
+        cel="has(self.model.uri) && !has(self.model.name)",
+        message="model.uri must be resolved (a catalog name replaced by its FineTuneModel's uri) before the trainer "
+        "starts",
+        holds=lambda c: c.model.uri is not None and c.model.name is None,
+    ),
+    Rule(
         cel="has(self.training.learningRate)",
         message="training.learningRate must be resolved before the trainer starts",
         holds=lambda c: c.training.learning_rate is not None,

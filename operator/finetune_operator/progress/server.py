@@ -29,6 +29,7 @@ from ..kube import FINETUNEJOBS, JOBS, PODS, Kube, KubeError
 from ..metrics import OperatorMetrics
 from ..naming import training_job_name
 from ..settings import Settings
+from ..status.observe import phase_on_report
 from ..tokens import ReviewCache, bearer_token
 from .checkpoint_events import record_checkpoint_fallback
 from .identity import Refusal, caller_from_review, check_chain
@@ -95,6 +96,8 @@ class ProgressService:
             raise Refusal(400, "invalid_body", "; ".join(format_validation_error(error))) from None
         now = utc_now()
         patch = status_patch(report, job_gate(finetunejob), now)
+        if phase := phase_on_report((finetunejob.get("status") or {}).get("phase")):
+            patch["phase"] = phase  # in the same write as the progress: kubectl never shows it Pending and training
         self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
         record_checkpoint_fallback(self.kube, finetunejob, report.checkpoint_fallback, now)
         status = finetunejob.get("status") or {}

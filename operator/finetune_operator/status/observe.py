@@ -12,6 +12,7 @@ from ..api import ExitCode, FinalSummary, FineTuneJob, FineTuneJobStatus, descri
 from ..api.finetunejob import ArtifactStatus, ModelStatus
 from ..naming import KUEUE_LABELS, TRAINER_CONTAINER
 from ..render.owner import controlled_by
+from . import kueue
 from .conditions import Change, get_condition, is_true, set_condition
 
 MAX_MESSAGE = 2048
@@ -47,6 +48,7 @@ class Observation:
     pods: list[dict[str, Any]]  # as listed by label: anyone's pods may carry the labels
     now: str
     blockers: list[Blocker] = field(default_factory=list)
+    queue: kueue.QueueState | None = None  # Kueue's view, for a job with the queue label (None: no Workload yet)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,42 @@ class Termination:
 def is_finished(status: FineTuneJobStatus) -> bool:
     """Succeeded and Failed are terminal: a finished job is never restarted."""
     return is_true(status.conditions, "Succeeded") or is_true(status.conditions, "Failed")
+
+
+def is_settled(status: FineTuneJobStatus) -> bool:
+    """Finished with its outcome recorded: failed, or succeeded with its publication decided (published, or
+    refused by the gate). Nothing more happens to it unless it changes, so the periodic resync leaves it be."""
+    if is_true(status.conditions, "Failed"):
+        return True
+    if not is_true(status.conditions, "Succeeded"):
+        return False
+    published = get_condition(status.conditions, "Published")
+    return published is not None and (published.status == "True" or published.reason == "GateFailed")
+
+
+def references_settled(job: FineTuneJob) -> bool:
+    """Whether what the job refers to need not be looked up again: all of it was found for the current spec
+    (a reference is only ever added by a spec change), or the job finished and needs none of it."""
+    if is_finished(job.status):
+        return True
+    resolved = get_condition(job.status.conditions, "ReferencesResolved")
+    return (
+        resolved is not None and resolved.status == "True" and resolved.observed_generation == job.metadata.generation
+    )
+
+
+def phase_on_report(phase: str | None) -> str | None:
+    """The phase a progress report moves the job to: a report proves the trainer runs, so a Pending job is
+    Running from then on, even before the operator sees its pod Running. None: the phase stays."""
+    return "Running" if phase in (None, "Pending") else None
+
+
+def _reported_since(status: FineTuneJobStatus, pods: list[dict[str, Any]]) -> bool:
+    """Whether a progress report arrived after the newest of ``pods`` was created: it came from a pod that
+    runs now, not from an attempt before a restart."""
+    updated = status.progress.updated_at if status.progress else None
+    created = [p["metadata"].get("creationTimestamp") or "" for p in pods]
+    return bool(updated and created) and updated >= max(created)
 
 
 def pods_of(
@@ -254,6 +292,8 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     complete = job_condition(training_job, "Complete")
     failed = job_condition(training_job, "Failed") or job_condition(training_job, "FailureTarget")
     queue = next((training_job["metadata"].get("labels", {}).get(k) for k in KUEUE_LABELS[:1]), None)
+    if queue:
+        _record_queue(status, queue, observation.queue, condition)
 
     if complete is not None or failed is not None:
         # Finished while the operator was not looking: the Job knows when it started.
@@ -284,14 +324,19 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         if job.spec.suspend:
             condition("Suspended", "True", "JobSuspended", "suspended by spec.suspend; pods are stopped")
         elif queue:
-            condition("Suspended", "True", "QueuedByKueue", f"waiting for Kueue to admit it from queue {queue}")
+            admitted = get_condition(status.conditions, "Admitted")
+            condition("Suspended", "True", kueue.suspended_reason(observation.queue), admitted.message)
         else:
             condition("Suspended", "True", "JobSuspended", "the training Job is suspended")
         condition("Running", "False", "Suspended", "the job is suspended")
         return status, changes
 
-    if queue:
-        condition("Suspended", "False", "Admitted", f"admitted by Kueue from queue {queue}")
+    if queue and observation.queue is not None and observation.queue.state == "Evicted":
+        # Kueue took the quota back and is about to suspend the Job: its pods are still there.
+        message = get_condition(status.conditions, "Admitted").message
+        condition("Suspended", "False", "Evicting", f"{message}; Kueue is suspending the Job")
+    elif queue:
+        condition("Suspended", "False", "Admitted", get_condition(status.conditions, "Admitted").message)
     else:
         condition("Suspended", "False", "NotSuspended", "the job is not suspended")
 
@@ -301,6 +346,12 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
         status.phase = "Running"
         status.start_time = status.start_time or job_status.get("startTime") or observation.now
         condition("Running", "True", "PodsRunning", f"{len(running)} of {nodes} training pod(s) running")
+        return status, changes
+
+    if active and _reported_since(status, active):
+        status.phase = "Running"
+        status.start_time = status.start_time or job_status.get("startTime") or observation.now
+        condition("Running", "True", "TrainerReporting", "the trainer reports progress")
         return status, changes
 
     if any(p.get("status", {}).get("phase") == "Succeeded" for p in pods) and not active:
@@ -319,6 +370,17 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     else:
         condition("Running", "False", "PodsPending", "waiting for the training pods to start")
     return status, changes
+
+
+def _record_queue(status: FineTuneJobStatus, local_queue: str, state: kueue.QueueState | None, condition) -> None:
+    """status.queue and the Admitted and Preempted conditions, from Kueue's Workload."""
+    status.queue = kueue.queue_status(local_queue, state, status.queue)
+    condition("Admitted", *kueue.admitted_condition(local_queue, state, status.queue.cluster_queue))
+    if state is not None and state.preempted is not None:
+        reason, message = state.preempted
+        condition("Preempted", "True", reason, _clip(f"preempted by Kueue ({reason}): {message}"))
+    elif is_true(status.conditions, "Preempted") and state is not None and state.state == "Admitted":
+        condition("Preempted", "False", "Readmitted", "admitted again after its preemption")
 
 
 def _finish(status: FineTuneJobStatus) -> FineTuneJobStatus:

@@ -163,7 +163,7 @@ def test_dpo_objective_gives_preference_pairs(write_jsonl, make_config, tokenize
     bundle = load_data(make_config([path], objective="dpo"), tokenizer, resolve)
 
     assert len(bundle.train) + len(bundle.eval) == 10
-    assert all(isinstance(pair, PreferenceExample) for pair in bundle.train + bundle.eval)
+    assert all(isinstance(pair, PreferenceExample) for pair in [*bundle.train, *bundle.eval])
 
 
 def test_eval_split_holds_rows_out_of_training(write_jsonl, make_config, tokenizer, resolve):
@@ -244,12 +244,12 @@ def test_each_epoch_draws_its_own_rows_of_a_subsampled_source(write_jsonl, make_
     bundle = load_data(config, tokenizer, resolve)
 
     first, second = bundle.epoch_mix(0), bundle.epoch_mix(1)
-    assert [bundle.pool[i] for i in first] == bundle.train  # epoch 0 is the mix the report counts
+    assert [bundle.pool[i] for i in first] == list(bundle.train)  # epoch 0 is the mix the report counts
     replay_of = lambda mix: {i for i in mix if bundle.pool[i].source == 1}  # noqa: E731
     assert len(replay_of(first)) == len(replay_of(second)) == 5  # 20 task rows are 80%
     assert replay_of(first) != replay_of(second)
     assert {i for i in first if bundle.pool[i].source == 0} == {i for i in second if bundle.pool[i].source == 0}
-    assert bundle.epoch_mix(1) == second  # deterministic
+    assert list(bundle.epoch_mix(1)) == list(second)  # deterministic
 
 
 def test_overlong_rows_are_counted_as_truncated(write_jsonl, make_config, tokenizer, resolve):
@@ -285,7 +285,7 @@ def test_tokens_of_every_example_are_counted_per_source(write_jsonl, make_config
 
     bundle = load_data(make_config([path]), tokenizer, resolve)
 
-    assert bundle.train_stats[0].tokens == sum(len(example) for example in bundle.train + bundle.eval)
+    assert bundle.train_stats[0].tokens == sum(len(example) for example in [*bundle.train, *bundle.eval])
 
 
 def test_stats_convert_to_the_reports_source_statistics(write_jsonl, make_config, tokenizer, resolve):

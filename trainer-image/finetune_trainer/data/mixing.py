@@ -23,20 +23,31 @@ def split_holdout(rows: Sequence[T], fraction: float, *, seed: int, source: int)
     A source of two rows or more holds out at least one and keeps at least one, so a requested
     eval split is never silently empty and never takes a whole source.
     """
-    count = len(rows)
-    held = min(max(round(fraction * count), 1), count - 1) if count >= 2 else 0
-    chosen = set(seeded_rng(seed, "eval-split", source).sample(range(count), held))
+    chosen = holdout_positions(len(rows), fraction, seed=seed, source=source)
     train = [row for position, row in enumerate(rows) if position not in chosen]
     held_out = [row for position, row in enumerate(rows) if position in chosen]
     return train, held_out
 
 
+def holdout_positions(count: int, fraction: float, *, seed: int, source: int) -> set[int]:
+    """The positions :func:`split_holdout` holds out of ``count`` rows."""
+    held = min(max(round(fraction * count), 1), count - 1) if count >= 2 else 0
+    return set(seeded_rng(seed, "eval-split", source).sample(range(count), held))
+
+
 def cap_rows(rows: Sequence[T], max_rows: int, *, seed: int, purpose: str) -> list[T]:
     """At most ``max_rows`` rows: the first ones after a shuffle seeded by ``seed`` and ``purpose``."""
-    if len(rows) <= max_rows:
+    kept = cap_positions(len(rows), max_rows, seed=seed, purpose=purpose)
+    if kept is None:
         return list(rows)
-    kept = set(seeded_rng(seed, "cap", purpose).sample(range(len(rows)), max_rows))
     return [row for position, row in enumerate(rows) if position in kept]
+
+
+def cap_positions(count: int, max_rows: int, *, seed: int, purpose: str) -> set[int] | None:
+    """The positions :func:`cap_rows` keeps of ``count`` rows; None: all of them."""
+    if count <= max_rows:
+        return None
+    return set(seeded_rng(seed, "cap", purpose).sample(range(count), max_rows))
 
 
 def mix_by_weight(
@@ -54,26 +65,42 @@ def mix_by_weight(
     The mix is drawn once per run, so every epoch trains on the same rows of a subsampled source.
     With weights proportional to the sources' sizes the mix is the sources themselves.
     """
-    if len(sources) != len(weights):
-        raise ValueError("one weight per source")
-    # An empty source has nothing to contribute: its share goes to the others.
-    shares = [weight if rows else 0.0 for rows, weight in zip(sources, weights, strict=True)]
-    weight_sum = math.fsum(shares)
-    if weight_sum <= 0:
-        return [], [0] * len(sources)
-    # The small epsilon keeps n_i / p_i from rounding just under an integer (3 / (3/4) = 3.9999...).
-    total = min(
-        math.floor(len(rows) * weight_sum / share + 1e-9) for rows, share in zip(sources, shares, strict=True) if share
-    )
-    counts = [min(count, len(rows)) for count, rows in zip(apportion(total, shares), sources, strict=True)]
+    picks, counts = mix_selection([len(rows) for rows in sources], weights, seed=seed, purpose=purpose)
     mixed: list[T] = []
-    for index, (rows, count) in enumerate(zip(sources, counts, strict=True)):
-        if count == len(rows):
+    for rows, picked in zip(sources, picks, strict=True):
+        if picked is None:
             mixed.extend(rows)
-        elif count:
-            picked = set(seeded_rng(seed, purpose, index).sample(range(len(rows)), count))
+        else:
             mixed.extend(row for position, row in enumerate(rows) if position in picked)
     return mixed, counts
+
+
+def mix_selection(
+    sizes: Sequence[int], weights: Sequence[float], *, seed: int, purpose: str = "mix"
+) -> tuple[list[set[int] | None], list[int]]:
+    """What :func:`mix_by_weight` takes of sources of ``sizes`` rows: per source the positions (None: all), and counts.
+
+    Works on sizes alone, so a token store's sources are mixed without a Python object per row.
+    """
+    if len(sizes) != len(weights):
+        raise ValueError("one weight per source")
+    # An empty source has nothing to contribute: its share goes to the others.
+    shares = [weight if size else 0.0 for size, weight in zip(sizes, weights, strict=True)]
+    weight_sum = math.fsum(shares)
+    if weight_sum <= 0:
+        return [set() for _ in sizes], [0] * len(sizes)
+    # The small epsilon keeps n_i / p_i from rounding just under an integer (3 / (3/4) = 3.9999...).
+    total = min(
+        math.floor(size * weight_sum / share + 1e-9) for size, share in zip(sizes, shares, strict=True) if share
+    )
+    counts = [min(count, size) for count, size in zip(apportion(total, shares), sizes, strict=True)]
+    picks: list[set[int] | None] = []
+    for index, (size, count) in enumerate(zip(sizes, counts, strict=True)):
+        if count == size:
+            picks.append(None)
+        else:
+            picks.append(set(seeded_rng(seed, purpose, index).sample(range(size), count)) if count else set())
+    return picks, counts
 
 
 def apportion(total: int, weights: Sequence[float]) -> list[int]:

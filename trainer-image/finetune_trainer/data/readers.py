@@ -22,7 +22,7 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,22 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
-    # Read as bytes and decode line by line: one badly encoded line is one invalid row, not a lost file.
-    for number, raw_line in enumerate(_read_bytes(path).splitlines(), start=1):
+    yield from read_jsonl_range(path, display)
+
+
+def read_jsonl_range(path: Path, display: str, start: int = 0, end: int | None = None) -> Iterator[RawRow]:
+    """The rows of a JSONL file, streamed; with ``start``/``end``, the lines of that byte range only.
+
+    A range starts at the file's start or just after a newline, so its lines are whole; their
+    numbers count from 1 within the range (the token store's builder adds the lines before it).
+    Read as bytes and decoded line by line: one badly encoded line is one invalid row, not a lost file.
+    """
+    yield from jsonl_rows(jsonl_lines(path, start, end), display)
+
+
+def jsonl_rows(lines: Iterable[bytes], display: str) -> Iterator[RawRow]:
+    """Decoded rows of JSONL lines, numbered from 1."""
+    for number, raw_line in enumerate(lines, start=1):
         origin = f"{display}:{number}"
         try:
             line = raw_line.decode("utf-8")
@@ -150,6 +164,26 @@ def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
             yield RawRow(origin, value=json.loads(line))
         except json.JSONDecodeError as error:
             yield RawRow(origin, error=f"malformed JSON: {error.msg} (column {error.colno})")
+
+
+def jsonl_lines(path: Path, start: int, end: int | None) -> Iterator[bytes]:
+    """The lines of ``bytes.splitlines`` (which also ends a line at a lone CR), read in bounded memory."""
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as stream:
+        if start:
+            stream.seek(start)
+        remaining = None if end is None else end - start
+        first = start == 0
+        while remaining is None or remaining > 0:
+            line = stream.readline() if remaining is None else stream.readline(remaining)
+            if not line:
+                return
+            if remaining is not None:
+                remaining -= len(line)
+            if first:
+                # Notepad and PowerShell start UTF-8 files with a byte-order mark: not part of the first row.
+                line, first = line.removeprefix(UTF8_BOM), False
+            yield from line.splitlines()
 
 
 def _read_json(path: Path, display: str) -> Iterator[RawRow]:

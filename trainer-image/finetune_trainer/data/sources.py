@@ -17,7 +17,7 @@ from pathlib import Path
 from ..errors import ConfigError, DataError
 from .formats import CHAT_FORMATS, DETECTION_ROWS, FORMATS, RowError, detect_format, parse_row
 from .readers import SUPPORTED_SUFFIXES, RawRow, read_source
-from .tokenize import ExampleBuilder
+from .tokenize import ExampleBuilder, Tokenized
 from .types import Example, PreferenceExample, SourceStats
 
 MAX_INVALID_EXAMPLES = 10
@@ -65,12 +65,34 @@ def load_source(
             _add_row(loaded, raw, format_name, builder, spec.index)
     except ConfigError as error:  # from the chat template: missing (preference rows) or unusable without markers
         raise ConfigError(f"{spec.field} ({spec.uri}): {error}") from error
-    _check_usable(spec, loaded.stats, max_invalid_fraction, max_seq_length)
+    check_usable(spec, loaded.stats, max_invalid_fraction, max_seq_length)
     return loaded
 
 
+def source_format(spec: SourceSpec, local_path: Path, builder: ExampleBuilder, *, preference: bool) -> str:
+    """The source's format, declared or detected from its first rows, checked against the objective."""
+    rows = read_source(local_path, spec.uri)
+    try:
+        format_name = spec.declared_format or _detect(spec, _first_decoded(rows, DETECTION_ROWS))
+    finally:
+        rows.close()  # type: ignore[attr-defined]  # a generator: closes the file it reads
+    _check_format_fits(spec, format_name, preference, builder)
+    return format_name
+
+
 def _add_row(loaded: LoadedSource, raw: RawRow, format_name: str, builder: ExampleBuilder, index: int) -> None:
-    stats = loaded.stats
+    tokenized = account_row(loaded.stats, raw, format_name, builder, index)
+    if tokenized is not None:
+        loaded.rows.append(tokenized.examples)
+
+
+def account_row(
+    stats: SourceStats, raw: RawRow, format_name: str, builder: ExampleBuilder, index: int
+) -> Tokenized | None:
+    """Count, validate and tokenize one row; its examples, or None when it is invalid or dropped.
+
+    The one place a row's fate is decided: the in-memory path and the token store's workers both call it.
+    """
     stats.rows += 1
     try:
         if raw.error is not None:
@@ -80,14 +102,14 @@ def _add_row(loaded: LoadedSource, raw: RawRow, format_name: str, builder: Examp
         stats.invalid_rows += 1
         if len(stats.invalid_examples) < MAX_INVALID_EXAMPLES:
             stats.invalid_examples.append(f"{raw.origin}: {error}")
-        return
+        return None
     if tokenized.outcome == "dropped":
         stats.dropped_rows += 1
-        return
+        return None
     if tokenized.outcome == "truncated":
         stats.truncated_rows += 1
     stats.tokens += tokenized.tokens
-    loaded.rows.append(tokenized.examples)
+    return tokenized
 
 
 def _first_decoded(rows: Iterator[RawRow], count: int) -> list[RawRow]:
@@ -142,7 +164,7 @@ def _check_format_fits(spec: SourceSpec, format_name: str, preference: bool, bui
             raise ConfigError(f"{spec.field} ({spec.uri}) holds {format_name} rows, but {error}") from error
 
 
-def _check_usable(spec: SourceSpec, stats: SourceStats, max_invalid_fraction: float, max_seq_length: int) -> None:
+def check_usable(spec: SourceSpec, stats: SourceStats, max_invalid_fraction: float, max_seq_length: int) -> None:
     if stats.rows == 0:
         raise DataError(_empty_message(spec))
     if stats.invalid_rows == stats.rows:

@@ -1,0 +1,45 @@
+"""Reads what Kueue says about a queued job: the Workload of its training Job, and while it waits,
+the LocalQueue it names (for the ClusterQueue). Reads only for jobs that carry the queue label, by
+the Workload's job-uid label: the cost follows our queued jobs, never the cluster's Workloads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .kube import InvalidApiPath, Kind, Kube, KubeError
+from .naming import KUEUE_LABELS
+from .status import kueue
+
+WORKLOADS = Kind("kueue.x-k8s.io", "v1beta2", "workloads")
+LOCALQUEUES = Kind("kueue.x-k8s.io", "v1beta2", "localqueues")
+
+
+def observe_queue(kube: Kube, training_job: dict[str, Any] | None) -> kueue.QueueState | None:
+    """Kueue's view of the training Job; None when it has no Workload yet (or Kueue is not installed)."""
+    if training_job is None or not training_job["metadata"].get("uid"):
+        return None
+    local_queue = (training_job["metadata"].get("labels") or {}).get(KUEUE_LABELS[0])
+    if not local_queue:
+        return None
+    namespace = training_job["metadata"]["namespace"]
+    try:
+        workloads = kube.list(WORKLOADS, namespace, kueue.workload_selector(training_job))
+    except KubeError as error:
+        if error.status == 404:  # Kueue's CRDs are not installed: nothing will ever admit the job
+            return None
+        raise
+    workload = kueue.workload_of(training_job, workloads)
+    if workload is None:
+        return None
+    state = kueue.queue_state(workload)
+    if state.cluster_queue is None and state.state != "Inadmissible":
+        state = kueue.with_cluster_queue(state, _cluster_queue(kube, namespace, local_queue))
+    return state
+
+
+def _cluster_queue(kube: Kube, namespace: str, local_queue: str) -> str | None:
+    try:
+        found = kube.get(LOCALQUEUES, namespace, local_queue)
+    except InvalidApiPath:  # a label value that cannot name a LocalQueue; Kueue says so in the Workload
+        return None
+    return ((found or {}).get("spec") or {}).get("clusterQueue")

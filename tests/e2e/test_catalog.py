@@ -1,0 +1,162 @@
+"""The model catalog against the real control plane: a job that names a FineTuneModel is trained with the
+model's defaults, refused over its limits or outside its namespaces (no children), and waits for a model
+that does not exist yet."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from catalog import edited, valid_job
+from finetune_operator.api import TrainerConfig
+from kubehelpers import apply, condition_is, get, wait_for
+
+RUN = "test.finetune.dev/run-duration"
+
+
+@pytest.fixture
+def models(cluster):
+    """Apply FineTuneModels (cluster-scoped: named after the test, deleted afterwards)."""
+    created: list[str] = []
+
+    def create(name: str, **spec) -> None:
+        apply(
+            cluster,
+            {
+                "apiVersion": "finetune.dev/v1alpha1",
+                "kind": "FineTuneModel",
+                "metadata": {"name": name},
+                "spec": {"uri": "s3://models/tiny-llama/", **spec},
+            },
+        )
+        created.append(name)
+
+    yield create
+    for name in created:
+        cluster.run_kubectl("delete", "finetunemodel", name, "--wait=false", check=False)
+
+
+def catalog_job(name: str, namespace: str, model: str, **edits) -> dict:
+    manifest = edited(
+        valid_job(name), {"spec.model": {"name": model}, "spec.template": {"podAnnotations": {RUN: "1h"}}}
+    )
+    manifest["metadata"]["namespace"] = namespace
+    return edited(manifest, edits)
+
+
+def test_a_job_naming_a_catalog_model_is_trained_with_its_model_and_defaults(
+    cluster, namespace, models, start_operator
+):
+    start_operator("--resync-seconds=1")
+    model = f"{namespace}-tiny"
+    models(
+        model,
+        revision="v1",
+        credentialsSecretRef={"name": "model-token"},
+        servingName="tiny-llama",
+        defaults={
+            "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
+            "maxSeqLength": 512,
+            "resources": {"gpusPerNode": 2, "cpu": "4", "memory": "8Gi"},
+        },
+    )
+    apply(cluster, catalog_job("tuned", namespace, model))
+
+    # The model's Secret is the one of that name in the job's own namespace: the job waits for it there.
+    blocked = wait_for(
+        "the missing model Secret", condition_is(cluster, namespace, "tuned", "ReferencesResolved", "False")
+    )
+    assert blocked["reason"] == "SecretNotFound" and "model-token" in blocked["message"]
+    assert get(cluster, "job", namespace, "tuned") is None
+    cluster.run_kubectl("create", "secret", "generic", "model-token", "-n", namespace, "--from-literal=HF_TOKEN=x")
+
+    job = wait_for("the training Job", lambda: get(cluster, "job", namespace, "tuned"))
+    resolved = wait_for("ModelResolved", condition_is(cluster, namespace, "tuned", "ModelResolved"))
+    assert resolved["reason"] == "Resolved"
+    assert resolved["message"] == f"FineTuneModel {model}: s3://models/tiny-llama/ at revision v1"
+    config = TrainerConfig.model_validate_json(
+        get(cluster, "configmap", namespace, "tuned-config")["data"]["config.json"]
+    )
+    assert (config.model.uri, config.model.revision, config.model.served_name) == (
+        "s3://models/tiny-llama/",
+        "v1",
+        "tiny-llama",
+    )
+    assert config.model.credentials_secret_ref.name == "model-token" and config.model.name is None
+    assert (config.method.lora.rank, config.method.lora.alpha) == (8, 16)
+    assert config.training.max_seq_length == 512
+    (trainer,) = job["spec"]["template"]["spec"]["containers"]
+    assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "2", "cpu": "4", "memory": "8Gi"}
+    # What the user wrote stays as written: the operator never writes spec.
+    assert get(cluster, "ftj", namespace, "tuned")["spec"]["model"] == {"name": model}
+
+
+def test_a_job_over_a_limit_is_refused_naming_the_limit_and_gets_no_job(cluster, namespace, models, start_operator):
+    start_operator("--resync-seconds=1")
+    model = f"{namespace}-small"
+    models(model, limits={"maxGPUs": 8, "allowedMethods": ["lora", "qlora"]})
+    apply(cluster, catalog_job("greedy", namespace, model, **{"spec.resources": {"nodes": 2, "gpusPerNode": 8}}))
+
+    refused = wait_for("ModelResolved False", condition_is(cluster, namespace, "greedy", "ModelResolved", "False"))
+    assert refused["reason"] == "CatalogLimitExceeded"
+    assert refused["message"] == (
+        f"spec.resources.gpus 16 (nodes 2 x gpusPerNode 8) exceeds FineTuneModel {model} limits.maxGPUs 8"
+    )
+    created = wait_for("Created False", condition_is(cluster, namespace, "greedy", "Created", "False"))
+    assert created["reason"] == "CatalogLimitExceeded"
+    time.sleep(3)  # three resyncs: still nothing
+    for kind, name in [("job", "greedy"), ("configmap", "greedy-config"), ("service", "greedy")]:
+        assert get(cluster, kind, namespace, name) is None, kind
+    events = json.loads(cluster.run_kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
+    assert "CatalogLimitExceeded" in {e["reason"] for e in events}
+
+
+def test_a_namespace_the_model_does_not_allow_is_refused_until_it_is_labelled(
+    cluster, namespace, models, start_operator
+):
+    start_operator("--resync-seconds=1")
+    model = f"{namespace}-gated"
+    models(
+        model, limits={"namespaces": ["someone-else"], "namespaceSelector": {"matchLabels": {"catalog/tier": "gold"}}}
+    )
+    apply(cluster, catalog_job("outsider", namespace, model))
+
+    refused = wait_for("ModelResolved False", condition_is(cluster, namespace, "outsider", "ModelResolved", "False"))
+    assert refused["reason"] == "NamespaceNotAllowed"
+    assert refused["message"].startswith(f"namespace {namespace} may not use FineTuneModel {model}")
+    assert get(cluster, "job", namespace, "outsider") is None
+
+    # Labelling namespaces is the platform's: once it does, the job proceeds.
+    cluster.run_kubectl("label", "namespace", namespace, "catalog/tier=gold")
+    wait_for("ModelResolved True", condition_is(cluster, namespace, "outsider", "ModelResolved"))
+    wait_for("the training Job", lambda: get(cluster, "job", namespace, "outsider"))
+
+
+def test_an_unknown_model_is_not_found_and_resolves_once_it_is_created(cluster, namespace, models, start_operator):
+    start_operator("--resync-seconds=1")
+    model = f"{namespace}-later"
+    apply(cluster, catalog_job("patient", namespace, model))
+
+    missing = wait_for("ModelResolved False", condition_is(cluster, namespace, "patient", "ModelResolved", "False"))
+    assert missing["reason"] == "ModelNotFound"
+    assert get(cluster, "job", namespace, "patient") is None
+
+    models(model)
+    wait_for("ModelResolved True", condition_is(cluster, namespace, "patient", "ModelResolved"))
+    wait_for("the training Job", lambda: get(cluster, "job", namespace, "patient"))
+
+
+def test_the_api_server_refuses_a_job_with_both_a_name_and_a_uri(cluster, namespace):
+    manifest = catalog_job("both", namespace, "some-model", **{"spec.model.uri": "hf://org/model"})
+    result = cluster.run_kubectl("apply", "--server-side", "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode != 0
+    assert "spec.model needs exactly one of name" in result.stderr
+
+
+def test_kubectl_get_shows_the_catalog(cluster, models):
+    models("catalog-columns", revision="v1", servingName="tiny", limits={"maxGPUs": 4})
+    table = cluster.run_kubectl("get", "finetunemodels", "catalog-columns").stdout
+    header, row = table.splitlines()[:2]
+    assert header.split() == ["NAME", "URI", "REVISION", "SERVING-NAME", "MAX-GPUS", "AGE"]
+    assert row.split()[:5] == ["catalog-columns", "s3://models/tiny-llama/", "v1", "tiny", "4"]

@@ -1,0 +1,122 @@
+"""Two operator processes against the real control plane, electing a leader with a Lease: only the holder
+reconciles; killed, it is replaced by the standby once its lease runs out; stopped cleanly, it hands the
+Lease over at once; frozen past its lease, it finds the Lease taken when it wakes and exits (code 3)
+without writing.
+
+The failover times printed here (pytest -rP) are what README.md's "High availability" reports; they are
+measurements, not assertions: the bound asserted is only the one that tells a working takeover from none.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from catalog import valid_job
+from kubehelpers import apply, get, items, wait_for
+
+LEASE = "finetune-operator"
+LEASE_DURATION = 15.0  # the default: these tests measure what a default installation does
+RUN = "test.finetune.dev/run-duration"
+
+
+def training_job(name: str, namespace: str) -> dict:
+    manifest = valid_job(name)
+    manifest["metadata"]["namespace"] = namespace
+    manifest["spec"]["resources"] = {"gpusPerNode": 8, "cpu": "16", "memory": "64Gi"}
+    manifest["spec"]["template"] = {"podAnnotations": {RUN: "1h"}}
+    return manifest
+
+
+def lease_spec(cluster, namespace: str) -> dict:
+    return (get(cluster, "lease", namespace, LEASE) or {}).get("spec") or {}
+
+
+def holder(cluster, namespace: str) -> str:
+    return lease_spec(cluster, namespace).get("holderIdentity") or ""
+
+
+def start_replica(start_operator, namespace: str, name: str):
+    """A replica as the chart runs it: its pod name the identity, its namespace the Lease's."""
+    return start_operator(env={"FINETUNE_OPERATOR_NAMESPACE": namespace, "FINETUNE_POD_NAME": name})
+
+
+def two_replicas(cluster, namespace: str, start_operator):
+    """op-a leading (it started first, alone), op-b standing by."""
+    leader = start_replica(start_operator, namespace, "op-a")
+    assert holder(cluster, namespace) == "op-a"
+    standby = start_replica(start_operator, namespace, "op-b")
+    return leader, standby
+
+
+def wait_for_job(cluster, namespace: str, name: str, timeout: float = 60.0) -> float:
+    """Seconds until the training Job of FineTuneJob ``name`` exists: the first reconcile that wrote."""
+    started = time.monotonic()
+    wait_for(f"the Job {name}", lambda: get(cluster, "job", namespace, name), timeout=timeout, interval=0.1)
+    return time.monotonic() - started
+
+
+def test_the_first_replica_holds_the_lease_and_the_standby_writes_nothing(cluster, namespace, start_operator):
+    leader, _ = two_replicas(cluster, namespace, start_operator)
+    spec = lease_spec(cluster, namespace)
+    assert spec["leaseDurationSeconds"] == 15 and spec["leaseTransitions"] == 0
+
+    apply(cluster, training_job("first", namespace))
+    wait_for_job(cluster, namespace, "first")
+    wait_for("first's status", lambda: (get(cluster, "ftj", namespace, "first").get("status") or {}).get("phase"))
+
+    # Freeze the leader: nobody renews, and for a lease duration nobody may reconcile. The standby sees the
+    # events of the new job and must leave it alone.
+    os.killpg(leader.process.pid, signal.SIGSTOP)
+    try:
+        frozen = time.monotonic()
+        apply(cluster, training_job("second", namespace))
+        while time.monotonic() - frozen < LEASE_DURATION / 2:
+            assert get(cluster, "job", namespace, "second") is None, "the standby reconciled while the lease was held"
+            assert holder(cluster, namespace) == "op-a"
+            time.sleep(0.5)
+        # Its lease run out, the standby takes over and reconciles.
+        wait_for_job(cluster, namespace, "second", timeout=LEASE_DURATION + 15)
+        assert holder(cluster, namespace) == "op-b"
+        assert lease_spec(cluster, namespace)["leaseTransitions"] == 1
+    finally:
+        os.killpg(leader.process.pid, signal.SIGCONT)
+
+    # Woken, the old leader finds its lease renewed by another and exits before writing anything.
+    assert leader.process.wait(30) == 3, leader.tail()
+    assert '"leadership lost' in leader.log_path.read_text()
+    assert len(items(cluster, "jobs", namespace, "finetune.dev/job=second")) == 1
+
+
+def test_a_killed_leader_is_replaced_once_its_lease_runs_out(cluster, namespace, start_operator):
+    leader, _ = two_replicas(cluster, namespace, start_operator)
+    apply(cluster, training_job("before", namespace))
+    wait_for_job(cluster, namespace, "before")
+
+    leader.kill()  # SIGKILL: no release, as when its node dies
+    killed = time.monotonic()
+    apply(cluster, training_job("after", namespace))
+    wait_for_job(cluster, namespace, "after", timeout=LEASE_DURATION + 30)
+    failover = time.monotonic() - killed
+    print(f"failover after SIGKILL: {failover:.1f}s to the new leader's first reconcile (lease {LEASE_DURATION:.0f}s)")
+
+    assert holder(cluster, namespace) == "op-b"
+    assert failover > LEASE_DURATION - 2.5, "the standby took over while the lease was still valid"
+    for name in ("before", "after"):
+        assert len(items(cluster, "jobs", namespace, f"finetune.dev/job={name}")) == 1
+        assert len(items(cluster, "configmaps", namespace, f"finetune.dev/job={name}")) == 1
+
+
+def test_a_leader_stopped_cleanly_hands_the_lease_over_at_once(cluster, namespace, start_operator):
+    leader, _ = two_replicas(cluster, namespace, start_operator)
+    stopped = time.monotonic()
+    leader.stop()  # SIGTERM, as on a rolling update or a drain
+    assert leader.process.returncode == 0, leader.tail()
+    assert '"released the Lease' in leader.log_path.read_text()
+
+    apply(cluster, training_job("handed-over", namespace))
+    wait_for_job(cluster, namespace, "handed-over", timeout=LEASE_DURATION)
+    handover = time.monotonic() - stopped
+    print(f"failover after SIGTERM: {handover:.1f}s from the signal to the new leader's first reconcile")
+    assert holder(cluster, namespace) == "op-b"

@@ -1,0 +1,354 @@
+"""The token store: what training reads from it is exactly what tokenizing in memory gives.
+
+Every format and objective goes through ``load_data`` twice, without a store and with one built
+from small chunks by two worker processes, and the examples (ids, labels, sources), splits,
+mixes and statistics (invalid rows with file:line included) must be identical. Then the index
+arithmetic, and what a broken or poisoned store does.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+from finetune_trainer.batching import plan_steps
+from finetune_trainer.data import load_data, store_build
+from finetune_trainer.data.mixing import cap_rows, mix_by_weight, mix_selection, split_holdout
+from finetune_trainer.data.pipeline import _expand
+from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, file_sha256, write_manifest
+from finetune_trainer.data.store_cache import STORES_DIR
+from finetune_trainer.data.views import Concat, Listed, Subset, measure
+
+pytestmark = pytest.mark.trainer
+
+
+@pytest.fixture(autouse=True)
+def small_chunks(monkeypatch):
+    """Chunks of a few rows each: every test's sources are cut into several, built by two workers."""
+    monkeypatch.setattr(store_build, "CHUNK_BYTES", 300)
+    monkeypatch.setattr(store_build, "worker_count", lambda: 2)
+
+
+def chat(i: int) -> dict:
+    return {
+        "messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"Answer {i}."}]
+    }
+
+
+def rows_of(kind: str) -> list:
+    rows: list = []
+    for i in range(40):
+        if kind == "messages":
+            row = chat(i)
+            if i % 7 == 3:  # a turn left out of the loss, and a tool call
+                row["messages"] = [
+                    {"role": "user", "content": f"Weather {i}?"},
+                    {"role": "assistant", "content": "Checking.", "weight": 0},
+                    {"role": "user", "content": "Well?"},
+                    {"role": "assistant", "content": f"Sunny {i}."},
+                ]
+            rows.append(row)
+        elif kind == "prompt-completion":
+            rows.append({"prompt": f"Q{i}: " + "why " * (i % 9), "completion": f" because {i}" * (1 + i % 3)})
+        elif kind == "alpaca":
+            rows.append({"instruction": f"Say {i}", "input": "politely" if i % 2 else "", "output": f"{i}, please."})
+        elif kind == "sharegpt":
+            rows.append(
+                {"conversations": [{"from": "human", "value": f"Hi {i}"}, {"from": "gpt", "value": f"Hello {i}"}]}
+            )
+        elif kind == "text":  # long documents become several maxSeqLength chunks
+            rows.append({"text": f"Document {i}. " + "the quick brown fox jumps over the lazy dog " * (i % 11)})
+        elif kind == "preference":
+            rows.append({"prompt": f"Q{i}", "chosen": f" good answer {i}", "rejected": f" bad {i}"})
+        elif kind == "preference-chat":
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": f"Q{i}?"}],
+                    "chosen": [{"role": "assistant", "content": f"Good {i}."}],
+                    "rejected": [{"role": "assistant", "content": f"Bad {i}."}],
+                }
+            )
+    # Bad rows in several chunks: counted and reported with their file:line by either path.
+    rows[5] = '{"broken": '
+    rows[23] = {"unrelated": True}
+    rows[31] = b"\xff not utf-8".decode("latin-1")
+    return rows
+
+
+def write_rows(path: Path, rows: list) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [row if isinstance(row, str) else json.dumps(row) for row in rows]
+    data = "".join(f"{line}\n" for line in lines).encode("utf-8")
+    data = data.replace(b"\xc3\xbf not utf-8", b"\xff not utf-8")  # a line that is not valid UTF-8
+    path.write_bytes(data)
+    return path
+
+
+def flat(examples) -> list:
+    return [_plain(example) for example in examples]
+
+
+def _plain(example):
+    if hasattr(example, "chosen"):
+        return (_plain(example.chosen), _plain(example.rejected), example.source)
+    return (list(example.input_ids), list(example.labels), example.source)
+
+
+def assert_same_bundles(memory, stored) -> None:
+    assert flat(stored.train) == flat(memory.train)
+    assert flat(stored.eval) == flat(memory.eval)
+    assert flat(stored.general) == flat(memory.general)
+    assert stored.train_stats == memory.train_stats
+    assert stored.eval_stats == memory.eval_stats
+    assert stored.general_stats == memory.general_stats
+    assert stored.mix_counts == memory.mix_counts
+    for epoch in (0, 1):
+        assert flat(stored.pool[i] for i in stored.epoch_mix(epoch)) == flat(
+            memory.pool[i] for i in memory.epoch_mix(epoch)
+        )
+    assert measure(stored.train) == measure(memory.train)
+
+
+FORMATS = ["messages", "prompt-completion", "alpaca", "sharegpt", "text", "preference", "preference-chat"]
+
+
+@pytest.mark.parametrize("kind", FORMATS)
+def test_every_format_reads_back_from_the_store_as_tokenized_in_memory(kind, tmp_path, make_config, tokenizer, resolve):
+    path = write_rows(tmp_path / "train.jsonl", rows_of(kind))
+    objective = "dpo" if kind.startswith("preference") else ("pretrain" if kind == "text" else "sft")
+    config = make_config([path], objective=objective, training={"maxSeqLength": 24}, maxInvalidFraction=0.2)
+
+    memory = load_data(config, tokenizer, resolve)
+    stored = load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+
+    assert_same_bundles(memory, stored)
+    assert len(memory.train_stats[0].invalid_examples) == 3
+    (store_dir,) = (tmp_path / "cache" / STORES_DIR).iterdir()
+    assert ("mask.bin" in TokenStore(store_dir).manifest["files"]) == (kind != "text")
+
+
+def test_mixed_sources_directories_eval_and_general_sets_match(
+    tmp_path, make_config, tokenizer, resolve, write_parquet
+):
+    task = tmp_path / "task"
+    write_rows(task / "a.jsonl", rows_of("messages")[:20])
+    write_rows(tmp_path / "task" / "b.jsonl", rows_of("messages")[20:])
+    (tmp_path / "task" / "empty.jsonl").write_bytes(b"")  # an empty file among many: an invalid row
+    with gzip.open(tmp_path / "task" / "c.jsonl.gz", "wt") as stream:
+        stream.write(json.dumps(chat(99)) + "\n")
+    replay = write_rows(tmp_path / "replay.jsonl", [{"text": f"Replay {i} " * (1 + i % 5)} for i in range(300)])
+    general = write_parquet("general.parquet", [{"text": f"General {i}."} for i in range(30)])
+    config = make_config(
+        [{"uri": f"file://{task}", "weight": 0.7}, {"uri": f"file://{replay}", "format": "text", "weight": 0.3}],
+        general={"uri": f"file://{general}", "format": "text"},
+        evaluation={"maxSamples": 12},
+        training={"maxSeqLength": 40},
+        maxInvalidFraction=0.2,
+    )
+
+    memory = load_data(config, tokenizer, resolve)
+    stored = load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+
+    assert_same_bundles(memory, stored)
+    assert any("empty.jsonl:1: empty file" in line for line in stored.train_stats[0].invalid_examples)
+    assert len(stored.general) > 0 and len(stored.eval) > 0
+
+
+def test_an_eval_uri_is_read_through_its_own_store(tmp_path, make_config, tokenizer, resolve):
+    train = write_rows(tmp_path / "train.jsonl", rows_of("prompt-completion"))
+    held = write_rows(tmp_path / "eval.jsonl", rows_of("prompt-completion")[:15])
+    config = make_config([train], eval={"uri": f"file://{held}"}, maxInvalidFraction=0.2)
+
+    assert_same_bundles(
+        load_data(config, tokenizer, resolve), load_data(config, tokenizer, resolve, store_root=tmp_path)
+    )
+    assert len(list((tmp_path / STORES_DIR).iterdir())) == 2
+
+
+def test_too_many_invalid_rows_fail_the_same_way(tmp_path, make_config, tokenizer, resolve):
+    from finetune_trainer.data import DataError
+
+    path = write_rows(tmp_path / "train.jsonl", rows_of("messages"))
+    config = make_config([path], maxInvalidFraction=0.05)
+    with pytest.raises(DataError) as memory:
+        load_data(config, tokenizer, resolve)
+    with pytest.raises(DataError) as stored:
+        load_data(config, tokenizer, resolve, store_root=tmp_path)
+    assert str(stored.value) == str(memory.value)
+
+
+def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, tokenizer):
+    from finetune_trainer.data.tokenize import ExampleBuilder
+
+    path = write_rows(tmp_path / "train.jsonl", rows_of("text"))
+    checksums = []
+    for workers in (1, 2):
+        target = tmp_path / f"store-{workers}"
+        store_build.build_store(
+            target,
+            key={"tokenizer": {"vocab_size": len(tokenizer)}},
+            uri="file://train.jsonl",
+            local_path=path,
+            format_name="text",
+            builder=ExampleBuilder(tokenizer, max_seq_length=16),
+            pairs=False,
+            vocab_size=len(tokenizer),
+            workers=workers,
+        )
+        checksums.append(TokenStore(target).manifest["files"])
+    assert checksums[0] == checksums[1]
+    assert len(store_build.chunks_of(path, "x", store_build.CHUNK_BYTES)) > 2
+
+
+# ---------------------------------------------------------------------------------------------
+# reuse, corruption, poisoning
+
+
+def _stored_bundle(tmp_path, make_config, tokenizer, resolve):
+    path = tmp_path / "train.jsonl"
+    if not path.exists():
+        write_rows(path, rows_of("messages"))
+    config = make_config([path], maxInvalidFraction=0.2)
+    return load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+
+
+def _store_dir(tmp_path: Path) -> Path:
+    (directory,) = (tmp_path / "cache" / STORES_DIR).iterdir()
+    return directory
+
+
+def test_a_second_run_reuses_the_store(tmp_path, make_config, tokenizer, resolve, monkeypatch):
+    first = _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    built = (_store_dir(tmp_path) / "ids.bin").stat().st_mtime_ns
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the store was built again")
+
+    monkeypatch.setattr("finetune_trainer.data.store_cache.build_store", refuse)
+    second = _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    assert flat(second.train) == flat(first.train)
+    assert (_store_dir(tmp_path) / "ids.bin").stat().st_mtime_ns == built
+
+
+def test_changed_data_builds_a_new_store(tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    write_rows(tmp_path / "train.jsonl", rows_of("messages")[:30])
+    bundle = _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    assert bundle.train_stats[0].rows == 30
+    assert len(list((tmp_path / "cache" / STORES_DIR).iterdir())) == 2
+
+
+@pytest.mark.parametrize("name", ["ids.bin", "mask.bin", "seq_offsets.bin", "row_offsets.bin", "manifest.json"])
+def test_a_corrupted_store_is_detected_and_rebuilt(name, tmp_path, make_config, tokenizer, resolve):
+    expected = flat(_stored_bundle(tmp_path, make_config, tokenizer, resolve).train)
+    path = _store_dir(tmp_path) / name
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+    with pytest.raises(StoreCorrupt):
+        TokenStore(_store_dir(tmp_path))
+
+    again = _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+
+    assert flat(again.train) == expected
+    TokenStore(_store_dir(tmp_path))  # sound again
+
+
+def _poison(directory: Path, name: str, values: np.ndarray) -> None:
+    """Rewrite a file and its checksum, as someone able to write the store could: checksums alone do not help."""
+    values.tofile(directory / name)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    manifest["files"][name] = {"bytes": (directory / name).stat().st_size, "sha256": file_sha256(directory / name)}
+    write_manifest(directory, manifest)
+
+
+def test_offsets_out_of_bounds_are_refused_even_with_matching_checksums(tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    directory = _store_dir(tmp_path)
+    offsets = np.fromfile(directory / "seq_offsets.bin", dtype=np.int64)
+    offsets[3] = offsets[-1] + 1000  # past the end of ids.bin
+    _poison(directory, "seq_offsets.bin", offsets)
+    with pytest.raises(StoreCorrupt, match="out of bounds"):
+        TokenStore(directory)
+
+
+def test_token_ids_past_the_vocabulary_are_refused(tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    directory = _store_dir(tmp_path)
+    manifest = TokenStore(directory).manifest
+    ids = np.fromfile(directory / "ids.bin", dtype=np.dtype(manifest["id_dtype"]))
+    ids[0] = len(tokenizer)
+    _poison(directory, "ids.bin", ids)
+    with pytest.raises(StoreCorrupt, match="vocabulary"):
+        TokenStore(directory)
+
+
+def test_a_store_built_for_another_key_is_not_used(tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    directory = _store_dir(tmp_path)
+    key = dict(TokenStore(directory).manifest["key"], max_seq_length=1)
+    with pytest.raises(StoreCorrupt, match="another key"):
+        TokenStore(directory, expected_key=key)
+
+
+def test_manifest_lists_every_file_with_its_checksum(tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    directory = _store_dir(tmp_path)
+    files = TokenStore(directory).manifest["files"]
+    assert set(files) == set(FILES)
+    for name, facts in files.items():
+        assert facts["sha256"] == file_sha256(directory / name)
+    assert not [path for path in directory.iterdir() if path.name not in {*FILES, "manifest.json"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# index and mixing arithmetic
+
+
+def test_expand_lists_every_position_of_the_ranges_in_order():
+    starts, ends = np.array([3, 10, 10, 0]), np.array([5, 10, 13, 2])
+    assert _expand(starts, ends).tolist() == [3, 4, 10, 11, 12, 0, 1]
+    assert _expand(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
+
+
+@pytest.mark.parametrize("sizes", [[20, 400], [7, 0, 30], [5, 5], [1000, 3, 50]])
+def test_mix_selection_picks_what_mix_by_weight_mixes(sizes):
+    weights = [0.6, 0.3, 0.1][: len(sizes)]
+    rows = [[(source, i) for i in range(size)] for source, size in enumerate(sizes)]
+    mixed, counts = mix_by_weight(rows, weights, seed=3, purpose="mix-epoch-2")
+    picks, selected_counts = mix_selection(sizes, weights, seed=3, purpose="mix-epoch-2")
+    by_selection = [row for source, pick in enumerate(picks) for row in rows[source] if pick is None or row[1] in pick]
+    assert by_selection == mixed
+    assert selected_counts == counts
+
+
+def test_splits_and_caps_keep_their_choices():
+    rows = list(range(50))
+    train, held = split_holdout(rows, 0.1, seed=1, source=0)
+    assert sorted(train + held) == rows and len(held) == 5
+    assert cap_rows(rows, 10, seed=1, purpose="eval") == sorted(cap_rows(rows, 10, seed=1, purpose="eval"))
+
+
+def test_views_index_and_measure_like_the_lists_they_stand_for(tokenizer):
+    from finetune_trainer.data.types import IGNORE_INDEX, Example
+
+    rng = random.Random(0)
+    examples = [
+        Example([rng.randrange(100) for _ in range(n)], [IGNORE_INDEX] + [1] * (n - 1), source=n % 2)
+        for n in (rng.randrange(2, 40) for _ in range(60))
+    ]
+    parts = [Listed(examples[:25]), Listed(examples[25:])]
+    joined = Concat(parts, pairs=False)
+    positions = [59, 0, 24, 25, 7, 7]
+    subset = Subset(joined, positions)
+    assert list(joined) == examples
+    assert list(subset) == [examples[i] for i in positions]
+    assert measure(subset) == measure([examples[i] for i in positions])
+    plan = plan_steps(subset, micro_batch_tokens=64, batch_tokens=128, packing=True, seed=0, epoch=0)
+    assert plan == plan_steps(
+        [examples[i] for i in positions], micro_batch_tokens=64, batch_tokens=128, packing=True, seed=0, epoch=0
+    )

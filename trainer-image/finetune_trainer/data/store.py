@@ -1,0 +1,221 @@
+"""The token store: one data source tokenized once, on disk, read memory-mapped by every rank.
+
+Why numpy memory maps and not Arrow IPC: no dependency beyond numpy (already the trainer's),
+a slice of the mapped array is the example's tokens without a copy or a decode step, and a file
+mapped read-only by several ranks is one copy in the page cache, shared by all of them. Arrow's
+strengths (nested types, columns of many kinds, interchange) are not needed for arrays of ints.
+
+A store is a directory:
+
+- ``ids.bin``: every sequence's token ids end to end (uint16 when the vocabulary fits, else uint32);
+- ``mask.bin``: uint8, 1 where the loss is taken on the token (its label is the token itself, the
+  only other label being IGNORE_INDEX); absent for raw text, where it is every token but the first;
+- ``seq_offsets.bin``: int64, sequence ``s`` is ``ids[offsets[s]:offsets[s + 1]]``;
+- ``seq_trained.bin``: int32, tokens the loss is taken on per sequence (what the planner needs);
+- ``row_offsets.bin``: int64, the examples data row ``r`` became are ``row_offsets[r]`` up to
+  ``row_offsets[r + 1]`` (a long text is several; a dropped or invalid row none), so splits and
+  mixes work on rows as in memory;
+- ``manifest.json``: the key it was built for, counts, the source's statistics (rows, invalid rows
+  with file:line...), and each file's size and sha256.
+
+A preference pair is two sequences, chosen then rejected. The store is written in a temporary
+directory and renamed into place whole; opening it checks the checksums and the bounds of every
+offset, so a torn write, a flipped bit or a hand-edited file is a :class:`StoreCorrupt` (the
+caller rebuilds the store), never an out-of-bounds read or a silently different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
+from .views import ExampleView
+
+STORE_VERSION = 1
+MANIFEST = "manifest.json"
+FILES = ("ids.bin", "mask.bin", "seq_offsets.bin", "seq_trained.bin", "row_offsets.bin")
+HASH_BLOCK = 8 << 20
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+class StoreCorrupt(Exception):
+    """A store that does not match its manifest: rebuild it."""
+
+
+def id_dtype(vocab_size: int) -> np.dtype:
+    """The narrowest type that holds every id: half the disk and page cache for vocabularies under 65,536."""
+    return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while block := stream.read(HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+
+
+class TokenStore:
+    """A store opened read-only: checked against its manifest, its arrays mapped."""
+
+    def __init__(self, directory: Path, *, expected_key: dict[str, Any] | None = None) -> None:
+        self.directory = Path(directory)
+        self.manifest = _read_manifest(self.directory)
+        if expected_key is not None and self.manifest.get("key") != expected_key:
+            raise StoreCorrupt(f"{self.directory}: built for another key")
+        _check_files(self.directory, self.manifest)
+        counts = self.manifest["counts"]
+        self.pairs: bool = bool(self.manifest["pairs"])
+        self.has_mask: bool = bool(self.manifest["has_mask"])
+        self.ids = _map(self.directory / "ids.bin", np.dtype(self.manifest["id_dtype"]), counts["tokens"])
+        self.mask = _map(self.directory / "mask.bin", np.dtype(np.uint8), counts["tokens"]) if self.has_mask else None
+        self.seq_offsets = _map(self.directory / "seq_offsets.bin", np.dtype(np.int64), counts["sequences"] + 1)
+        self.seq_trained = _map(self.directory / "seq_trained.bin", np.dtype(np.int32), counts["sequences"])
+        self.row_offsets = _map(self.directory / "row_offsets.bin", np.dtype(np.int64), counts["rows"] + 1)
+        self._check_bounds(counts)
+
+    @property
+    def stats(self) -> SourceStats:
+        return SourceStats(**self.manifest["stats"])
+
+    @property
+    def rows(self) -> int:
+        return int(self.manifest["counts"]["rows"])
+
+    def examples(self, source: int) -> StoredExamples:
+        """The store's examples, each recording ``source`` (the position of its source in the configuration)."""
+        return StoredExamples(self, source)
+
+    def _check_bounds(self, counts: dict[str, int]) -> None:
+        # Offsets index the arrays: a store whose offsets run backwards or past the end is refused whole,
+        # so no slice taken later can be out of bounds or negative.
+        sequences_per_example = 2 if self.pairs else 1
+        if counts["sequences"] != counts["examples"] * sequences_per_example:
+            raise StoreCorrupt(f"{self.directory}: {counts['sequences']} sequences for {counts['examples']} examples")
+        for name, offsets, end in (
+            ("seq_offsets", self.seq_offsets, counts["tokens"]),
+            ("row_offsets", self.row_offsets, counts["examples"]),
+        ):
+            if offsets[0] != 0 or offsets[-1] != end or (len(offsets) > 1 and np.any(np.diff(offsets) < 0)):
+                raise StoreCorrupt(f"{self.directory}: {name} out of bounds")
+        lengths = np.diff(self.seq_offsets)
+        if np.any(self.seq_trained < 0) or np.any(self.seq_trained > lengths):
+            raise StoreCorrupt(f"{self.directory}: trained-token counts out of bounds")
+        vocab = int(self.manifest["key"]["tokenizer"]["vocab_size"])
+        if len(self.ids) and _max_id(self.directory / "ids.bin", self.ids.dtype) >= vocab:
+            raise StoreCorrupt(f"{self.directory}: a token id past the vocabulary ({vocab})")
+
+    def sequence(self, index: int, source: int) -> Example:
+        start, end = int(self.seq_offsets[index]), int(self.seq_offsets[index + 1])
+        tokens = self.ids[start:end].astype(np.int64)  # uint16 would wrap IGNORE_INDEX
+        ids = tokens.tolist()
+        mask = self.mask[start:end] if self.mask is not None else None
+        labels = list(ids) if mask is None else np.where(mask != 0, tokens, IGNORE_INDEX).tolist()
+        if labels:
+            labels[0] = IGNORE_INDEX
+        return Example(input_ids=ids, labels=labels, source=source)
+
+
+class StoredExamples(ExampleView):
+    """The examples of one store as a sequence: an example is built from its slices when indexed."""
+
+    def __init__(self, store: TokenStore, source: int) -> None:
+        self.store = store
+        self.source = source
+        self.pairs = store.pairs
+        self._arrays: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return int(self.store.manifest["counts"]["examples"])
+
+    def __getitem__(self, index: int) -> Example | PreferenceExample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        if not self.pairs:
+            return self.store.sequence(index, self.source)
+        chosen = self.store.sequence(2 * index, self.source)
+        return PreferenceExample(chosen, self.store.sequence(2 * index + 1, self.source), self.source)
+
+    def __iter__(self) -> Iterator[Example | PreferenceExample]:
+        for index in range(len(self)):
+            yield self[index]
+
+    @property
+    def row_offsets(self) -> np.ndarray:
+        return self.store.row_offsets
+
+    def measure_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        if self._arrays is None:
+            lengths = np.diff(self.store.seq_offsets).astype(np.int64)
+            trained = np.asarray(self.store.seq_trained, dtype=np.int64)
+            if self.pairs:
+                tokens = lengths[0::2] + lengths[1::2]
+                longest = np.maximum(lengths[0::2], lengths[1::2])
+                trained = trained[0::2] + trained[1::2]
+            else:
+                tokens, longest = lengths, lengths
+            self._arrays = (tokens, longest, trained)
+        return self._arrays
+
+
+def stats_json(stats: SourceStats) -> dict[str, Any]:
+    return asdict(stats)
+
+
+def _read_manifest(directory: Path) -> dict[str, Any]:
+    path = directory / MANIFEST
+    try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise StoreCorrupt(f"{path}: too large")
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise StoreCorrupt(f"{path}: {error}") from error
+    if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
+        raise StoreCorrupt(f"{path}: not a version {STORE_VERSION} token store")
+    return manifest
+
+
+def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise StoreCorrupt(f"{directory}: manifest lists no files")
+    for name, facts in files.items():
+        if name not in FILES:
+            raise StoreCorrupt(f"{directory}: unexpected file {name!r} in the manifest")
+        path = directory / name
+        try:
+            size = path.stat().st_size
+        except OSError as error:
+            raise StoreCorrupt(f"{path}: {error}") from error
+        if size != facts["bytes"] or file_sha256(path) != facts["sha256"]:
+            raise StoreCorrupt(f"{path}: does not match its checksum")
+
+
+def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
+    if path.stat().st_size != count * dtype.itemsize:
+        raise StoreCorrupt(f"{path}: {path.stat().st_size} bytes where {count} values of {dtype} were expected")
+    if count == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
+
+
+def _max_id(path: Path, dtype: np.dtype, block: int = 16 << 20) -> int:
+    """The largest id, read a block at a time with read(), not through the map: scanning a mapped file
+    would count all of it in the process's resident memory."""
+    largest = 0
+    with path.open("rb") as stream:
+        while len(values := np.fromfile(stream, dtype=dtype, count=block)):
+            largest = max(largest, int(values.max()))
+    return largest
