@@ -259,6 +259,15 @@ async def _attempt(elector: LeaderElector) -> bool:
         return False
 
 
+def next_attempt_in(until_expiry: float, retry_period: float) -> float:
+    """A standby's wait before its next attempt: the retry period, or less when the leader's lease (as last
+    seen) runs out sooner, so a failover costs no part of a period more. Never a busy loop: a lease already
+    run out whose taking failed (a conflict, an error) waits the full period."""
+    if 0 < until_expiry < retry_period:
+        return until_expiry + 0.01
+    return retry_period
+
+
 async def acquire(elector: LeaderElector, stop: asyncio.Event) -> bool:
     """Wait until we hold the Lease (True) or ``stop`` is set (False)."""
     config = elector.config
@@ -269,9 +278,7 @@ async def acquire(elector: LeaderElector, stop: asyncio.Event) -> bool:
         if elector.holder and elector.holder != shown:
             shown = elector.holder
             log.info("standby: the Lease %s/%s is held by %s", config.namespace, config.name, shown)
-        # Try again at the next retry period, or as soon as the leader's lease, as we saw it, runs out:
-        # a failover then costs one lease duration after the last renewal we saw, not up to a period more.
-        delay = min(config.retry_period, elector.seconds_until_expiry() + 0.01)
+        delay = next_attempt_in(elector.seconds_until_expiry(), config.retry_period)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
     return False
