@@ -219,10 +219,11 @@ class LeaderElector:
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when we hold the Lease afterwards."""
         identity, duration = self.config.identity, self.config.lease_duration
-        fresh = self._clock() < self._observed_at + duration
-        # The leader's fast path: renew over what it last wrote, without reading first. A 409 means someone
-        # else wrote since (or the answer to our last write was lost): read and decide again.
-        if self.is_leader and fresh and self._put(claimed(self._record, identity, duration, self._wall_clock())):
+        # The fast path, for a leader renewing and for a standby whose view says the lease ran out or was
+        # released: write over the Lease as last seen, without reading it first. The resourceVersion makes
+        # it safe: a 409 means someone wrote since (or the answer to our last write was lost): read, decide.
+        free = self._lease is not None and not held_by_another(self._record, identity, self._observed_at, self._clock())
+        if free and self._put(claimed(self._record, identity, duration, self._wall_clock())):
             return True
         looked = self._clock()
         lease = self.kube.get(LEASES, self.config.namespace, self.config.name)
