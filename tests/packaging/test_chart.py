@@ -835,6 +835,7 @@ OPENAI_API = {
         "enabled": True,
         "tls": {"secretName": "openai-tls"},
         "files": {"uri": "s3://files/uploads/", "credentialsSecret": "files-keys", "jobDataSecret": "files-read"},
+        "jobTemplate": {"nodeSelector": {"pool": "gpu"}, "priorityClassName": "training"},
     }
 }
 API_RULES = {
@@ -899,6 +900,7 @@ def test_the_openai_api_runs_under_its_own_account_with_settings_it_accepts(tool
     settings = parse([], environ=environment(container))
     assert settings.files_uri == "s3://files/uploads/" and settings.job_data_secret == "files-read"
     assert settings.max_upload_bytes == 512 << 20 and settings.port == 8443
+    assert settings.template_spec() == {"nodeSelector": {"pool": "gpu"}, "priorityClassName": "training"}
     secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
     assert secrets == {"tls": "openai-tls", "files-credentials": "files-keys"}
 
