@@ -15,9 +15,10 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
+import yaml
 from finetune_operator.certificates import make_ca, make_serving_certificate
 from kubehelpers import apply, get, wait_for
-from localcluster import free_port
+from localcluster import build_binaries, free_port
 
 pytestmark = pytest.mark.s3
 
@@ -113,10 +114,74 @@ def tenants(cluster, minio, buckets):
     cluster.run_kubectl("delete", "finetunemodel", MODEL, RESTRICTED, TRAINABLE, "--wait=false", check=False)
 
 
+def chart_identity(cluster, directory: Path) -> Path:
+    """A kubeconfig with the token of the API's ServiceAccount, bound to the API's ClusterRole exactly as
+    the chart renders them: every test of this module also proves the chart's RBAC is enough."""
+    helm = build_binaries("helm")["helm"] / "helm"
+    namespace = f"openai-release-{uuid.uuid4().hex[:6]}"
+    values = {
+        "openaiApi": {
+            "enabled": True,
+            "tls": {"secretName": "tls"},
+            "files": {"uri": "s3://files/", "credentialsSecret": "keys"},
+        }
+    }
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "fto",
+            str(REPO / "charts" / "finetune-operator"),
+            "--namespace",
+            namespace,
+            "--values",
+            "-",
+        ],
+        input=json.dumps(values),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    identity = [
+        doc
+        for doc in yaml.safe_load_all(rendered)
+        if doc
+        and doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
+        and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "openai-api"
+    ]
+    cluster.run_kubectl("create", "namespace", namespace)
+    for doc in identity:
+        apply(cluster, doc)
+    account = next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    token = cluster.run_kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
+    kubeconfig = directory / "api.kubeconfig"
+    server = cluster.server
+    kubeconfig.write_text(
+        json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [
+                    {
+                        "name": "test",
+                        "cluster": {"server": server, "certificate-authority": str(cluster.pki_dir / "ca.crt")},
+                    }
+                ],
+                "users": [{"name": account, "user": {"token": token}}],
+                "contexts": [{"name": "api", "context": {"cluster": "test", "user": account}}],
+                "current-context": "api",
+            }
+        )
+    )
+    return kubeconfig
+
+
 @pytest.fixture(scope="module")
 def api_url(cluster, minio, buckets, tmp_path_factory):
-    """The API, serving HTTPS with a certificate of a CA this test made; its CA file and base URL."""
+    """The API, serving HTTPS with a certificate of a CA this test made, as the chart's ServiceAccount; its
+    CA file and base URL."""
     directory = tmp_path_factory.mktemp("openai-api")
+    kubeconfig = chart_identity(cluster, directory)
     ca = make_ca("e2e openai-api CA")
     serving = make_serving_certificate(ca, "openai-api", ["127.0.0.1", "localhost"])
     (directory / "ca.crt").write_bytes(ca.certificate_pem)
@@ -134,7 +199,7 @@ def api_url(cluster, minio, buckets, tmp_path_factory):
             sys.executable,
             "-m",
             "finetune_operator.openai_api",
-            f"--kubeconfig={cluster.kubeconfig}",
+            f"--kubeconfig={kubeconfig}",
             "--host=127.0.0.1",
             f"--port={port}",
             f"--tls-cert-file={directory / 'tls.crt'}",
