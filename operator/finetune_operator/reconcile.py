@@ -366,8 +366,9 @@ def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationErro
 
 
 def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Resolved | Refused | None]:
-    if job.spec.model.name is None:
-        return job, None
+    conditions = job.status.conditions
+    if job.spec.model.name is None or is_true(conditions, "Failed") or is_true(conditions, "Published"):
+        return job, None  # a failed or published job is done with its model: the catalog costs it no request
     raw = context.kube.get(FINETUNEMODELS, None, job.spec.model.name)
     try:
         entry = FineTuneModel.model_validate(raw) if raw is not None else None

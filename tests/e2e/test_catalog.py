@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import pytest
 from catalog import edited, valid_job
 from finetune_operator.api import TrainerConfig
 from kubehelpers import apply, condition_is, get, wait_for
 
+REPO = Path(__file__).resolve().parents[2]
 RUN = "test.finetune.dev/run-duration"
 
 
@@ -160,3 +162,43 @@ def test_kubectl_get_shows_the_catalog(cluster, models):
     header, row = table.splitlines()[:2]
     assert header.split() == ["NAME", "URI", "REVISION", "SERVING-NAME", "MAX-GPUS", "AGE"]
     assert row.split()[:5] == ["catalog-columns", "s3://models/tiny-llama/", "v1", "tiny", "4"]
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        (
+            {"defaults": {"resources": {"nodes": 2, "gpusPerNode": 8}}, "limits": {"maxGPUs": 8}},
+            "exceeds spec.limits.maxGPUs",
+        ),
+        ({"limits": {"maxLoraRank": 8}}, "spec.defaults.method.lora.rank exceeds spec.limits.maxLoraRank"),
+        ({"limits": {"allowedMethods": ["full"]}}, "spec.defaults.method.type is not in spec.limits.allowedMethods"),
+        (
+            {"limits": {"namespaceSelector": {"matchExpressions": [{"key": "tier", "operator": "In"}]}}},
+            "values are required with In and NotIn",
+        ),
+    ],
+    ids=[
+        "default-gpus-over-limit",
+        "built-in-rank-over-limit",
+        "built-in-method-not-allowed",
+        "selector-without-values",
+    ],
+)
+def test_the_api_server_refuses_a_model_whose_defaults_break_its_limits(cluster, spec, message):
+    manifest = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneModel",
+        "metadata": {"name": "refused-model"},
+        "spec": {"uri": "hf://org/model", **spec},
+    }
+    result = cluster.run_kubectl("apply", "--server-side", "-f", "-", input=json.dumps(manifest), check=False)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr
+
+
+def test_the_example_catalog_is_accepted_by_the_api_server(cluster):
+    result = cluster.run_kubectl(
+        "apply", "--server-side", "--dry-run=server", "-f", str(REPO / "examples" / "catalog.yaml")
+    )
+    assert result.stdout.count("serverside-applied (server dry run)") == 2, result.stdout

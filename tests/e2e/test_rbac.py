@@ -92,6 +92,7 @@ def rbac_cluster():
             "--for=condition=Established",
             "crd/finetunejobs.finetune.dev",
             "crd/modeladapters.finetune.dev",
+            "crd/finetunemodels.finetune.dev",
             "--timeout=60s",
         )
         yield running
@@ -138,7 +139,7 @@ def render_chart(release_namespace: str, values: dict) -> list[dict]:
 
 
 def is_user_role(obj: dict) -> bool:
-    return obj["metadata"]["name"].endswith(("-edit", "-view"))
+    return obj["metadata"]["name"].endswith(("-edit", "-view", "-catalog-reader"))
 
 
 def is_metrics_reader(obj: dict) -> bool:
@@ -498,6 +499,29 @@ def step_create(run: Run) -> None:
     assert blocked["reason"] == "PersistentVolumeClaimNotFound", blocked
 
 
+def step_catalog(run: Run) -> None:
+    """A job naming a FineTuneModel that admits namespaces by label: the operator reads the model and the
+    namespace's labels, and the job resolves."""
+    ns, model = run.workload, f"{run.name}-model"
+    run.cluster.run_kubectl("label", "namespace", ns, "finetune.test/catalog=allowed")
+    catalog_entry = {
+        "apiVersion": "finetune.dev/v1alpha1",
+        "kind": "FineTuneModel",
+        "metadata": {"name": model},
+        "spec": {
+            "uri": "hf://Qwen/Qwen2.5-0.5B-Instruct",
+            "limits": {"namespaceSelector": {"matchLabels": {"finetune.test/catalog": "allowed"}}},
+        },
+    }
+    apply(run.cluster, catalog_entry)
+    run.cluster_objects.append(("FineTuneModel", model))
+    gamma = training_job("gamma", ns, suspend=True)
+    gamma["spec"]["model"] = {"name": model}
+    apply(run.cluster, gamma)
+    resolved = run.wait("gamma ModelResolved", condition_of(run, "gamma", "ModelResolved"))
+    assert resolved["reason"] == "Resolved", resolved
+
+
 def step_resize(run: Run) -> None:
     """Resources and training settings changed while suspended: the Job is replaced, the ConfigMap patched."""
     ns = run.workload
@@ -692,6 +716,7 @@ def run_scenario(run: Run) -> Outcome:
         run.install()
         run.start_operator()
         step_create(run)
+        step_catalog(run)
         step_resize(run)
         pod = step_run(run)
         step_progress(run, pod)
@@ -807,3 +832,33 @@ def test_namespace_users_create_and_read_jobs_through_the_built_in_roles(rbac_cl
         assert can("bob", "get", resource) and can("bob", "list", resource) and can("bob", "watch", resource)
         assert not can("bob", "create", resource) and not can("bob", "delete", resource)
     assert not can("dave", "get", "finetunejobs.finetune.dev"), "unbound users get nothing"
+
+
+def test_catalog_readers_read_the_catalog_and_no_namespace_role_writes_it(rbac_cluster):
+    """FineTuneModels are cluster-scoped: a namespace's admin cannot write (or even read) them through the
+    aggregated roles; rbac.catalogReaders binds the catalog-reader role, which reads and never writes."""
+    cluster = rbac_cluster
+    docs = render_chart("finetune-system", {"rbac": {"catalogReaders": [{"kind": "User", "name": "erin"}]}})
+    catalog_rbac = [d for d in docs if d["metadata"]["name"].endswith("-catalog-reader")]
+    assert {d["kind"] for d in catalog_rbac} == {"ClusterRole", "ClusterRoleBinding"}
+    apply(cluster, *[d for d in docs if d["kind"] == "ClusterRole" and is_user_role(d)], *catalog_rbac)
+    namespace = "catalog-tenant"
+    cluster.run_kubectl("create", "namespace", namespace)
+    cluster.run_kubectl("create", "rolebinding", "frank-admin", "--clusterrole=admin", "--user=frank", "-n", namespace)
+
+    def can(user: str, verb: str, *flags: str) -> bool:
+        result = cluster.run_kubectl(
+            "auth", "can-i", verb, "finetunemodels.finetune.dev", *flags, f"--as={user}", check=False
+        )
+        return result.stdout.strip() == "yes"
+
+    deadline = time.monotonic() + 30
+    while not can("erin", "list"):  # the binding is effective a moment after it is created
+        assert time.monotonic() < deadline, "the catalog reader never could list"
+        time.sleep(0.5)
+    assert can("erin", "get") and can("erin", "watch")
+    for user in ("erin", "frank"):
+        for verb in ("create", "patch", "update", "delete"):
+            assert not can(user, verb), (user, verb)
+            assert not can(user, verb, "-n", namespace), (user, verb, namespace)
+    assert not can("frank", "list") and not can("frank", "get", "-n", namespace)

@@ -222,6 +222,8 @@ def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint)
         ({"networkPolicy": {"metricsFrom": []}}, "metricsFrom"),
         ({"storage": {"endpoint": "minio:9000"}}, "endpoint"),
         ({"storage": {"allowedEndpoints": ["http://minio/bucket"]}}, "allowedEndpoints"),
+        ({"rbac": {"catalogReaders": [{"kind": "ServiceAccount", "name": "api"}]}}, "namespace"),
+        ({"rbac": {"catalogReaders": [{"kind": "Team", "name": "a"}]}}, "kind"),
     ],
     ids=[
         "log-format",
@@ -238,6 +240,8 @@ def test_an_s3_endpoint_the_schema_accepts_is_one_the_operator_accepts(endpoint)
         "network-policy-admitting-everyone",
         "storage-endpoint-scheme",
         "storage-endpoint-path",
+        "catalog-reader-account-without-namespace",
+        "catalog-reader-kind",
     ],
 )
 def test_values_schema_refuses_bad_values_naming_them(tools, tmp_path, values, message):
@@ -311,7 +315,7 @@ def rules_of(obj: dict) -> set[tuple]:
     return {(tuple(r["apiGroups"]), tuple(r["resources"]), tuple(r["verbs"])) for r in obj["rules"]}
 
 
-PEOPLES_ROLES = ("-edit", "-view", "-metrics-reader")
+PEOPLES_ROLES = ("-edit", "-view", "-metrics-reader", "-catalog-reader")
 
 
 def operator_objects(docs: list[dict]) -> list[dict]:
@@ -580,6 +584,41 @@ def test_metrics_readers_are_bound_to_the_metrics_reader_role(tools):
         "name": "fto-finetune-operator-metrics-reader",
     }
     assert binding["subjects"] == [{"kind": "ServiceAccount", **reader} for reader in readers]
+
+
+def test_the_catalog_reader_role_reads_finetunemodels_and_is_bound_to_nobody_by_default(tools):
+    docs = tools.render()
+    (reader,) = find(docs, "ClusterRole", "fto-finetune-operator-catalog-reader")
+    assert reader["rules"] == [
+        {"apiGroups": ["finetune.dev"], "resources": ["finetunemodels"], "verbs": ["get", "list", "watch"]}
+    ]
+    assert not [b for b in find(docs, "ClusterRoleBinding") if b["roleRef"]["name"] == reader["metadata"]["name"]]
+
+
+def test_catalog_readers_are_bound_to_the_catalog_reader_role(tools):
+    readers = [
+        {"kind": "Group", "name": "system:authenticated"},
+        {"kind": "User", "name": "alice"},
+        {"kind": "ServiceAccount", "name": "openai-api", "namespace": "finetune-system"},
+    ]
+    (binding,) = find(
+        tools.render({"rbac": {"catalogReaders": readers}}),
+        "ClusterRoleBinding",
+        "fto-finetune-operator-catalog-reader",
+    )
+    assert binding["roleRef"]["name"] == "fto-finetune-operator-catalog-reader"
+    assert binding["subjects"] == [
+        {"kind": "Group", "name": "system:authenticated", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"},
+        {"kind": "ServiceAccount", "name": "openai-api", "namespace": "finetune-system"},
+    ]
+
+
+def test_no_role_of_the_chart_lets_anyone_write_the_catalog(tools):
+    for doc in find(tools.render(ALL_FEATURES), "ClusterRole") + find(tools.render(ALL_FEATURES), "Role"):
+        for rule in doc["rules"]:
+            if "finetunemodels" in rule.get("resources", []):
+                assert set(rule["verbs"]) <= {"get", "list", "watch"}, doc["metadata"]["name"]
 
 
 def test_without_metrics_there_is_no_metrics_reader_role(tools):

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from catalog import edited, valid_job
 from finetune_operator.api import FineTuneJob, FineTuneModel, format_validation_error
+from finetune_operator.api.finetunejob import ArtifactStatus
 from finetune_operator.catalog import (
     DEFAULTS_INVALID,
     LIMIT_EXCEEDED,
@@ -19,9 +20,13 @@ from finetune_operator.catalog import (
     resolve,
     selector_matches,
 )
+from finetune_operator.render import resolve_trainer_config
+from finetune_operator.render.modeladapter import render_model_adapter
+from finetune_operator.settings import Settings
 from pydantic import ValidationError
 
 NAMESPACE = "team-a"
+SETTINGS = Settings(default_output_uri="s3://models/out")
 
 
 def entry(**spec: Any) -> FineTuneModel:
@@ -99,6 +104,39 @@ def test_an_unknown_model_is_refused_as_not_found():
     outcome = refused(job(), None)
     assert outcome.reason == MODEL_NOT_FOUND
     assert "FineTuneModel llama-8b not found" in outcome.message
+
+
+def effective_job(spec) -> FineTuneJob:
+    return FineTuneJob.model_validate(edited(valid_job(), {"metadata.namespace": NAMESPACE})).model_copy(
+        update={"spec": spec}
+    )
+
+
+def test_the_trainer_is_configured_with_the_catalog_model():
+    model = entry(revision="abc123", servingName="llama-3.1-8b", credentialsSecretRef={"name": "hf-token"})
+    config = resolve_trainer_config(effective_job(resolved(job(), model).spec), SETTINGS)
+    assert (config.model.uri, config.model.revision, config.model.served_name) == (
+        "hf://meta-llama/Llama-3.1-8B",
+        "abc123",
+        "llama-3.1-8b",
+    )
+    assert config.model.credentials_secret_ref.name == "hf-token"
+
+
+def test_the_trainer_never_gets_a_catalog_name_in_place_of_a_uri():
+    with pytest.raises(ValidationError, match=r"model\.uri must be resolved"):
+        resolve_trainer_config(effective_job(job()), SETTINGS)
+
+
+def test_the_published_adapter_names_the_catalog_models_uri_and_serving_name():
+    spec = resolved(job(), entry(revision="abc123", servingName="llama-3.1-8b")).spec
+    artifact = ArtifactStatus(uri="s3://models/out/team-a/catalog-job/v1/", digest="sha256:" + "0" * 64, size_bytes=1)
+    adapter = render_model_adapter(effective_job(spec), artifact, None, SETTINGS, ["q_proj"], None)
+    assert adapter["spec"]["baseModel"] == {
+        "uri": "hf://meta-llama/Llama-3.1-8B",
+        "revision": "abc123",
+        "servedName": "llama-3.1-8b",
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,12 +253,17 @@ def test_a_job_over_a_limit_is_refused_naming_the_field_the_model_and_the_limit(
         ({"spec.training": {"maxSteps": 1000}}, {"maxSteps": 1000}),
         ({"spec.training": {"maxSeqLength": 4096}}, {"maxSeqLength": 4096}),
         ({"spec.method": {"type": "lora", "lora": {"rank": 64}}}, {"maxLoraRank": 64}),
-        ({"spec.method": {"type": "full"}}, {"maxLoraRank": 8}),
-        ({"spec.method": {"type": "qlora", "lora": {"rank": 8}}}, {"allowedMethods": ["qlora"]}),
+        ({"spec.method": {"type": "full"}}, {"maxLoraRank": 16}),
+        ({"spec.method": {"type": "lora", "lora": {"rank": 8}}}, {"allowedMethods": ["lora", "qlora"]}),
     ],
 )
 def test_a_job_at_a_limit_is_resolved(edits, limits):
     resolved(job(edits), entry(limits=limits))
+
+
+def test_the_rank_limit_does_not_apply_to_full_fine_tuning():
+    model = entry(defaults={"method": {"type": "full"}}, limits={"maxLoraRank": 8})
+    assert resolved(job(), model).spec.method.type == "full"
 
 
 def test_a_job_without_epochs_or_steps_counts_one_epoch():
@@ -228,8 +271,10 @@ def test_a_job_without_epochs_or_steps_counts_one_epoch():
     assert refused(job(), entry(limits={"maxEpochs": 0.5})).reason == LIMIT_EXCEEDED
 
 
-def test_the_built_in_lora_rank_counts_when_the_job_gives_none():
-    assert refused(job(), entry(limits={"maxLoraRank": 8})).message.startswith("spec.method.lora.rank 16 exceeds")
+def test_the_built_in_lora_rank_counts_when_the_job_gives_lora_settings_without_one():
+    model = entry(defaults={"method": {"lora": {"rank": 8}}}, limits={"maxLoraRank": 8})
+    outcome = refused(job({"spec.method": {"type": "lora", "lora": {"alpha": 64}}}), model)
+    assert outcome.message.startswith("spec.method.lora.rank 16 exceeds")
 
 
 def test_steps_cannot_step_around_an_epochs_limit():
@@ -243,9 +288,10 @@ def test_epochs_cannot_step_around_a_steps_limit():
 
 
 def test_limits_are_checked_after_the_defaults():
-    # A default over the limit is the admin's mistake, but it must not get a job past the limit.
-    model = entry(defaults={"resources": {"nodes": 4}}, limits={"maxNodes": 2})
-    assert refused(job({"spec.resources": {"gpusPerNode": 0}}), model).reason == LIMIT_EXCEEDED
+    # 8 GPUs per node by default fit maxGPUs 8 on one node; the job's second node does not.
+    model = entry(defaults={"resources": {"gpusPerNode": 8}}, limits={"maxGPUs": 8})
+    outcome = refused(job({"spec.resources": {"nodes": 2}}), model)
+    assert outcome.message.startswith("spec.resources.gpus 16 (nodes 2 x gpusPerNode 8) exceeds")
 
 
 def test_every_limit_exceeded_is_named():
@@ -259,8 +305,8 @@ def test_no_limits_allow_everything():
 
 
 def test_a_finished_job_keeps_its_model_whatever_the_limits_and_namespaces_say_now():
-    model = entry(limits={"maxGPUs": 0, "namespaces": ["team-b"]})
-    outcome = resolve(job(), model, NAMESPACE, {}, enforce=False)
+    model = entry(defaults={"resources": {"gpusPerNode": 0}}, limits={"maxGPUs": 0, "namespaces": ["team-b"]})
+    outcome = resolve(job({"spec.resources": {"gpusPerNode": 2}}), model, NAMESPACE, {}, enforce=False)
     assert isinstance(outcome, Resolved) and outcome.spec.model.uri == "hf://meta-llama/Llama-3.1-8B"
 
 
@@ -297,8 +343,8 @@ def test_listed_or_selected_is_enough():
 
 def test_namespace_is_checked_before_limits():
     # Whoever may not use the model learns nothing about its limits.
-    model = entry(limits={"namespaces": ["team-b"], "maxGPUs": 0})
-    assert refused(job(), model).reason == NAMESPACE_NOT_ALLOWED
+    model = entry(defaults={"resources": {"gpusPerNode": 0}}, limits={"namespaces": ["team-b"], "maxGPUs": 0})
+    assert refused(job({"spec.resources": {"gpusPerNode": 2}}), model).reason == NAMESPACE_NOT_ALLOWED
 
 
 @pytest.mark.parametrize(
@@ -367,6 +413,31 @@ def test_label_selectors_have_kubernetes_semantics(selector, labels, matches):
         ({"uri": "hf://a/b", "defaults": {"maxSeqLength": 8}}, "spec.defaults.maxSeqLength"),
         ({"uri": "hf://a/b", "credentialsSecretRef": {"name": "../x"}}, "spec.credentialsSecretRef.name"),
         ({"uri": "hf://a/b", "limits": {"maxGpus": 8}}, "spec.limits.maxGpus"),
+        (
+            {"uri": "hf://a/b", "defaults": {"resources": {"nodes": 4}}, "limits": {"maxNodes": 2}},
+            "spec: spec.defaults.resources.nodes exceeds spec.limits.maxNodes",
+        ),
+        (
+            {"uri": "hf://a/b", "defaults": {"resources": {"nodes": 2, "gpusPerNode": 8}}, "limits": {"maxGPUs": 8}},
+            "spec: spec.defaults.resources (nodes times gpusPerNode) exceeds spec.limits.maxGPUs",
+        ),
+        (
+            {"uri": "hf://a/b", "defaults": {"maxSeqLength": 8192}, "limits": {"maxSeqLength": 4096}},
+            "spec: spec.defaults.maxSeqLength exceeds spec.limits.maxSeqLength",
+        ),
+        (
+            {"uri": "hf://a/b", "defaults": {"method": {"type": "full"}}, "limits": {"allowedMethods": ["lora"]}},
+            "spec: spec.defaults.method.type is not in spec.limits.allowedMethods",
+        ),
+        (
+            {"uri": "hf://a/b", "defaults": {"method": {"lora": {"rank": 64}}}, "limits": {"maxLoraRank": 32}},
+            "spec: spec.defaults.method.lora.rank exceeds spec.limits.maxLoraRank",
+        ),
+        # Where the model gives no default, the built-in one must fit: lora rank 16, 2048 tokens, 1 GPU.
+        ({"uri": "hf://a/b", "limits": {"maxLoraRank": 8}}, "spec: spec.defaults.method.lora.rank exceeds"),
+        ({"uri": "hf://a/b", "limits": {"maxSeqLength": 1024}}, "spec: spec.defaults.maxSeqLength exceeds"),
+        ({"uri": "hf://a/b", "limits": {"maxGPUs": 0}}, "spec: spec.defaults.resources (nodes times gpusPerNode)"),
+        ({"uri": "hf://a/b", "limits": {"allowedMethods": ["full"]}}, "spec: spec.defaults.method.type is not in"),
     ],
 )
 def test_an_invalid_finetunemodel_is_refused_naming_the_field(spec, field):
@@ -375,6 +446,25 @@ def test_an_invalid_finetunemodel_is_refused_naming_the_field(spec, field):
         FineTuneModel.model_validate(copy.deepcopy(manifest))
     messages = format_validation_error(raised.value)
     assert any(message.startswith(field) for message in messages), messages
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {"defaults": {"resources": {"nodes": 2, "gpusPerNode": 4}}, "limits": {"maxGPUs": 8, "maxNodes": 2}},
+        {"defaults": {"resources": {"gpusPerNode": 8}}, "limits": {"maxGPUs": 8}},
+        {"defaults": {"maxSeqLength": 4096}, "limits": {"maxSeqLength": 4096}},
+        {
+            "defaults": {"method": {"type": "qlora", "lora": {"rank": 32}}},
+            "limits": {"allowedMethods": ["qlora"], "maxLoraRank": 32},
+        },
+        {"defaults": {"method": {"type": "full"}}, "limits": {"maxLoraRank": 8}},
+        {"defaults": {"resources": {"nodes": 4, "gpusPerNode": 0}}, "limits": {"maxGPUs": 0}},
+        {"limits": {"maxGPUs": 1, "maxNodes": 1, "maxSeqLength": 2048, "maxLoraRank": 16, "allowedMethods": ["lora"]}},
+    ],
+)
+def test_defaults_within_the_limits_are_valid(spec):
+    entry(**spec)
 
 
 def test_the_gpu_limit_is_spelled_max_gpus_in_capitals_as_written_back():

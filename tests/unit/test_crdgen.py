@@ -444,6 +444,7 @@ def test_every_rule_set_of_the_api_is_attached_somewhere():
         finetunejob.MODEL_RULES,
         finetunejob.METHOD_RULES,
         finetunemodel.REQUIREMENT_RULES,
+        finetunemodel.SPEC_RULES,
         finetunejob.EVAL_RULES,
         finetunejob.TRAINING_RULES,
         finetunejob.SPEC_RULES,

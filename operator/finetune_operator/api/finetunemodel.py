@@ -21,7 +21,7 @@ from .base import (
     describe,
     text,
 )
-from .finetunejob import Method, MethodType, ObjectMeta
+from .finetunejob import LoraSettings, Method, MethodType, ObjectMeta, Resources, Training
 from .rules import Rule, check
 
 KIND = "FineTuneModel"
@@ -151,8 +151,84 @@ class ModelLimits(ApiModel):
     )
 
 
+# What a job gets where neither it nor the model says: the API's own defaults.
+BUILT_IN_METHOD = Method()
+BUILT_IN_RANK = LoraSettings().rank
+BUILT_IN_SEQ_LENGTH = Training().max_seq_length
+BUILT_IN_NODES = Resources().nodes
+BUILT_IN_GPUS_PER_NODE = Resources().gpus_per_node
+
+
+def _default(spec: FineTuneModelSpec, field: str, built_in):
+    resources = spec.defaults.resources
+    value = getattr(resources, field) if resources is not None else None
+    return built_in if value is None else value
+
+
+def _default_method(spec: FineTuneModelSpec) -> Method:
+    return spec.defaults.method or BUILT_IN_METHOD
+
+
+def _default_rank(spec: FineTuneModelSpec) -> int | None:
+    method = _default_method(spec)
+    return None if method.type == "full" else (method.lora.rank if method.lora else BUILT_IN_RANK)
+
+
+_NODES = f"(has(self.defaults.resources) && has(self.defaults.resources.nodes) ? self.defaults.resources.nodes : {BUILT_IN_NODES})"
+_GPUS_PER_NODE = (
+    "(has(self.defaults.resources) && has(self.defaults.resources.gpusPerNode) "
+    f"? self.defaults.resources.gpusPerNode : {BUILT_IN_GPUS_PER_NODE})"
+)
+_METHOD_TYPE = f"(has(self.defaults.method) ? self.defaults.method.type : '{BUILT_IN_METHOD.type}')"
+_RANK = (
+    f"(has(self.defaults.method) && has(self.defaults.method.lora) ? self.defaults.method.lora.rank : {BUILT_IN_RANK})"
+)
+_SEQ_LENGTH = f"(has(self.defaults.maxSeqLength) ? self.defaults.maxSeqLength : {BUILT_IN_SEQ_LENGTH})"
+_FIT = "a job that keeps every default must fit the limits (the built-in defaults count where the model gives none)"
+
+# A job that names the model and says nothing else is never refused over a limit: defaults (the built-in
+# ones where the model gives none) over a limit are refused when the admin writes them.
+SPEC_RULES = [
+    Rule(
+        cel=f"!has(self.limits.maxNodes) || {_NODES} <= self.limits.maxNodes",
+        message=f"spec.defaults.resources.nodes exceeds spec.limits.maxNodes: {_FIT}",
+        holds=lambda s: s.limits.max_nodes is None or _default(s, "nodes", BUILT_IN_NODES) <= s.limits.max_nodes,
+    ),
+    Rule(
+        cel=f"!has(self.limits.maxGPUs) || {_NODES} * {_GPUS_PER_NODE} <= self.limits.maxGPUs",
+        message=f"spec.defaults.resources (nodes times gpusPerNode) exceeds spec.limits.maxGPUs: {_FIT}",
+        holds=lambda s: (
+            s.limits.max_gpus is None
+            or _default(s, "nodes", BUILT_IN_NODES) * _default(s, "gpus_per_node", BUILT_IN_GPUS_PER_NODE)
+            <= s.limits.max_gpus
+        ),
+    ),
+    Rule(
+        cel=f"!has(self.limits.maxSeqLength) || {_SEQ_LENGTH} <= self.limits.maxSeqLength",
+        message=f"spec.defaults.maxSeqLength exceeds spec.limits.maxSeqLength: {_FIT}",
+        holds=lambda s: (
+            s.limits.max_seq_length is None
+            or (s.defaults.max_seq_length or BUILT_IN_SEQ_LENGTH) <= s.limits.max_seq_length
+        ),
+    ),
+    Rule(
+        cel=f"!has(self.limits.allowedMethods) || size(self.limits.allowedMethods) == 0 "
+        f"|| {_METHOD_TYPE} in self.limits.allowedMethods",
+        message=f"spec.defaults.method.type is not in spec.limits.allowedMethods: {_FIT}",
+        holds=lambda s: not s.limits.allowed_methods or _default_method(s).type in s.limits.allowed_methods,
+    ),
+    Rule(
+        cel=f"!has(self.limits.maxLoraRank) || {_METHOD_TYPE} == 'full' || {_RANK} <= self.limits.maxLoraRank",
+        message=f"spec.defaults.method.lora.rank exceeds spec.limits.maxLoraRank: {_FIT}",
+        holds=lambda s: s.limits.max_lora_rank is None or (_default_rank(s) or 0) <= s.limits.max_lora_rank,
+    ),
+]
+
+
 class FineTuneModelSpec(ApiModel):
     """Where the base model is, how it is served, and what jobs that name it get and may do."""
+
+    cel_rules: ClassVar[list[Rule]] = SPEC_RULES
 
     uri: ModelUri = describe(
         "Where the base model is: hf://org/name, s3://bucket/prefix/, pvc://claim/path (a claim of that name in "
@@ -187,6 +263,10 @@ class FineTuneModelSpec(ApiModel):
     limits: ModelLimits = describe(
         "What jobs may not exceed, and which namespaces may use the model.", default_factory=ModelLimits
     )
+
+    @model_validator(mode="after")
+    def _rules(self) -> FineTuneModelSpec:
+        return check(SPEC_RULES, self)
 
 
 class FineTuneModel(ApiModel):

@@ -77,7 +77,9 @@ def resolve_trainer_config(job: FineTuneJob, settings: Settings, progress_ca: bo
         if spec.data.eval
         else spec.data.model_copy(update={"eval": EvalData(split_fraction=DEFAULT_EVAL_SPLIT)})
     )
-    model = spec.model.model_copy(update={"served_name": spec.model.served_name or served_name(spec.model.uri)})
+    # A catalog name left unresolved (a bug) has no uri: TrainerConfig then refuses it by its rule.
+    default_name = served_name(spec.model.uri) if spec.model.uri else None
+    model = spec.model.model_copy(update={"served_name": spec.model.served_name or default_name})
 
     progress = None
     if settings.progress_url:
