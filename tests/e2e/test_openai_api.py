@@ -114,7 +114,16 @@ def tenants(cluster, minio, buckets):
     cluster.run_kubectl("delete", "finetunemodel", MODEL, RESTRICTED, TRAINABLE, "--wait=false", check=False)
 
 
-def chart_identity(cluster, directory: Path) -> Path:
+@pytest.fixture(scope="module")
+def api_kubeconfig(cluster, tmp_path_factory):
+    kubeconfig, namespace, cluster_objects = chart_identity(cluster, tmp_path_factory.mktemp("identity"))
+    yield kubeconfig
+    cluster.run_kubectl("delete", "namespace", namespace, "--wait=false", check=False)
+    for kind, name in cluster_objects:
+        cluster.run_kubectl("delete", kind, name, "--wait=false", check=False)
+
+
+def chart_identity(cluster, directory: Path) -> tuple[Path, str, list[tuple[str, str]]]:
     """A kubeconfig with the token of the API's ServiceAccount, bound to the API's ClusterRole exactly as
     the chart renders them: every test of this module also proves the chart's RBAC is enough."""
     helm = build_binaries("helm")["helm"] / "helm"
@@ -173,15 +182,15 @@ def chart_identity(cluster, directory: Path) -> Path:
             }
         )
     )
-    return kubeconfig
+    cluster_objects = [(d["kind"].lower(), d["metadata"]["name"]) for d in identity if d["kind"] != "ServiceAccount"]
+    return kubeconfig, namespace, cluster_objects
 
 
 @pytest.fixture(scope="module")
-def api_url(cluster, minio, buckets, tmp_path_factory):
+def api_url(cluster, minio, buckets, api_kubeconfig, tmp_path_factory):
     """The API, serving HTTPS with a certificate of a CA this test made, as the chart's ServiceAccount; its
     CA file and base URL."""
     directory = tmp_path_factory.mktemp("openai-api")
-    kubeconfig = chart_identity(cluster, directory)
     ca = make_ca("e2e openai-api CA")
     serving = make_serving_certificate(ca, "openai-api", ["127.0.0.1", "localhost"])
     (directory / "ca.crt").write_bytes(ca.certificate_pem)
@@ -199,7 +208,7 @@ def api_url(cluster, minio, buckets, tmp_path_factory):
             sys.executable,
             "-m",
             "finetune_operator.openai_api",
-            f"--kubeconfig={kubeconfig}",
+            f"--kubeconfig={api_kubeconfig}",
             "--host=127.0.0.1",
             f"--port={port}",
             f"--tls-cert-file={directory / 'tls.crt'}",
