@@ -16,6 +16,7 @@ import signal
 import time
 from datetime import UTC, datetime
 
+import pytest
 from catalog import valid_job
 from finetune_operator.pod_role import LEADER, ROLE_LABEL
 from kubehelpers import apply, get, items, wait_for
@@ -175,3 +176,37 @@ def test_a_leader_stopped_cleanly_hands_the_lease_over_at_once(cluster, namespac
         f"{labelled:.1f}s to its pod labelled (the Service's only endpoint)"
     )
     assert holder(cluster, namespace) == "op-b"
+
+
+def test_the_progress_endpoint_writes_only_while_the_lease_is_freshly_held(cluster, namespace):
+    """The fencing of reconciles guards progress writes too: a leader frozen past its renew deadline, still
+    labelled and ready for a moment when it wakes, refuses (503, which the trainer retries) and writes nothing."""
+    from finetune_operator.kube import FINETUNEJOBS, Kube
+    from finetune_operator.leader import ElectionConfig, LeaderElector
+    from finetune_operator.metrics import OperatorMetrics
+    from finetune_operator.progress.identity import Refusal
+    from finetune_operator.progress.server import ProgressService
+    from finetune_operator.settings import Settings
+
+    kube = Kube.connect(str(cluster.kubeconfig))
+    now = [1000.0]
+    config = ElectionConfig(namespace, "op-a", lease_duration=15, renew_deadline=10, retry_period=2)
+    elector = LeaderElector(kube, config, clock=lambda: now[0])
+    assert elector.try_acquire_or_renew()
+    service = ProgressService(kube, Settings(), OperatorMetrics(), leading=elector.holds_lease)
+    apply(cluster, training_job("reported", namespace))
+
+    def report(step: int) -> None:
+        service.accept(namespace, "reported", kube.get(FINETUNEJOBS, namespace, "reported"), b'{"step": %d}' % step)
+
+    def written_step() -> int:
+        return ((kube.get(FINETUNEJOBS, namespace, "reported").get("status") or {}).get("progress") or {}).get("step")
+
+    report(120)
+    assert written_step() == 120
+
+    now[0] += config.renew_deadline  # no renewal for the renew deadline: a standby may take over any moment
+    with pytest.raises(Refusal) as refused:
+        report(200)
+    assert (refused.value.status, refused.value.reason) == (503, "not_leader")
+    assert written_step() == 120
