@@ -8,9 +8,14 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import logs
 from .settings import Settings, SettingsError, add_arguments, from_arguments
+
+if TYPE_CHECKING:
+    from .health import Health
+    from .pod_role import PodRole
 
 log = logging.getLogger("finetune_operator")
 
@@ -139,7 +144,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-async def mark_when_serving(health, role) -> None:
+async def mark_when_serving(health: Health, role: PodRole) -> None:
     """Mark our pod as the leader's once the handlers have started: the progress and metrics endpoints listen,
     so the Service never sends a connection to a port nobody serves yet."""
     await health.started.wait()
