@@ -575,6 +575,49 @@ def test_the_lease_permissions_name_the_lease_except_create_which_cannot(tools):
     assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
 
 
+def test_the_service_sends_connections_to_the_leaders_pod_only(tools):
+    from finetune_operator.pod_role import LEADER, ROLE_LABEL
+
+    docs = tools.render()
+    (service,) = find(docs, "Service")
+    (deployment,) = find(docs, "Deployment")
+    pods = deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == {**pods, ROLE_LABEL: LEADER}
+    # The mark is the leader's to set: no pod carries it from the template, and the Deployment's own selector
+    # (immutable) does not need it.
+    assert ROLE_LABEL not in deployment["spec"]["template"]["metadata"]["labels"]
+    assert ROLE_LABEL not in pods
+
+
+def test_without_leader_election_the_service_selects_the_only_pod(tools):
+    from finetune_operator.pod_role import ROLE_LABEL
+
+    docs = tools.render({"leaderElection": {"enabled": False}, "replicas": 1})
+    (service,) = find(docs, "Service")
+    (deployment,) = find(docs, "Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert ROLE_LABEL not in service["spec"]["selector"]
+
+
+def pod_patchers(docs: list[dict]) -> list[tuple[str, str, str | None]]:
+    """The operator's roles that may patch pods: kind, name, namespace."""
+    return [
+        (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+        for d in operator_objects(docs)
+        for rule in d["rules"]
+        if "pods" in rule["resources"] and "patch" in rule["verbs"]
+    ]
+
+
+@pytest.mark.parametrize("values", [{}, EVERYTHING_NAMESPACED], ids=["clusterwide", "namespaced"])
+def test_the_operator_may_patch_pods_in_its_own_namespace_only(tools, values):
+    assert pod_patchers(tools.render(values)) == [("Role", "fto-finetune-operator-self", RELEASE_NAMESPACE)]
+
+
+def test_without_leader_election_the_operator_patches_no_pod(tools):
+    assert pod_patchers(tools.render({"leaderElection": {"enabled": False}, "replicas": 1})) == []
+
+
 def test_the_replicas_prefer_different_nodes(tools):
     (deployment,) = find(tools.render(), "Deployment")
     (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][

@@ -168,3 +168,10 @@ def test_a_replica_that_never_renewed_the_lease_refuses_to_reconcile():
 
 def test_without_leader_election_reconciles_are_not_fenced():
     assert leading_only(reconcile, None)(None, "team-a", "job") == "reconciled team-a/job"
+
+
+def test_the_leaders_mark_is_a_label_set_by_a_merge_patch_and_removed_by_a_null():
+    from finetune_operator.pod_role import role_patch
+
+    assert role_patch(True) == {"metadata": {"labels": {"finetune.dev/role": "leader"}}}
+    assert role_patch(False) == {"metadata": {"labels": {"finetune.dev/role": None}}}
