@@ -217,7 +217,7 @@ def finetunejob_crd() -> dict[str, Any]:
             "name": "Queue",
             "type": "string",
             "jsonPath": ".status.queue.state",
-            "description": "Where Kueue has the job: Queued, Admitted, Inadmissible, Preempted or Evicted.",
+            "description": "Where Kueue has the job: Queued, Admitted, Inadmissible, Preempted, Evicted or Finished.",
         },
         {
             "name": "Progress",

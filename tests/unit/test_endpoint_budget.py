@@ -210,3 +210,23 @@ def test_the_development_setting_serves_metrics_to_anyone_who_reaches_the_port()
             await test_client.close()
 
     run(scenario)
+
+
+def test_an_api_server_out_of_reach_is_a_503_to_retry_not_a_500():
+    service = progress_service()
+
+    async def scenario():
+        test_client = await started(build_app(service))
+        try:
+            response = await test_client.post(
+                PROGRESS.format(namespace="tenant-a", name="job"),
+                data=b'{"step": 1}',
+                headers={"Authorization": "Bearer some-token"},
+            )
+            assert response.status == 503
+            assert (await response.json())["error"] == "api_unavailable"
+        finally:
+            await test_client.close()
+
+    run(scenario)
+    assert token_reviews(service.metrics) == 1  # tried, and counted as an error

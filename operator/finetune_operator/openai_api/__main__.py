@@ -8,7 +8,6 @@ import sys
 from aiohttp import web
 
 from .. import logs
-from ..kube import load_api_client
 from .access import AccessKube
 from .filestore import FileStore, read_credentials
 from .server import Service, build_app
@@ -22,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     store = FileStore(settings.files_uri, read_credentials(settings.files_credentials_dir))
-    service = Service(settings, AccessKube(load_api_client(settings.kubeconfig)), store)
+    service = Service(settings, AccessKube.connect(settings.kubeconfig), store)
     web.run_app(build_app(service), host=settings.host, port=settings.port, ssl_context=context, access_log=None)
     return 0
 
