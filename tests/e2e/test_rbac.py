@@ -63,30 +63,18 @@ rules:
 
 
 class AuditedCluster(LocalCluster):
-    """The test control plane, with OwnerReferencesPermissionEnforcement and an audit log of ServiceAccounts."""
+    """The test control plane, with OwnerReferencesPermissionEnforcement (the audit log is LocalCluster's
+    ``audit_policy`` option)."""
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None):
         if name == "kube-apiserver":
-            policy = self.workdir / "audit-policy.yaml"
-            policy.write_text(AUDIT_POLICY)
-            argv = [
-                *argv,
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",
-            ]
+            argv = [*argv, "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"]
         return super().spawn(name, argv, env)
-
-    @property
-    def audit_log(self) -> Path:
-        return self.workdir / "audit.log"
 
 
 @pytest.fixture(scope="module")
 def rbac_cluster():
-    with AuditedCluster() as running:
+    with AuditedCluster(audit_policy=AUDIT_POLICY) as running:
         running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         running.run_kubectl(
             "wait",
