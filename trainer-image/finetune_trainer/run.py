@@ -341,6 +341,7 @@ def _publish(session: _Session, state: TrainState, summary: EvaluationSummary) -
         steps=state.step,
         tokens_seen=state.tokens_seen,
         wall_seconds=state.wall_seconds,
+        train_seconds=round(state.wall_seconds, 3),
         resumed_from_step=state.resumed_from_step,
         final_train_loss=state.last_loss if state.last_loss is not None and math.isfinite(state.last_loss) else None,
         evaluation=summary,

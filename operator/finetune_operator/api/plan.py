@@ -101,3 +101,8 @@ class Plan(ApiModel):
     epochs: float = describe("Passes over the training mix.", default=0.0, ge=0.0)
     trained_tokens: Int64 = describe("Real tokens over all the run's steps.", default=0, ge=0)
     estimate: Estimate | None = describe("Time and cost of training.", default=None)
+    actual_seconds: float | None = describe(
+        "Seconds the training's optimizer steps took, once it finished (what the estimate is judged against).",
+        default=None,
+        ge=0.0,
+    )
