@@ -92,9 +92,16 @@ def test_the_preflight_job_is_restricted_owned_labelled_and_has_its_own_deadline
     assert pod["containers"][0]["terminationMessagePolicy"] == "File"
 
 
-def test_a_cpu_job_is_planned_for_cpu():
-    manifest = render_preflight_job(make_job(**{"spec.resources": {"gpusPerNode": 0}}), SETTINGS)
-    assert manifest["spec"]["template"]["spec"]["containers"][0]["command"][-1] == "--accelerator=cpu"
+def test_a_gpu_jobs_node_selector_is_not_the_preflights():
+    job = make_job(**{"spec.template.nodeSelector": {"nvidia.com/gpu.product": "H100"}})
+    assert "nodeSelector" not in render_preflight_job(job, SETTINGS)["spec"]["template"]["spec"]
+
+
+def test_a_cpu_job_is_planned_for_cpu_on_the_nodes_it_chose():
+    job = make_job(**{"spec.resources": {"gpusPerNode": 0}, "spec.template.nodeSelector": {"pool": "cpu"}})
+    pod = render_preflight_job(job, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][-1] == "--accelerator=cpu"
+    assert pod["nodeSelector"] == {"pool": "cpu"}
 
 
 # -- reading the report --------------------------------------------------------------------------
@@ -141,6 +148,12 @@ def test_another_failure_is_described_by_its_exit_code_alone():
     outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(78, "<script>lies</script>")])
     assert outcome.state == "Failed" and outcome.reason == "ConfigurationError"
     assert "lies" not in outcome.message and "code 78" in outcome.message
+
+
+def test_a_job_failed_by_its_pod_failure_policy_waits_for_the_pods_exit():
+    failed = preflight_job("Failed")
+    failed["status"]["conditions"][0]["reason"] = "PodFailurePolicy"
+    assert preflight_outcome(make_job(), failed, []).state == "Running"
 
 
 def test_a_preflight_without_a_finished_pod_is_running():

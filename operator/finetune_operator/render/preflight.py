@@ -2,7 +2,7 @@
 
 The same image, configuration, credentials and claims as the training pods (it reads what they will
 read, with the same code), under the same restricted pod security; no GPU requested or tolerated, no
-node selector or affinity of the training pods (those place GPU pods), a small CPU and memory
+affinity, and for a GPU job no node selector of the training pods (those place GPU pods), a small CPU and memory
 request, and a deadline of its own. Its labels are the job's, so the watch cache sees the Job and its
 pod; it is owned by the FineTuneJob, so it goes with it.
 """
@@ -40,8 +40,10 @@ def render_preflight_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]
     name = job.metadata.name
     template = render_pod_template(job, settings)
     pod = template["spec"]
-    for placement in ("nodeSelector", "affinity", "subdomain", "priorityClassName"):
+    for placement in ("affinity", "subdomain", "priorityClassName"):
         pod.pop(placement, None)
+    if job.spec.resources.gpus_per_node > 0:
+        pod.pop("nodeSelector", None)  # it places GPU pods; a CPU job's selector names CPU nodes: kept
     gpu = job.spec.resources.gpu_resource
     tolerations = [t for t in pod.pop("tolerations", []) if t.get("key") != gpu]
     if tolerations:

@@ -47,6 +47,8 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
     if failed is None:
         return Preflight("Running")
     code = _exit_code(mine)
+    if code is None and failed.get("reason") == "PodFailurePolicy":
+        return Preflight("Running")  # the pod's exit, which the Job controller acted on, is on its way to the cache
     if code == ExitCode.DATA_ERROR:
         report = _report(mine, exit_code=int(code))
         origins = tuple(o for o in (report.origins if report else []) if _names_job_data(job, o))
