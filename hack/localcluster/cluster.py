@@ -116,7 +116,10 @@ class LocalCluster:
         self.api_port = 0
         self.server = ""
         self.bins: dict[str, Path] = {}
-        self.audit_log = self.workdir / "audit.log"
+
+    @property
+    def audit_log(self) -> Path:
+        return self.workdir / "audit.log"
 
     # -- lifecycle ---------------------------------------------------------------------------
 

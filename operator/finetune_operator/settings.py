@@ -237,10 +237,14 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _leader_election(self) -> Settings:
-        # client-go's rules: the leader must give up (renew deadline) before a standby may take over (lease
-        # duration), and must have time for more than one renewal attempt, jittered, within the deadline.
-        if self.leader_election_lease_duration_seconds <= self.leader_election_renew_deadline_seconds:
-            raise ValueError("leader_election_lease_duration_seconds must be greater than the renew deadline")
+        # The leader must give up (renew deadline) before a standby may take over (lease duration, counted
+        # from up to half a retry period before the standby saw the last renewal: leader.changed_at), and
+        # must have time for more than one renewal attempt, jittered, within the deadline (client-go's rule).
+        lease = self.leader_election_lease_duration_seconds
+        if lease <= self.leader_election_renew_deadline_seconds + self.leader_election_retry_period_seconds:
+            raise ValueError(
+                "leader_election_lease_duration_seconds must be greater than the renew deadline plus the retry period"
+            )
         if self.leader_election_renew_deadline_seconds <= 1.2 * self.leader_election_retry_period_seconds:
             raise ValueError("leader_election_renew_deadline_seconds must be greater than 1.2 x the retry period")
         return self

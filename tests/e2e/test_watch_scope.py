@@ -125,17 +125,15 @@ def test_pods_jobs_and_children_are_listed_and_watched_only_with_the_operators_s
     apply(audited, failing_job("scoped", namespace))
     wait_for("Failed", condition_is(audited, namespace, "scoped", "Failed"))
 
-    reads = [
-        e for e in operator.requests() if e["verb"] in ("list", "watch") and e["objectRef"].get("resource") in SELECTED
-    ]
+    requests = operator.requests()
+    reads = [e for e in requests if e["verb"] in ("list", "watch") and e["objectRef"].get("resource") in SELECTED]
     assert {e["objectRef"]["resource"] for e in reads} == SELECTED, "every child kind is watched"
     for event in reads:
-        expected = (
-            "app.kubernetes.io/managed-by=finetune-operator"
-            if event["objectRef"]["resource"] == "jobs"
-            else ("finetune.dev/job")
-        )
+        jobs = event["objectRef"]["resource"] == "jobs"
+        expected = "app.kubernetes.io/managed-by=finetune-operator" if jobs else "finetune.dev/job"
         assert selector_of(event) == expected, event["requestURI"]
+    conflicts = [e["requestURI"] for e in requests if (e.get("responseStatus") or {}).get("code") == 409]
+    assert conflicts == [], "a create is sent only for a child the cache lacks"
 
 
 def test_an_unrelated_pods_changes_never_reach_the_operator(audited, namespace, operator):

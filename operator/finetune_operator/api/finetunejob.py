@@ -871,9 +871,10 @@ class ModelStatus(ApiModel):
 class QueueStatus(ApiModel):
     """Where Kueue has the job (a job with the kueue.x-k8s.io/queue-name label), from Kueue's Workload."""
 
-    state: Literal["Queued", "Admitted", "Inadmissible", "Preempted", "Evicted"] = describe(
+    state: Literal["Queued", "Admitted", "Inadmissible", "Preempted", "Evicted", "Finished"] = describe(
         "Queued (waiting for quota), Admitted, Inadmissible (its LocalQueue or ClusterQueue is missing or "
-        "stopped), Preempted or Evicted (Kueue took the quota back; the job waits to be admitted again)."
+        "stopped), Preempted or Evicted (Kueue took the quota back; the job waits to be admitted again), "
+        "Finished (the training Job ended and its quota is released)."
     )
     local_queue: text(63) = describe("The LocalQueue in the job's namespace that the label names.")
     cluster_queue: text(253) | None = describe("The ClusterQueue the LocalQueue feeds, once known.", default=None)
