@@ -228,6 +228,12 @@ def finetunejob_crd() -> dict[str, Any]:
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss", "description": "Training loss."},
         {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Estimated time left."},
         {
+            "name": "EST",
+            "type": "string",
+            "jsonPath": ".status.plan.estimate.duration",
+            "description": "Estimated duration of training, from the preflight's plan.",
+        },
+        {
             "name": "Adapter",
             "type": "string",
             "jsonPath": ".status.adapter.name",

@@ -152,6 +152,22 @@ class Settings(BaseModel):
         default_factory=list, description="Tolerations of the verification pods (key[=value]:Effect,...)."
     )
 
+    preflight: bool = Field(
+        False,
+        description="Run a CPU-only preflight Job (validate and count the data, plan and estimate) before a job's "
+        "training Job is created.",
+    )
+    preflight_cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU of the preflight pod.")
+    preflight_memory: str = Field(
+        "4Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$", description="Memory of the preflight pod."
+    )
+    preflight_deadline_seconds: int = Field(
+        1800, ge=60, le=86400, description="activeDeadlineSeconds of the preflight Job."
+    )
+    throughput_history: int = Field(
+        5, ge=1, le=50, description="Finished jobs per throughput-table row whose median refines the estimate."
+    )
+
     @field_validator("namespaces")
     @classmethod
     def _namespaces(cls, value: list[str]) -> list[str]:
@@ -336,6 +352,11 @@ _OPTIONS = {
         "name,...",
     ),
     "verifier_node_selector": ("--verifier-node-selector", "FINETUNE_VERIFIER_NODE_SELECTOR", "key=value,..."),
+    "preflight": ("--preflight", "FINETUNE_PREFLIGHT", "true: a CPU preflight Job plans every job before training"),
+    "preflight_cpu": ("--preflight-cpu", "FINETUNE_PREFLIGHT_CPU", None),
+    "preflight_memory": ("--preflight-memory", "FINETUNE_PREFLIGHT_MEMORY", None),
+    "preflight_deadline_seconds": ("--preflight-deadline-seconds", "FINETUNE_PREFLIGHT_DEADLINE_SECONDS", None),
+    "throughput_history": ("--throughput-history", "FINETUNE_THROUGHPUT_HISTORY", None),
     "verifier_tolerations": ("--verifier-tolerations", "FINETUNE_VERIFIER_TOLERATIONS", "key[=value]:Effect,..."),
 }
 

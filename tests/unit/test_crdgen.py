@@ -148,7 +148,7 @@ def _default_columns(file_name: str) -> list[str]:
 
 
 def test_finetunejob_printer_columns():
-    assert _default_columns(FINETUNEJOBS) == ["Status", "Queue", "Progress", "Loss", "ETA", "Adapter", "Age"]
+    assert _default_columns(FINETUNEJOBS) == ["Status", "Queue", "Progress", "Loss", "ETA", "EST", "Adapter", "Age"]
 
 
 def test_modeladapter_printer_columns():

@@ -25,6 +25,7 @@ from .base import (
     text,
 )
 from .paths import is_within, normalised_mount_path
+from .plan import Plan
 from .rules import Rule, check, immutable
 
 KIND = "FineTuneJob"
@@ -903,6 +904,10 @@ class FineTuneJobStatus(ApiModel):
     job_name: text(253) | None = describe("Name of the batch/v1 Job that runs the training.", default=None)
     queue: QueueStatus | None = describe("Where Kueue has the job, for a job queued by Kueue.", default=None)
     model: ModelStatus | None = describe("The base model as resolved.", default=None)
+    plan: Plan | None = describe(
+        "What the CPU preflight counted before any GPU was claimed, and the estimate of time and GPU-hours.",
+        default=None,
+    )
     progress: Progress | None = describe("Live progress from the trainer.", default=None)
     checkpoint: CheckpointStatus | None = describe("The newest complete checkpoint.", default=None)
     evaluation: EvaluationSummary | None = describe("The final evaluation and the gate's verdict.", default=None)
