@@ -47,6 +47,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from .connection import ConfigError
     from .context import Context
     from .controller import Controller, job_metrics_recorder
+    from .event_recorder import EventRecorder
     from .handlers import build_registry
     from .health import Health, Role
     from .kube import FINETUNEJOBS, MODELADAPTERS, Kube
@@ -86,6 +87,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         health.lead(Role.SINGLE)
         leading = None
 
+    # Only now, elected: a standby records nothing.
+    context.events = EventRecorder(context.kube.create_event).start()
     jobs = Controller(
         "finetunejob",
         FINETUNEJOBS,
@@ -111,8 +114,9 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             ready_flag=health.started,
         )
     finally:
-        # kopf has stopped the controllers (its cleanup handler): nothing writes any more, so the Lease
-        # can go to a standby at once.
+        # kopf has stopped the controllers (its cleanup handler): once the Events they queued are sent,
+        # nothing writes any more, so the Lease can go to a standby at once.
+        await asyncio.to_thread(context.events.stop)
         if leading is not None:
             leading.remove_done_callback(exit_when_lost)
             leading.cancel()
