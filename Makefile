@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[trainer,bench,dev]'
 	touch $(STAMP)
 
-binaries: ## build the test control plane, MinIO, helm and kubeconform from Go modules (cached)
+binaries: ## build the test control plane, Kueue, MinIO, helm and kubeconform from Go modules (cached)
 	hack/build-binaries.sh
 
 test: install ## the whole suite, as CI runs it: lint, CRD staleness, unit, trainer and e2e tests

@@ -4,8 +4,8 @@ For raw-text JSONL corpora of several sizes (generated; 100 MB, 500 MB and 2 GB 
 trainer runs continued pre-training of the tiny model for a few steps three times, each a fresh
 process: without the store (FINETUNE_TOKEN_STORE=off, the path before the store), with the store
 built by this run, and with the store already present (a retry or a resume). Measured per run:
-the peak resident memory of the trainer's process tree (sampled every 50 ms, the store's workers
-included), the seconds from the process's start to the data being ready (its batch plan) and to
+the peak resident memory of the trainer's process tree (proportional set size, so that pages the
+forked store workers share with the trainer count once; sampled every 50 ms), the seconds from the process's start to the data being ready (its batch plan) and to
 its first optimizer step (the model is small, so a step costs little next to the data). Then the store of
 the smallest corpus is written in-process by one process and by every core, in MB/s of JSONL.
 Last, a chat SFT corpus of 200k rows goes through the same three runs.
@@ -119,7 +119,7 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
     if process.returncode != 0:
         raise RuntimeError(f"the trainer failed ({process.returncode}):\n{''.join(tail)}")
     return {
-        "peak_rss_mib": round(peak / MIB),
+        "peak_pss_mib": round(peak / MIB),
         "data_ready_s": round(data_ready[0], 1) if data_ready else None,
         "first_step_s": round(first_step[0], 1) if first_step else None,
         "total_s": round(time.monotonic() - started, 1),
@@ -127,14 +127,15 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
 
 
 def _peak_tree_rss(process: subprocess.Popen) -> int:
-    """The largest sum of resident memory over the process and all its descendants, until it exits."""
+    """The largest sum of resident memory (PSS) over the process and all its descendants, until it exits."""
     root, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
         total = 0
         try:
             for member in [root, *root.children(recursive=True)]:
                 try:
-                    total += member.memory_info().rss
+                    # PSS: pages shared by the forked store workers (torch, the tokenizer) count once in the sum.
+                    total += member.memory_full_info().pss
                 except psutil.Error:
                     continue
         except psutil.Error:

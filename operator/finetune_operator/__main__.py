@@ -8,9 +8,14 @@ import contextlib
 import logging
 import signal
 import sys
+from typing import TYPE_CHECKING
 
 from . import logs
 from .settings import Settings, SettingsError, add_arguments, from_arguments
+
+if TYPE_CHECKING:
+    from .health import Health
+    from .pod_role import PodRole
 
 log = logging.getLogger("finetune_operator")
 
@@ -56,6 +61,7 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     from .kube import FINETUNEJOBS, MODELADAPTERS, Kube
     from .leader import ElectionConfig, LeaderElector, acquire, exit_when_lost, keep_leading, leading_only
     from .metrics import OperatorMetrics
+    from .pod_role import PodRole
     from .reconcile import reconcile, settled_job
 
     metrics = OperatorMetrics()
@@ -74,12 +80,19 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         loop.add_signal_handler(signum, stop.set)  # kopf installs its own once it runs
 
     elector = None
+    role = None
     if settings.elects_leader:
         elector = LeaderElector(context.kube, ElectionConfig.from_settings(settings))
         config = elector.config
+        if settings.pod_name:
+            # Unmarked first: a container restarted after losing the Lease is the same pod, still marked.
+            role = PodRole(context.kube, config.namespace, settings.pod_name, config.retry_period)
+            role.want(False)
         log.info("standby as %s: waiting for the Lease %s/%s", config.identity, config.namespace, config.name)
         if not await acquire(elector, stop) or stop.is_set():
             await asyncio.to_thread(elector.release)
+            if role is not None:
+                await role.stop(timeout=config.retry_period)
             return 0
         log.info("elected leader as %s", config.identity)
         health.lead(Role.LEADER)
@@ -109,9 +122,10 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
     log.info(
         "watching %s", "all namespaces" if settings.clusterwide else "namespaces " + ", ".join(settings.namespaces)
     )
+    marking = asyncio.create_task(mark_when_serving(health, role)) if role is not None else None
     try:
         await kopf.operator(
-            registry=build_registry(jobs, adapters),
+            registry=build_registry(jobs, adapters, leading=elector.holds_lease if elector else None),
             standalone=True,
             clusterwide=settings.clusterwide,
             namespaces=settings.namespaces,
@@ -119,8 +133,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     finally:
         # kopf has stopped the controllers (its cleanup handler): once the Events they queued are sent,
-        # nothing writes any more, so the Lease can go to a standby at once.
+        # nothing writes any more, so the Lease can go to a standby at once. The mark goes first: the
+        # Service drops this pod before a standby is elected and marks its own.
         await asyncio.to_thread(context.events.stop)
+        if marking is not None:
+            marking.cancel()
+        if role is not None:
+            await role.stop(timeout=elector.config.retry_period)
         if leading is not None:
             leading.remove_done_callback(exit_when_lost)
             leading.cancel()
@@ -131,6 +150,13 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         if health_runner is not None:
             await health_runner.cleanup()
     return 0
+
+
+async def mark_when_serving(health: Health, role: PodRole) -> None:
+    """Mark our pod as the leader's once the handlers have started: the progress and metrics endpoints listen,
+    so the Service never sends a connection to a port nobody serves yet."""
+    await health.started.wait()
+    role.want(True)
 
 
 if __name__ == "__main__":

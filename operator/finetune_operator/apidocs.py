@@ -78,7 +78,8 @@ def render() -> str:
         sections.append(
             f"Resource `{crd['metadata']['name']}` ({crd['spec']['scope'].lower()}-scoped), short names "
             f"{', '.join(names['shortNames'])}, "
-            f"category `{names['categories'][0]}`. `kubectl get` columns: "
+            + (f"category `{names['categories'][0]}`" if names.get("categories") else "in no category")
+            + ". `kubectl get` columns: "
             + ", ".join(c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority"))
             + ".\n"
         )

@@ -130,5 +130,7 @@ def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcom
             elif condition.type in ("Succeeded", "Failed"):
                 result = "succeeded" if condition.type == "Succeeded" else "failed"
                 metrics.job_finished(result, status.start_time, status.completion_time)
+                if condition.type == "Succeeded":
+                    metrics.estimate_judged(status.plan)
 
     return record

@@ -178,6 +178,7 @@ def _crd(
     schema: dict[str, Any],
     columns: list[dict[str, Any]],
     scope: str = "Namespaced",
+    categories: tuple[str, ...] = (CATEGORY,),
 ) -> dict[str, Any]:
     version: dict[str, Any] = {"name": VERSION, "served": True, "storage": True}
     if "status" in schema["properties"]:
@@ -196,7 +197,7 @@ def _crd(
                 "plural": plural,
                 "singular": kind.lower(),
                 "shortNames": short_names,
-                "categories": [CATEGORY],
+                **({"categories": list(categories)} if categories else {}),
             },
             "versions": [version],
         },
@@ -216,7 +217,7 @@ def finetunejob_crd() -> dict[str, Any]:
             "name": "Queue",
             "type": "string",
             "jsonPath": ".status.queue.state",
-            "description": "Where Kueue has the job: Queued, Admitted, Inadmissible, Preempted or Evicted.",
+            "description": "Where Kueue has the job: Queued, Admitted, Inadmissible, Preempted, Evicted or Finished.",
         },
         {
             "name": "Progress",
@@ -226,6 +227,12 @@ def finetunejob_crd() -> dict[str, Any]:
         },
         {"name": "Loss", "type": "number", "jsonPath": ".status.progress.trainLoss", "description": "Training loss."},
         {"name": "ETA", "type": "string", "jsonPath": ".status.progress.eta", "description": "Estimated time left."},
+        {
+            "name": "EST",
+            "type": "string",
+            "jsonPath": ".status.plan.estimate.duration",
+            "description": "Estimated duration of training, from the preflight's plan.",
+        },
         {
             "name": "Adapter",
             "type": "string",
@@ -277,7 +284,9 @@ def finetunemodel_crd() -> dict[str, Any]:
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Max-Nodes", "type": "integer", "jsonPath": ".spec.limits.maxNodes", "priority": 1},
     ]
-    return _crd(finetunemodel.KIND, finetunemodel.PLURAL, ["ftmodel"], schema, columns, scope="Cluster")
+    # Not in the finetune category: `kubectl get finetune` is a tenant's view of their jobs and adapters, and a
+    # tenant who may not read the catalog (rbac.catalogReaders) would have it fail with a Forbidden.
+    return _crd(finetunemodel.KIND, finetunemodel.PLURAL, ["ftmodel"], schema, columns, scope="Cluster", categories=())
 
 
 def all_crds() -> dict[str, dict[str, Any]]:

@@ -110,7 +110,11 @@ def connection_info(connection: Connection) -> kopf.ConnectionInfo:
     )
 
 
-def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegistry:
+def build_registry(
+    jobs: Controller, adapters: Controller, leading: Callable[[], bool] | None = None
+) -> kopf.OperatorRegistry:
+    """``leading``: whether this replica holds the Lease now (leader.py LeaderElector.holds_lease), checked by the
+    progress endpoint before each write; None without leader election (the only copy always leads)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -133,7 +137,7 @@ def build_registry(jobs: Controller, adapters: Controller) -> kopf.OperatorRegis
         if own.progress_port:
             # Published before the first reconcile, so every job's ConfigMap carries the CA.
             context.progress_ca = tls.ca_pem
-            service = ProgressService(context.kube, own, jobs.metrics)
+            service = ProgressService(context.kube, own, jobs.metrics, leading)
             runners.append(await _serve(build_app(service), own.progress_port, ssl_context))
             logger.info("progress endpoint listening on port %d (HTTPS)", own.progress_port)
         if own.metrics_port:

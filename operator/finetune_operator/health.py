@@ -9,10 +9,11 @@ progress and metrics endpoints listen, the controllers run). A standby reports r
 - the PodDisruptionBudget (maxUnavailable 1) counts ready pods. Were the standby never ready, the
   leader would be the only healthy pod and could never be evicted: a node drain would hang on it.
 - a rolling update waits for the new pod to be ready; a new pod is a standby until the old leader goes.
-What this costs: the Service sends some connections to the standby, which does not serve the progress
-endpoint (it writes status) and serves no /metrics: a trainer's push is refused there and retried with
-backoff (progress_push.py), landing on the leader; Prometheus scrapes each pod, so the standby's scrape
-fails and the leader's is whole. The body says which role answered.
+Readiness and the Service do not fight: the Service selects the label finetune.dev/role=leader as well
+(pod_role.py), which only the leader carries, so a ready standby is no endpoint of it and receives no
+progress push and no scrape. Readiness keeps a marked pod out of the endpoints while it cannot answer
+(a frozen or dying leader fails its probe); the progress endpoint's own check of the Lease covers the
+moment before the probe notices. The body says which role answered.
 """
 
 from __future__ import annotations

@@ -112,6 +112,20 @@ def held_by_another(record: LeaseRecord, identity: str, observed_at: float, now:
     return bool(record.holder) and record.holder != identity and now < observed_at + record.lease_duration_seconds
 
 
+def changed_at(previous_look: float | None, seen: float, retry_period: float) -> float:
+    """When a change of the Lease first seen at ``seen`` most likely happened, on our clock: halfway since the
+    previous look, which still showed the old record, but never more than half a retry period before ``seen``
+    (a look that took long says little). Without a previous look, ``seen`` itself.
+
+    A standby that polls every retry period sees each renewal up to a period late; counting the lease from
+    ``seen`` would make failovers last up to a period longer than the lease. The estimate is never earlier
+    than the change by more than half a period, which the settings keep below the margin between the lease
+    duration and the leader's renew deadline."""
+    if previous_look is None:
+        return seen
+    return max((previous_look + seen) / 2, seen - retry_period / 2)
+
+
 def claimed(old: LeaseRecord | None, identity: str, lease_duration: float, now: datetime) -> LeaseRecord:
     """The record that acquires (or renews, when ``identity`` already holds ``old``) the Lease at ``now``."""
     stamp = micro_time(now)
@@ -146,7 +160,8 @@ class LeaderElector:
         self._wall_clock = wall_clock
         self._lease: dict[str, Any] | None = None  # the Lease as last read or written (its resourceVersion)
         self._record: LeaseRecord | None = None
-        self._observed_at = 0.0  # when our view of the record last changed, on our clock
+        self._observed_at = 0.0  # when the record we see last changed (changed_at), on our clock
+        self._last_look: float | None = None  # when the read that showed the current record was sent
         self._renewed_at: float | None = None  # when our last write naming us the holder succeeded
 
     @property
@@ -170,11 +185,14 @@ class LeaderElector:
             return 0.0
         return max(self._observed_at + self._record.lease_duration_seconds - self._clock(), 0.0)
 
-    def _observe(self, lease: dict[str, Any], written: bool = False) -> None:
+    def _observe(self, lease: dict[str, Any], written: bool = False, looked: float | None = None) -> None:
+        """Take in the Lease as a write returned it (``written``) or as a read sent at ``looked`` found it."""
         record = LeaseRecord.of(lease)
         if record != self._record:
+            now = self._clock()
+            self._observed_at = now if written else changed_at(self._last_look, now, self.config.retry_period)
             self._record = record
-            self._observed_at = self._clock()
+        self._last_look = looked
         self._lease = lease
         if written and record.holder == self.config.identity:
             self._renewed_at = self._observed_at
@@ -201,18 +219,20 @@ class LeaderElector:
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when we hold the Lease afterwards."""
         identity, duration = self.config.identity, self.config.lease_duration
-        fresh = self._clock() < self._observed_at + duration
-        # The leader's fast path: renew over what it last wrote, without reading first. A 409 means someone
-        # else wrote since (or the answer to our last write was lost): read and decide again.
-        if self.is_leader and fresh and self._put(claimed(self._record, identity, duration, self._wall_clock())):
+        # The fast path, for a leader renewing and for a standby whose view says the lease ran out or was
+        # released: write over the Lease as last seen, without reading it first. The resourceVersion makes
+        # it safe: a 409 means someone wrote since (or the answer to our last write was lost): read, decide.
+        free = self._lease is not None and not held_by_another(self._record, identity, self._observed_at, self._clock())
+        if free and self._put(claimed(self._record, identity, duration, self._wall_clock())):
             return True
+        looked = self._clock()
         lease = self.kube.get(LEASES, self.config.namespace, self.config.name)
         if lease is None:
             record = claimed(None, self.config.identity, self.config.lease_duration, self._wall_clock())
             lease, created = self.kube.create(self._manifest(record))
             self._observe(lease, written=created)  # not created: another replica's Lease, judged next time
             return created
-        self._observe(lease)
+        self._observe(lease, looked=looked)
         if held_by_another(self._record, self.config.identity, self._observed_at, self._clock()):
             return False
         return self._put(claimed(self._record, self.config.identity, self.config.lease_duration, self._wall_clock()))
@@ -240,6 +260,15 @@ async def _attempt(elector: LeaderElector) -> bool:
         return False
 
 
+def next_attempt_in(until_expiry: float, retry_period: float) -> float:
+    """A standby's wait before its next attempt: the retry period, or less when the leader's lease (as last
+    seen) runs out sooner, so a failover costs no part of a period more. Never a busy loop: a lease already
+    run out whose taking failed (a conflict, an error) waits the full period."""
+    if 0 < until_expiry < retry_period:
+        return until_expiry + 0.01
+    return retry_period
+
+
 async def acquire(elector: LeaderElector, stop: asyncio.Event) -> bool:
     """Wait until we hold the Lease (True) or ``stop`` is set (False)."""
     config = elector.config
@@ -250,9 +279,7 @@ async def acquire(elector: LeaderElector, stop: asyncio.Event) -> bool:
         if elector.holder and elector.holder != shown:
             shown = elector.holder
             log.info("standby: the Lease %s/%s is held by %s", config.namespace, config.name, shown)
-        # Try again at the next retry period, or as soon as the leader's lease, as we saw it, runs out:
-        # a failover then costs one lease duration after the last renewal we saw, not up to a period more.
-        delay = min(config.retry_period, elector.seconds_until_expiry() + 0.01)
+        delay = next_attempt_in(elector.seconds_until_expiry(), config.retry_period)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
     return False

@@ -84,6 +84,14 @@ class OperatorMetrics:
             buckets=JOB_DURATION_BUCKETS,
             registry=r,
         )
+        self.estimate_error = Histogram(
+            f"{PREFIX}_estimate_relative_error",
+            "(estimated - actual) / actual training seconds of succeeded jobs, by the estimate's source "
+            "(default: the shipped table; measured: this cluster's finished jobs).",
+            ["source"],
+            buckets=(-0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
+            registry=r,
+        )
         self.progress_reports = Counter(
             f"{PREFIX}_progress_reports_total",
             "Progress reports by result and reason of refusal.",
@@ -169,6 +177,13 @@ class OperatorMetrics:
     def job_finished(self, result: str, started: str | None, finished: str | None) -> None:
         if (seconds := _seconds_between(started, finished)) is not None:
             self.job_duration.labels(result).observe(seconds)
+
+    def estimate_judged(self, plan) -> None:
+        """A succeeded job's estimate against its measured training time (status.plan.actualSeconds)."""
+        if plan is None or plan.estimate is None or not plan.actual_seconds:
+            return
+        error = (plan.estimate.seconds - plan.actual_seconds) / plan.actual_seconds
+        self.estimate_error.labels(plan.estimate.source).observe(error)
 
     def api_request(self, verb: str, resource: str, code: str) -> None:
         self.api_requests.labels(verb, resource, code).inc()

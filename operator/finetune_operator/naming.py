@@ -15,11 +15,18 @@ POLICY_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/session-policy-hash"
 MINTED_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-minted-at"
 EXPIRES_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-expire-at"
 TRAINER_CONTAINER = "trainer"
+PREFLIGHT_ROLE_LABEL = f"{ANNOTATION_PREFIX}/role"  # on the preflight Job and its pod: not training
+THROUGHPUT_CONFIG_MAP = "finetune-throughput"  # in the operator's namespace: measured tokens/s of finished jobs
 KUEUE_LABELS = ("kueue.x-k8s.io/queue-name", "kueue.x-k8s.io/priority-class")
 
 
 def training_job_name(job_name: str) -> str:
     return job_name
+
+
+def preflight_job_name(job_name: str) -> str:
+    """Fits: a FineTuneJob's name is at most 52 characters, a Job's 63."""
+    return f"{job_name}-preflight"
 
 
 def service_name(job_name: str) -> str:

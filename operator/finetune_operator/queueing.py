@@ -4,11 +4,14 @@ the Workload's job-uid label: the cost follows our queued jobs, never the cluste
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from .kube import InvalidApiPath, Kind, Kube, KubeError
 from .naming import KUEUE_LABELS
 from .status import kueue
+
+log = logging.getLogger(__name__)
 
 WORKLOADS = Kind("kueue.x-k8s.io", "v1beta2", "workloads")
 LOCALQUEUES = Kind("kueue.x-k8s.io", "v1beta2", "localqueues")
@@ -25,7 +28,12 @@ def observe_queue(kube: Kube, training_job: dict[str, Any] | None) -> kueue.Queu
     try:
         workloads = kube.list(WORKLOADS, namespace, kueue.workload_selector(training_job))
     except KubeError as error:
-        if error.status == 404:  # Kueue's CRDs are not installed: nothing will ever admit the job
+        # 404: Kueue's CRDs are not installed. 403: an RBAC without the chart's Kueue rules. Either way the
+        # job's own status must still be written; it says it waits for Kueue.
+        if error.status in (403, 404):
+            log.warning(
+                "cannot read Kueue Workloads in %s (%s): showing queued jobs as waiting", namespace, error.status
+            )
             return None
         raise
     workload = kueue.workload_of(training_job, workloads)
@@ -42,4 +50,8 @@ def _cluster_queue(kube: Kube, namespace: str, local_queue: str) -> str | None:
         found = kube.get(LOCALQUEUES, namespace, local_queue)
     except InvalidApiPath:  # a label value that cannot name a LocalQueue; Kueue says so in the Workload
         return None
+    except KubeError as error:
+        if error.status == 403:  # an RBAC without the chart's Kueue rules: the ClusterQueue stays unknown
+            return None
+        raise
     return ((found or {}).get("spec") or {}).get("clusterQueue")

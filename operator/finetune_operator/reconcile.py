@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from . import planning
 from .api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
 from .catalog import Refused, Resolved, resolve
 from .context import Context, Outcome, parse_time, utc_now
@@ -85,6 +86,7 @@ OWNED_STATUS_FIELDS = (
     "restarts",
     "jobName",
     "queue",
+    "plan",
     "progress",
     "artifact",
     "evaluation",
@@ -121,6 +123,8 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     foreign = training_job is not None and not controlled_by(training_job, job.metadata.uid)
     if foreign:
         training_job = None  # says nothing about this job, and is never changed or deleted by it
+    # The CPU preflight (planning.py): None when this job does not wait for one.
+    preflight = planning.observe(context, job, training_job) if not is_finished(job.status) and not foreign else None
     if not is_finished(job.status) and not isinstance(model, Refused):
         try:
             config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
@@ -141,7 +145,9 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
             )
         elif not blockers and config is not None:
             try:
-                training_job, spec_pending = _converge_children(context, job, config, training_job)
+                allowed = planning.allows_training(job, preflight)
+                training_job, spec_pending = _converge_children(context, job, config, training_job, allowed)
+                planning.converge(context, job, preflight)
             except KubeError as error:
                 if error.status not in (400, 422):
                     raise
@@ -158,6 +164,8 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     pods = caches[PODS].select(namespace, selector_labels(name)) if training_job is not None else []
     queue = observe_queue(context.kube, training_job) if not is_finished(job.status) else None
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers, queue))
+    changes += planning.apply(context, job, status, preflight, now)
+    planning.record_outcome(context, job, status, training_job, pods)
     changes += _spec_applied(job, status, spec_pending, now)
     changes += _model_resolved(job, status, model, now)
     try:
@@ -263,7 +271,9 @@ def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
     return missing
 
 
-def _converge_children(context: Context, job: FineTuneJob, config, training_job: dict[str, Any] | None):
+def _converge_children(
+    context: Context, job: FineTuneJob, config, training_job: dict[str, Any] | None, create_job: bool = True
+):
     """Create what is missing, in dependency order: the Job last, so its pods find everything.
 
     Returns the training Job and whether some of the spec waits to be applied: while the Job runs, its
@@ -291,7 +301,7 @@ def _converge_children(context: Context, job: FineTuneJob, config, training_job:
 
     desired = render_job(job, context.settings, data_hash(applied))
     if training_job is None:
-        return _create(context, desired), False
+        return (_create(context, desired) if create_job else None), False
     existing_hash = training_job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)
     pending = pending or (running and existing_hash != desired["metadata"]["annotations"][SPEC_HASH_ANNOTATION])
     return _converge_job(context, job, desired, training_job), pending

@@ -152,6 +152,22 @@ class Settings(BaseModel):
         default_factory=list, description="Tolerations of the verification pods (key[=value]:Effect,...)."
     )
 
+    preflight: bool = Field(
+        False,
+        description="Run a CPU-only preflight Job (validate and count the data, plan and estimate) before a job's "
+        "training Job is created.",
+    )
+    preflight_cpu: str = Field("1", pattern=r"^[0-9]+(\.[0-9]+)?m?$", description="CPU of the preflight pod.")
+    preflight_memory: str = Field(
+        "4Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$", description="Memory of the preflight pod."
+    )
+    preflight_deadline_seconds: int = Field(
+        1800, ge=60, le=86400, description="activeDeadlineSeconds of the preflight Job."
+    )
+    throughput_history: int = Field(
+        5, ge=1, le=50, description="Finished jobs per throughput-table row whose median refines the estimate."
+    )
+
     @field_validator("namespaces")
     @classmethod
     def _namespaces(cls, value: list[str]) -> list[str]:
@@ -221,10 +237,14 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _leader_election(self) -> Settings:
-        # client-go's rules: the leader must give up (renew deadline) before a standby may take over (lease
-        # duration), and must have time for more than one renewal attempt, jittered, within the deadline.
-        if self.leader_election_lease_duration_seconds <= self.leader_election_renew_deadline_seconds:
-            raise ValueError("leader_election_lease_duration_seconds must be greater than the renew deadline")
+        # The leader must give up (renew deadline) before a standby may take over (lease duration, counted
+        # from up to half a retry period before the standby saw the last renewal: leader.changed_at), and
+        # must have time for more than one renewal attempt, jittered, within the deadline (client-go's rule).
+        lease = self.leader_election_lease_duration_seconds
+        if lease <= self.leader_election_renew_deadline_seconds + self.leader_election_retry_period_seconds:
+            raise ValueError(
+                "leader_election_lease_duration_seconds must be greater than the renew deadline plus the retry period"
+            )
         if self.leader_election_renew_deadline_seconds <= 1.2 * self.leader_election_retry_period_seconds:
             raise ValueError("leader_election_renew_deadline_seconds must be greater than 1.2 x the retry period")
         return self
@@ -332,6 +352,11 @@ _OPTIONS = {
         "name,...",
     ),
     "verifier_node_selector": ("--verifier-node-selector", "FINETUNE_VERIFIER_NODE_SELECTOR", "key=value,..."),
+    "preflight": ("--preflight", "FINETUNE_PREFLIGHT", "true: a CPU preflight Job plans every job before training"),
+    "preflight_cpu": ("--preflight-cpu", "FINETUNE_PREFLIGHT_CPU", None),
+    "preflight_memory": ("--preflight-memory", "FINETUNE_PREFLIGHT_MEMORY", None),
+    "preflight_deadline_seconds": ("--preflight-deadline-seconds", "FINETUNE_PREFLIGHT_DEADLINE_SECONDS", None),
+    "throughput_history": ("--throughput-history", "FINETUNE_THROUGHPUT_HISTORY", None),
     "verifier_tolerations": ("--verifier-tolerations", "FINETUNE_VERIFIER_TOLERATIONS", "key[=value]:Effect,..."),
 }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -103,7 +104,9 @@ def local_node(cluster, tmp_path_factory):
     """The local node agent (hack/nodeagent): pods bound to node local-cpu-0 run as local processes."""
     from nodeagent import LocalNodeAgent
 
-    with LocalNodeAgent(cluster.kubeconfig, workdir=tmp_path_factory.mktemp("nodeagent")) as agent:
+    # The pods run the code under test: a checkout run with PYTHONPATH (a worktree) is what its pods import.
+    env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
+    with LocalNodeAgent(cluster.kubeconfig, workdir=tmp_path_factory.mktemp("nodeagent"), env=env) as agent:
         yield agent
 
 

@@ -324,24 +324,6 @@ def test_an_operator_killed_at_any_point_converges_after_restart(cluster, namesp
     assert get(cluster, "ftj", namespace, "resilient")["status"]["phase"] == "Succeeded"
 
 
-def test_a_kueue_queued_job_waits_suspended_until_admitted(cluster, namespace, operator):
-    manifest = training_job("queued", namespace)
-    manifest["metadata"]["labels"] = {"kueue.x-k8s.io/queue-name": "gpu-queue"}
-    apply(cluster, manifest)
-
-    queued = wait_for("QueuedByKueue", condition_is(cluster, namespace, "queued", "Suspended"))
-    assert queued["reason"] == "QueuedByKueue" and "gpu-queue" in queued["message"]
-    job = get(cluster, "job", namespace, "queued")
-    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-queue"
-    assert job["spec"]["suspend"] is True
-
-    # What Kueue does when the ClusterQueue has quota:
-    cluster.run_kubectl("patch", "job", "queued", "-n", namespace, "--type=merge", "-p", '{"spec":{"suspend":false}}')
-    admitted = wait_for("admitted", condition_is(cluster, namespace, "queued", "Suspended", "False"))
-    assert admitted["reason"] == "Admitted"
-    wait_for("Succeeded", condition_is(cluster, namespace, "queued", "Succeeded"), timeout=60)
-
-
 def test_ttl_removes_the_training_job_but_keeps_the_finetunejob(cluster, namespace, operator):
     apply(cluster, training_job("ephemeral", namespace, ttlSecondsAfterFinished=1))
     wait_for("Succeeded", condition_is(cluster, namespace, "ephemeral", "Succeeded"), timeout=60)

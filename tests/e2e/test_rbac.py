@@ -33,6 +33,7 @@ import pytest
 import yaml
 from catalog import valid_job
 from finetune_operator.api import MANIFEST_FILE_NAME, TrainerConfig, manifest_of_directory
+from finetune_operator.pod_role import LEADER, ROLE_LABEL
 from kubehelpers import condition, get, items, patch_pod_status
 from localcluster import LocalCluster, build_binaries, free_port
 from localcluster.operator_process import OperatorProcess
@@ -62,30 +63,18 @@ rules:
 
 
 class AuditedCluster(LocalCluster):
-    """The test control plane, with OwnerReferencesPermissionEnforcement and an audit log of ServiceAccounts."""
+    """The test control plane, with OwnerReferencesPermissionEnforcement (the audit log is LocalCluster's
+    ``audit_policy`` option)."""
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None):
         if name == "kube-apiserver":
-            policy = self.workdir / "audit-policy.yaml"
-            policy.write_text(AUDIT_POLICY)
-            argv = [
-                *argv,
-                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
-                f"--audit-policy-file={policy}",
-                f"--audit-log-path={self.audit_log}",
-                "--audit-log-format=json",
-                "--audit-log-mode=blocking",
-            ]
+            argv = [*argv, "--enable-admission-plugins=OwnerReferencesPermissionEnforcement"]
         return super().spawn(name, argv, env)
-
-    @property
-    def audit_log(self) -> Path:
-        return self.workdir / "audit.log"
 
 
 @pytest.fixture(scope="module")
 def rbac_cluster():
-    with AuditedCluster() as running:
+    with AuditedCluster(audit_policy=AUDIT_POLICY) as running:
         running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         running.run_kubectl(
             "wait",
@@ -314,6 +303,11 @@ class Run:
     def workload(self) -> str:
         return self.namespaces["workload"]
 
+    @property
+    def pod_name(self) -> str:
+        """The operator's pod (a Pod object: the process is the test's), which it labels once it leads."""
+        return f"{self.name}-operator"
+
     # waiting that fails at the operator's first refused request
     def check(self) -> None:
         forbidden = self.audit.forbidden() if self.audit else []
@@ -404,6 +398,13 @@ class Run:
             "create", "secret", "generic", "s3-creds", "-n", ns, "--from-literal=AWS_ACCESS_KEY_ID=x"
         )
         self.cluster.run_kubectl("create", "serviceaccount", "byo-trainer", "-n", ns)
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": self.pod_name, "namespace": self.namespaces["release"]},
+            "spec": {"containers": [{"name": "operator", "image": "finetune-operator:test"}]},
+        }
+        apply(self.cluster, pod)
 
     def operator_environment(self) -> dict[str, str]:
         """The settings of the chart's Deployment, with the endpoints on this machine's loopback."""
@@ -412,6 +413,8 @@ class Run:
         for var in container["env"]:
             if var["name"] == "FINETUNE_OPERATOR_NAMESPACE":
                 env[var["name"]] = self.namespaces["release"]
+            elif var["name"] == "FINETUNE_POD_NAME":
+                env[var["name"]] = self.pod_name
             elif "value" in var:
                 env[var["name"]] = var["value"]
         self.progress_port = free_port()
@@ -473,6 +476,16 @@ def condition_of(run: Run, name: str, type_: str, status: str = "True"):
         return found if found and found["status"] == status else None
 
     return probe
+
+
+def step_lead(run: Run) -> None:
+    """Elected, the operator labels its own pod as the leader's: the chart's Service selects that label."""
+
+    def labelled():
+        pod = get(run.cluster, "pod", run.namespaces["release"], run.pod_name)
+        return (pod["metadata"].get("labels") or {}).get(ROLE_LABEL) == LEADER
+
+    run.wait("the operator's pod labelled as the leader's", labelled)
 
 
 def step_create(run: Run) -> None:
@@ -718,6 +731,7 @@ def run_scenario(run: Run) -> Outcome:
     try:
         run.install()
         run.start_operator()
+        step_lead(run)
         step_create(run)
         step_catalog(run)
         step_resize(run)

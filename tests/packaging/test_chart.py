@@ -575,6 +575,49 @@ def test_the_lease_permissions_name_the_lease_except_create_which_cannot(tools):
     assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
 
 
+def test_the_service_sends_connections_to_the_leaders_pod_only(tools):
+    from finetune_operator.pod_role import LEADER, ROLE_LABEL
+
+    docs = tools.render()
+    (service,) = find(docs, "Service")
+    (deployment,) = find(docs, "Deployment")
+    pods = deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["selector"] == {**pods, ROLE_LABEL: LEADER}
+    # The mark is the leader's to set: no pod carries it from the template, and the Deployment's own selector
+    # (immutable) does not need it.
+    assert ROLE_LABEL not in deployment["spec"]["template"]["metadata"]["labels"]
+    assert ROLE_LABEL not in pods
+
+
+def test_without_leader_election_the_service_selects_the_only_pod(tools):
+    from finetune_operator.pod_role import ROLE_LABEL
+
+    docs = tools.render({"leaderElection": {"enabled": False}, "replicas": 1})
+    (service,) = find(docs, "Service")
+    (deployment,) = find(docs, "Deployment")
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert ROLE_LABEL not in service["spec"]["selector"]
+
+
+def pod_patchers(docs: list[dict]) -> list[tuple[str, str, str | None]]:
+    """The operator's roles that may patch pods: kind, name, namespace."""
+    return [
+        (d["kind"], d["metadata"]["name"], d["metadata"].get("namespace"))
+        for d in operator_objects(docs)
+        for rule in d["rules"]
+        if "pods" in rule["resources"] and "patch" in rule["verbs"]
+    ]
+
+
+@pytest.mark.parametrize("values", [{}, EVERYTHING_NAMESPACED], ids=["clusterwide", "namespaced"])
+def test_the_operator_may_patch_pods_in_its_own_namespace_only(tools, values):
+    assert pod_patchers(tools.render(values)) == [("Role", "fto-finetune-operator-self", RELEASE_NAMESPACE)]
+
+
+def test_without_leader_election_the_operator_patches_no_pod(tools):
+    assert pod_patchers(tools.render({"leaderElection": {"enabled": False}, "replicas": 1})) == []
+
+
 def test_the_replicas_prefer_different_nodes(tools):
     (deployment,) = find(tools.render(), "Deployment")
     (term,) = deployment["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"][
@@ -956,3 +999,101 @@ def test_the_chart_accepts_an_output_without_shared_keys_or_with_them_acknowledg
     settings = from_arguments(parse(container["args"]), environ=env)
     assert settings.default_output_uri == output["defaultUri"]
     assert settings.sts_enabled == ("sts" in output)
+
+
+# -- the OpenAI-compatible API ---------------------------------------------------------------------
+
+OPENAI_API = {
+    "openaiApi": {
+        "enabled": True,
+        "tls": {"secretName": "openai-tls"},
+        "files": {"uri": "s3://files/uploads/", "credentialsSecret": "files-keys", "jobDataSecret": "files-read"},
+        "jobTemplate": {"nodeSelector": {"pool": "gpu"}, "priorityClassName": "training"},
+    }
+}
+API_RULES = {
+    (("authentication.k8s.io",), ("tokenreviews",), ("create",)),
+    (("authorization.k8s.io",), ("subjectaccessreviews",), ("create",)),
+    (("finetune.dev",), ("finetunemodels",), ("get", "list")),
+    (("",), ("namespaces",), ("get",)),
+}
+TENANT_RULES = {
+    (("finetune.dev",), ("finetunejobs",), ("get", "list", "create", "patch")),
+    (("finetune.dev",), ("modeladapters",), ("get", "list", "delete")),
+}
+
+
+def openai_api_objects(docs: list[dict]) -> list[dict]:
+    return [d for d in docs if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "openai-api"]
+
+
+def test_the_openai_api_is_off_by_default(tools):
+    assert openai_api_objects(tools.render({})) == []
+
+
+@pytest.mark.parametrize("values", [OPENAI_API, {**OPENAI_API, **NAMESPACED}], ids=["clusterwide", "namespaced"])
+def test_the_openai_api_renders_manifests_that_pass_kubeconform_strict(tools, openapi, tmp_path, values):
+    result = validate(tools, openapi, tmp_path, tools.template(values))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_openai_api_gets_reviews_the_catalog_and_tenant_jobs_and_adapters_and_nothing_else(tools):
+    docs = openai_api_objects(tools.render(OPENAI_API))
+    (role,) = find(docs, "ClusterRole")
+    assert rules_of(role) == API_RULES | TENANT_RULES
+    (binding,) = find(docs, "ClusterRoleBinding")
+    (account,) = find(docs, "ServiceAccount")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": account["metadata"]["name"], "namespace": RELEASE_NAMESPACE}
+    ]
+
+
+def test_with_watched_namespaces_the_openai_api_touches_jobs_and_adapters_only_there(tools):
+    docs = openai_api_objects(tools.render({**OPENAI_API, **NAMESPACED}))
+    (role,) = find(docs, "ClusterRole")
+    assert rules_of(role) == API_RULES
+    roles = {d["metadata"]["namespace"]: rules_of(d) for d in find(docs, "Role")}
+    assert roles == {"team-a": TENANT_RULES, "team-b": TENANT_RULES}
+    assert {d["metadata"]["namespace"] for d in find(docs, "RoleBinding")} == {"team-a", "team-b"}
+
+
+def test_the_openai_api_runs_under_its_own_account_with_settings_it_accepts(tools):
+    from finetune_operator.openai_api.settings import parse
+
+    docs = tools.render(OPENAI_API)
+    (deployment,) = find(openai_api_objects(docs), "Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"] == ["python", "-m", "finetune_operator.openai_api"]
+    assert pod["serviceAccountName"] == find(openai_api_objects(docs), "ServiceAccount")[0]["metadata"]["name"]
+    operator = next(d for d in find(docs, "Deployment") if d is not deployment)
+    assert pod["serviceAccountName"] != operator["spec"]["template"]["spec"]["serviceAccountName"]
+    assert pod["securityContext"]["runAsNonRoot"]
+    assert container["securityContext"]["readOnlyRootFilesystem"]
+    settings = parse([], environ=environment(container))
+    assert settings.files_uri == "s3://files/uploads/" and settings.job_data_secret == "files-read"
+    assert settings.max_upload_bytes == 512 << 20 and settings.port == 8443
+    assert settings.template_spec() == {"nodeSelector": {"pool": "gpu"}, "priorityClassName": "training"}
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    assert secrets == {"tls": "openai-tls", "files-credentials": "files-keys"}
+
+
+def test_the_openai_api_service_selects_its_pods_and_the_operators_service_does_not(tools):
+    docs = tools.render(OPENAI_API)
+    (api_service,) = find(openai_api_objects(docs), "Service")
+    (api,) = find(openai_api_objects(docs), "Deployment")
+    api_labels = api["spec"]["template"]["metadata"]["labels"]
+    assert api_service["spec"]["selector"].items() <= api_labels.items()
+    operator_service = next(d for d in find(docs, "Service") if d not in openai_api_objects(docs))
+    assert not operator_service["spec"]["selector"].items() <= api_labels.items()
+
+
+@pytest.mark.parametrize("missing", ["tls", "files"])
+def test_the_openai_api_needs_its_certificate_and_files_location(tools, tmp_path, missing):
+    values = json.loads(json.dumps(OPENAI_API))
+    del values["openaiApi"][missing]
+    values_file = tmp_path / "values.json"
+    values_file.write_text(json.dumps(values))
+    result = tools.run_helm("template", "x", str(CHART), "--values", str(values_file), check=False)
+    assert result.returncode != 0
+    assert f"openaiApi.{missing}." in result.stderr

@@ -13,11 +13,13 @@ from finetune_operator.leader import (
     LeaderElector,
     LeaseRecord,
     NotLeading,
+    changed_at,
     claimed,
     held_by_another,
     identity_of,
     leading_only,
     micro_time,
+    next_attempt_in,
     released,
 )
 from finetune_operator.settings import Settings
@@ -61,6 +63,27 @@ def test_a_released_lease_is_free_at_once():
 
 def test_our_own_lease_is_never_held_by_another():
     assert not held_by_another(record("pod-a"), "pod-a", observed_at=100.0, now=100.0)
+
+
+def test_a_change_seen_on_a_later_look_happened_halfway_since_the_previous_one():
+    assert changed_at(previous_look=100.0, seen=102.0, retry_period=2.0) == 101.0
+
+
+def test_a_change_is_never_placed_more_than_half_a_retry_period_before_it_was_seen():
+    assert changed_at(previous_look=100.0, seen=130.0, retry_period=2.0) == 129.0
+
+
+def test_a_record_seen_on_the_first_look_counts_from_that_look():
+    assert changed_at(previous_look=None, seen=100.0, retry_period=2.0) == 100.0
+
+
+def test_a_standby_tries_again_when_the_lease_runs_out_if_that_is_before_its_next_period():
+    assert next_attempt_in(until_expiry=0.5, retry_period=2.0) == pytest.approx(0.51)
+    assert next_attempt_in(until_expiry=9.0, retry_period=2.0) == 2.0
+
+
+def test_a_standby_whose_attempt_failed_on_a_run_out_lease_waits_a_whole_period():
+    assert next_attempt_in(until_expiry=0.0, retry_period=2.0) == 2.0
 
 
 def test_a_new_lease_is_acquired_with_no_transitions():
@@ -145,3 +168,10 @@ def test_a_replica_that_never_renewed_the_lease_refuses_to_reconcile():
 
 def test_without_leader_election_reconciles_are_not_fenced():
     assert leading_only(reconcile, None)(None, "team-a", "job") == "reconciled team-a/job"
+
+
+def test_the_leaders_mark_is_a_label_set_by_a_merge_patch_and_removed_by_a_null():
+    from finetune_operator.pod_role import role_patch
+
+    assert role_patch(True) == {"metadata": {"labels": {"finetune.dev/role": "leader"}}}
+    assert role_patch(False) == {"metadata": {"labels": {"finetune.dev/role": None}}}

@@ -50,3 +50,15 @@ def test_a_wrong_setting_stops_the_server_naming_it(capsys):
     with pytest.raises(SystemExit):
         parse([], environ={**REQUIRED, "FINETUNE_OPENAI_FILES_URI": "http://files"})
     assert "--files-uri / FINETUNE_OPENAI_FILES_URI" in capsys.readouterr().err
+
+
+def test_the_job_template_is_a_finetunejob_template_given_as_json(capsys):
+    template = '{"nodeSelector": {"pool": "gpu"}, "tolerations": [{"key": "gpu", "operator": "Exists"}]}'
+    settings = parse([f"--job-template={template}"], environ=REQUIRED)
+    assert settings.template_spec() == {
+        "nodeSelector": {"pool": "gpu"},
+        "tolerations": [{"key": "gpu", "operator": "Exists"}],
+    }
+    with pytest.raises(SystemExit):
+        parse(['--job-template={"nodeSelectr": {}}'], environ=REQUIRED)
+    assert "--job-template" in capsys.readouterr().err

@@ -121,6 +121,13 @@ def test_the_admins_policy_gives_the_data_secret_and_enforces_the_gate_only_with
     assert manifest(request)["spec"]["evaluation"]["gate"]["mode"] == "warn"
 
 
+def test_the_admins_template_places_every_job():
+    template = {"nodeSelector": {"pool": "gpu"}}
+    spec = manifest(JobRequest(model="m", training_file=FILE), policy=JobPolicy(template=template))["spec"]
+    assert spec["template"] == template
+    assert "template" not in manifest(JobRequest(model="m", training_file=FILE))["spec"]
+
+
 def test_an_adapter_name_stays_a_dns_label_whatever_the_suffix():
     name = adapter_name("ftjob-" + "0" * 24, "A" * 64)
     assert len(name) <= 63 and name.startswith("ftjob-")
@@ -212,9 +219,12 @@ def finetunejob(phase=None, conditions=(), annotations=None, **status) -> dict:
         (finetunejob("Pending", [("Created", "True", "Created", "")]), "queued"),
         (finetunejob("Suspended", [("Suspended", "True", "JobSuspended", "")]), "queued"),
         (finetunejob("Running"), "running"),
+        (dict(finetunejob("Running"), spec={"suspend": True}), "queued"),
         (finetunejob("Succeeded", [("Succeeded", "True", "TrainingSucceeded", "")]), "running"),
         (finetunejob("Succeeded", [("Published", "True", "AdapterPublished", "")]), "succeeded"),
         (finetunejob("Succeeded", [("Published", "False", "GateFailed", "general loss +9%")]), "failed"),
+        (finetunejob("Succeeded", [("Published", "False", "ArtifactUnknown", "no report")]), "failed"),
+        (finetunejob("Succeeded", [("Published", "False", "PublishFailed", "503")]), "running"),
         (finetunejob("Failed", [("Failed", "True", "DataError", "train.jsonl:3 bad")]), "failed"),
         (finetunejob("Suspended", annotations={CANCELLED_AT: "2027-01-15T10:00:00Z"}), "cancelled"),
         (finetunejob("Pending", [("ModelResolved", "False", "CatalogLimitExceeded", "maxGPUs 8")]), "failed"),

@@ -232,6 +232,7 @@ def test_leader_election_can_be_turned_off():
     ("argv", "detail"),
     [
         (["--leader-elect-lease-duration=10", "--leader-elect-renew-deadline=10"], "greater than the renew deadline"),
+        (["--leader-elect-lease-duration=12", "--leader-elect-renew-deadline=10"], "plus the retry period"),
         (["--leader-elect-renew-deadline=4", "--leader-elect-retry-period=4"], "1.2 x the retry period"),
         (["--leader-elect-retry-period=0"], "--leader-elect-retry-period"),
     ],

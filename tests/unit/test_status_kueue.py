@@ -12,6 +12,7 @@ from test_status import (
     QUEUE_LABEL,
     TRAINING_JOB_UID,
     condition,
+    job_condition,
     make_job,
     message,
     pod,
@@ -170,3 +171,12 @@ def test_an_evicted_job_whose_pods_still_run_says_kueue_is_suspending_it():
     status, _ = observe_queued(make_job(), kueue.queue_state(PREEMPTED), suspend=False, pods=[pod()])
     assert condition(status, "Suspended") == ("False", "Evicting")
     assert "Kueue is suspending the Job" in message(status, "Suspended")
+
+
+def test_a_finished_job_leaves_the_queue():
+    admitted, _ = observe_queued(make_job(), kueue.queue_state(ADMITTED), suspend=False, pods=[pod()])
+    labels = {QUEUE_LABEL: "gpu-queue"}
+    done = training_job(job_condition("Complete"), labels=labels, completion_time=LATER)
+    status, _ = compute_status(Observation(make_job(admitted), done, [], LATER, [], kueue.queue_state(ADMITTED)))
+    assert status.phase == "Succeeded"
+    assert status.queue.state == "Finished" and status.queue.cluster_queue == "gpus"

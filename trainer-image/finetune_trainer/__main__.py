@@ -42,7 +42,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def parse_preflight_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m finetune_trainer preflight",
+        description="On CPU, before any GPU is claimed: resolve the model revision, load its tokenizer, validate, "
+        "tokenize and count every data row as training would, and plan the run's steps for the training pods' "
+        "layout. The plan (JSON) goes to the termination message.",
+        epilog="Exit codes: 0 planned, 65 data error (the invalid rows' file:line in the termination message), "
+        "78 configuration error, 1 anything else.",
+    )
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="the resolved trainer configuration")
+    parser.add_argument("--processes", type=int, default=1, help="training processes (ranks) the plan is for")
+    parser.add_argument("--accelerator", choices=("gpu", "cpu"), default="gpu", help="where training will run")
+    return parser.parse_args(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["preflight"]:
+        return preflight_main(argv[1:])
     args = parse_args(argv)
     log.configure()
     register_with_launcher()
@@ -60,6 +78,29 @@ def main(argv: list[str] | None = None) -> int:
         write_termination_message(f"{code.meaning}: {error}")
     record_exit_code(code)
     return int(code)
+
+
+def preflight_main(argv: list[str]) -> int:
+    args = parse_preflight_args(argv)
+    log.configure()
+    try:
+        from .errors import DataError
+        from .preflight import TrainingTopology, preflight, report_data_error, report_plan
+
+        plan = preflight(
+            args.config, TrainingTopology(processes=max(1, args.processes), on_gpu=args.accelerator == "gpu")
+        )
+    except Exception as error:
+        code = exit_code_of(error)
+        log.error("preflight_stopped", reason=code.name.lower(), message=str(error), exit_code=int(code))
+        if isinstance(error, DataError):
+            report_data_error(error)
+        else:
+            write_termination_message(f"{code.meaning}: {error}")
+        return int(code)
+    log.info("preflight_planned", **plan.model_dump(exclude={"sources"}, exclude_none=True))
+    report_plan(plan)
+    return int(ExitCode.SUCCESS)
 
 
 def register_with_launcher() -> None:

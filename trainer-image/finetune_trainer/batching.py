@@ -132,6 +132,28 @@ def plan_steps_after(
     return _plan_subset(examples, remaining, **layout, **epoch_settings)
 
 
+def epoch_planner(bundle, *, micro_batch_tokens: int, batch_tokens: int, packing: bool, seed: int, world_size: int):
+    """The plan of each epoch of a run over ``bundle`` (a data.DataBundle), as training and the preflight use it.
+
+    Each epoch draws its own mix from the pool (the same positions, in order, when nothing is subsampled).
+    """
+
+    def plan_for_epoch(epoch: int, done: Sequence[dict] = ()) -> list[Step]:
+        return plan_steps_after(
+            bundle.pool,
+            done,
+            subset=bundle.epoch_mix(epoch),
+            micro_batch_tokens=micro_batch_tokens,
+            batch_tokens=batch_tokens,
+            packing=packing,
+            seed=seed,
+            epoch=epoch,
+            world_size=world_size,
+        )
+
+    return plan_for_epoch
+
+
 def _plan_subset(examples: Sequence[Item], subset: Sequence[int] | None, **layout) -> list[Step]:
     if subset is None:
         return plan_steps(examples, **layout)

@@ -24,9 +24,17 @@ class ConfigError(TrainerError):
 
 
 class DataError(TrainerError):
-    """The data is unusable: the message names the source (file:line where known) and the problem."""
+    """The data is unusable: the message names the source (file:line where known) and the problem.
+
+    ``origins`` lists the "file:line" of the invalid rows found, when there are some: the preflight
+    reports them on their own, as data the operator can check, instead of as free text.
+    """
 
     exit_code = ExitCode.DATA_ERROR
+
+    def __init__(self, message: str, origins: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.origins = list(origins or [])
 
 
 class GateFailed(TrainerError):

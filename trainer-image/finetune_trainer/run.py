@@ -12,7 +12,6 @@ import importlib.metadata
 import math
 import platform
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from finetune_operator.api import (
 
 from . import log
 from .artifact import ArtifactTarget, is_same_job, publish, write_model_files
-from .batching import plan_steps_after
+from .batching import epoch_planner
 from .checkpoint import Checkpointer
 from .config import LoadedConfig, load_config
 from .data import DataBundle, load_data
@@ -166,19 +165,14 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
         reference = accelerator.prepare_model(frozen_reference(trainable.model, placement), evaluation_mode=True)
     objective = DirectPreference(config.training.dpo.beta, reference) if dpo else LanguageModelling()
 
-    def plan_for_epoch(epoch: int, done: Sequence[dict] = ()):
-        # Each epoch draws its own mix from the pool (the same positions, in order, when nothing is subsampled).
-        return plan_steps_after(
-            bundle.pool,
-            done,
-            subset=bundle.epoch_mix(epoch),
-            micro_batch_tokens=layout.micro_batch_tokens,
-            batch_tokens=config.training.batch_tokens,
-            packing=layout.packing,
-            seed=config.training.seed,
-            epoch=epoch,
-            world_size=dist.world_size,
-        )
+    plan_for_epoch = epoch_planner(
+        bundle,
+        micro_batch_tokens=layout.micro_batch_tokens,
+        batch_tokens=config.training.batch_tokens,
+        packing=layout.packing,
+        seed=config.training.seed,
+        world_size=dist.world_size,
+    )
 
     total_steps = total_steps_for(plan_for_epoch, config.training.epochs, config.training.max_steps)
     optimizer = build_optimizer(trainable.model, config.training)
@@ -347,6 +341,7 @@ def _publish(session: _Session, state: TrainState, summary: EvaluationSummary) -
         steps=state.step,
         tokens_seen=state.tokens_seen,
         wall_seconds=state.wall_seconds,
+        train_seconds=round(state.wall_seconds, 3),
         resumed_from_step=state.resumed_from_step,
         final_train_loss=state.last_loss if state.last_loss is not None and math.isfinite(state.last_loss) else None,
         evaluation=summary,

@@ -27,5 +27,10 @@ def write_termination_message(message: str) -> None:
 def write_final_summary(report: TrainingReport | None) -> None:
     if report is None or report.artifact is None:
         return
-    summary = FinalSummary(artifact=report.artifact, evaluation=report.evaluation, model_revision=report.model_revision)
+    summary = FinalSummary(
+        artifact=report.artifact,
+        evaluation=report.evaluation,
+        model_revision=report.model_revision,
+        train_seconds=report.train_seconds,
+    )
     write_termination_message(summary.to_message())

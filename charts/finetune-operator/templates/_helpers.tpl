@@ -140,3 +140,18 @@ admin acknowledges it (output.sharedCredentialsAcknowledged).
 {{- fail "output.credentialsSecret: one Secret for the shared output gives every namespace's pods keys to every other namespace's checkpoints and adapters. Set output.sts.credentialsSecret for per-job credentials (STS), or output.sharedCredentialsAcknowledged: true if every namespace is trusted alike" }}
 {{- end }}
 {{- end }}
+
+{{/* The OpenAI-compatible API's pods: a name of their own, so the operator's Service and policy never select them. */}}
+{{- define "finetune-operator.openaiApiSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "finetune-operator.name" . }}-openai-api
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "finetune-operator.openaiApiLabels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "finetune-operator.openaiApiSelectorLabels" . }}
+app.kubernetes.io/component: openai-api
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: finetune-operator
+{{- end }}

@@ -25,6 +25,7 @@ from .base import (
     text,
 )
 from .paths import is_within, normalised_mount_path
+from .plan import Plan
 from .rules import Rule, check, immutable
 
 KIND = "FineTuneJob"
@@ -870,9 +871,10 @@ class ModelStatus(ApiModel):
 class QueueStatus(ApiModel):
     """Where Kueue has the job (a job with the kueue.x-k8s.io/queue-name label), from Kueue's Workload."""
 
-    state: Literal["Queued", "Admitted", "Inadmissible", "Preempted", "Evicted"] = describe(
+    state: Literal["Queued", "Admitted", "Inadmissible", "Preempted", "Evicted", "Finished"] = describe(
         "Queued (waiting for quota), Admitted, Inadmissible (its LocalQueue or ClusterQueue is missing or "
-        "stopped), Preempted or Evicted (Kueue took the quota back; the job waits to be admitted again)."
+        "stopped), Preempted or Evicted (Kueue took the quota back; the job waits to be admitted again), "
+        "Finished (the training Job ended and its quota is released)."
     )
     local_queue: text(63) = describe("The LocalQueue in the job's namespace that the label names.")
     cluster_queue: text(253) | None = describe("The ClusterQueue the LocalQueue feeds, once known.", default=None)
@@ -902,6 +904,10 @@ class FineTuneJobStatus(ApiModel):
     job_name: text(253) | None = describe("Name of the batch/v1 Job that runs the training.", default=None)
     queue: QueueStatus | None = describe("Where Kueue has the job, for a job queued by Kueue.", default=None)
     model: ModelStatus | None = describe("The base model as resolved.", default=None)
+    plan: Plan | None = describe(
+        "What the CPU preflight counted before any GPU was claimed, and the estimate of time and GPU-hours.",
+        default=None,
+    )
     progress: Progress | None = describe("Live progress from the trainer.", default=None)
     checkpoint: CheckpointStatus | None = describe("The newest complete checkpoint.", default=None)
     evaluation: EvaluationSummary | None = describe("The final evaluation and the gate's verdict.", default=None)

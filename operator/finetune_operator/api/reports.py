@@ -73,6 +73,11 @@ class FinalSummary(ApiModel):
     artifact: ArtifactReport = describe("The stored artifact.")
     evaluation: EvaluationSummary | None = describe("The final evaluation.", default=None)
     model_revision: text(255) | None = describe("Resolved commit of an hf:// base model.", default=None)
+    train_seconds: float | None = describe(
+        "Seconds of the optimizer steps (no loading, evaluation or upload): the measured throughput's divisor.",
+        default=None,
+        ge=0.0,
+    )
 
     def to_message(self) -> str:
         """Compact JSON under the kubelet's 4096 bytes: the gate's reasoning is cut, never the numbers."""
@@ -103,6 +108,7 @@ class TrainingReport(ApiModel):
     steps: Int64 = 0
     tokens_seen: Int64 = 0
     wall_seconds: float = 0.0
+    train_seconds: float | None = None  # the optimizer steps alone, over every attempt
     resumed_from_step: Int64 | None = None
     final_train_loss: float | None = None
     evaluation: EvaluationSummary | None = None

@@ -31,6 +31,8 @@ TRAINING_FILE, VALIDATION_FILE = PREFIX + "training-file", PREFIX + "validation-
 HYPERPARAMETERS, METADATA, SUFFIX = PREFIX + "hyperparameters", PREFIX + "metadata", PREFIX + "suffix"
 CANCELLED_AT = PREFIX + "cancelled-at"
 CREATED_BY_LABEL = PREFIX + "created-by"
+# Published=False reasons that stay until someone acts: the job failed, in OpenAI's terms.
+UNPUBLISHABLE = ("GateFailed", "ArtifactUnknown", "AdapterNameTaken")
 
 JOB_PARAMETERS = (
     "model",
@@ -169,6 +171,7 @@ class JobPolicy:
 
     data_secret: str | None = None  # a Secret of that name in each namespace reads the files location
     general_data_uri: str | None = None  # set: the gate is enforced against it; unset: the gate warns
+    template: dict[str, Any] = field(default_factory=dict)  # spec.template of every job: placement on a pool
 
 
 def adapter_name(job_name: str, suffix: str | None) -> str:
@@ -226,6 +229,8 @@ def job_manifest(
     }
     if training:
         spec["training"] = training
+    if policy.template:
+        spec["template"] = policy.template
     return {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "FineTuneJob",
@@ -267,8 +272,8 @@ def failure_of(finetunejob: dict[str, Any]) -> dict[str, Any] | None:
     for type_, value in (("Failed", "True"), ("Published", "False"), ("ModelResolved", "False")):
         condition = conditions.get(type_)
         if condition and condition.get("status") == value:
-            if type_ == "Published" and condition.get("reason") != "GateFailed":
-                continue  # other reasons are retried by the operator
+            if type_ == "Published" and condition.get("reason") not in UNPUBLISHABLE:
+                continue  # PublishFailed (the API server failed) is retried by the operator
             return {"code": condition.get("reason") or type_, "message": condition.get("message") or "", "param": None}
     return None
 
@@ -285,10 +290,14 @@ def job_status(finetunejob: dict[str, Any]) -> str:
         return "succeeded" if _is(conditions, "Published", "True") else "running"
     if ((finetunejob.get("metadata") or {}).get("annotations") or {}).get(CANCELLED_AT):
         return "cancelled"
+    # A paused job (spec.suspend, before the operator has stopped its pods too) waits to run again: OpenAI has
+    # no status of its own for it.
+    if (finetunejob.get("spec") or {}).get("suspend") or phase == "Suspended":
+        return "queued"
     if phase == "Running":
         return "running"
-    if phase == "Suspended" or (phase == "Pending" and "Created" in conditions):
-        return "queued"  # paused (spec.suspend) is waiting to run as well: OpenAI has no status of its own for it
+    if phase == "Pending" and "Created" in conditions:
+        return "queued"
     return "validating_files"
 
 

@@ -73,7 +73,7 @@ class Service:
         self.access = Access(
             kube, settings.caller_rate, settings.caller_burst, settings.address_rate, settings.address_burst
         )
-        self.policy = JobPolicy(settings.job_data_secret, settings.general_data_uri)
+        self.policy = JobPolicy(settings.job_data_secret, settings.general_data_uri, settings.template_spec())
 
     # -- reads of our objects -----------------------------------------------------------------
 
@@ -401,6 +401,9 @@ def endpoint(service: Service, handler: Handler) -> Callable[[web.Request], Awai
         except (KubeError, StoreFailed) as error:
             log.warning("%s %s: %s", request.method, request.path if len(request.path) < 200 else "(long path)", error)
             return error_response(unavailable())
+        except Exception:  # a bug: the SDKs still get an error object, the log the traceback
+            log.exception("%s %s failed", request.method, request.path if len(request.path) < 200 else "(long path)")
+            return error_response(ApiError(500, "The server failed: retry later", "server_error", "internal_error"))
         if isinstance(answer, web.StreamResponse):
             return answer
         return web.json_response(answer)

@@ -4,6 +4,7 @@ Validated at start-up; a wrong value stops the server with a message naming the 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..api import format_validation_error
 from ..api.base import DNS_SUBDOMAIN_PATTERN
+from ..api.finetunejob import Template
 
 ENV_PREFIX = "FINETUNE_OPENAI_"
 
@@ -44,6 +46,10 @@ class ApiSettings(BaseModel):
         pattern=r"^(s3|hf|pvc)://",
         description="general data for the gate's forgetting check (set: gate enforce; unset: gate warn)",
     )
+    job_template: Template | None = Field(
+        None,
+        description="spec.template of every job made through the API, as JSON: where its pods run (nodeSelector, tolerations, priorityClassName...)",
+    )
     max_upload_bytes: int = Field(512 << 20, ge=1024, le=8 << 30, description="largest uploaded file")
     max_body_bytes: int = Field(1 << 20, ge=1024, le=64 << 20, description="largest JSON request body")
     caller_rate: float = Field(5.0, gt=0, description="requests per second per authenticated caller")
@@ -54,6 +60,12 @@ class ApiSettings(BaseModel):
     address_burst: int = Field(60, ge=1, description="burst per client address")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "text"] = "text"
+
+    def template_spec(self) -> dict:
+        """job_template as it goes into spec.template: what the admin set, nothing else."""
+        if self.job_template is None:
+            return {}
+        return self.job_template.model_dump(by_alias=True, exclude_defaults=True, mode="json")
 
 
 def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> ApiSettings:
@@ -72,6 +84,11 @@ def parse(argv: list[str] | None = None, environ: dict[str, str] | None = None) 
         value = getattr(args, name)
         if value is None:
             value = environ.get(ENV_PREFIX + name.upper()) or None
+        if value is not None and name == "job_template":
+            try:
+                value = json.loads(value)
+            except ValueError:
+                parser.error(f"--job-template / {ENV_PREFIX}JOB_TEMPLATE: not JSON")
         if value is not None:
             values[name] = value
     try:

@@ -5,7 +5,9 @@ POST /v1/namespaces/{namespace}/finetunejobs/{name}/progress
     body: an api.ProgressReport as JSON
 -> 204 written; 400 malformed body (the field is named); 401 bad or missing token; 403 a good token
    for the wrong pod or job, or not rank 0; 404 no such job (or a namespace or name that is no DNS label);
-   413 too large; 429 too many reports (from this job, or from this client's address).
+   413 too large; 429 too many reports (from this job, or from this client's address); 503 the API server
+   failed, or this replica does not hold the Lease (not_leader: a leader frozen past its lease, still
+   reachable through the Service for a moment, writes nothing; the trainer retries and reaches the leader).
 
 Each request is checked in the order of what the check costs: the names in the path (nothing), the
 client's budget (nothing), the token (a TokenReview, unless answered a moment ago, yes or no), the pod and
@@ -18,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+from collections.abc import Callable
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -55,13 +58,22 @@ def is_dns_label(value: str) -> bool:
 class ProgressService:
     """Authenticates and applies reports. Synchronous (it calls the API server); the app runs it in threads."""
 
-    def __init__(self, kube: Kube, settings: Settings, metrics: OperatorMetrics):
+    def __init__(
+        self, kube: Kube, settings: Settings, metrics: OperatorMetrics, leading: Callable[[], bool] | None = None
+    ):
         self.kube = kube
         self.settings = settings
         self.metrics = metrics
+        self._leading = leading
         self.limiter = RateLimiter(rate=2.0, burst=10)
         self.clients = RateLimiter(rate=CLIENT_RATE, burst=CLIENT_BURST)
         self._reviews: ReviewCache[dict] = ReviewCache(REVIEW_CACHE_ENTRIES)
+
+    def check_leading(self) -> None:
+        """Refuse unless this replica holds the Lease now: the fencing check of reconciles (leader.py
+        leading_only), so a leader frozen past its lease writes no status after a new one was elected."""
+        if self._leading is not None and not self._leading():
+            raise Refusal(503, "not_leader", "this operator replica is not the leader; retry")
 
     def _review(self, token: str) -> dict:
         if (cached := self._reviews.get(token)) is not None:
@@ -98,6 +110,7 @@ class ProgressService:
         patch = status_patch(report, job_gate(finetunejob), now)
         if phase := phase_on_report((finetunejob.get("status") or {}).get("phase")):
             patch["phase"] = phase  # in the same write as the progress: kubectl never shows it Pending and training
+        self.check_leading()  # again, just before the write: the reads above may have taken a while
         self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
         record_checkpoint_fallback(self.kube, finetunejob, report.checkpoint_fallback, now)
         status = finetunejob.get("status") or {}
@@ -122,6 +135,7 @@ def build_app(service: ProgressService) -> web.Application:
         try:
             if not valid_names:
                 raise Refusal(404, "invalid_name", "no such FineTuneJob: namespace and name are DNS labels")
+            service.check_leading()  # before anything costs a request
             if not service.clients.allow(request.remote):
                 raise Refusal(429, "client_rate_limited", "too many requests from this address; retry later")
             token = bearer_token(request.headers.get("Authorization", ""))

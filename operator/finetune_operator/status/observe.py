@@ -298,6 +298,9 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     if complete is not None or failed is not None:
         # Finished while the operator was not looking: the Job knows when it started.
         status.start_time = status.start_time or job_status.get("startTime")
+        if status.queue is not None:
+            # Kueue releases a finished Job's quota; the queue has nothing more to say about it.
+            status.queue = status.queue.model_copy(update={"state": "Finished"})
     if complete is not None:
         status.phase = "Succeeded"
         status.completion_time = (

@@ -170,14 +170,16 @@ def check_usable(spec: SourceSpec, stats: SourceStats, max_invalid_fraction: flo
     if stats.invalid_rows == stats.rows:
         raise DataError(
             f"{spec.field} ({spec.uri}): none of its {stats.rows} rows is valid; fix them, or check that the "
-            f"format ({stats.format}) is the one intended.{_listing(stats.invalid_examples)}"
+            f"format ({stats.format}) is the one intended.{_listing(stats.invalid_examples)}",
+            _origins(stats.invalid_examples),
         )
     if stats.invalid_rows > max_invalid_fraction * stats.rows:
         raise DataError(
             f"{spec.field} ({spec.uri}): {stats.invalid_rows} of {stats.rows} rows are invalid "
             f"({stats.invalid_rows / stats.rows:.1%}), more than spec.data.maxInvalidFraction allows "
             f"({max_invalid_fraction:.1%}). Fix or remove these rows, or raise spec.data.maxInvalidFraction to "
-            f"train without them.{_listing(stats.invalid_examples)}"
+            f"train without them.{_listing(stats.invalid_examples)}",
+            _origins(stats.invalid_examples),
         )
     if stats.rows == stats.invalid_rows + stats.dropped_rows:
         raise DataError(
@@ -192,6 +194,11 @@ def _empty_message(spec: SourceSpec) -> str:
         f"{spec.field} ({spec.uri}) has no rows: check that it names a non-empty file or a directory of files "
         f"ending in {', '.join(SUPPORTED_SUFFIXES)} (optionally .gz)"
     )
+
+
+def _origins(problems: Iterable[str]) -> list[str]:
+    """The "file:line" of "file:line: reason" lines (a reason may hold colons, an origin's line number not)."""
+    return [problem.split(": ", 1)[0] for problem in problems]
 
 
 def _listing(problems: Iterable[str]) -> str:

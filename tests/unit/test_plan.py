@@ -1,0 +1,238 @@
+"""The preflight's Job, the reading of its report (bounded, validated, never echoed) and the estimate's arithmetic."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from catalog import edited, valid_job
+from finetune_operator.api import FineTuneJob, FineTuneJobStatus, Plan, PreflightPlan, PreflightReport, TokenCounts
+from finetune_operator.planner import (
+    EFFECTIVE_FLOPS,
+    estimate,
+    human_duration,
+    parameter_bucket,
+    recorded,
+    sequence_bucket,
+    table_key,
+)
+from finetune_operator.render.preflight import render_preflight_job
+from finetune_operator.settings import Settings
+from finetune_operator.status.conditions import get_condition
+from finetune_operator.status.plan import apply_outcome, preflight_outcome
+
+NAMESPACE = "team-a"
+JOB_UID = "uid-1"
+PREFLIGHT_UID = "uid-preflight"
+NOW = "2025-03-04T10:00:00Z"
+SETTINGS = Settings(default_output_uri="s3://models/out", preflight=True)
+
+
+def make_job(**edits: Any) -> FineTuneJob:
+    base = {"metadata.namespace": NAMESPACE, "metadata.uid": JOB_UID, "metadata.generation": 1}
+    return FineTuneJob.model_validate(edited(valid_job("demo"), {**base, **edits}))
+
+
+def preflight_job(*conditions: str, owner_uid: str = JOB_UID) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": "demo-preflight",
+            "namespace": NAMESPACE,
+            "uid": PREFLIGHT_UID,
+            "ownerReferences": [{"kind": "FineTuneJob", "name": "demo", "uid": owner_uid, "controller": True}],
+        },
+        "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
+    }
+
+
+def preflight_pod(exit_code: int, message: str, owner_uid: str = PREFLIGHT_UID) -> dict[str, Any]:
+    terminated = {"exitCode": exit_code, "message": message, "finishedAt": NOW}
+    return {
+        "metadata": {
+            "name": "demo-preflight-x",
+            "ownerReferences": [{"kind": "Job", "name": "demo-preflight", "uid": owner_uid, "controller": True}],
+        },
+        "status": {"containerStatuses": [{"name": "trainer", "state": {"terminated": terminated}}]},
+    }
+
+
+PLAN = PreflightPlan(
+    parameters=494_000_000,
+    examples=TokenCounts(train=900, eval=50, general=100),
+    tokens=TokenCounts(train=120_000, eval=6_000, general=9_000),
+    steps_per_epoch=30,
+    total_steps=60,
+    epochs=2,
+    trained_tokens=240_000,
+)
+
+
+# -- the preflight Job -------------------------------------------------------------------------
+
+
+def test_the_preflight_job_requests_no_gpu_and_tolerates_no_gpu_taint():
+    manifest = render_preflight_job(make_job(**{"spec.resources": {"gpusPerNode": 8, "nodes": 2}}), SETTINGS)
+    pod = manifest["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    assert not any(t.get("key") == "nvidia.com/gpu" for t in pod.get("tolerations", []))
+    assert container["command"][-2:] == ["--processes=16", "--accelerator=gpu"]
+
+
+def test_the_preflight_job_is_restricted_owned_labelled_and_has_its_own_deadline():
+    manifest = render_preflight_job(make_job(), SETTINGS)
+    pod = manifest["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] and pod["automountServiceAccountToken"] is False
+    assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+    assert manifest["spec"]["activeDeadlineSeconds"] == SETTINGS.preflight_deadline_seconds
+    assert manifest["metadata"]["ownerReferences"][0]["uid"] == JOB_UID
+    assert manifest["metadata"]["labels"]["finetune.dev/job"] == "demo"
+    assert manifest["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "finetune-operator"
+    assert pod["containers"][0]["terminationMessagePolicy"] == "File"
+
+
+def test_a_gpu_jobs_node_selector_is_not_the_preflights():
+    job = make_job(**{"spec.template.nodeSelector": {"nvidia.com/gpu.product": "H100"}})
+    assert "nodeSelector" not in render_preflight_job(job, SETTINGS)["spec"]["template"]["spec"]
+
+
+def test_a_cpu_job_is_planned_for_cpu_on_the_nodes_it_chose():
+    job = make_job(**{"spec.resources": {"gpusPerNode": 0}, "spec.template.nodeSelector": {"pool": "cpu"}})
+    pod = render_preflight_job(job, SETTINGS)["spec"]["template"]["spec"]
+    assert pod["containers"][0]["command"][-1] == "--accelerator=cpu"
+    assert pod["nodeSelector"] == {"pool": "cpu"}
+
+
+# -- reading the report --------------------------------------------------------------------------
+
+
+def test_a_complete_preflight_gives_its_plan():
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    outcome = preflight_outcome(make_job(), preflight_job("Complete"), [preflight_pod(0, report)])
+    assert outcome.state == "Planned" and outcome.plan == PLAN
+
+
+def test_a_report_over_the_limit_is_not_read():
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    padded = report[:-1] + " " * 5000 + "}"
+    outcome = preflight_outcome(make_job(), preflight_job("Complete"), [preflight_pod(0, padded)])
+    assert outcome.state == "Failed" and outcome.reason == "PreflightUnreadable"
+
+
+@pytest.mark.parametrize(
+    "message",
+    ["not json", '{"outcome": "Planned", "plan": {"totalSteps": -1}}', '{"outcome": "Planned", "extra": 1}'],
+)
+def test_an_invalid_report_is_unreadable_and_not_echoed(message):
+    outcome = preflight_outcome(make_job(), preflight_job("Complete"), [preflight_pod(0, message)])
+    assert outcome.state == "Failed" and message not in outcome.message
+
+
+def test_a_pod_of_another_job_is_not_believed():
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    outcome = preflight_outcome(make_job(), preflight_job("Complete"), [preflight_pod(0, report, owner_uid="other")])
+    assert outcome.state == "Failed"
+
+
+def test_bad_data_names_only_rows_of_the_jobs_own_files():
+    report = PreflightReport(
+        outcome="DataError",
+        origins=["s3://datasets/train.jsonl:7", "s3://elsewhere/x.jsonl:3", "s3://datasets/train.jsonl.evil:1"],
+    ).to_message()
+    outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(65, report)])
+    assert outcome.state == "DataError" and outcome.origins == ("s3://datasets/train.jsonl:7",)
+
+
+def test_another_failure_is_described_by_its_exit_code_alone():
+    outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(78, "<script>lies</script>")])
+    assert outcome.state == "Failed" and outcome.reason == "ConfigurationError"
+    assert "lies" not in outcome.message and "code 78" in outcome.message
+
+
+def test_a_job_failed_by_its_pod_failure_policy_waits_for_the_pods_exit():
+    failed = preflight_job("Failed")
+    failed["status"]["conditions"][0]["reason"] = "PodFailurePolicy"
+    assert preflight_outcome(make_job(), failed, []).state == "Running"
+
+
+def test_a_preflight_without_a_finished_pod_is_running():
+    assert preflight_outcome(make_job(), preflight_job(), []).state == "Running"
+    assert preflight_outcome(make_job(), None, []).state == "Missing"
+
+
+# -- the status ----------------------------------------------------------------------------------
+
+
+def _estimate(plan: Plan):
+    return estimate(make_job(), plan, {})
+
+
+def test_bad_data_fails_the_job_with_the_file_and_line():
+    report = PreflightReport(outcome="DataError", origins=["s3://datasets/train.jsonl:7"]).to_message()
+    job = make_job()
+    status = FineTuneJobStatus()
+    apply_outcome(status, job, preflight_outcome(job, preflight_job("Failed"), [preflight_pod(65, report)]), NOW, None)
+    failed = get_condition(status.conditions, "Failed")
+    assert status.phase == "Failed" and failed.status == "True" and failed.reason == "DataError"
+    assert "s3://datasets/train.jsonl:7" in failed.message
+
+
+def test_a_suspended_job_is_planned_and_estimated_as_a_dry_run():
+    job = make_job(**{"spec.suspend": True})
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    status = FineTuneJobStatus()
+    outcome = preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)])
+    apply_outcome(status, job, outcome, NOW, _estimate)
+    assert status.phase == "Suspended" and get_condition(status.conditions, "Suspended").reason == "DryRun"
+    assert status.plan.steps == 60 and status.plan.tokens.train == 120_000
+    assert status.plan.estimate.seconds > 0
+
+
+# -- the estimate --------------------------------------------------------------------------------
+
+
+def test_the_default_estimate_is_the_flop_model():
+    job = make_job()  # one GPU of unnamed type, LoRA
+    plan = Plan(parameters=1_000_000_000, trained_tokens=100_000_000)
+    found = estimate(job, plan, {})
+    rate = EFFECTIVE_FLOPS["gpu"][0] / (4 * 1e9)
+    assert found.source == "default"
+    assert found.tokens_per_second == pytest.approx(rate)
+    assert found.seconds == pytest.approx(100_000_000 / rate, abs=1)
+    assert found.gpu_hours == pytest.approx(found.seconds / 3600, abs=1e-3)
+
+
+def test_full_fine_tuning_costs_six_flops_per_parameter_per_token():
+    plan = Plan(parameters=1_000_000_000, trained_tokens=10_000_000)
+    lora = estimate(make_job(), plan, {})
+    full = estimate(make_job(**{"spec.method": {"type": "full"}}), plan, {})
+    assert full.tokens_per_second == pytest.approx(lora.tokens_per_second * 4 / 6)
+
+
+def test_measured_figures_win_by_their_median_and_scale_with_processes():
+    job = make_job(**{"spec.resources": {"gpusPerNode": 4, "nodes": 2}})
+    plan = Plan(parameters=500_000_000, trained_tokens=8_000_000)
+    key = table_key(job, plan.parameters)
+    found = estimate(job, plan, {key: [900.0, 1000.0, 5000.0]})
+    assert found.source == "measured" and found.samples == 3
+    assert found.tokens_per_second == pytest.approx(8 * 1000.0)
+    assert found.seconds == 1000
+    assert found.gpu_hours == pytest.approx(1000 * 8 / 3600, abs=1e-3)
+
+
+def test_the_key_names_accelerator_size_method_and_sequence():
+    job = make_job(**{"spec.template.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}})
+    assert table_key(job, 7_600_000_000) == "nvidia-h100.le8B.lora.s2048"
+    assert table_key(make_job(**{"spec.resources": {"gpusPerNode": 0}}), 3_100_000) == "cpu.le10M.lora.s2048"
+    assert parameter_bucket(None) == "unknown" and parameter_bucket(10**12) == "gt75B"
+    assert sequence_bucket(300) == "s512" and sequence_bucket(512) == "s512"
+
+
+def test_a_row_keeps_the_last_k_figures():
+    assert recorded([1.0, 2.0, 3.0], 4.0, 3) == [2.0, 3.0, 4.0]
+
+
+@pytest.mark.parametrize(("seconds", "text"), [(0, "0s"), (59, "59s"), (200, "3m20s"), (3900, "1h5m")])
+def test_durations_read_like_kubectl(seconds, text):
+    assert human_duration(seconds) == text
