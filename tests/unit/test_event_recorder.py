@@ -1,4 +1,5 @@
-"""The background Event sender: a reconcile queues and goes on; order kept, a flood dropped, stop sends the rest."""
+"""The background Event senders: a reconcile queues and goes on; each object's order kept, a flood dropped,
+stop sends the rest."""
 
 from __future__ import annotations
 
@@ -8,17 +9,29 @@ import time
 from finetune_operator.event_recorder import EventRecorder
 
 
-def event(number: int) -> dict:
-    return {"reason": f"Reason{number}"}
+def event(number: int, uid: str = "uid-1") -> dict:
+    return {"reason": f"Reason{number}", "involvedObject": {"uid": uid}}
 
 
-def test_events_are_sent_in_the_order_they_were_recorded_and_stop_sends_every_queued_one():
+def test_each_objects_events_are_sent_in_the_order_they_were_recorded_and_stop_sends_every_queued_one():
     sent: list[dict] = []
-    recorder = EventRecorder(sent.append).start()
-    for number in range(50):
-        recorder.record(event(number))
+    lock = threading.Lock()
+
+    def send(item: dict) -> None:
+        time.sleep(0.0005)  # senders interleave
+        with lock:
+            sent.append(item)
+
+    recorder = EventRecorder(send, senders=4).start()
+    recorded = [event(number, uid=f"uid-{number % 7}") for number in range(70)]
+    for item in recorded:
+        recorder.record(item)
     recorder.stop()
-    assert sent == [event(number) for number in range(50)]
+    assert sorted(sent, key=recorded.index) == recorded
+    for uid in {item["involvedObject"]["uid"] for item in recorded}:
+        assert [e for e in sent if e["involvedObject"]["uid"] == uid] == [
+            e for e in recorded if e["involvedObject"]["uid"] == uid
+        ]
 
 
 def test_recording_never_waits_for_the_sender_and_a_full_queue_drops_and_counts():
@@ -29,7 +42,7 @@ def test_recording_never_waits_for_the_sender_and_a_full_queue_drops_and_counts(
         release.wait(10)
         sent.append(item)
 
-    recorder = EventRecorder(slow, capacity=3).start()
+    recorder = EventRecorder(slow, capacity=3, senders=1).start()
     recorder.record(event(0))  # taken by the sender, which now waits
     while recorder.pending():
         time.sleep(0.001)
