@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from .api import FineTuneJobStatus
 from .cache import Caches
+from .event_recorder import EventRecorder
 from .kube import Kube
 from .settings import Settings
 from .status.conditions import Change
@@ -33,6 +34,13 @@ class Context:
     settings: Settings
     progress_ca: str | None = None
     caches: Caches = field(default_factory=Caches)
+    events: EventRecorder | None = None  # sends Events in the background; None: each is sent at once
+
+    def record_event(self, event: dict) -> None:
+        if self.events is not None:
+            self.events.record(event)
+        else:
+            self.kube.create_event(event)
 
 
 @dataclass(frozen=True)

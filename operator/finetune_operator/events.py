@@ -10,6 +10,24 @@ from .status.conditions import Change
 # Conditions whose True is bad news, and those whose False is.
 _WARNING_WHEN_TRUE = {"Failed"}
 _WARNING_WHEN_FALSE = {"ReferencesResolved", "Evaluated", "Published", "ArtifactVerified", "ServingCompatible"}
+# A FineTuneJob condition's first value that only says that nothing has happened yet. The status shows it;
+# an Event of its own would tell nobody anything, and every new job set four of them at once: a third of
+# the API writes of its first reconcile, while other jobs waited for theirs (make bench-operator).
+_NOTHING_YET = {
+    ("Created", "Creating"),
+    ("Running", "NotStarted"),
+    ("Running", "PodsPending"),
+    ("Succeeded", "Pending"),
+    ("Succeeded", "Training"),
+    ("Failed", "NoFailure"),
+    ("Suspended", "NotSuspended"),
+}
+
+
+def worth_an_event(change: Change) -> bool:
+    """Every transition is, but not a condition's first "nothing yet" (what it moves to next is)."""
+    condition = change.condition
+    return change.previous_status is not None or (condition.type, condition.reason) not in _NOTHING_YET
 
 
 def event_type(change: Change) -> str:

@@ -98,9 +98,10 @@ class Kube:
         self.rest = rest
 
     @classmethod
-    def connect(cls, kubeconfig: str | None = None, observe: Observer | None = None) -> Kube:
-        """From --kubeconfig; else the pod's ServiceAccount; else KUBECONFIG or ~/.kube/config."""
-        return cls(RestClient(connection.load(kubeconfig), observe=observe))
+    def connect(cls, kubeconfig: str | None = None, observe: Observer | None = None, pool_size: int = 16) -> Kube:
+        """From --kubeconfig; else the pod's ServiceAccount; else KUBECONFIG or ~/.kube/config. ``pool_size``:
+        connections kept open, one per thread that sends requests at once (more are opened, then dropped)."""
+        return cls(RestClient(connection.load(kubeconfig), observe=observe, pool_size=pool_size))
 
     def _call(
         self,

@@ -25,7 +25,7 @@ from . import planning
 from .api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
 from .catalog import Refused, Resolved, resolve
 from .context import Context, Outcome, parse_time, utc_now
-from .events import event_for
+from .events import event_for, worth_an_event
 from .kube import (
     CONFIGMAPS,
     FINETUNEJOBS,
@@ -179,7 +179,8 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
         changes += [change] if change else []
     _write_status(context, raw, job, status)
     for change in changes:
-        context.kube.create_event(event_for(raw, change, now))
+        if worth_an_event(change):
+            context.record_event(event_for(raw, change, now))
     requeue = min((due for due in (_expire(context, job, status, training_job, now), mint_due) if due), default=None)
     return Outcome(status.phase, tuple(changes), status, job.metadata.creation_timestamp, requeue)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from finetune_operator.api import Condition
-from finetune_operator.events import event_for, event_type
+from finetune_operator.events import event_for, event_type, worth_an_event
 from finetune_operator.status.conditions import Change
 
 NOW = "2025-03-04T10:00:00Z"
@@ -93,3 +93,35 @@ def test_different_transitions_or_times_have_different_names():
 def test_a_long_message_is_clipped_to_1024_characters():
     event = event_for(OBJECT, change("Failed", "True", message="x" * 5000), NOW)
     assert len(event["message"]) == 1024
+
+
+@pytest.mark.parametrize(
+    ("type_", "status", "reason"),
+    [
+        ("Running", "False", "PodsPending"),
+        ("Running", "False", "NotStarted"),
+        ("Succeeded", "Unknown", "Training"),
+        ("Succeeded", "Unknown", "Pending"),
+        ("Failed", "False", "NoFailure"),
+        ("Suspended", "False", "NotSuspended"),
+        ("Created", "False", "Creating"),
+    ],
+)
+def test_a_first_value_that_says_nothing_happened_yet_is_no_event(type_, status, reason):
+    assert not worth_an_event(change(type_, status, reason))
+
+
+@pytest.mark.parametrize(
+    ("type_", "status", "reason", "previous"),
+    [
+        ("Running", "False", "PodsPending", "True"),  # back to pending after running: a transition
+        ("Succeeded", "Unknown", "Training", "Unknown"),  # Pending -> Training: a new reason
+        ("Running", "False", "Unschedulable", None),  # a first value with news in it
+        ("Created", "False", "SecretNotFound", None),
+        ("Created", "True", "JobCreated", None),
+        ("ReferencesResolved", "True", "AllFound", None),
+        ("Suspended", "True", "JobSuspended", None),
+    ],
+)
+def test_every_transition_and_every_first_value_with_news_is_an_event(type_, status, reason, previous):
+    assert worth_an_event(change(type_, status, reason, previous=previous))

@@ -165,5 +165,5 @@ def _write(context: Context, raw: dict[str, Any], status: ModelAdapterStatus, ch
             context.caches[MODELADAPTERS].written(written)
     now = utc_now()
     for change in changes:
-        context.kube.create_event(event_for(raw, change, now))
+        context.record_event(event_for(raw, change, now))
     return Outcome(status.phase, tuple(changes))
