@@ -6,10 +6,13 @@
     hack/demo.py serve  (internal) the supervisor that owns every process of the demo
 
 What runs: the test control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok),
-MinIO as the S3 store, the operator (as a process, with its HTTPS progress endpoint), and the local
-node agent, which runs the training pod's container command on this machine's CPU. A tiny Llama
-and its tokenizer are built here (no network) and uploaded to MinIO with the bundled dataset.
-Everything stays up after `up` so you can look around with kubectl; `down` stops it.
+MinIO as the S3 store, the operator (as a process, with its HTTPS progress endpoint), the
+OpenAI-compatible API (as a process, HTTPS, as the chart's ServiceAccount with the chart's RBAC), and
+the local node agent, which runs the training pod's container command on this machine's CPU. A tiny
+Llama and its tokenizer are built here (no network) and uploaded to MinIO with the bundled dataset;
+examples/catalog.yaml offers it to namespace demo. Everything stays up after `up` so you can look
+around with kubectl or the `openai` package (a token of a tenant ServiceAccount of namespace demo);
+`down` stops it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ REPO = HACK.parent
 sys.path.insert(0, str(HACK))
 
 from localcluster import LocalCluster, free_port  # noqa: E402
+from localcluster.openai_api import OpenAIApiProcess, chart_identity, tenant_token  # noqa: E402
 from localcluster.supervisor import Supervisor, SupervisorError  # noqa: E402
 
 STATE_DIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "demo"
@@ -35,9 +39,24 @@ NAMESPACE = "demo"
 OPERATOR_NAMESPACE = "finetune-system"
 SUPERVISOR = Supervisor(STATE_DIR)
 QUICKSTART = REPO / "examples" / "quickstart.yaml"
+CATALOG = REPO / "examples" / "catalog.yaml"
 DATA = REPO / "examples" / "data" / "quickstart"
 JOB = "ticket-triage"
 ADAPTER = "ticket-triage-v1"
+# Where jobs made through the API run: the local node agent's node, as the quickstart's template says.
+LOCAL_NODE = {
+    "nodeSelector": {"finetune.dev/local-node": "true"},
+    "tolerations": [{"key": "finetune.dev/local-node", "operator": "Exists", "effect": "NoSchedule"}],
+}
+# What `up` prints and runs last: the demo's job, its events and its model, with the official SDK.
+SNIPPET = """\
+import os, ssl, openai  # the client reads OPENAI_BASE_URL and OPENAI_API_KEY from the environment
+client = openai.OpenAI(http_client=openai.DefaultHttpxClient(verify=ssl.create_default_context(cafile=os.environ["FINETUNE_CA"])))
+job = client.fine_tuning.jobs.list().data[0]
+print(job.id, job.status, job.model, job.fine_tuned_model)
+print(*[e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=6)], sep="\\n")
+print([model.id for model in client.models.list()])
+"""
 
 
 def say(message: str) -> None:
@@ -75,16 +94,20 @@ def serve() -> int:
     run.mkdir(parents=True)
     cluster = LocalCluster(workdir=run / "cluster")
     minio = MinioServer(data_dir=run / "minio")
-    operator = agent = None
+    operator = agent = api = None
     try:
         cluster.start()
         cluster.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.run_kubectl(
-            "wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev", "crd/modeladapters.finetune.dev"
+            "wait",
+            "--for=condition=Established",
+            "crd/finetunejobs.finetune.dev",
+            "crd/modeladapters.finetune.dev",
+            "crd/finetunemodels.finetune.dev",
         )
         minio.start()
         s3 = minio.client()
-        for bucket in ("models", "datasets", "adapters"):
+        for bucket in ("models", "datasets", "adapters", "files"):
             minio.create_bucket(bucket)
         upload_directory(s3, "models", "tiny-llama", build_base_model(run / "tiny-llama"))
         upload_directory(s3, "datasets", "quickstart", DATA)
@@ -93,6 +116,21 @@ def serve() -> int:
             cluster.run_kubectl("create", "namespace", namespace)
         keys = [f"--from-literal={k}={v}" for k, v in minio.credentials.items()]
         cluster.run_kubectl("create", "secret", "generic", "s3-creds", "-n", NAMESPACE, *keys)
+        cluster.run_kubectl("apply", "--server-side", "-f", str(CATALOG))
+
+        # The self-service API as the chart runs it; its start-up overlaps the operator's.
+        api_kubeconfig, _ = chart_identity(cluster, OPERATOR_NAMESPACE, run)
+        api = OpenAIApiProcess(
+            api_kubeconfig,
+            run / "api",
+            "s3://files/uploads/",
+            minio.credentials,
+            "--job-data-secret=s3-creds",
+            f"--job-template={json.dumps(LOCAL_NODE)}",
+        ).launch()
+        token = run / "api" / f"{NAMESPACE}.token"
+        token.write_text(tenant_token(cluster, NAMESPACE, duration="24h"))
+        token.chmod(0o600)
 
         progress_port, metrics_port = free_port(), free_port()
         operator = OperatorProcess(
@@ -108,6 +146,7 @@ def serve() -> int:
         ).start()
         agent = LocalNodeAgent(cluster.kubeconfig, workdir=run / "node")
         agent.start()
+        api.wait()
         SUPERVISOR.publish(
             {
                 "kubeconfig": str(cluster.kubeconfig),
@@ -116,6 +155,10 @@ def serve() -> int:
                 "operator_log": str(run / "operator.log"),
                 "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
                 "node_dir": str(run / "node"),
+                "api_url": api.url,
+                "api_ca": str(api.ca_file),
+                "api_token": str(token),
+                "api_log": str(api.log_path),
             }
         )
         SUPERVISOR.serve_until_stopped()
@@ -123,6 +166,8 @@ def serve() -> int:
         SUPERVISOR.withdraw()
         if agent is not None:
             agent.stop()
+        if api is not None:
+            api.stop()
         if operator is not None:
             operator.stop()
         minio.stop()
@@ -211,8 +256,33 @@ def report(state: dict, job: dict) -> int:
     print(f"  digest:    {spec['artifact'].get('digest')}")
     print(f"  base:      {spec['baseModel']['uri']}  (vLLM: --max-lora-rank {status.get('requiredMaxLoraRank')})")
     print(f"  S3:        {state['minio']['AWS_ENDPOINT_URL']} (key {state['minio']['AWS_ACCESS_KEY_ID']})")
-    say(f"still running; look around with: export KUBECONFIG={state['kubeconfig']}; stop it with: make demo-down")
     return 0 if status.get("phase") == "Ready" else 1
+
+
+def self_service(state: dict) -> int:
+    """How a tenant reaches the demo through the OpenAI-compatible API, and the snippet, run for real."""
+    say(f"the self-service API (OpenAI-compatible), as a tenant of namespace {NAMESPACE}")
+    print(f"  base URL:  {state['api_url']}")
+    print(f"  token:     {state['api_token']}")
+    print(
+        f"             (ServiceAccount {NAMESPACE}/app, bound by a Role to FineTuneJobs and ModelAdapters of {NAMESPACE} only; 24h)"
+    )
+    print(f"  CA:        {state['api_ca']}  (the API's own; HTTPS only)")
+    exports = {
+        "OPENAI_BASE_URL": state["api_url"],
+        "OPENAI_API_KEY": f"$(cat {state['api_token']})",
+        "FINETUNE_CA": state["api_ca"],
+    }
+    print("  export " + " ".join(f"{name}={value}" for name, value in exports.items()))
+    say("python (the official openai package)")
+    print(SNIPPET, end="")
+    environment = {**os.environ, **exports, "OPENAI_API_KEY": Path(state["api_token"]).read_text().strip()}
+    result = subprocess.run([sys.executable, "-c", SNIPPET], env=environment, capture_output=True, text=True)
+    say("its output")
+    print(result.stdout + result.stderr, end="", flush=True)
+    if result.returncode != 0:
+        print(f"API log: {state['api_log']}")
+    return result.returncode
 
 
 def up() -> int:
@@ -232,6 +302,8 @@ def up() -> int:
     print(kubectl(state, "apply", "-f", str(QUICKSTART)), end="")
     job = follow(state)
     code = report(state, job)
+    code = self_service(state) or code
+    say(f"still running; look around with: export KUBECONFIG={state['kubeconfig']}; stop it with: make demo-down")
     say(f"done in {time.monotonic() - started:.0f}s")
     return code
 

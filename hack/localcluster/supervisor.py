@@ -55,13 +55,18 @@ class Supervisor:
         return state
 
     def stop(self, timeout: float = 60) -> bool:
-        """SIGTERM the supervisor and wait for it to clean up; False when none was running."""
+        """SIGTERM the supervisor and wait until it has exited, so that what it started is stopped when this
+        returns (its state file goes first); False when none was running."""
         state = self.running()
         if state is None:
             return False
         os.kill(state["supervisor"], signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        while self.running() is not None and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            try:
+                os.kill(state["supervisor"], 0)
+            except ProcessLookupError:
+                break
             time.sleep(0.2)
         return True
 

@@ -64,11 +64,21 @@ def apply(context: Context, job: FineTuneJob, status: FineTuneJobStatus, outcome
 
 
 def measured_throughput(context: Context) -> dict[str, list[float]]:
-    """Measured tokens/s per process, per table row (read when an estimate is made: once per job)."""
+    """Measured tokens/s per process, per table row (read when an estimate is made: once per job).
+
+    The table only refines an estimate: when it cannot be read (RBAC without the chart's preflight rules,
+    the API server away), the estimate falls back to the default figures and the job goes on."""
     namespace = context.settings.operator_namespace
     if not namespace:
         return {}
-    found = context.kube.get(CONFIGMAPS, namespace, THROUGHPUT_CONFIG_MAP)
+    try:
+        return _rows(context.kube.get(CONFIGMAPS, namespace, THROUGHPUT_CONFIG_MAP))
+    except KubeError as problem:
+        log.warning("could not read the throughput table %s/%s: %s", namespace, THROUGHPUT_CONFIG_MAP, problem)
+        return {}
+
+
+def _rows(found: dict[str, Any] | None) -> dict[str, list[float]]:
     table: dict[str, list[float]] = {}
     for key, value in ((found or {}).get("data") or {}).items():
         try:
@@ -115,7 +125,7 @@ def record_actual(context: Context, job: FineTuneJob, status: FineTuneJobStatus,
             }
             context.kube.create(manifest)
             return
-        samples = measured_throughput(context).get(key, [])
+        samples = _rows(found).get(key, [])
         row = recorded(samples, round(per_process, 3), context.settings.throughput_history)
         context.kube.merge_patch(CONFIGMAPS, namespace, THROUGHPUT_CONFIG_MAP, {"data": {key: json.dumps(row)}})
     except KubeError as problem:

@@ -107,7 +107,8 @@ def test_a_preempted_training_job_resumes_from_its_checkpoint_to_the_same_adapte
     wait_for("Published", condition_is(cluster, namespace, "preempted", "Published"), timeout=600, interval=0.5)
     status = get(cluster, "ftj", namespace, "preempted")["status"]
     assert status["resumedFromStep"] >= 10, status
-    assert status["queue"]["preemptions"] == 1 and status["queue"]["state"] == "Admitted"
+    # Published means its training Job ended: Kueue released the quota, and status.queue says Finished.
+    assert status["queue"]["preemptions"] == 1 and status["queue"]["state"] == "Finished"
 
     apply(cluster, manifests["straight"])
     wait_for("Published", condition_is(cluster, namespace, "straight", "Published"), timeout=600, interval=0.5)

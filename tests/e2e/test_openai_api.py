@@ -6,23 +6,16 @@ Role to FineTuneJobs and ModelAdapters of its own namespace only."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
-import yaml
-from finetune_operator.certificates import make_ca, make_serving_certificate
 from kubehelpers import apply, get, wait_for
-from localcluster import build_binaries, free_port
+from localcluster import free_port
+from localcluster.openai_api import OpenAIApiProcess, chart_identity, tenant_token
 
 pytestmark = pytest.mark.s3
 
-REPO = Path(__file__).resolve().parents[2]
 MODEL = "e2e-tiny-llama"
 RESTRICTED = "e2e-restricted-llama"
 TRAINABLE = "e2e-trainable-llama"
@@ -52,26 +45,7 @@ def jsonl(rows: list[dict]) -> bytes:
 def tenant(cluster, name: str) -> str:
     """A namespace with a ServiceAccount bound to a Role on FineTuneJobs and ModelAdapters there; its token."""
     cluster.run_kubectl("create", "namespace", name)
-    cluster.run_kubectl("create", "serviceaccount", "app", "-n", name)
-    apply(
-        cluster,
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": {"name": "finetune-user", "namespace": name},
-            "rules": [
-                {
-                    "apiGroups": ["finetune.dev"],
-                    "resources": ["finetunejobs", "modeladapters"],
-                    "verbs": ["get", "list", "watch", "create", "patch", "delete"],
-                }
-            ],
-        },
-    )
-    cluster.run_kubectl(
-        "create", "rolebinding", "app", "-n", name, "--role=finetune-user", f"--serviceaccount={name}:app"
-    )
-    return cluster.run_kubectl("create", "token", "app", "-n", name, "--duration=30m").stdout.strip()
+    return tenant_token(cluster, name)
 
 
 @pytest.fixture(scope="module")
@@ -116,127 +90,37 @@ def tenants(cluster, minio, buckets):
 
 @pytest.fixture(scope="module")
 def api_kubeconfig(cluster, tmp_path_factory):
-    kubeconfig, namespace, cluster_objects = chart_identity(cluster, tmp_path_factory.mktemp("identity"))
+    """The API's identity exactly as the chart renders it: every test of this module also proves the chart's
+    RBAC is enough."""
+    namespace = f"openai-release-{uuid.uuid4().hex[:6]}"
+    cluster.run_kubectl("create", "namespace", namespace)
+    kubeconfig, cluster_objects = chart_identity(cluster, namespace, tmp_path_factory.mktemp("identity"))
     yield kubeconfig
     cluster.run_kubectl("delete", "namespace", namespace, "--wait=false", check=False)
     for kind, name in cluster_objects:
         cluster.run_kubectl("delete", kind, name, "--wait=false", check=False)
 
 
-def chart_identity(cluster, directory: Path) -> tuple[Path, str, list[tuple[str, str]]]:
-    """A kubeconfig with the token of the API's ServiceAccount, bound to the API's ClusterRole exactly as
-    the chart renders them: every test of this module also proves the chart's RBAC is enough."""
-    helm = build_binaries("helm")["helm"] / "helm"
-    namespace = f"openai-release-{uuid.uuid4().hex[:6]}"
-    values = {
-        "openaiApi": {
-            "enabled": True,
-            "tls": {"secretName": "tls"},
-            "files": {"uri": "s3://files/", "credentialsSecret": "keys"},
-        }
-    }
-    rendered = subprocess.run(
-        [
-            str(helm),
-            "template",
-            "fto",
-            str(REPO / "charts" / "finetune-operator"),
-            "--namespace",
-            namespace,
-            "--values",
-            "-",
-        ],
-        input=json.dumps(values),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    identity = [
-        doc
-        for doc in yaml.safe_load_all(rendered)
-        if doc
-        and doc["kind"] in ("ServiceAccount", "ClusterRole", "ClusterRoleBinding")
-        and doc["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "openai-api"
-    ]
-    cluster.run_kubectl("create", "namespace", namespace)
-    for doc in identity:
-        apply(cluster, doc)
-    account = next(d for d in identity if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    token = cluster.run_kubectl("create", "token", account, "-n", namespace, "--duration=1h").stdout.strip()
-    kubeconfig = directory / "api.kubeconfig"
-    server = cluster.server
-    kubeconfig.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "test",
-                        "cluster": {"server": server, "certificate-authority": str(cluster.pki_dir / "ca.crt")},
-                    }
-                ],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "api", "context": {"cluster": "test", "user": account}}],
-                "current-context": "api",
-            }
-        )
-    )
-    cluster_objects = [(d["kind"].lower(), d["metadata"]["name"]) for d in identity if d["kind"] != "ServiceAccount"]
-    return kubeconfig, namespace, cluster_objects
-
-
 @pytest.fixture(scope="module")
 def api_url(cluster, minio, buckets, api_kubeconfig, tmp_path_factory):
-    """The API, serving HTTPS with a certificate of a CA this test made, as the chart's ServiceAccount; its
-    CA file and base URL."""
-    directory = tmp_path_factory.mktemp("openai-api")
-    ca = make_ca("e2e openai-api CA")
-    serving = make_serving_certificate(ca, "openai-api", ["127.0.0.1", "localhost"])
-    (directory / "ca.crt").write_bytes(ca.certificate_pem)
-    (directory / "tls.crt").write_bytes(serving.certificate_pem)
-    (directory / "tls.key").write_bytes(serving.key_pem)
-    credentials = directory / "files-credentials"
-    credentials.mkdir()
-    for key, value in minio.credentials.items():
-        (credentials / key).write_text(value)
+    """The API, serving HTTPS with a certificate of a CA of its own, as the chart's ServiceAccount; its base
+    URL and CA file."""
     bucket = buckets["files"]
-    port = free_port()
-    log = (directory / "api.log").open("wb")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "finetune_operator.openai_api",
-            f"--kubeconfig={api_kubeconfig}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-            f"--tls-cert-file={directory / 'tls.crt'}",
-            f"--tls-key-file={directory / 'tls.key'}",
-            f"--files-uri=s3://{bucket}/uploads/",
-            f"--files-credentials-dir={credentials}",
-            "--max-upload-bytes=262144",
-            "--job-data-secret=s3-creds",
-            f"--job-template={json.dumps(LOCAL_NODE)}",
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
-        env=os.environ,
-        start_new_session=True,
+    api = OpenAIApiProcess(
+        api_kubeconfig,
+        tmp_path_factory.mktemp("openai-api"),
+        f"s3://{bucket}/uploads/",
+        minio.credentials,
+        "--max-upload-bytes=262144",
+        "--job-data-secret=s3-creds",
+        f"--job-template={json.dumps(LOCAL_NODE)}",
     )
-    url = f"https://127.0.0.1:{port}/v1"
     try:
-        wait_for(
-            "the API to listen",
-            lambda: httpx.get(f"{url}/models", verify=str(directory / "ca.crt"), timeout=2).status_code == 401,
-        )
-        yield url, str(directory / "ca.crt"), minio, bucket
+        api.start()
+        yield api.url, str(api.ca_file), minio, bucket
     finally:
-        process.terminate()
-        process.wait(20)
-        log.close()
-        print((directory / "api.log").read_text(errors="replace")[-4000:])
+        api.stop()
+        print(api.tail())
 
 
 @pytest.fixture(scope="module")

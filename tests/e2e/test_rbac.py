@@ -32,9 +32,18 @@ from typing import Any
 import pytest
 import yaml
 from catalog import valid_job
-from finetune_operator.api import MANIFEST_FILE_NAME, TrainerConfig, manifest_of_directory
+from finetune_operator.api import (
+    MANIFEST_FILE_NAME,
+    ArtifactReport,
+    FinalSummary,
+    PreflightPlan,
+    PreflightReport,
+    TrainerConfig,
+    manifest_of_directory,
+)
+from finetune_operator.naming import PREFLIGHT_ROLE_LABEL, THROUGHPUT_CONFIG_MAP
 from finetune_operator.pod_role import LEADER, ROLE_LABEL
-from kubehelpers import condition, get, items, patch_pod_status
+from kubehelpers import condition, get, items, patch_pod_status, wait_for
 from localcluster import LocalCluster, build_binaries, free_port
 from localcluster.operator_process import OperatorProcess
 
@@ -165,7 +174,17 @@ class Permission:
 
 
 def declared_permissions() -> list[Permission]:
-    """Every verb of the rules; a rule rendered in both modes is tested in the clusterwide one."""
+    """Every verb of the rules; a rule rendered in both modes is tested in the clusterwide one, except a
+    verb in the operator's namespace that a watched rule grants too: the clusterwide ClusterRole grants it
+    in every namespace, the operator's among them, so only the namespaced mode can tell it is needed."""
+    watched = {
+        (group, resource, verb)
+        for rule in RULES
+        if rule["scope"] == "watched" and not rule.get("when")
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
     found = []
     for rule in RULES:
         if "sts" in rule.get("when", []):
@@ -179,7 +198,9 @@ def declared_permissions() -> list[Permission]:
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
                 for verb, reason in rule["verbs"].items():
-                    found.append(Permission(mode, rule["scope"], group, resource, verb, reason))
+                    shadowed = rule["scope"] == "operator" and (group, resource, verb) in watched
+                    where = "namespaced" if shadowed else mode
+                    found.append(Permission(where, rule["scope"], group, resource, verb, reason))
     return found
 
 
@@ -488,8 +509,40 @@ def step_lead(run: Run) -> None:
     run.wait("the operator's pod labelled as the leader's", labelled)
 
 
+PLANNED_TOKENS = 1_200_000
+TRAIN_SECONDS = 600.0
+
+
+def finish_preflight(run: Run, name: str) -> None:
+    """The preflight pod exits 0 with its plan, as the trainer image's `preflight` would report it."""
+    ns = run.workload
+    pods = run.wait(
+        f"{name}'s preflight pod",
+        lambda: items(run.cluster, "pods", ns, f"finetune.dev/job={name},{PREFLIGHT_ROLE_LABEL}=preflight"),
+    )
+    plan = PreflightPlan(
+        parameters=494_000_000, total_steps=400, steps_per_epoch=400, epochs=1.0, trained_tokens=PLANNED_TOKENS
+    )
+    report = PreflightReport(outcome="Planned", plan=plan)
+    patch_pod_status(run.cluster, ns, pods[0]["metadata"]["name"], "Succeeded", 0, report.to_message())
+
+
+def succeed(run: Run, pod: dict, artifact: dict) -> None:
+    """The trainer exits 0 with its final summary: the artifact and the seconds of its optimizer steps."""
+    summary = FinalSummary(artifact=ArtifactReport.model_validate(artifact), train_seconds=TRAIN_SECONDS)
+    patch_pod_status(run.cluster, run.workload, pod["metadata"]["name"], "Succeeded", 0, summary.to_message())
+
+
+def throughput_row(run: Run) -> list[float]:
+    """The throughput table's only row (every job of the scenario has the same kind)."""
+    table = get(run.cluster, "configmap", run.namespaces["release"], THROUGHPUT_CONFIG_MAP)
+    rows = list(((table or {}).get("data") or {}).values())
+    return json.loads(rows[0]) if len(rows) == 1 else []
+
+
 def step_create(run: Run) -> None:
-    """A job that starts suspended gets all its children; a job whose claim is missing gets none."""
+    """A job that starts suspended gets its preflight and all its children but the training Job (a dry
+    run: plan and estimate); a job whose claim is missing gets none."""
     ns = run.workload
     alpha = training_job("alpha", ns, suspend=True)
     alpha["spec"]["data"]["credentialsSecretRef"] = {"name": "s3-creds"}
@@ -498,10 +551,14 @@ def step_create(run: Run) -> None:
     beta["spec"]["template"]["serviceAccountName"] = "byo-trainer"
     apply(run.cluster, alpha, beta)
 
+    finish_preflight(run, "alpha")
+    run.wait("alpha Planned", condition_of(run, "alpha", "Planned"))
     run.wait("alpha Suspended", condition_of(run, "alpha", "Suspended"))
     ftj = get(run.cluster, "ftj", ns, "alpha")
+    # No figure measured yet: the table was read (a 404) and the default wins.
+    assert ftj["status"]["plan"]["estimate"]["source"] == "default", ftj["status"]["plan"]
     for kind, child in [
-        ("job", "alpha"),
+        ("job", "alpha-preflight"),
         ("configmap", "alpha-config"),
         ("service", "alpha"),
         ("serviceaccount", "alpha-trainer"),
@@ -509,10 +566,21 @@ def step_create(run: Run) -> None:
         found = run.wait(f"{kind} {child}", lambda kind=kind, child=child: get(run.cluster, kind, ns, child))
         (owner,) = found["metadata"]["ownerReferences"]
         assert owner["uid"] == ftj["metadata"]["uid"] and owner["blockOwnerDeletion"] is True
-    assert get(run.cluster, "job", ns, "alpha")["spec"]["suspend"] is True
+    assert get(run.cluster, "job", ns, "alpha") is None, "a dry run creates no training Job"
 
     blocked = run.wait("beta blocked by its missing claim", condition_of(run, "beta", "ReferencesResolved", "False"))
     assert blocked["reason"] == "PersistentVolumeClaimNotFound", blocked
+
+
+def step_start_and_suspend(run: Run) -> None:
+    """Unsuspended, the planned job's training Job is created; suspended again, the Job is suspended."""
+    ns = run.workload
+    run.cluster.run_kubectl("patch", "ftj", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+    created = run.wait("the training Job alpha", lambda: get(run.cluster, "job", ns, "alpha"))
+    (owner,) = created["metadata"]["ownerReferences"]
+    assert owner["blockOwnerDeletion"] is True
+    run.cluster.run_kubectl("patch", "ftj", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":true}}')
+    run.wait("the Job alpha suspended", lambda: (get(run.cluster, "job", ns, "alpha") or {})["spec"].get("suspend"))
 
 
 def step_catalog(run: Run) -> None:
@@ -539,17 +607,12 @@ def step_catalog(run: Run) -> None:
 
 
 def step_resize(run: Run) -> None:
-    """Resources and training settings changed while suspended: the Job is replaced, the ConfigMap patched."""
+    """Resources and training settings changed while suspended: the Job is deleted (re-created once the
+    job is resumed: a suspended, planned job holds no training Job), the ConfigMap patched."""
     ns = run.workload
     patch = {"spec": {"resources": {"gpusPerNode": 4}, "training": {"learningRate": 0.0002}}}
     run.cluster.run_kubectl("patch", "ftj", "alpha", "-n", ns, "--type=merge", "-p", json.dumps(patch))
-
-    def resized():
-        job = get(run.cluster, "job", ns, "alpha")
-        limits = job and job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
-        return job if limits and limits.get("nvidia.com/gpu") == "4" else None
-
-    run.wait("the Job re-created with 4 GPUs", resized)
+    run.wait("the suspended Job deleted to be replaced", lambda: get(run.cluster, "job", ns, "alpha") is None)
     run.wait(
         "the ConfigMap patched with the new learning rate",
         lambda: (
@@ -562,9 +625,16 @@ def step_resize(run: Run) -> None:
 
 
 def step_run(run: Run) -> dict:
-    """Resumed: the Job is unsuspended and its pod runs."""
+    """Resumed: the Job is re-created with the new resources and its pod runs."""
     ns = run.workload
     run.cluster.run_kubectl("patch", "ftj", "alpha", "-n", ns, "--type=merge", "-p", '{"spec":{"suspend":false}}')
+
+    def resized():
+        job = get(run.cluster, "job", ns, "alpha")
+        limits = job and job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]
+        return job if limits and limits.get("nvidia.com/gpu") == "4" else None
+
+    run.wait("the Job re-created with 4 GPUs", resized)
     pods = run.wait(
         "alpha's pod Running",
         lambda: [
@@ -643,7 +713,7 @@ def step_metrics(run: Run) -> None:
     assert 'finetune_operator_progress_reports_total{reason="",result="accepted"}' in text, text[:2000]
 
 
-def step_report_artifact(run: Run) -> None:
+def step_report_artifact(run: Run) -> dict:
     """The trainer's final report: the evaluation and the artifact it stored (here a local directory)."""
     artifact = run.tmp_path / f"{run.name}-artifact"
     artifact.mkdir()
@@ -669,6 +739,7 @@ def step_report_artifact(run: Run) -> None:
     post_report(
         run, {"stage": "done", "step": 400, "totalSteps": 400, "evaluation": evaluation, "artifact": artifact_report}
     )
+    return artifact_report
 
 
 def step_publish(run: Run) -> None:
@@ -684,11 +755,13 @@ def step_publish(run: Run) -> None:
     assert adapter["spec"]["source"]["fineTuneJob"] == "alpha"
 
 
-def step_succeed(run: Run, pod: dict) -> None:
-    """The pod exits 0 as its kubelet would report it: Succeeded, with Events telling the story."""
+def step_succeed(run: Run, pod: dict, artifact: dict) -> None:
+    """The pod exits 0 as its kubelet would report it: Succeeded, with Events telling the story, and its
+    measured throughput the first row of the table in the operator's namespace (created)."""
     ns = run.workload
-    patch_pod_status(run.cluster, ns, pod["metadata"]["name"], "Succeeded", 0)
+    succeed(run, pod, artifact)
     run.wait("alpha Succeeded", condition_of(run, "alpha", "Succeeded"))
+    run.wait("the throughput table created with alpha's figure", lambda: len(throughput_row(run)) == 1)
     run.wait(
         "the operator's Events",
         lambda: (
@@ -696,6 +769,31 @@ def step_succeed(run: Run, pod: dict) -> None:
             <= {e["reason"] for e in items(run.cluster, "events", ns) if e["involvedObject"]["name"] == "alpha"}
         ),
     )
+
+
+def step_measured_estimate(run: Run, artifact: dict) -> None:
+    """A second job of the same kind: its estimate uses alpha's measured figure (the table read), and its
+    own figure joins the row (the table patched)."""
+    ns = run.workload
+    apply(run.cluster, training_job("delta", ns, resources={"gpusPerNode": 4, "cpu": "16", "memory": "64Gi"}))
+    finish_preflight(run, "delta")
+
+    def estimate():
+        plan = (get(run.cluster, "ftj", ns, "delta").get("status") or {}).get("plan") or {}
+        return plan.get("estimate")
+
+    found = run.wait("delta's estimate", estimate)
+    assert found["source"] == "measured" and found["samples"] == 1, found
+    pod = run.wait(
+        "delta's training pod Running",
+        lambda: [
+            p
+            for p in items(run.cluster, "pods", ns, "finetune.dev/job=delta")
+            if p["status"].get("phase") == "Running" and PREFLIGHT_ROLE_LABEL not in p["metadata"]["labels"]
+        ],
+    )[0]
+    succeed(run, pod, artifact)
+    run.wait("delta's figure added to the row", lambda: len(throughput_row(run)) == 2)
 
 
 def step_delete(run: Run) -> None:
@@ -734,13 +832,15 @@ def run_scenario(run: Run) -> Outcome:
         step_lead(run)
         step_create(run)
         step_catalog(run)
+        step_start_and_suspend(run)
         step_resize(run)
         pod = step_run(run)
         step_progress(run, pod)
         step_metrics(run)
-        step_report_artifact(run)
-        step_succeed(run, pod)
+        artifact = step_report_artifact(run)
+        step_succeed(run, pod, artifact)
         step_publish(run)
+        step_measured_estimate(run, artifact)
         step_delete(run)
         run.check()  # a refusal at the very end counts too
     except ScenarioFailed as error:
@@ -879,3 +979,36 @@ def test_catalog_readers_read_the_catalog_and_no_namespace_role_writes_it(rbac_c
             assert not can(user, verb), (user, verb)
             assert not can(user, verb, "-n", namespace), (user, verb, namespace)
     assert not can("frank", "list") and not can("frank", "get", "-n", namespace)
+
+
+def test_an_unreadable_throughput_table_leaves_the_default_estimate_and_the_job_goes_on(rbac_cluster, tmp_path):
+    """Under RBAC without `get` on the table (as the chart had before preflight's rules), the read is
+    refused: the estimate falls back to the default figures with a warning, and the job is planned."""
+    (refused,) = [p for p in PERMISSIONS if p.scope == "operator" and p.resource == "configmaps" and p.verb == "get"]
+    run = Run(rbac_cluster, refused.mode, run_name(refused.mode), tmp_path, removed=refused)
+    try:
+        run.install()
+        run.start_operator()
+        apply(run.cluster, training_job("alpha", run.workload, suspend=True))
+        pods = wait_for(
+            "alpha's preflight pod",
+            lambda: items(
+                run.cluster, "pods", run.workload, f"finetune.dev/job=alpha,{PREFLIGHT_ROLE_LABEL}=preflight"
+            ),
+        )
+        plan = PreflightPlan(parameters=494_000_000, total_steps=400, trained_tokens=PLANNED_TOKENS)
+        report = PreflightReport(outcome="Planned", plan=plan).to_message()
+        patch_pod_status(run.cluster, run.workload, pods[0]["metadata"]["name"], "Succeeded", 0, report)
+
+        def planned():
+            ftj = get(run.cluster, "ftj", run.workload, "alpha")
+            found = condition(ftj, "Planned")
+            return ftj if found and found["status"] == "True" else None
+
+        ftj = wait_for("alpha Planned", planned, timeout=STEP_TIMEOUT)
+        assert ftj["status"]["plan"]["estimate"]["source"] == "default", ftj["status"]["plan"]
+        assert ("", "configmaps", "get") in [request_of(e) for e in run.audit.forbidden()]
+        assert "could not read the throughput table" in run.operator.tail(200)
+        assert condition(ftj, "Failed") is None
+    finally:
+        run.tear_down()

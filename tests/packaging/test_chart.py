@@ -309,6 +309,7 @@ def expected_rules(values: dict, scopes: set[str]) -> set[tuple]:
         "selfSignedTLS": (progress or metrics) and not values.get("progress", {}).get("tls", {}).get("secretName"),
         "sts": bool(values.get("output", {}).get("sts", {}).get("credentialsSecret")),
         "leaderElection": values.get("leaderElection", {}).get("enabled", True),
+        "preflight": values.get("preflight", {}).get("enabled", True),
     }
     return {
         (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])))
@@ -345,6 +346,8 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         {"output": STS_OUTPUT},
         {**NAMESPACED, "output": STS_OUTPUT},
         {"leaderElection": {"enabled": False}, "replicas": 1},
+        {"preflight": {"enabled": False}},
+        {**NAMESPACED, "preflight": {"enabled": False}},
     ],
     ids=[
         "clusterwide",
@@ -359,6 +362,8 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         "sts",
         "namespaced-sts",
         "no-leader-election",
+        "no-preflight",
+        "namespaced-no-preflight",
     ],
 )
 def test_the_operator_gets_exactly_the_declared_rules(tools, values):
@@ -410,6 +415,7 @@ def test_every_declared_verb_says_which_code_needs_it():
             "selfSignedTLS",
             "sts",
             "leaderElection",
+            "preflight",
         }
         for verb, reason in rule["verbs"].items():
             assert verb in {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}
@@ -573,6 +579,27 @@ def test_the_lease_permissions_name_the_lease_except_create_which_cannot(tools):
         (["get", "update"], ["finetune-operator"]),
     ]
     assert all(r["apiGroups"] == ["coordination.k8s.io"] for r in lease_rules)
+
+
+def own_configmap_rules(docs: list[dict]) -> list[tuple]:
+    own = [d for d in find(docs, "Role", namespace=RELEASE_NAMESPACE) if d["metadata"]["name"].endswith("-self")]
+    return sorted(
+        (r["verbs"], r.get("resourceNames")) for d in own for r in d["rules"] if r["resources"] == ["configmaps"]
+    )
+
+
+@pytest.mark.parametrize("values", [{}, NAMESPACED], ids=["clusterwide", "namespaced"])
+def test_the_throughput_table_permissions_name_the_configmap_except_create_which_cannot(tools, values):
+    """planning.py reads and writes the ConfigMap finetune-throughput in the operator's namespace, which the
+    cache (the jobs' own ConfigMaps, by label, in the watched namespaces) never answers for."""
+    assert own_configmap_rules(tools.render(values)) == [
+        (["create"], None),
+        (["get", "patch"], ["finetune-throughput"]),
+    ]
+
+
+def test_without_preflight_the_operator_has_no_configmap_rule_in_its_own_namespace(tools):
+    assert own_configmap_rules(tools.render({"preflight": {"enabled": False}})) == []
 
 
 def test_the_service_sends_connections_to_the_leaders_pod_only(tools):

@@ -100,7 +100,8 @@ app.kubernetes.io/managed-by: finetune-operator
       "httpsEndpoints" $https
       "selfSignedTLS" (and $https (empty $values.progress.tls.secretName))
       "sts" (not (empty $values.output.sts.credentialsSecret))
-      "leaderElection" $values.leaderElection.enabled }}
+      "leaderElection" $values.leaderElection.enabled
+      "preflight" $values.preflight.enabled }}
 {{- $rules := list }}
 {{- range ($root.Files.Get "files/operator-rbac.yaml" | fromYaml).rules }}
 {{- $applies := has .scope $scopes }}
