@@ -11,7 +11,7 @@ keep its mark and its readiness for a while: its progress endpoint checks that i
 every write (progress/server.py), so nothing it receives then is written.
 
 Best effort throughout: the patch is retried with backoff while it fails, and a replica whose pod name is
-unknown (a local run) marks nothing.
+unknown (a local run), or names no pod, marks nothing.
 """
 
 from __future__ import annotations
@@ -28,6 +28,13 @@ log = logging.getLogger(__name__)
 ROLE_LABEL = "finetune.dev/role"
 LEADER = "leader"
 MAX_BACKOFF_SECONDS = 30.0
+
+
+def nothing_to_mark(error: KubeError) -> bool:
+    """A 404: no pod of that name, so there is no mark to set or remove, and asking again cannot change that
+    (a replica's own pod exists while it runs; a wrong FINETUNE_POD_NAME, or a process that is no pod, as in
+    the benchmark, would otherwise retry forever, a request every 30 s)."""
+    return error.status == 404
 
 
 def role_patch(leading: bool) -> dict[str, Any]:
@@ -62,6 +69,9 @@ class PodRole:
             self.kube.merge_patch(PODS, self.namespace, self.pod_name, role_patch(leading))
         except KubeError as error:
             what = "mark" if leading else "unmark"
+            if nothing_to_mark(error):
+                log.warning("no pod %s/%s to %s as the leader's: not trying again", self.namespace, self.pod_name, what)
+                return True
             log.warning("could not %s the pod %s/%s as the leader's: %s", what, self.namespace, self.pod_name, error)
             return False
         log.info(

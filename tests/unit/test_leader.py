@@ -175,3 +175,12 @@ def test_the_leaders_mark_is_a_label_set_by_a_merge_patch_and_removed_by_a_null(
 
     assert role_patch(True) == {"metadata": {"labels": {"finetune.dev/role": "leader"}}}
     assert role_patch(False) == {"metadata": {"labels": {"finetune.dev/role": None}}}
+
+
+def test_a_missing_pod_is_not_asked_again_but_other_failures_are():
+    from finetune_operator.kube import KubeError
+    from finetune_operator.pod_role import nothing_to_mark
+
+    assert nothing_to_mark(KubeError(404, "Not Found", ""))
+    for status in (0, 403, 409, 429, 500, 503):
+        assert not nothing_to_mark(KubeError(status, "x", ""))
