@@ -115,7 +115,7 @@ class RestClient:
         timeout = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + timeout
         response = self._send(
-            method, path, body, query, content_type, accept, urllib3.Timeout(CONNECT_SECONDS, timeout)
+            method, path, body, query, content_type, accept, urllib3.Timeout(connect=CONNECT_SECONDS, read=timeout)
         )
         try:
             chunks = []
@@ -137,7 +137,14 @@ class RestClient:
         ends it sooner."""
         query = [*query, ("watch", "true"), ("timeoutSeconds", str(timeout_seconds)), ("allowWatchBookmarks", "true")]
         response = self._send(
-            "GET", path, None, query, JSON, JSON, urllib3.Timeout(CONNECT_SECONDS, timeout_seconds + 30), watch=True
+            "GET",
+            path,
+            None,
+            query,
+            JSON,
+            JSON,
+            urllib3.Timeout(connect=CONNECT_SECONDS, read=timeout_seconds + 30),
+            watch=True,
         )
         if response.status >= 400:
             body = response.read().decode(errors="replace")

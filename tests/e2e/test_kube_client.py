@@ -18,7 +18,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from finetune_operator.connection import from_kubeconfig
 from finetune_operator.kube import CONFIGMAPS, LEASES, PAGE_SIZE, Kind, Kube, KubeError
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.rest import RestClient
+from finetune_operator.rest import CONNECT_SECONDS, RestClient
 
 SELF_SUBJECT_REVIEWS = Kind("authentication.k8s.io", "v1", "selfsubjectreviews", namespaced=False)
 
@@ -107,6 +107,15 @@ def lease(namespace: str, holder: str) -> dict:
         "metadata": {"name": "leader", "namespace": namespace},
         "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15},
     }
+
+
+def test_a_quiet_watch_lasts_until_the_server_ends_it(cluster, namespace):
+    """A watch on which nothing happens is not cut short by the client: its read timeout is the watch's own
+    (urllib3.Timeout's first argument is a total, which once cut every watch at the connect timeout)."""
+    kube, _ = counting_kube(cluster.kubeconfig)
+    seconds = int(CONNECT_SECONDS) + 5
+    events = list(kube.rest.watch(CONFIGMAPS.path(namespace), [("fieldSelector", "metadata.name=none")], seconds))
+    assert all(event["type"] == "BOOKMARK" for event in events), events
 
 
 def test_replace_writes_over_the_version_it_read_and_a_stale_version_is_a_conflict(cluster, namespace):
