@@ -25,7 +25,7 @@ def test_crds_are_established_with_printer_columns(cluster):
     assert conditions["Established"] == "True"
     assert conditions["NamesAccepted"] == "True"
     columns = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Status", "Queue", "Progress", "Loss", "ETA", "Adapter", "Age"]
+    assert columns == ["Status", "Queue", "Progress", "Loss", "ETA", "EST", "Adapter", "Age"]
 
 
 def test_kubectl_explain_prints_the_field_descriptions(cluster):
