@@ -16,7 +16,7 @@ A store is a directory:
   ``row_offsets[r + 1]`` (a long text is several; a dropped or invalid row none), so splits and
   mixes work on rows as in memory;
 - ``manifest.json``: the key it was built for, counts, the source's statistics (rows, invalid rows
-  with file:line...), and each file's size and sha256.
+  with file:line...), each file's size and sha256, and a seal: the sha256 of the rest of the manifest.
 
 A preference pair is two sequences, chosen then rejected. The store is written in a temporary
 directory and renamed into place whole; opening it checks the checksums and the bounds of every
@@ -62,8 +62,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _seal(manifest: dict[str, Any]) -> str:
+    """The sha256 of the manifest's content without its seal: the files' checksums live in the manifest, so
+    without a seal of its own a damaged byte in a count or a statistic would go unnoticed."""
+    body = {key: value for key, value in manifest.items() if key != "seal"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def write_manifest(directory: Path, manifest: dict[str, Any]) -> None:
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    sealed = {**manifest, "seal": _seal(manifest)}
+    (directory / MANIFEST).write_text(json.dumps(sealed, indent=1, sort_keys=True))
 
 
 class TokenStore:
@@ -184,6 +192,8 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise StoreCorrupt(f"{path}: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
         raise StoreCorrupt(f"{path}: not a version {STORE_VERSION} token store")
+    if manifest.get("seal") != _seal(manifest):
+        raise StoreCorrupt(f"{path}: its content does not match its seal")
     return manifest
 
 
