@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from finetune_operator.cache import Caches
 from finetune_operator.connection import Connection
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
@@ -43,7 +44,7 @@ def run(scenario) -> None:
 
 
 def progress_service() -> ProgressService:
-    return ProgressService(kube_nowhere(), Settings(), OperatorMetrics())
+    return ProgressService(kube_nowhere(), Caches(), Settings(), OperatorMetrics())
 
 
 async def started(app) -> TestClient:
