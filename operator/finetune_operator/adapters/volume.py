@@ -33,7 +33,7 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
     """The verification's result, or None while its pod has not finished (the Job is created if needed)."""
     namespace = adapter.metadata.namespace
     name = verifier_job_name(adapter.metadata.name, generation)
-    job = context.kube.get(JOBS, namespace, name)
+    job = context.caches[JOBS].get(namespace, name)  # watch-fed (managed-by): verifying costs no read per look
     if job is None or job["metadata"].get("deletionTimestamp"):
         if job is not None:
             return None
@@ -41,7 +41,8 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
         if not context.kube.exists(PVCS, namespace, claim):  # no pod that waits forever for a claim
             message = f"PersistentVolumeClaim {claim} (spec.artifact.uri) not found in namespace {namespace}"
             return Verification(problem_reason="ClaimNotFound", problem_message=message)
-        context.kube.create(render_verifier_job(adapter, generation, context.settings))
+        created, _ = context.kube.create(render_verifier_job(adapter, generation, context.settings))
+        context.caches[JOBS].created(created)  # the next look, before its watch event, creates it not again
         return None
     if not controlled_by(job, adapter.metadata.uid):
         message = f"a Job named {name} exists and is not this ModelAdapter's verification: delete it"
