@@ -41,8 +41,12 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
         if not context.kube.exists(PVCS, namespace, claim):  # no pod that waits forever for a claim
             message = f"PersistentVolumeClaim {claim} (spec.artifact.uri) not found in namespace {namespace}"
             return Verification(problem_reason="ClaimNotFound", problem_message=message)
-        created, _ = context.kube.create(render_verifier_job(adapter, generation, context.settings))
-        context.caches[JOBS].created(created)  # the next look, before its watch event, creates it not again
+        # One there all the same (its watch event on the way) fails this look with 409; the event brings the
+        # adapter back with the Job in the cache. What is created goes into the cache: not created twice.
+        created, _ = context.kube.create(
+            render_verifier_job(adapter, generation, context.settings), read_existing=False
+        )
+        context.caches[JOBS].created(created)
         return None
     if not controlled_by(job, adapter.metadata.uid):
         message = f"a Job named {name} exists and is not this ModelAdapter's verification: delete it"

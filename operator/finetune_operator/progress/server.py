@@ -6,12 +6,12 @@ POST /v1/namespaces/{namespace}/finetunejobs/{name}/progress
 -> 204 written; 400 malformed body (the field is named); 401 bad or missing token; 403 a good token
    for the wrong pod or job, or not rank 0; 404 no such job (or a namespace or name that is no DNS label);
    413 too large; 429 too many reports (from this job, or from this client's address); 503 the API server
-   failed, or this replica does not hold the Lease (not_leader: a leader frozen past its lease, still
+   failed, the operator's caches are still filling (starting), or this replica does not hold the Lease (not_leader: a leader frozen past its lease, still
    reachable through the Service for a moment, writes nothing; the trainer retries and reaches the leader).
 
 Each request is checked in the order of what the check costs: the names in the path (nothing), the
 client's budget (nothing), the token (a TokenReview, unless answered a moment ago, yes or no), the pod and
-its jobs (from the watch-fed caches: no request, but for an object a cache lacks), and only then is the body
+its jobs (from the watch-fed caches: no request; 503 while they are still filling), and only then is the body
 read: whoever may not report spends none of the API server's requests beyond its budget, and none of the
 operator's memory or time on a body. A report that is accepted costs the status patch alone.
 """
@@ -97,17 +97,18 @@ class ProgressService:
         return status
 
     def _read(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> dict | None:
-        """The object as the watch-fed cache holds it (with ``uid``, when given); from the API server only when
-        the cache lacks it: its watch event still on the way (or the caches still filling), or an object that is
-        not the operator's (no label of ours), which the owner checks then refuse. Either way the UID and owner
-        checks judge what is returned."""
+        """The object as the watch-fed cache holds it (with ``uid``, when given), never from the API server: a
+        trainer reports from a pod that started seconds after its creation event, and the operator's own Job
+        and FineTuneJob are in the caches before their pods exist. An object without the operator's labels
+        (a tenant's own pod with a token of our audience) is not in them: refused as gone."""
         cached = self.caches[kind].get(namespace, name)
-        if cached is not None and (uid is None or cached["metadata"].get("uid") == uid):
-            return cached
-        return self.kube.get(kind, namespace, name)
+        return cached if cached is not None and (uid is None or cached["metadata"].get("uid") == uid) else None
 
     def authenticate(self, namespace: str, name: str, token: str) -> dict:
         """The FineTuneJob the token's pod may report for, once it is proven to be the job's rank 0."""
+        if not self.caches.ready.is_set():
+            # A new leader lists everything first (a second or so): what is not listed yet is not gone.
+            raise Refusal(503, "starting", "the operator is starting; retry")
         caller = caller_from_review(self._review(token), namespace, self.settings.progress_audience)
         finetunejob = self._read(FINETUNEJOBS, namespace, name)
         training_job = self._read(JOBS, namespace, training_job_name(name)) if finetunejob else None
