@@ -137,7 +137,7 @@ def build_registry(
         if own.progress_port:
             # Published before the first reconcile, so every job's ConfigMap carries the CA.
             context.progress_ca = tls.ca_pem
-            service = ProgressService(context.kube, own, jobs.metrics, leading)
+            service = ProgressService(context.kube, context.caches, own, jobs.metrics, leading)
             runners.append(await _serve(build_app(service), own.progress_port, ssl_context))
             logger.info("progress endpoint listening on port %d (HTTPS)", own.progress_port)
         if own.metrics_port:

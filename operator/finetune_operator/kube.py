@@ -226,15 +226,24 @@ class Kube:
 
     def subject_access_review(self, user: dict[str, Any], path: str, verb: str) -> dict[str, Any]:
         """May ``user`` (a TokenReview's status.user) ``verb`` the non-resource URL ``path``?"""
-        body = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": user.get("username", ""),
-                "uid": user.get("uid", ""),
-                "groups": user.get("groups") or [],
-                "extra": user.get("extra") or {},
-                "nonResourceAttributes": {"path": path, "verb": verb},
-            },
+        return self._access_review(user, {"nonResourceAttributes": {"path": path, "verb": verb}})
+
+    def resource_access_review(
+        self, user: dict[str, Any], namespace: str, verb: str, group: str, resource: str
+    ) -> dict[str, Any]:
+        """May ``user`` (a TokenReview's status.user) ``verb`` ``resource`` of API group ``group`` in ``namespace``?"""
+        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
+        return self._access_review(user, {"resourceAttributes": attributes})
+
+    def _access_review(self, user: dict[str, Any], attributes: dict[str, Any]) -> dict[str, Any]:
+        """A SubjectAccessReview asked as ``user`` (name, uid, groups and extra: all of them, or a caller whose
+        rights come from a group or an extra would be judged without them)."""
+        spec = {
+            "user": user.get("username", ""),
+            "uid": user.get("uid", ""),
+            "groups": user.get("groups") or [],
+            "extra": user.get("extra") or {},
+            **attributes,
         }
+        body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview", "spec": spec}
         return self._call("POST", SUBJECTACCESSREVIEWS.path(), body=body).get("status", {})

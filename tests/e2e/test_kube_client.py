@@ -144,6 +144,17 @@ def test_a_missing_object_is_none_false_and_a_second_create_returns_the_first(cl
     assert kube.delete(CONFIGMAPS, namespace, "once") is True
 
 
+def test_access_reviews_ask_as_the_user_with_their_groups(cluster, namespace):
+    """One SubjectAccessReview request for both kinds of attributes: a group's rights count, a bare user has none."""
+    kube = Kube.connect(str(cluster.kubeconfig))
+    admin = {"username": "someone", "groups": ["system:masters"]}
+    nobody = {"username": "someone", "groups": ["system:authenticated"]}
+    for user, allowed in ((admin, True), (nobody, False)):
+        answer = kube.resource_access_review(user, namespace, "create", "finetune.dev", "finetunejobs")
+        assert bool(answer.get("allowed")) is allowed, user
+        assert bool(kube.subject_access_review(user, "/metrics", "get").get("allowed")) is allowed, user
+
+
 def test_a_rotated_token_file_is_read_again_when_the_old_token_is_refused(cluster, namespace, tmp_path):
     for account in ("alpha", "beta"):
         cluster.run_kubectl("create", "serviceaccount", account, "-n", namespace)

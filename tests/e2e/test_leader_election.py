@@ -181,6 +181,7 @@ def test_a_leader_stopped_cleanly_hands_the_lease_over_at_once(cluster, namespac
 def test_the_progress_endpoint_writes_only_while_the_lease_is_freshly_held(cluster, namespace):
     """The fencing of reconciles guards progress writes too: a leader frozen past its renew deadline, still
     labelled and ready for a moment when it wakes, refuses (503, which the trainer retries) and writes nothing."""
+    from finetune_operator.cache import Caches
     from finetune_operator.kube import FINETUNEJOBS, Kube
     from finetune_operator.leader import ElectionConfig, LeaderElector
     from finetune_operator.metrics import OperatorMetrics
@@ -193,7 +194,7 @@ def test_the_progress_endpoint_writes_only_while_the_lease_is_freshly_held(clust
     config = ElectionConfig(namespace, "op-a", lease_duration=15, renew_deadline=10, retry_period=2)
     elector = LeaderElector(kube, config, clock=lambda: now[0])
     assert elector.try_acquire_or_renew()
-    service = ProgressService(kube, Settings(), OperatorMetrics(), leading=elector.holds_lease)
+    service = ProgressService(kube, Caches(), Settings(), OperatorMetrics(), leading=elector.holds_lease)
     apply(cluster, training_job("reported", namespace))
 
     def report(step: int) -> None:

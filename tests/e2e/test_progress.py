@@ -192,6 +192,29 @@ def test_a_pushed_report_shows_in_kubectl_get_within_a_second(cluster, namespace
     assert status["progress"]["trainLoss"] == 1.2345, "fields a report leaves out keep their last value"
 
 
+def api_reads(metrics: dict[tuple[str, tuple], float]) -> float:
+    """GETs the operator's client has sent for FineTuneJobs, Jobs and pods, whatever their answer."""
+    return sum(
+        value
+        for (name, labels), value in metrics.items()
+        if name == "finetune_operator_api_requests_total"
+        and ("verb", "get") in labels
+        and dict(labels).get("resource") in ("finetunejobs", "jobs", "pods")
+    )
+
+
+def test_an_accepted_report_reads_its_pod_and_jobs_from_the_watch_fed_caches(cluster, namespace, endpoint, api_client):
+    """The chain of owners is checked on the cached pod, Job and FineTuneJob: reports cost the status patch alone,
+    however often trainers send them."""
+    (pod,) = running_job(cluster, namespace, "cached")
+    token = token_for(api_client, namespace, pod)
+    before = api_reads(endpoint.metrics())
+    for step in (10, 20, 30):
+        assert endpoint.post(namespace, "cached", {"step": step, "totalSteps": 400}, token)[0] == 204
+    assert api_reads(endpoint.metrics()) == before
+    assert get(cluster, "ftj", namespace, "cached")["status"]["progress"]["step"] == 30
+
+
 def test_refused_reports_get_the_right_code_are_counted_and_write_nothing(cluster, namespace, endpoint, api_client):
     (mine,) = running_job(cluster, namespace, "mine")
     (other,) = running_job(cluster, namespace, "other")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from finetune_operator.cache import Caches
 from finetune_operator.connection import Connection
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
@@ -42,8 +43,11 @@ def run(scenario) -> None:
     asyncio.run(asyncio.wait_for(scenario(), GUARD_SECONDS))
 
 
-def progress_service() -> ProgressService:
-    return ProgressService(kube_nowhere(), Settings(), OperatorMetrics())
+def progress_service(caches_filled: bool = True) -> ProgressService:
+    caches = Caches()
+    if caches_filled:
+        caches.ready.set()
+    return ProgressService(kube_nowhere(), caches, Settings(), OperatorMetrics())
 
 
 async def started(app) -> TestClient:
@@ -230,3 +234,25 @@ def test_an_api_server_out_of_reach_is_a_503_to_retry_not_a_500():
 
     run(scenario)
     assert token_reviews(service.metrics) == 1  # tried, and counted as an error
+
+
+def test_a_report_while_the_caches_fill_is_a_503_to_retry_without_a_token_review():
+    """A new leader lists everything before its caches are ready: a pod not listed yet is not gone (a 403 would
+    make the trainer drop the report), and the refusal costs the API server nothing."""
+    service = progress_service(caches_filled=False)
+
+    async def scenario():
+        test_client = await started(build_app(service))
+        try:
+            response = await test_client.post(
+                PROGRESS.format(namespace="tenant-a", name="job"),
+                data=b'{"step": 1}',
+                headers={"Authorization": "Bearer some-token"},
+            )
+            assert response.status == 503
+            assert (await response.json())["error"] == "starting"
+        finally:
+            await test_client.close()
+
+    run(scenario)
+    assert token_reviews(service.metrics) == 0

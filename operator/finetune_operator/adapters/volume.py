@@ -33,7 +33,7 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
     """The verification's result, or None while its pod has not finished (the Job is created if needed)."""
     namespace = adapter.metadata.namespace
     name = verifier_job_name(adapter.metadata.name, generation)
-    job = context.kube.get(JOBS, namespace, name)
+    job = context.caches[JOBS].get(namespace, name)  # watch-fed (managed-by): verifying costs no read per look
     if job is None or job["metadata"].get("deletionTimestamp"):
         if job is not None:
             return None
@@ -41,7 +41,12 @@ def verify_on_volume(context: Context, adapter: ModelAdapter, generation: int | 
         if not context.kube.exists(PVCS, namespace, claim):  # no pod that waits forever for a claim
             message = f"PersistentVolumeClaim {claim} (spec.artifact.uri) not found in namespace {namespace}"
             return Verification(problem_reason="ClaimNotFound", problem_message=message)
-        context.kube.create(render_verifier_job(adapter, generation, context.settings))
+        # One there all the same (its watch event on the way) fails this look with 409; the event brings the
+        # adapter back with the Job in the cache. What is created goes into the cache: not created twice.
+        created, _ = context.kube.create(
+            render_verifier_job(adapter, generation, context.settings), read_existing=False
+        )
+        context.caches[JOBS].created(created)
         return None
     if not controlled_by(job, adapter.metadata.uid):
         message = f"a Job named {name} exists and is not this ModelAdapter's verification: delete it"

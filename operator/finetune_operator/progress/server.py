@@ -6,13 +6,14 @@ POST /v1/namespaces/{namespace}/finetunejobs/{name}/progress
 -> 204 written; 400 malformed body (the field is named); 401 bad or missing token; 403 a good token
    for the wrong pod or job, or not rank 0; 404 no such job (or a namespace or name that is no DNS label);
    413 too large; 429 too many reports (from this job, or from this client's address); 503 the API server
-   failed, or this replica does not hold the Lease (not_leader: a leader frozen past its lease, still
+   failed, the operator's caches are still filling (starting), or this replica does not hold the Lease (not_leader: a leader frozen past its lease, still
    reachable through the Service for a moment, writes nothing; the trainer retries and reaches the leader).
 
 Each request is checked in the order of what the check costs: the names in the path (nothing), the
 client's budget (nothing), the token (a TokenReview, unless answered a moment ago, yes or no), the pod and
-its jobs (three reads), and only then is the body read: whoever may not report spends none of the API
-server's requests beyond its budget, and none of the operator's memory or time on a body.
+its jobs (from the watch-fed caches: no request; 503 while they are still filling), and only then is the body
+read: whoever may not report spends none of the API server's requests beyond its budget, and none of the
+operator's memory or time on a body. A report that is accepted costs the status patch alone.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from pydantic import ValidationError
 
 from ..api import ProgressReport, format_validation_error
 from ..api.base import DNS_LABEL_PATTERN
+from ..cache import Caches
 from ..context import utc_now
-from ..kube import FINETUNEJOBS, JOBS, PODS, Kube, KubeError
+from ..kube import FINETUNEJOBS, JOBS, PODS, Kind, Kube, KubeError
 from ..metrics import OperatorMetrics
 from ..naming import training_job_name
 from ..settings import Settings
@@ -59,9 +61,15 @@ class ProgressService:
     """Authenticates and applies reports. Synchronous (it calls the API server); the app runs it in threads."""
 
     def __init__(
-        self, kube: Kube, settings: Settings, metrics: OperatorMetrics, leading: Callable[[], bool] | None = None
+        self,
+        kube: Kube,
+        caches: Caches,
+        settings: Settings,
+        metrics: OperatorMetrics,
+        leading: Callable[[], bool] | None = None,
     ):
         self.kube = kube
+        self.caches = caches
         self.settings = settings
         self.metrics = metrics
         self._leading = leading
@@ -88,12 +96,23 @@ class ProgressService:
         self._reviews.put(token, status, seconds)
         return status
 
+    def _read(self, kind: Kind, namespace: str, name: str, uid: str | None = None) -> dict | None:
+        """The object as the watch-fed cache holds it (with ``uid``, when given), never from the API server: a
+        trainer reports from a pod that started seconds after its creation event, and the operator's own Job
+        and FineTuneJob are in the caches before their pods exist. An object without the operator's labels
+        (a tenant's own pod with a token of our audience) is not in them: refused as gone."""
+        cached = self.caches[kind].get(namespace, name)
+        return cached if cached is not None and (uid is None or cached["metadata"].get("uid") == uid) else None
+
     def authenticate(self, namespace: str, name: str, token: str) -> dict:
         """The FineTuneJob the token's pod may report for, once it is proven to be the job's rank 0."""
+        if not self.caches.ready.is_set():
+            # A new leader lists everything first (a second or so): what is not listed yet is not gone.
+            raise Refusal(503, "starting", "the operator is starting; retry")
         caller = caller_from_review(self._review(token), namespace, self.settings.progress_audience)
-        finetunejob = self.kube.get(FINETUNEJOBS, namespace, name)
-        training_job = self.kube.get(JOBS, namespace, training_job_name(name)) if finetunejob else None
-        pod = self.kube.get(PODS, namespace, caller.pod_name)
+        finetunejob = self._read(FINETUNEJOBS, namespace, name)
+        training_job = self._read(JOBS, namespace, training_job_name(name)) if finetunejob else None
+        pod = self._read(PODS, namespace, caller.pod_name, caller.pod_uid)
         check_chain(caller, pod, training_job, finetunejob)
         # Only the job's own rank 0 spends its budget: another pod's tokens cannot starve it.
         if not self.limiter.allow((namespace, name)):
@@ -111,7 +130,9 @@ class ProgressService:
         if phase := phase_on_report((finetunejob.get("status") or {}).get("phase")):
             patch["phase"] = phase  # in the same write as the progress: kubectl never shows it Pending and training
         self.check_leading()  # again, just before the write: the reads above may have taken a while
-        self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
+        written = self.kube.merge_patch(FINETUNEJOBS, namespace, name, {"status": patch}, "status")
+        # The next report (and reconcile) starts from what was written, not from the status before it.
+        self.caches[FINETUNEJOBS].written(written)
         record_checkpoint_fallback(self.kube, finetunejob, report.checkpoint_fallback, now)
         status = finetunejob.get("status") or {}
         if not status.get("progress"):

@@ -10,7 +10,7 @@ from ..api import Gate, ProgressReport, verdict_from_numbers
 
 
 def human_duration(seconds: int) -> str:
-    """1h5m, 12m3s, 40s: short enough for a kubectl column."""
+    """1h5m, 12m3s, 40s: short enough for a kubectl column (ETA, and EST: planner.py)."""
     hours, rest = divmod(max(int(seconds), 0), 3600)
     minutes, secs = divmod(rest, 60)
     if hours:
