@@ -226,6 +226,16 @@ class Kube:
 
     def subject_access_review(self, user: dict[str, Any], path: str, verb: str) -> dict[str, Any]:
         """May ``user`` (a TokenReview's status.user) ``verb`` the non-resource URL ``path``?"""
+        return self._access_review(user, {"nonResourceAttributes": {"path": path, "verb": verb}})
+
+    def resource_access_review(
+        self, user: dict[str, Any], namespace: str, verb: str, group: str, resource: str
+    ) -> dict[str, Any]:
+        """May ``user`` (a TokenReview's status.user) ``verb`` ``resource`` of ``group`` in ``namespace``?"""
+        attributes = {"namespace": namespace, "verb": verb, "group": group, "resource": resource}
+        return self._access_review(user, {"resourceAttributes": attributes})
+
+    def _access_review(self, user: dict[str, Any], attributes: dict[str, Any]) -> dict[str, Any]:
         body = {
             "apiVersion": "authorization.k8s.io/v1",
             "kind": "SubjectAccessReview",
@@ -234,7 +244,7 @@ class Kube:
                 "uid": user.get("uid", ""),
                 "groups": user.get("groups") or [],
                 "extra": user.get("extra") or {},
-                "nonResourceAttributes": {"path": path, "verb": verb},
+                **attributes,
             },
         }
         return self._call("POST", SUBJECTACCESSREVIEWS.path(), body=body).get("status", {})

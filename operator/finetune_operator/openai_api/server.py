@@ -24,10 +24,10 @@ from aiohttp import web
 from ..api import GROUP, VERSION, FineTuneModel
 from ..api.base import DNS_SUBDOMAIN_PATTERN
 from ..context import utc_now
-from ..kube import FINETUNEJOBS, MODELADAPTERS, Kind, KubeError
+from ..kube import FINETUNEJOBS, MODELADAPTERS, Kind, Kube, KubeError
 from ..tokens import bearer_token
 from . import datafiles
-from .access import Access, AccessKube, Caller
+from .access import Access, Caller
 from .admission import catalog_entry, check_job, hints, model_not_found, usable
 from .errors import ApiError, invalid, not_found, too_large, unauthenticated, unavailable
 from .events import job_checkpoints, job_events
@@ -66,7 +66,7 @@ def is_object_name(value: str) -> bool:
 class Service:
     """What the handlers share: the clients, the limits, the admin's policy."""
 
-    def __init__(self, settings: ApiSettings, kube: AccessKube, store: FileStore):
+    def __init__(self, settings: ApiSettings, kube: Kube, store: FileStore):
         self.settings = settings
         self.kube = kube
         self.store = store
