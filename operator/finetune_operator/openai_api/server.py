@@ -29,7 +29,7 @@ from ..tokens import bearer_token
 from . import datafiles
 from .access import Access, Caller
 from .admission import catalog_entry, check_job, hints, model_not_found, usable
-from .errors import ApiError, invalid, not_found, too_large, unauthenticated, unavailable
+from .errors import ApiError, invalid, length_required, not_found, too_large, unauthenticated, unavailable
 from .events import job_checkpoints, job_events
 from .files import FILE_ID_PATTERN, StoredFile, file_object, new_file_id, safe_filename
 from .filestore import FileStore, StoreFailed
@@ -383,11 +383,12 @@ def endpoint(service: Service, handler: Handler) -> Callable[[web.Request], Awai
                 raise ApiError(
                     429, "Too many requests from this address: retry later", "requests", "rate_limit_exceeded"
                 )
-            limit = (
-                service.settings.max_upload_bytes + (1 << 20)
-                if request.path == "/v1/files"
-                else service.settings.max_body_bytes
-            )
+            upload = request.path == "/v1/files"
+            limit = service.settings.max_upload_bytes + (1 << 20) if upload else service.settings.max_body_bytes
+            if upload and request.method == "POST" and request.content_length is None:
+                # aiohttp bounds no streamed multipart body (a part's unread rest, a second file part, the
+                # preamble): only a declared length, checked here and kept to by the parser, bounds a chunked one.
+                raise length_required()
             if (request.content_length or 0) > limit:
                 raise too_large(limit)
             token = bearer_token(request.headers.get("Authorization", ""))
