@@ -21,10 +21,10 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from ..api import GROUP, VERSION, FineTuneModel
+from ..api import FineTuneModel
 from ..api.base import DNS_SUBDOMAIN_PATTERN
 from ..context import utc_now
-from ..kube import FINETUNEJOBS, MODELADAPTERS, Kind, Kube, KubeError
+from ..kube import FINETUNEJOBS, FINETUNEMODELS, MODELADAPTERS, NAMESPACES, Kube, KubeError
 from ..tokens import bearer_token
 from . import datafiles
 from .access import Access, Caller
@@ -50,8 +50,6 @@ from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-FINETUNEMODELS = Kind(GROUP, VERSION, "finetunemodels", namespaced=False)
-NAMESPACES = Kind("", "v1", "namespaces", namespaced=False)
 _OBJECT_NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
 TERMINAL = ("succeeded", "failed", "cancelled")
 UPLOAD_CHUNK = 1 << 16
