@@ -1,5 +1,5 @@
-"""Watch-fed caches of what the operator reads: its FineTuneJobs and ModelAdapters, and the children it
-creates (Jobs, pods, Services, ConfigMaps, ServiceAccounts).
+"""Watch-fed caches of what the operator reads: its FineTuneJobs and ModelAdapters, the children it
+creates (Jobs, pods, Services, ConfigMaps, ServiceAccounts), and the catalog's FineTuneModels.
 
 kopf's watches (handlers.py) feed them; reconciles read them instead of sending a GET or a LIST, so a
 reconcile that finds nothing to change costs no request at all. Each kind is watched with a server-side
@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .kube import CONFIGMAPS, FINETUNEJOBS, JOBS, MODELADAPTERS, PODS, SERVICEACCOUNTS, SERVICES, Kind
+from .kube import CONFIGMAPS, FINETUNEJOBS, FINETUNEMODELS, JOBS, MODELADAPTERS, PODS, SERVICEACCOUNTS, SERVICES, Kind
 from .naming import JOB_LABEL, MANAGED_BY
 
 Key = tuple[str, str]  # (namespace, name)
@@ -89,9 +89,12 @@ class Watched:
 # Jobs: the training Jobs and the ModelAdapters' verification Jobs both carry managed-by; pods and the small
 # children carry the job label. A tenant may set these labels on their own objects: those reach the cache,
 # and the reconciles believe nothing of them that the UID-checked owner chain does not confirm.
+# FineTuneModels are cluster-scoped and the admin's (a catalog of a few entries), all of them read by the
+# catalog jobs' reconciles (keyed by ("", name)).
 WATCHED = (
     Watched(FINETUNEJOBS, None, whole),
     Watched(MODELADAPTERS, None, whole),
+    Watched(FINETUNEMODELS, None, whole),
     Watched(JOBS, f"app.kubernetes.io/managed-by={MANAGED_BY}", job_view),
     Watched(PODS, JOB_LABEL, pod_view),
     Watched(SERVICES, JOB_LABEL, metadata_view),

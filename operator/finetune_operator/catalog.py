@@ -190,6 +190,11 @@ def _length_exceeded(training: Training, of: str, limits: ModelLimits) -> list[s
     return []
 
 
+def labels_needed(limits: ModelLimits, namespace: str) -> bool:
+    """Whether namespace_allowed depends on the namespace's labels: only then are they worth a request."""
+    return limits.namespace_selector is not None and namespace not in limits.namespaces
+
+
 def namespace_allowed(limits: ModelLimits, namespace: str, labels: Mapping[str, str]) -> bool:
     """Whether jobs of ``namespace`` (with these labels) may use the model: listed, or matched by the selector.
     Neither given: every namespace may."""

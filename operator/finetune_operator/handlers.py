@@ -1,6 +1,6 @@
 """kopf handlers: thin. Watch events of FineTuneJobs (and of their Jobs, pods, Services, ConfigMaps and
-ServiceAccounts) and of ModelAdapters (and of their verification Jobs) feed the caches (cache.py) and
-enqueue a key; the controllers' workers do the work.
+ServiceAccounts), of ModelAdapters (and of their verification Jobs) and of the catalog's FineTuneModels feed
+the caches (cache.py) and enqueue a key; the controllers' workers do the work.
 
 Every watch of a kind that is not the operator's own carries a server-side label selector
 (settings.watching.label_selectors): the API server sends the operator its children only, never the
@@ -25,7 +25,7 @@ from aiohttp import web
 from .cache import Caches
 from .connection import Connection
 from .controller import Controller
-from .kube import FINETUNEJOBS, MODELADAPTERS, Kind
+from .kube import FINETUNEJOBS, FINETUNEMODELS, MODELADAPTERS, Kind
 from .metrics_endpoint import MetricsAccess, build_metrics_app
 from .naming import ANNOTATION_PREFIX, JOB_LABEL
 from .progress.server import ProgressService, build_app
@@ -177,9 +177,18 @@ def build_registry(
 
     then = {FINETUNEJOBS: lambda namespace, name, *_: jobs.enqueue(namespace, name)}
     then[MODELADAPTERS] = lambda namespace, name, *_: adapters.enqueue(namespace, name)
+    then[FINETUNEMODELS] = lambda _, name, *__: _enqueue_jobs_naming(jobs, name)
     for watched in caches.watched:
         _watch(registry, caches, watched.kind, then.get(watched.kind, owner_of))
     return registry
+
+
+def _enqueue_jobs_naming(jobs: Controller, model: str) -> None:
+    """A FineTuneModel created, changed or deleted: the unsettled jobs that name it resolve it again (one waiting
+    for it proceeds at once, not at the next resync). Settled jobs are done with their model."""
+    for raw in jobs.context.caches[FINETUNEJOBS]:
+        if ((raw.get("spec") or {}).get("model") or {}).get("name") == model and not jobs.settled(raw):
+            jobs.enqueue(raw["metadata"]["namespace"], raw["metadata"]["name"])
 
 
 def _watch(registry: kopf.OperatorRegistry, caches: Caches, kind: Kind, then: Callable[..., None]) -> None:

@@ -9,7 +9,8 @@ What is, it reads from the watch-fed caches (cache.py), not from the API: a reco
 everything as it should be sends no request. A create goes out only when the cache lacks the child, and
 what a create or a patch returns goes into the cache at once, so the next reconcile (often triggered by
 that very write) does not send it again. References (Secrets, claims, a ServiceAccount) are read from the
-API until they are all found for the job's current generation, then not again.
+API until they are all found for the job's current generation, then not again; a catalog job's namespace
+labels until it finishes, when its model admits namespaces by a selector that does not list the namespace.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pydantic import ValidationError
 
 from . import planning
 from .api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
-from .catalog import Refused, Resolved, resolve
+from .catalog import Refused, Resolved, labels_needed, resolve
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for, worth_an_event
 from .kube import (
@@ -419,8 +420,8 @@ def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationErro
 def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Resolved | Refused | None]:
     conditions = job.status.conditions
     if job.spec.model.name is None or is_true(conditions, "Failed") or is_true(conditions, "Published"):
-        return job, None  # a failed or published job is done with its model: the catalog costs it no request
-    raw = context.kube.get(FINETUNEMODELS, None, job.spec.model.name)
+        return job, None  # a failed or published job is done with its model
+    raw = context.caches[FINETUNEMODELS].get("", job.spec.model.name)  # cluster-scoped: no namespace
     try:
         entry = FineTuneModel.model_validate(raw) if raw is not None else None
     except ValidationError:
@@ -428,9 +429,10 @@ def _resolve_model(context: Context, job: FineTuneJob) -> tuple[FineTuneJob, Res
         return job, Refused("ModelInvalid", f"FineTuneModel {job.spec.model.name} is invalid: ask the platform admin")
     enforce = not is_finished(job.status)
     labels: dict[str, str] = {}
-    if enforce and entry is not None and entry.spec.limits.namespace_selector is not None:
-        # Read only when a selector needs it. The labels are the namespace's, set by whoever may label
-        # namespaces (the platform), never by the job's author.
+    if enforce and entry is not None and labels_needed(entry.spec.limits, job.metadata.namespace):
+        # Read only when a selector decides. The labels are the namespace's, set by whoever may label namespaces
+        # (the platform), never by the job's author. Not cached: a watch of the cluster's namespaces would take
+        # a cluster-wide list and watch without a selector, for the few catalog jobs that need one namespace.
         namespace = context.kube.get(NAMESPACES, None, job.metadata.namespace)
         labels = (namespace or {}).get("metadata", {}).get("labels") or {}
     outcome = resolve(job.spec, entry, job.metadata.namespace, labels, enforce)

@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 from catalog import edited, valid_job
 from finetune_operator.api import TrainerConfig
 from kubehelpers import apply, condition_is, get, wait_for
+from localcluster import free_port
+from prometheus_client.parser import text_string_to_metric_families
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "test.finetune.dev/run-duration"
@@ -135,8 +138,26 @@ def test_a_namespace_the_model_does_not_allow_is_refused_until_it_is_labelled(
     wait_for("the training Job", lambda: get(cluster, "job", namespace, "outsider"))
 
 
-def test_an_unknown_model_is_not_found_and_resolves_once_it_is_created(cluster, namespace, models, start_operator):
-    start_operator("--resync-seconds=1")
+def api_requests(metrics_port: int) -> dict[tuple[str, str], float]:
+    """The operator's own requests so far, by (verb, resource), from its /metrics."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=2) as response:
+        text = response.read().decode()
+    return {
+        (s.labels["verb"], s.labels["resource"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "finetune_operator_api_requests_total"
+    }
+
+
+def test_an_unknown_model_is_not_found_and_resolves_as_soon_as_it_is_created_read_from_the_watch(
+    cluster, namespace, models, start_operator
+):
+    # No resync in the test's time: only the FineTuneModel's watch event can send the waiting job on.
+    metrics_port = free_port()
+    start_operator(
+        "--resync-seconds=3600", env={"FINETUNE_METRICS_PORT": str(metrics_port), "FINETUNE_METRICS_SECURE": "false"}
+    )
     model = f"{namespace}-later"
     apply(cluster, catalog_job("patient", namespace, model))
 
@@ -145,8 +166,10 @@ def test_an_unknown_model_is_not_found_and_resolves_once_it_is_created(cluster, 
     assert get(cluster, "job", namespace, "patient") is None
 
     models(model)
-    wait_for("ModelResolved True", condition_is(cluster, namespace, "patient", "ModelResolved"))
+    wait_for("ModelResolved True", condition_is(cluster, namespace, "patient", "ModelResolved"), timeout=30)
     wait_for("the training Job", lambda: get(cluster, "job", namespace, "patient"))
+    # The model came from the watch-fed cache: no reconcile sent a request for it.
+    assert not [key for key in api_requests(metrics_port) if key[1] == "finetunemodels"]
 
 
 def test_the_api_server_refuses_a_job_with_both_a_name_and_a_uri(cluster, namespace):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import uuid
 
+import httpx
 import openai
 import pytest
 from kubehelpers import apply, get, wait_for
@@ -201,6 +202,36 @@ def test_an_upload_over_the_limit_is_refused_413(sdk_a):
     with pytest.raises(openai.APIStatusError) as caught:
         sdk_a.files.create(file=("big.jsonl", jsonl([CHAT] * 2000)), purpose="fine-tune")
     assert caught.value.status_code == 413
+
+
+def test_an_upload_without_a_length_is_refused_411_before_its_body_is_read(api_url, tenants):
+    """A chunked body declares no length, and aiohttp bounds no streamed multipart body: file parts, each
+    under the limit, were accepted together over it."""
+    url, ca_file, _, _ = api_url
+    names, tokens = tenants
+    part = jsonl([CHAT] * 400)  # about 90 KiB: under the 256 KiB limit; three of them are over it
+    boundary = "b0undary"
+
+    def body():
+        yield f'--{boundary}\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nfine-tune\r\n'.encode()
+        for _ in range(3):
+            yield (
+                f"--{boundary}\r\n"
+                'Content-Disposition: form-data; name="file"; filename="train.jsonl"\r\n'
+                "Content-Type: application/octet-stream\r\n\r\n"
+            ).encode()
+            yield part + b"\r\n"
+        yield f"--{boundary}--\r\n".encode()
+
+    headers = {
+        "Authorization": f"Bearer {tokens['a']}",
+        "OpenAI-Project": names["a"],
+        "Content-Type": f"multipart/form-data; boundary={boundary}",
+    }
+    with httpx.Client(verify=ca_file) as http:
+        answer = http.post(f"{url}/files", content=body(), headers=headers)
+    assert answer.status_code == 411, answer.text
+    assert answer.json()["error"]["code"] == "length_required"
 
 
 def test_a_job_is_created_seen_listed_with_events_paused_resumed_and_cancelled(

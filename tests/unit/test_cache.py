@@ -117,6 +117,7 @@ def test_every_child_kind_is_watched_with_a_server_side_selector_and_our_own_kin
     assert {w.kind.plural for w in WATCHED} == {
         "finetunejobs",
         "modeladapters",
+        "finetunemodels",
         "jobs",
         "pods",
         "services",

@@ -16,6 +16,7 @@ from finetune_operator.catalog import (
     NAMESPACE_NOT_ALLOWED,
     Refused,
     Resolved,
+    labels_needed,
     namespace_allowed,
     resolve,
     selector_matches,
@@ -339,6 +340,14 @@ def test_listed_or_selected_is_enough():
     resolved(job(), model, labels={"tier": "gpu"})
     resolved(job(), model, namespace="team-b")
     assert refused(job(), model).reason == NAMESPACE_NOT_ALLOWED
+
+
+def test_the_namespace_labels_are_needed_only_where_a_selector_decides():
+    limits = entry(limits={"namespaces": ["team-b"], "namespaceSelector": {"matchLabels": {"tier": "gpu"}}}).spec.limits
+    assert labels_needed(limits, "team-a")
+    assert not labels_needed(limits, "team-b")  # listed: allowed whatever its labels
+    assert not labels_needed(entry(limits={"namespaces": ["team-b"]}).spec.limits, "team-a")
+    assert not labels_needed(entry().spec.limits, "team-a")
 
 
 def test_namespace_is_checked_before_limits():

@@ -91,6 +91,12 @@ def test_the_reason_never_repeats_the_lines_content():
     assert secret not in error.message
 
 
+def test_json_nested_past_the_parsers_depth_is_a_refusal_not_a_server_error():
+    error = refused(lines(*[CHAT] * 3, b"[" * 100_000))
+    assert (error.status, error.code) == (400, "invalid_file_format")
+    assert error.message == "Invalid file format. Line 4: JSON nested too deeply"
+
+
 def test_one_kind_of_example_per_file():
     error = refused(lines(CHAT, DPO))
     assert "Line 2" in error.message and "one kind per file" in error.message

@@ -8,7 +8,7 @@ import sys
 from aiohttp import web
 
 from .. import logs
-from .access import AccessKube
+from ..kube import Kube
 from .filestore import FileStore, read_credentials
 from .server import Service, build_app
 from .settings import parse
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(settings.tls_cert_file, settings.tls_key_file)
     store = FileStore(settings.files_uri, read_credentials(settings.files_credentials_dir))
-    service = Service(settings, AccessKube.connect(settings.kubeconfig), store)
+    service = Service(settings, Kube.connect(settings.kubeconfig), store)
     web.run_app(build_app(service), host=settings.host, port=settings.port, ssl_context=context, access_log=None)
     return 0
 

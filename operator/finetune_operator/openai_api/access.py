@@ -16,7 +16,7 @@ from typing import Any
 
 from ..api import GROUP
 from ..api.base import DNS_LABEL_PATTERN
-from ..kube import SUBJECTACCESSREVIEWS, Kube
+from ..kube import Kube
 from ..progress.ratelimit import RateLimiter
 from ..tokens import ReviewCache
 from .errors import ApiError, forbidden, invalid, rate_limited, unauthenticated
@@ -25,24 +25,6 @@ ALLOWED_SECONDS, REFUSED_SECONDS = 30.0, 10.0
 CACHE_ENTRIES = 4096
 _SERVICE_ACCOUNT = re.compile(r"system:serviceaccount:([^:]+):[^:]+")
 _DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
-
-
-class AccessKube(Kube):
-    """The client, with the one request the operator's own client has no method for."""
-
-    def may(self, user: dict[str, Any], namespace: str, verb: str, resource: str) -> bool:
-        body = {
-            "apiVersion": "authorization.k8s.io/v1",
-            "kind": "SubjectAccessReview",
-            "spec": {
-                "user": user.get("username", ""),
-                "uid": user.get("uid", ""),
-                "groups": user.get("groups") or [],
-                "extra": user.get("extra") or {},
-                "resourceAttributes": {"namespace": namespace, "verb": verb, "group": GROUP, "resource": resource},
-            },
-        }
-        return bool(self._call("POST", SUBJECTACCESSREVIEWS.path(), body=body).get("status", {}).get("allowed"))
 
 
 @dataclass(frozen=True)
@@ -67,9 +49,7 @@ class Caller:
 
 
 class Access:
-    def __init__(
-        self, kube: AccessKube, caller_rate: float, caller_burst: int, address_rate: float, address_burst: int
-    ):
+    def __init__(self, kube: Kube, caller_rate: float, caller_burst: int, address_rate: float, address_burst: int):
         self.kube = kube
         self.callers = RateLimiter(rate=caller_rate, burst=caller_burst)
         self.addresses = RateLimiter(rate=address_rate, burst=address_burst)
@@ -94,7 +74,8 @@ class Access:
         key = f"{caller.token}\n{namespace}\n{verb}\n{resource}"
         decision = self._decisions.get(key)
         if decision is None:
-            decision = self.kube.may(caller.user, namespace, verb, resource)
+            review = self.kube.resource_access_review(caller.user, namespace, verb, GROUP, resource)
+            decision = bool(review.get("allowed"))
             self._decisions.put(key, decision, ALLOWED_SECONDS if decision else REFUSED_SECONDS)
         return decision
 

@@ -154,6 +154,8 @@ def checked_lines(lines: Iterable[bytes], check: FileCheck) -> Iterator[bytes]:
         except (json.JSONDecodeError, UnicodeDecodeError) as error:
             reason = error.msg if isinstance(error, json.JSONDecodeError) else "not UTF-8"
             raise refusal(number, f"not valid JSON ({reason})") from None
+        except RecursionError:  # a line of '[[[[...': the caller's to fix, not a server error with a traceback
+            raise refusal(number, "JSON nested too deeply") from None
         try:
             if not isinstance(row, dict):
                 raise LineError(f"expected a JSON object, got {_type(row)}")

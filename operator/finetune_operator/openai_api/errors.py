@@ -1,6 +1,6 @@
 """Error objects as the OpenAI API answers them: ``{"error": {"message", "type", "param", "code"}}`` with the
 HTTP status the SDKs map to their exceptions (400 BadRequestError, 401 AuthenticationError, 403
-PermissionDeniedError, 404 NotFoundError, 409 ConflictError, 413, 422, 429 RateLimitError, 5xx)."""
+PermissionDeniedError, 404 NotFoundError, 409 ConflictError, 411, 413, 422, 429 RateLimitError, 5xx)."""
 
 from __future__ import annotations
 
@@ -57,6 +57,12 @@ def forbidden(verb: str, resource: str) -> ApiError:
 def too_large(limit: int, param: str | None = None) -> ApiError:
     return ApiError(
         413, f"The request is larger than {limit} bytes", "invalid_request_error", "request_too_large", param
+    )
+
+
+def length_required() -> ApiError:
+    return ApiError(
+        411, "Send the upload with a Content-Length header", "invalid_request_error", "length_required", "file"
     )
 
 

@@ -21,15 +21,15 @@ from typing import IO, Any
 
 from aiohttp import web
 
-from ..api import GROUP, VERSION, FineTuneModel
+from ..api import FineTuneModel
 from ..api.base import DNS_SUBDOMAIN_PATTERN
 from ..context import utc_now
-from ..kube import FINETUNEJOBS, MODELADAPTERS, Kind, KubeError
+from ..kube import FINETUNEJOBS, FINETUNEMODELS, MODELADAPTERS, NAMESPACES, Kube, KubeError
 from ..tokens import bearer_token
 from . import datafiles
-from .access import Access, AccessKube, Caller
+from .access import Access, Caller
 from .admission import catalog_entry, check_job, hints, model_not_found, usable
-from .errors import ApiError, invalid, not_found, too_large, unauthenticated, unavailable
+from .errors import ApiError, invalid, length_required, not_found, too_large, unauthenticated, unavailable
 from .events import job_checkpoints, job_events
 from .files import FILE_ID_PATTERN, StoredFile, file_object, new_file_id, safe_filename
 from .filestore import FileStore, StoreFailed
@@ -50,8 +50,6 @@ from .settings import ApiSettings
 
 log = logging.getLogger(__name__)
 
-FINETUNEMODELS = Kind(GROUP, VERSION, "finetunemodels", namespaced=False)
-NAMESPACES = Kind("", "v1", "namespaces", namespaced=False)
 _OBJECT_NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
 TERMINAL = ("succeeded", "failed", "cancelled")
 UPLOAD_CHUNK = 1 << 16
@@ -66,7 +64,7 @@ def is_object_name(value: str) -> bool:
 class Service:
     """What the handlers share: the clients, the limits, the admin's policy."""
 
-    def __init__(self, settings: ApiSettings, kube: AccessKube, store: FileStore):
+    def __init__(self, settings: ApiSettings, kube: Kube, store: FileStore):
         self.settings = settings
         self.kube = kube
         self.store = store
@@ -383,11 +381,12 @@ def endpoint(service: Service, handler: Handler) -> Callable[[web.Request], Awai
                 raise ApiError(
                     429, "Too many requests from this address: retry later", "requests", "rate_limit_exceeded"
                 )
-            limit = (
-                service.settings.max_upload_bytes + (1 << 20)
-                if request.path == "/v1/files"
-                else service.settings.max_body_bytes
-            )
+            upload = request.path == "/v1/files"
+            limit = service.settings.max_upload_bytes + (1 << 20) if upload else service.settings.max_body_bytes
+            if upload and request.method == "POST" and request.content_length is None:
+                # aiohttp bounds no streamed multipart body (a part's unread rest, a second file part, the
+                # preamble): only a declared length, checked here and kept to by the parser, bounds a chunked one.
+                raise length_required()
             if (request.content_length or 0) > limit:
                 raise too_large(limit)
             token = bearer_token(request.headers.get("Authorization", ""))
