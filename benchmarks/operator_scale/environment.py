@@ -15,7 +15,6 @@ from localcluster import LocalCluster
 from localcluster.cluster import GPUS_PER_NODE
 from localcluster.operator_process import OperatorProcess
 
-from . import REPO
 from .api import Api
 from .binding import create_all, wait_until
 from .manifests import (
@@ -43,14 +42,7 @@ def gpu_nodes_for(pods: int) -> int:
 def start_cluster(gpu_pods: int) -> tuple[LocalCluster, Api]:
     cluster = LocalCluster(gpu_nodes=gpu_nodes_for(gpu_pods), audit_policy=json.dumps(audit_policy())).start()
     try:
-        cluster.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/finetunejobs.finetune.dev",
-            "crd/modeladapters.finetune.dev",
-            "--timeout=60s",
-        )
+        cluster.install_crds()
     except BaseException:
         cluster.stop()
         raise

@@ -84,15 +84,7 @@ class AuditedCluster(LocalCluster):
 @pytest.fixture(scope="module")
 def rbac_cluster():
     with AuditedCluster(audit_policy=AUDIT_POLICY) as running:
-        running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        running.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/finetunejobs.finetune.dev",
-            "crd/modeladapters.finetune.dev",
-            "crd/finetunemodels.finetune.dev",
-            "--timeout=60s",
-        )
+        running.install_crds()
         yield running
 
 
