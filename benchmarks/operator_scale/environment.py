@@ -4,14 +4,13 @@ and the unrelated pods; and the operator processes run against it."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from localcluster import LocalCluster
+from localcluster import LocalCluster, metadata_audit_policy
 from localcluster.cluster import GPUS_PER_NODE
 from localcluster.operator_process import OperatorProcess
 
@@ -20,8 +19,8 @@ from .binding import create_all, wait_until
 from .manifests import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
+    OPERATOR_USER,
     PODS_PER_BULK_NODE,
-    audit_policy,
     bulk_node,
     namespace,
     unrelated_pod,
@@ -40,7 +39,9 @@ def gpu_nodes_for(pods: int) -> int:
 
 
 def start_cluster(gpu_pods: int) -> tuple[LocalCluster, Api]:
-    cluster = LocalCluster(gpu_nodes=gpu_nodes_for(gpu_pods), audit_policy=json.dumps(audit_policy())).start()
+    cluster = LocalCluster(
+        gpu_nodes=gpu_nodes_for(gpu_pods), audit_policy=metadata_audit_policy(users=[OPERATOR_USER])
+    ).start()
     try:
         cluster.install_crds()
     except BaseException:

@@ -1,5 +1,5 @@
 """What the benchmark puts on the cluster, as pure functions: the two workloads compared, the
-unrelated pods, the extra simulated nodes, and the audit policy.
+unrelated pods and the extra simulated nodes.
 
 A FineTuneJob and a bare Job ask for the same pod: one GPU, the same CPU and memory, the GPU
 taint tolerated, and the same simulated run time (hack/kwok/stages.yaml), so the difference in
@@ -126,16 +126,6 @@ def bulk_node(name: str) -> dict[str, Any]:
             "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"},
         },
         "status": {"capacity": resources, "allocatable": resources},
-    }
-
-
-def audit_policy(user: str = OPERATOR_USER) -> dict[str, Any]:
-    """Metadata of every request by ``user``, nothing of anyone else's (the log stays small at scale)."""
-    return {
-        "apiVersion": "audit.k8s.io/v1",
-        "kind": "Policy",
-        "omitStages": ["RequestReceived"],
-        "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}],
     }
 
 

@@ -99,8 +99,9 @@ class LocalCluster:
     workdir: Path | None = None
     die_with_parent: bool = True
     gpu_nodes: int = GPU_NODES
-    # An audit policy (YAML) turns on kube-apiserver's audit log, at ``audit_log``: which requests each
-    # client made, with their URLs (selectors included). Written before each response (blocking mode).
+    # An audit policy (YAML, see metadata_audit_policy) turns on kube-apiserver's audit log, at ``audit_log``:
+    # which requests each client made, with their URLs (selectors included). Written before each response
+    # (blocking mode).
     audit_policy: str | None = None
     processes: list[Process] = field(default_factory=list)
     _own_workdir: bool = False
@@ -435,6 +436,25 @@ class LocalCluster:
             60,
             cm,
         )
+
+
+def metadata_audit_policy(*, users: list[str] | None = None, groups: list[str] | None = None) -> str:
+    """An audit policy for ``LocalCluster(audit_policy=...)``: the metadata of every request by ``users`` or by
+    members of ``groups``, nothing of anyone else's (the control plane's own requests would swamp the log)."""
+    who: dict[str, list[str]] = {}
+    if users:
+        who["users"] = users
+    if groups:
+        who["userGroups"] = groups
+    if not who:
+        raise ValueError("an audit policy needs users or groups to log")
+    policy = {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", **who}, {"level": "None"}],
+    }
+    return json.dumps(policy)  # JSON is YAML
 
 
 def gpu_node(name: str) -> dict:

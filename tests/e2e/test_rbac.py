@@ -44,7 +44,7 @@ from finetune_operator.api import (
 from finetune_operator.naming import PREFLIGHT_ROLE_LABEL, THROUGHPUT_CONFIG_MAP
 from finetune_operator.pod_role import LEADER, ROLE_LABEL
 from kubehelpers import condition, get, items, patch_pod_status, wait_for
-from localcluster import LocalCluster, build_binaries, free_port
+from localcluster import LocalCluster, build_binaries, free_port, metadata_audit_policy
 from localcluster.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,15 +60,7 @@ KUBERNETES_VERSION = next(
     if line.startswith("KUBERNETES_VERSION=")
 )
 
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-  - level: Metadata
-    userGroups: ["system:serviceaccounts"]
-  - level: None
-"""
+AUDIT_POLICY = metadata_audit_policy(groups=["system:serviceaccounts"])
 
 
 class AuditedCluster(LocalCluster):

@@ -16,18 +16,10 @@ import urllib.parse
 import pytest
 from catalog import valid_job
 from kubehelpers import apply, condition_is, get, wait_for
-from localcluster import LocalCluster
+from localcluster import LocalCluster, metadata_audit_policy
 from localcluster.operator_process import OperatorProcess
 
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-  - level: Metadata
-    userGroups: ["system:serviceaccounts"]
-  - level: None
-"""
+AUDIT_POLICY = metadata_audit_policy(groups=["system:serviceaccounts"])
 RUN = "test.finetune.dev/run-duration"
 EXIT = "test.finetune.dev/exit-code"
 SELECTED = {"pods", "jobs", "services", "configmaps", "serviceaccounts"}
