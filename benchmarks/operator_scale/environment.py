@@ -112,8 +112,8 @@ def lease_holder(api: Api) -> str | None:
 def operator(
     cluster: LocalCluster, kubeconfig_path: Path, pod_name: str, resync_seconds: float, source: Path
 ) -> OperatorProcess:
-    """The operator whose ``finetune_operator`` package is in ``source``, cluster-wide, as the chart runs it
-    (progress and metrics endpoints off)."""
+    """The operator whose ``finetune_operator`` package is in ``source``, cluster-wide, with its own defaults:
+    unlike the chart's, progress and metrics endpoints off and no preflight Job (kwok's pods report no plan)."""
     python_path = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
     return OperatorProcess(
         kubeconfig_path,
