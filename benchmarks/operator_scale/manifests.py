@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from localcluster.cluster import cpu_node
+
 RUN_DURATION = "test.finetune.dev/run-duration"  # read by hack/kwok/stages.yaml
 IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 POD_CPU = "4"
@@ -20,7 +22,6 @@ OPERATOR_ACCOUNT = "finetune-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 LEASE_NAME = "finetune-operator"
 PODS_PER_BULK_NODE = 1000
-KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 def namespace(name: str) -> dict[str, Any]:
@@ -116,17 +117,7 @@ def unrelated_pod(index: int, node: str) -> dict[str, Any]:
 
 def bulk_node(name: str) -> dict[str, Any]:
     """A simulated CPU node that holds many unrelated pods (no GPUs: the compared pods never land here)."""
-    resources = {"cpu": "256", "memory": "2Ti", "pods": str(PODS_PER_BULK_NODE + 10)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"},
-        },
-        "status": {"capacity": resources, "allocatable": resources},
-    }
+    return cpu_node(name, cpu="256", memory="2Ti", pods=PODS_PER_BULK_NODE + 10)
 
 
 def bound_job(pod: dict[str, Any]) -> str | None:

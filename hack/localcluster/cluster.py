@@ -482,8 +482,9 @@ def gpu_node(name: str) -> dict:
     }
 
 
-def cpu_node(name: str) -> dict:
-    resources = {"cpu": "32", "memory": "128Gi", "pods": "110"}
+def cpu_node(name: str, cpu: str = "32", memory: str = "128Gi", pods: int = 110) -> dict:
+    """A simulated node without GPUs (the operator-scale benchmark packs someone else's pods onto big ones)."""
+    resources = {"cpu": cpu, "memory": memory, "pods": str(pods)}
     return {
         "apiVersion": "v1",
         "kind": "Node",
