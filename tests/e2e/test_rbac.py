@@ -245,30 +245,23 @@ class Audit:
     still sees their jobs, and what it is refused there (creating in a terminating namespace is a 403)
     says nothing about this run."""
 
-    def __init__(self, path: Path, user: str, namespaces: set[str]):
-        self.path = path
+    def __init__(self, cluster: LocalCluster, user: str, namespaces: set[str]):
+        self.cluster = cluster
         self.user = user
         self.namespaces = namespaces
-        self.offset = path.stat().st_size if path.exists() else 0
+        self.offset = cluster.audit_log.stat().st_size if cluster.audit_log.exists() else 0
         self.events: list[dict] = []
-        self._partial = b""
 
     def read(self) -> list[dict]:
-        if self.path.exists():
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-            self.offset += len(data)
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            for line in lines:
-                event = json.loads(line)
-                ref = event.get("objectRef")
-                if (
-                    event.get("user", {}).get("username") == self.user
-                    and ref is not None  # API discovery (/api, /apis) is everyone's
-                    and ref.get("namespace") in (None, *self.namespaces)
-                ):
-                    self.events.append(event)
+        events, self.offset = self.cluster.audit_events(self.offset)
+        for event in events:
+            ref = event.get("objectRef")
+            if (
+                event.get("user", {}).get("username") == self.user
+                and ref is not None  # API discovery (/api, /apis) is everyone's
+                and ref.get("namespace") in (None, *self.namespaces)
+            ):
+                self.events.append(event)
         return self.events
 
     def forbidden(self) -> list[dict]:
@@ -431,7 +424,7 @@ class Run:
         return env
 
     def start_operator(self) -> None:
-        self.audit = Audit(self.cluster.audit_log, self.user, set(self.namespaces.values()))
+        self.audit = Audit(self.cluster, self.user, set(self.namespaces.values()))
         args = [*self.deployment["spec"]["template"]["spec"]["containers"][0]["args"]]
         self.operator = OperatorProcess(
             self.kubeconfig, self.tmp_path / f"{self.name}-operator.log", *args, env=self.operator_environment()
