@@ -35,10 +35,7 @@ def serve() -> int:
     cluster = LocalCluster(workdir=workdir)
     try:
         cluster.start()
-        cluster.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.run_kubectl(
-            "wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev", "crd/modeladapters.finetune.dev"
-        )
+        cluster.install_crds()
         SUPERVISOR.publish(cluster.state())
         SUPERVISOR.serve_until_stopped()
     finally:

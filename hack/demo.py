@@ -97,14 +97,7 @@ def serve() -> int:
     operator = agent = api = None
     try:
         cluster.start()
-        cluster.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/finetunejobs.finetune.dev",
-            "crd/modeladapters.finetune.dev",
-            "crd/finetunemodels.finetune.dev",
-        )
+        cluster.install_crds()
         minio.start()
         s3 = minio.client()
         for bucket in ("models", "datasets", "adapters", "files"):

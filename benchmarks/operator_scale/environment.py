@@ -4,25 +4,23 @@ and the unrelated pods; and the operator processes run against it."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import time
 from pathlib import Path
 from typing import Any
 
-from localcluster import LocalCluster
+from localcluster import LocalCluster, metadata_audit_policy
 from localcluster.cluster import GPUS_PER_NODE
 from localcluster.operator_process import OperatorProcess
 
-from . import REPO
 from .api import Api
 from .binding import create_all, wait_until
 from .manifests import (
     OPERATOR_ACCOUNT,
     OPERATOR_NAMESPACE,
+    OPERATOR_USER,
     PODS_PER_BULK_NODE,
-    audit_policy,
     bulk_node,
     namespace,
     unrelated_pod,
@@ -41,16 +39,11 @@ def gpu_nodes_for(pods: int) -> int:
 
 
 def start_cluster(gpu_pods: int) -> tuple[LocalCluster, Api]:
-    cluster = LocalCluster(gpu_nodes=gpu_nodes_for(gpu_pods), audit_policy=json.dumps(audit_policy())).start()
+    cluster = LocalCluster(
+        gpu_nodes=gpu_nodes_for(gpu_pods), audit_policy=metadata_audit_policy(users=[OPERATOR_USER])
+    ).start()
     try:
-        cluster.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/finetunejobs.finetune.dev",
-            "crd/modeladapters.finetune.dev",
-            "--timeout=60s",
-        )
+        cluster.install_crds()
     except BaseException:
         cluster.stop()
         raise
@@ -119,8 +112,8 @@ def lease_holder(api: Api) -> str | None:
 def operator(
     cluster: LocalCluster, kubeconfig_path: Path, pod_name: str, resync_seconds: float, source: Path
 ) -> OperatorProcess:
-    """The operator whose ``finetune_operator`` package is in ``source``, cluster-wide, as the chart runs it
-    (progress and metrics endpoints off)."""
+    """The operator whose ``finetune_operator`` package is in ``source``, cluster-wide, with its own defaults:
+    unlike the chart's, progress and metrics endpoints off and no preflight Job (kwok's pods report no plan)."""
     python_path = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
     return OperatorProcess(
         kubeconfig_path,

@@ -1,5 +1,5 @@
 """What the benchmark puts on the cluster, as pure functions: the two workloads compared, the
-unrelated pods, the extra simulated nodes, and the audit policy.
+unrelated pods and the extra simulated nodes.
 
 A FineTuneJob and a bare Job ask for the same pod: one GPU, the same CPU and memory, the GPU
 taint tolerated, and the same simulated run time (hack/kwok/stages.yaml), so the difference in
@@ -9,6 +9,8 @@ time to bound pods is the operator's.
 from __future__ import annotations
 
 from typing import Any
+
+from localcluster.cluster import cpu_node
 
 RUN_DURATION = "test.finetune.dev/run-duration"  # read by hack/kwok/stages.yaml
 IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
@@ -20,7 +22,6 @@ OPERATOR_ACCOUNT = "finetune-operator"
 OPERATOR_USER = f"system:serviceaccount:{OPERATOR_NAMESPACE}:{OPERATOR_ACCOUNT}"
 LEASE_NAME = "finetune-operator"
 PODS_PER_BULK_NODE = 1000
-KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 
 
 def namespace(name: str) -> dict[str, Any]:
@@ -116,27 +117,7 @@ def unrelated_pod(index: int, node: str) -> dict[str, Any]:
 
 def bulk_node(name: str) -> dict[str, Any]:
     """A simulated CPU node that holds many unrelated pods (no GPUs: the compared pods never land here)."""
-    resources = {"cpu": "256", "memory": "2Ti", "pods": str(PODS_PER_BULK_NODE + 10)}
-    return {
-        "apiVersion": "v1",
-        "kind": "Node",
-        "metadata": {
-            "name": name,
-            "annotations": {KWOK_NODE_ANNOTATION: "fake"},
-            "labels": {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux", "type": "kwok"},
-        },
-        "status": {"capacity": resources, "allocatable": resources},
-    }
-
-
-def audit_policy(user: str = OPERATOR_USER) -> dict[str, Any]:
-    """Metadata of every request by ``user``, nothing of anyone else's (the log stays small at scale)."""
-    return {
-        "apiVersion": "audit.k8s.io/v1",
-        "kind": "Policy",
-        "omitStages": ["RequestReceived"],
-        "rules": [{"level": "Metadata", "users": [user]}, {"level": "None"}],
-    }
+    return cpu_node(name, cpu="256", memory="2Ti", pods=PODS_PER_BULK_NODE + 10)
 
 
 def bound_job(pod: dict[str, Any]) -> str | None:

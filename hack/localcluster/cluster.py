@@ -99,8 +99,9 @@ class LocalCluster:
     workdir: Path | None = None
     die_with_parent: bool = True
     gpu_nodes: int = GPU_NODES
-    # An audit policy (YAML) turns on kube-apiserver's audit log, at ``audit_log``: which requests each
-    # client made, with their URLs (selectors included). Written before each response (blocking mode).
+    # An audit policy (YAML, see metadata_audit_policy) turns on kube-apiserver's audit log, at ``audit_log``:
+    # which requests each client made, with their URLs (selectors included). Written before each response
+    # (blocking mode).
     audit_policy: str | None = None
     processes: list[Process] = field(default_factory=list)
     _own_workdir: bool = False
@@ -183,6 +184,12 @@ class LocalCluster:
         if check and result.returncode != 0:
             raise ClusterError(f"kubectl {' '.join(args)} failed: {result.stderr.strip()}")
         return result
+
+    def install_crds(self, directory: Path = REPO / "crds") -> None:
+        """The CRDs in ``directory`` applied, and every one of them Established: waiting on the files, not on a
+        list of names, which drifted from the directory in each copy of it (FineTuneModel was left out)."""
+        self.run_kubectl("apply", "--server-side", "-f", str(directory))
+        self.run_kubectl("wait", "--for=condition=Established", "-f", str(directory), "--timeout=60s")
 
     def spawn(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> Process:
         log = self.workdir / f"{name}.log"
@@ -431,6 +438,25 @@ class LocalCluster:
         )
 
 
+def metadata_audit_policy(*, users: list[str] | None = None, groups: list[str] | None = None) -> str:
+    """An audit policy for ``LocalCluster(audit_policy=...)``: the metadata of every request by ``users`` or by
+    members of ``groups``, nothing of anyone else's (the control plane's own requests would swamp the log)."""
+    who: dict[str, list[str]] = {}
+    if users:
+        who["users"] = users
+    if groups:
+        who["userGroups"] = groups
+    if not who:
+        raise ValueError("an audit policy needs users or groups to log")
+    policy = {
+        "apiVersion": "audit.k8s.io/v1",
+        "kind": "Policy",
+        "omitStages": ["RequestReceived"],
+        "rules": [{"level": "Metadata", **who}, {"level": "None"}],
+    }
+    return json.dumps(policy)  # JSON is YAML
+
+
 def gpu_node(name: str) -> dict:
     """A simulated node of an NVIDIA GPU pool: labelled and tainted as GPU operators and cloud pools do."""
     resources = {"cpu": "96", "memory": "1Ti", "pods": "110", "nvidia.com/gpu": str(GPUS_PER_NODE)}
@@ -456,8 +482,9 @@ def gpu_node(name: str) -> dict:
     }
 
 
-def cpu_node(name: str) -> dict:
-    resources = {"cpu": "32", "memory": "128Gi", "pods": "110"}
+def cpu_node(name: str, cpu: str = "32", memory: str = "128Gi", pods: int = 110) -> dict:
+    """A simulated node without GPUs (the operator-scale benchmark packs someone else's pods onto big ones)."""
+    resources = {"cpu": cpu, "memory": memory, "pods": str(pods)}
     return {
         "apiVersion": "v1",
         "kind": "Node",

@@ -12,8 +12,6 @@ from pathlib import Path
 import pytest
 from localcluster import LocalCluster
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def pytest_collection_modifyitems(items):
     for item in items:
@@ -24,15 +22,7 @@ def pytest_collection_modifyitems(items):
 @pytest.fixture(scope="session")
 def cluster():
     with LocalCluster() as running:
-        running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        running.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/finetunejobs.finetune.dev",
-            "crd/modeladapters.finetune.dev",
-            "crd/finetunemodels.finetune.dev",
-            "--timeout=60s",
-        )
+        running.install_crds()
         # The CRDs' OpenAPI is published a moment after they are Established; kubectl explain needs it.
         deadline = time.monotonic() + 60
         while running.run_kubectl("explain", "finetunejob.spec", check=False).returncode != 0:

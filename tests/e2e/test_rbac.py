@@ -44,7 +44,7 @@ from finetune_operator.api import (
 from finetune_operator.naming import PREFLIGHT_ROLE_LABEL, THROUGHPUT_CONFIG_MAP
 from finetune_operator.pod_role import LEADER, ROLE_LABEL
 from kubehelpers import condition, get, items, patch_pod_status, wait_for
-from localcluster import LocalCluster, build_binaries, free_port
+from localcluster import LocalCluster, build_binaries, free_port, metadata_audit_policy
 from localcluster.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
@@ -60,15 +60,7 @@ KUBERNETES_VERSION = next(
     if line.startswith("KUBERNETES_VERSION=")
 )
 
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-  - level: Metadata
-    userGroups: ["system:serviceaccounts"]
-  - level: None
-"""
+AUDIT_POLICY = metadata_audit_policy(groups=["system:serviceaccounts"])
 
 
 class AuditedCluster(LocalCluster):
@@ -84,15 +76,7 @@ class AuditedCluster(LocalCluster):
 @pytest.fixture(scope="module")
 def rbac_cluster():
     with AuditedCluster(audit_policy=AUDIT_POLICY) as running:
-        running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        running.run_kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/finetunejobs.finetune.dev",
-            "crd/modeladapters.finetune.dev",
-            "crd/finetunemodels.finetune.dev",
-            "--timeout=60s",
-        )
+        running.install_crds()
         yield running
 
 
@@ -261,30 +245,23 @@ class Audit:
     still sees their jobs, and what it is refused there (creating in a terminating namespace is a 403)
     says nothing about this run."""
 
-    def __init__(self, path: Path, user: str, namespaces: set[str]):
-        self.path = path
+    def __init__(self, cluster: LocalCluster, user: str, namespaces: set[str]):
+        self.cluster = cluster
         self.user = user
         self.namespaces = namespaces
-        self.offset = path.stat().st_size if path.exists() else 0
+        self.offset = cluster.audit_log.stat().st_size if cluster.audit_log.exists() else 0
         self.events: list[dict] = []
-        self._partial = b""
 
     def read(self) -> list[dict]:
-        if self.path.exists():
-            with self.path.open("rb") as handle:
-                handle.seek(self.offset)
-                data = handle.read()
-            self.offset += len(data)
-            *lines, self._partial = (self._partial + data).split(b"\n")
-            for line in lines:
-                event = json.loads(line)
-                ref = event.get("objectRef")
-                if (
-                    event.get("user", {}).get("username") == self.user
-                    and ref is not None  # API discovery (/api, /apis) is everyone's
-                    and ref.get("namespace") in (None, *self.namespaces)
-                ):
-                    self.events.append(event)
+        events, self.offset = self.cluster.audit_events(self.offset)
+        for event in events:
+            ref = event.get("objectRef")
+            if (
+                event.get("user", {}).get("username") == self.user
+                and ref is not None  # API discovery (/api, /apis) is everyone's
+                and ref.get("namespace") in (None, *self.namespaces)
+            ):
+                self.events.append(event)
         return self.events
 
     def forbidden(self) -> list[dict]:
@@ -447,7 +424,7 @@ class Run:
         return env
 
     def start_operator(self) -> None:
-        self.audit = Audit(self.cluster.audit_log, self.user, set(self.namespaces.values()))
+        self.audit = Audit(self.cluster, self.user, set(self.namespaces.values()))
         args = [*self.deployment["spec"]["template"]["spec"]["containers"][0]["args"]]
         self.operator = OperatorProcess(
             self.kubeconfig, self.tmp_path / f"{self.name}-operator.log", *args, env=self.operator_environment()

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 from catalog import valid_job
 from kubehelpers import apply, condition_is, get, wait_for
-from localcluster import LocalCluster
+from localcluster import LocalCluster, metadata_audit_policy
 from localcluster.operator_process import OperatorProcess
 
-REPO = Path(__file__).resolve().parents[2]
-
-AUDIT_POLICY = """\
-apiVersion: audit.k8s.io/v1
-kind: Policy
-omitStages: ["RequestReceived"]
-rules:
-  - level: Metadata
-    userGroups: ["system:serviceaccounts"]
-  - level: None
-"""
+AUDIT_POLICY = metadata_audit_policy(groups=["system:serviceaccounts"])
 RUN = "test.finetune.dev/run-duration"
 EXIT = "test.finetune.dev/exit-code"
 SELECTED = {"pods", "jobs", "services", "configmaps", "serviceaccounts"}
@@ -40,8 +29,7 @@ RESYNC_SECONDS = 1
 @pytest.fixture(scope="module")
 def audited():
     with LocalCluster(audit_policy=AUDIT_POLICY) as running:
-        running.run_kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        running.run_kubectl("wait", "--for=condition=Established", "crd/finetunejobs.finetune.dev", "--timeout=60s")
+        running.install_crds()
         yield running
 
 
