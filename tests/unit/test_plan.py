@@ -144,6 +144,14 @@ def test_bad_data_names_only_rows_of_the_jobs_own_files():
     assert outcome.state == "DataError" and outcome.origins == ("s3://datasets/train.jsonl:7",)
 
 
+@pytest.mark.parametrize("name", ["\x1b]0;owned\x07x.jsonl", "\u202etxt.exe", "tab\tname.jsonl"])
+def test_an_origin_that_is_not_printable_ascii_is_never_shown(name):
+    # Under the job's own URI, so only the characters tell it apart: a bucket's keys need not be the author's.
+    report = json.dumps({"outcome": "DataError", "origins": [f"s3://datasets/train.jsonl/{name}:7"]})
+    outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(65, report)])
+    assert outcome.state == "DataError" and outcome.origins == ()
+
+
 def test_another_failure_is_described_by_its_exit_code_alone():
     outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(78, "<script>lies</script>")])
     assert outcome.state == "Failed" and outcome.reason == "ConfigurationError"

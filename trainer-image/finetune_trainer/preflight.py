@@ -26,7 +26,7 @@ from finetune_operator.api import (
     TokenCounts,
     TrainerConfig,
 )
-from finetune_operator.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS
+from finetune_operator.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS, ORIGIN_PATTERN
 
 from . import log
 from .batching import Step, epoch_planner
@@ -43,7 +43,7 @@ from .termination import write_termination_message
 
 # What AutoTokenizer and AutoConfig read: no weights (a Hub model's tokenizer is megabytes, its weights gigabytes).
 TOKENIZER_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja", "*.py"]
-ORIGIN = re.compile(r"^[^\s]+:(\d{1,12}|row \d{1,12})$")
+ORIGIN = re.compile(ORIGIN_PATTERN)
 
 
 @dataclass(frozen=True)
