@@ -17,6 +17,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .api import Estimate, FineTuneJob, Plan
+from .progress.status_patch import human_duration  # the EST column reads like the ETA column
 
 # Effective (achieved, not peak) FLOP/s of one training process, and where each figure comes from.
 # GPU rows are assumptions until a job of that kind finishes here: peak dense bf16 x the utilisation
@@ -124,17 +125,6 @@ def estimate(job: FineTuneJob, plan: Plan, measured: Mapping[str, Sequence[float
         key=table_key(job, plan.parameters),
         samples=figure.samples,
     )
-
-
-def human_duration(seconds: int) -> str:
-    """1h5m, 3m20s, 45s: what kubectl shows in the EST column."""
-    hours, rest = divmod(max(0, int(seconds)), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def recorded(samples: Sequence[float], measured: float, keep: int) -> list[float]:
