@@ -43,6 +43,11 @@ KNOWN_CARDS = ("h200", "h100", "a100")
 
 PARAMETER_BUCKETS = (10e6, 100e6, 1e9, 3e9, 8e9, 14e9, 35e9, 75e9)
 
+# Measured figures come from what tenants' pods report (their token counts, their training time), so a
+# figure no process reaches (or no number at all: a tiny time overflows the division to infinity) is
+# dropped: an infinite rate would make every estimate of that row invalid, other tenants' jobs included.
+MAX_TOKENS_PER_SECOND = 1e9
+
 
 @dataclass(frozen=True)
 class Throughput:
@@ -98,8 +103,13 @@ def default_throughput(job: FineTuneJob, parameters: int | None) -> float:
     return flops / per_token
 
 
+def plausible(tokens_per_second: float) -> bool:
+    """Whether a measured figure (per process) may join the table and count in its median."""
+    return 0 < tokens_per_second <= MAX_TOKENS_PER_SECOND
+
+
 def throughput(job: FineTuneJob, parameters: int | None, measured: Mapping[str, Sequence[float]]) -> Throughput:
-    samples = [s for s in measured.get(table_key(job, parameters), ()) if s > 0]
+    samples = [s for s in measured.get(table_key(job, parameters), ()) if plausible(s)]
     if samples:
         return Throughput(statistics.median(samples), "measured", len(samples))
     return Throughput(default_throughput(job, parameters), "default", 0)

@@ -229,6 +229,15 @@ def test_measured_figures_win_by_their_median_and_scale_with_processes():
     assert found.gpu_hours == pytest.approx(1000 * 8 / 3600, abs=1e-3)
 
 
+@pytest.mark.parametrize("figure", [float("inf"), float("nan"), 1e308, 0.0, -5.0])
+def test_a_figure_no_process_reaches_never_counts_so_every_estimate_stays_a_number(figure):
+    # A tenant's reported tokens over a tiny reported time: the table row would break other tenants' estimates.
+    job = make_job(**{"spec.resources": {"gpusPerNode": 4, "nodes": 2}})
+    plan = Plan(parameters=500_000_000, trained_tokens=8_000_000)
+    found = estimate(job, plan, {table_key(job, plan.parameters): [figure]})
+    assert found.source == "default" and found.samples == 0
+
+
 def test_the_key_names_accelerator_size_method_and_sequence():
     job = make_job(**{"spec.template.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}})
     assert table_key(job, 7_600_000_000) == "nvidia-h100.le8B.lora.s2048"
