@@ -23,8 +23,9 @@ from .progress.status_patch import human_duration  # the EST column reads like t
 # GPU rows are assumptions until a job of that kind finishes here: peak dense bf16 x the utilisation
 # published for LoRA SFT on that class of card.
 EFFECTIVE_FLOPS: dict[str, tuple[float, str]] = {
-    # design/trainer-notes.md: 3.1M-parameter Llama, LoRA, length-bucketed batches, 2 cores: ~6,400 real
-    # tokens/s x 4 x 3.1M FLOPs per token.
+    # An early trainer measurement (the design notes, not in this repository): 3.1M-parameter Llama, LoRA,
+    # length-bucketed batches, 2 cores: ~6,400 real tokens/s x 4 x 3.1M FLOPs per token. make bench-trainer
+    # (README, Performance) now gives 6,178 tokens/s on 7.1M parameters: 2.2x this figure.
     "cpu": (8.0e10, "measured: trainer benchmark, 2 CPU cores"),
     # NVIDIA NeMo AutoModel, Llama-3.1-8B LoRA r16 on one H100: 12,473 tokens/s (~41% of 989 TFLOP/s).
     "nvidia-h100": (4.0e14, "assumption: NeMo AutoModel Llama-3.1-8B LoRA on H100, 41% MFU"),
