@@ -17,14 +17,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from .api import Estimate, FineTuneJob, Plan
-from .progress.status_patch import human_duration  # the ETA column's format, for the EST column too
+from .progress.status_patch import human_duration  # the EST column reads like the ETA column
 
 # Effective (achieved, not peak) FLOP/s of one training process, and where each figure comes from.
 # GPU rows are assumptions until a job of that kind finishes here: peak dense bf16 x the utilisation
 # published for LoRA SFT on that class of card.
 EFFECTIVE_FLOPS: dict[str, tuple[float, str]] = {
-    # design/trainer-notes.md: 3.1M-parameter Llama, LoRA, length-bucketed batches, 2 cores: ~6,400 real
-    # tokens/s x 4 x 3.1M FLOPs per token.
+    # An early trainer measurement (the design notes, not in this repository): 3.1M-parameter Llama, LoRA,
+    # length-bucketed batches, 2 cores: ~6,400 real tokens/s x 4 x 3.1M FLOPs per token. make bench-trainer
+    # (README, Performance) now gives 6,178 tokens/s on 7.1M parameters: 2.2x this figure.
     "cpu": (8.0e10, "measured: trainer benchmark, 2 CPU cores"),
     # NVIDIA NeMo AutoModel, Llama-3.1-8B LoRA r16 on one H100: 12,473 tokens/s (~41% of 989 TFLOP/s).
     "nvidia-h100": (4.0e14, "assumption: NeMo AutoModel Llama-3.1-8B LoRA on H100, 41% MFU"),
@@ -42,6 +43,11 @@ ACCELERATOR_LABELS = (
 KNOWN_CARDS = ("h200", "h100", "a100")
 
 PARAMETER_BUCKETS = (10e6, 100e6, 1e9, 3e9, 8e9, 14e9, 35e9, 75e9)
+
+# Measured figures come from what tenants' pods report (their token counts, their training time), so a
+# figure no process reaches (or no number at all: a tiny time overflows the division to infinity) is
+# dropped: an infinite rate would make every estimate of that row invalid, other tenants' jobs included.
+MAX_TOKENS_PER_SECOND = 1e9
 
 
 @dataclass(frozen=True)
@@ -98,8 +104,13 @@ def default_throughput(job: FineTuneJob, parameters: int | None) -> float:
     return flops / per_token
 
 
+def plausible(tokens_per_second: float) -> bool:
+    """Whether a measured figure (per process) may join the table and count in its median."""
+    return 0 < tokens_per_second <= MAX_TOKENS_PER_SECOND
+
+
 def throughput(job: FineTuneJob, parameters: int | None, measured: Mapping[str, Sequence[float]]) -> Throughput:
-    samples = [s for s in measured.get(table_key(job, parameters), ()) if s > 0]
+    samples = [s for s in measured.get(table_key(job, parameters), ()) if plausible(s)]
     if samples:
         return Throughput(statistics.median(samples), "measured", len(samples))
     return Throughput(default_throughput(job, parameters), "default", 0)

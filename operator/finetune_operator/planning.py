@@ -17,7 +17,7 @@ from .api import FineTuneJob, FineTuneJobStatus
 from .context import Context
 from .kube import CONFIGMAPS, JOBS, PODS, KubeError
 from .naming import MANAGED_BY, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels
-from .planner import estimate, recorded, training_processes
+from .planner import estimate, plausible, recorded, training_processes
 from .render.owner import controlled_by
 from .render.preflight import render_preflight_job
 from .status.conditions import is_true
@@ -85,7 +85,7 @@ def _rows(found: dict[str, Any] | None) -> dict[str, list[float]]:
             samples = [float(s) for s in json.loads(value)][-MAX_TABLE_SAMPLES:]
         except (ValueError, TypeError):
             continue
-        table[key] = [s for s in samples if s > 0]
+        table[key] = [s for s in samples if plausible(s)]
     return table
 
 
@@ -109,6 +109,11 @@ def record_actual(context: Context, job: FineTuneJob, status: FineTuneJobStatus,
     if not namespace or not plan.trained_tokens or not is_true(status.conditions, "Succeeded"):
         return
     per_process = plan.trained_tokens / train_seconds / training_processes(job)
+    if not plausible(per_process):
+        log.warning(
+            "%s/%s: a measured %g tokens/s is not recorded", job.metadata.namespace, job.metadata.name, per_process
+        )
+        return
     key = plan.estimate.key
     try:
         found = context.kube.get(CONFIGMAPS, namespace, THROUGHPUT_CONFIG_MAP)

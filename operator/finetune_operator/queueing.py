@@ -1,12 +1,18 @@
 """Reads what Kueue says about a queued job: the Workload of its training Job, and while it waits,
-the LocalQueue it names (for the ClusterQueue). Reads only for jobs that carry the queue label, by
-the Workload's job-uid label: the cost follows our queued jobs, never the cluster's Workloads."""
+the LocalQueue it names (for the ClusterQueue, once). Reads only for jobs that carry the queue label, by
+the Workload's job-uid label: the cost follows our queued jobs, never the cluster's Workloads; and only
+while the Workload can say something new (status/kueue.py workload_may_have_changed): an admitted job
+that runs costs nothing.
+
+No watch: Kueue labels a Workload with its Job's UID and name, never with ours, so no server-side
+selector picks out the operator's Workloads from the cluster's."""
 
 from __future__ import annotations
 
 import logging
 from typing import Any
 
+from .api.finetunejob import QueueStatus
 from .kube import InvalidApiPath, Kind, Kube, KubeError
 from .naming import KUEUE_LABELS
 from .status import kueue
@@ -17,12 +23,15 @@ WORKLOADS = Kind("kueue.x-k8s.io", "v1beta2", "workloads")
 LOCALQUEUES = Kind("kueue.x-k8s.io", "v1beta2", "localqueues")
 
 
-def observe_queue(kube: Kube, training_job: dict[str, Any] | None) -> kueue.QueueState | None:
-    """Kueue's view of the training Job; None when it has no Workload yet (or Kueue is not installed)."""
+def observe_queue(
+    kube: Kube, training_job: dict[str, Any] | None, previous: QueueStatus | None
+) -> kueue.QueueState | None:
+    """Kueue's view of the training Job; None when it has no Workload yet (or Kueue is not installed), and
+    when nothing is read because ``previous`` (status.queue) still says all there is."""
     if training_job is None or not training_job["metadata"].get("uid"):
         return None
     local_queue = (training_job["metadata"].get("labels") or {}).get(KUEUE_LABELS[0])
-    if not local_queue:
+    if not local_queue or not kueue.workload_may_have_changed(training_job, local_queue, previous):
         return None
     namespace = training_job["metadata"]["namespace"]
     try:
@@ -40,7 +49,8 @@ def observe_queue(kube: Kube, training_job: dict[str, Any] | None) -> kueue.Queu
     if workload is None:
         return None
     state = kueue.queue_state(workload)
-    if state.cluster_queue is None and state.state != "Inadmissible":
+    known = previous is not None and previous.local_queue == local_queue and previous.cluster_queue
+    if state.cluster_queue is None and state.state != "Inadmissible" and not known:
         state = kueue.with_cluster_queue(state, _cluster_queue(kube, namespace, local_queue))
     return state
 

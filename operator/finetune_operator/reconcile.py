@@ -163,7 +163,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
                 mint_due = MINT_RETRY_SECONDS
 
     pods = caches[PODS].select(namespace, selector_labels(name)) if training_job is not None else []
-    queue = observe_queue(context.kube, training_job) if not is_finished(job.status) else None
+    queue = observe_queue(context.kube, training_job, job.status.queue) if not is_finished(job.status) else None
     status, changes = compute_status(Observation(job, training_job, pods, now, blockers, queue))
     changes += planning.apply(context, job, status, preflight, now)
     planning.record_outcome(context, job, status, training_job, pods)

@@ -9,10 +9,13 @@ of Kueue: hack/localcluster/kueue.py.
 from __future__ import annotations
 
 import time
+import urllib.request
 
 import pytest
 from kubehelpers import apply, condition, condition_is, get, items, wait_for
+from localcluster import free_port
 from localcluster.kueue import API
+from prometheus_client.parser import text_string_to_metric_families
 from test_operator_core import training_job
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
@@ -255,3 +258,38 @@ def test_an_operator_killed_while_kueue_releases_quota_catches_up_without_duplic
 
 def job_uid(cluster, namespace: str, name: str) -> str:
     return get(cluster, "job", namespace, name)["metadata"]["uid"]
+
+
+def kueue_requests(metrics_url: str) -> float:
+    """The operator's requests for Workloads and LocalQueues so far, from its own request counter."""
+    with urllib.request.urlopen(metrics_url, timeout=10) as response:
+        text = response.read().decode()
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "finetune_operator_api_requests_total"
+        and sample.labels.get("resource") in ("workloads", "localqueues")
+    )
+
+
+def test_an_admitted_running_job_costs_no_kueue_request_resync_after_resync(
+    cluster, namespace, gpu_queue, start_operator
+):
+    """Kueue's next word on an admitted job (an eviction) suspends its Job, whose watch event brings the job
+    back: until then its Workload is not read, however often the job is reconciled."""
+    metrics_port = free_port()
+    metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+    start_operator(f"--metrics-port={metrics_port}", "--metrics-secure=false", "--resync-seconds=1")
+    apply(cluster, queued_job("steady", namespace))
+    wait_for("steady to run", condition_is(cluster, namespace, "steady", "Running"), timeout=90)
+    wait_for("the admission recorded", lambda: queue_of(cluster, namespace, "steady").get("state") == "Admitted")
+    time.sleep(2)  # the last status write and its event
+    before = kueue_requests(metrics_url)
+    assert before > 0  # the counter counts these: it read the Workload while the job waited
+
+    time.sleep(10)  # ten resyncs
+
+    assert kueue_requests(metrics_url) == before
+    assert queue_of(cluster, namespace, "steady")["state"] == "Admitted"
+    assert condition(get(cluster, "ftj", namespace, "steady"), "Admitted")["status"] == "True"

@@ -144,6 +144,14 @@ def test_bad_data_names_only_rows_of_the_jobs_own_files():
     assert outcome.state == "DataError" and outcome.origins == ("s3://datasets/train.jsonl:7",)
 
 
+@pytest.mark.parametrize("name", ["\x1b]0;owned\x07x.jsonl", "\u202etxt.exe", "tab\tname.jsonl"])
+def test_an_origin_that_is_not_printable_ascii_is_never_shown(name):
+    # Under the job's own URI, so only the characters tell it apart: a bucket's keys need not be the author's.
+    report = json.dumps({"outcome": "DataError", "origins": [f"s3://datasets/train.jsonl/{name}:7"]})
+    outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(65, report)])
+    assert outcome.state == "DataError" and outcome.origins == ()
+
+
 def test_another_failure_is_described_by_its_exit_code_alone():
     outcome = preflight_outcome(make_job(), preflight_job("Failed"), [preflight_pod(78, "<script>lies</script>")])
     assert outcome.state == "Failed" and outcome.reason == "ConfigurationError"
@@ -219,6 +227,15 @@ def test_measured_figures_win_by_their_median_and_scale_with_processes():
     assert found.tokens_per_second == pytest.approx(8 * 1000.0)
     assert found.seconds == 1000
     assert found.gpu_hours == pytest.approx(1000 * 8 / 3600, abs=1e-3)
+
+
+@pytest.mark.parametrize("figure", [float("inf"), float("nan"), 1e308, 0.0, -5.0])
+def test_a_figure_no_process_reaches_never_counts_so_every_estimate_stays_a_number(figure):
+    # A tenant's reported tokens over a tiny reported time: the table row would break other tenants' estimates.
+    job = make_job(**{"spec.resources": {"gpusPerNode": 4, "nodes": 2}})
+    plan = Plan(parameters=500_000_000, trained_tokens=8_000_000)
+    found = estimate(job, plan, {table_key(job, plan.parameters): [figure]})
+    assert found.source == "default" and found.samples == 0
 
 
 def test_the_key_names_accelerator_size_method_and_sequence():

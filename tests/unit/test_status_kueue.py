@@ -180,3 +180,33 @@ def test_a_finished_job_leaves_the_queue():
     status, _ = compute_status(Observation(make_job(admitted), done, [], LATER, [], kueue.queue_state(ADMITTED)))
     assert status.phase == "Succeeded"
     assert status.queue.state == "Finished" and status.queue.cluster_queue == "gpus"
+
+
+def test_an_admitted_running_job_needs_no_workload_read_and_keeps_its_queue_status():
+    admitted, _ = observe_queued(make_job(), kueue.queue_state(ADMITTED), suspend=False, pods=[pod()])
+    running = training_job(suspend=False, labels={QUEUE_LABEL: "gpu-queue"})
+    assert not kueue.workload_may_have_changed(running, "gpu-queue", admitted.queue)
+    status, changes = observe_queued(make_job(admitted), None, suspend=False, pods=[pod()])
+    assert status.queue == admitted.queue
+    assert condition(status, "Admitted") == ("True", "Admitted")
+    assert condition(status, "Suspended") == ("False", "Admitted")
+    assert changes == []
+
+
+def test_the_workload_is_read_while_the_job_waits_and_until_its_admission_is_recorded():
+    suspended = training_job(suspend=True, labels={QUEUE_LABEL: "gpu-queue"})
+    running = training_job(suspend=False, labels={QUEUE_LABEL: "gpu-queue"})
+    queued, _ = observe_queued(make_job(), kueue.queue_state(PENDING))
+    preempted, _ = observe_queued(make_job(), kueue.queue_state(PREEMPTED))
+    admitted, _ = observe_queued(make_job(), kueue.queue_state(ADMITTED), suspend=False, pods=[pod()])
+    assert kueue.workload_may_have_changed(running, "gpu-queue", None)
+    assert kueue.workload_may_have_changed(suspended, "gpu-queue", admitted.queue)  # evicted: Kueue suspended it
+    assert kueue.workload_may_have_changed(running, "gpu-queue", queued.queue)  # admitted: Kueue unsuspended it
+    assert kueue.workload_may_have_changed(running, "gpu-queue", preempted.queue)  # admitted again
+    assert kueue.workload_may_have_changed(running, "other-queue", admitted.queue)
+
+
+def test_a_job_moved_to_another_local_queue_forgets_the_old_cluster_queue():
+    queued, _ = observe_queued(make_job(), kueue.with_cluster_queue(kueue.queue_state(PENDING), "gpus"))
+    moved = kueue.queue_status("other-queue", kueue.queue_state(NO_LOCAL_QUEUE), queued.queue)
+    assert moved.local_queue == "other-queue" and moved.cluster_queue is None

@@ -10,7 +10,6 @@ the plan, or, for data that cannot be trained on, the ``file:line`` of the inval
 
 from __future__ import annotations
 
-import importlib.util
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from finetune_operator.api import (
     PREFLIGHT_MESSAGE_LIMIT,
     PreflightPlan,
@@ -26,7 +26,7 @@ from finetune_operator.api import (
     TokenCounts,
     TrainerConfig,
 )
-from finetune_operator.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS
+from finetune_operator.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS, ORIGIN_PATTERN
 
 from . import log
 from .batching import Step, epoch_planner
@@ -37,13 +37,13 @@ from .data.views import measure
 from .errors import DataError
 from .layout import choose_layout
 from .loop import PlanForEpoch, total_steps_for
-from .model import load_tokenizer
+from .model import attention_implementation, load_tokenizer, placement_for
 from .storage import FetchedModel, fetch_model, hf_snapshot, parse_uri, resolve_data
 from .termination import write_termination_message
 
 # What AutoTokenizer and AutoConfig read: no weights (a Hub model's tokenizer is megabytes, its weights gigabytes).
 TOKENIZER_FILES = ["*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja", "*.py"]
-ORIGIN = re.compile(r"^[^\s]+:(\d{1,12}|row \d{1,12})$")
+ORIGIN = re.compile(ORIGIN_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -116,11 +116,10 @@ def plan_of(config: TrainerConfig, bundle: DataBundle, topology: TrainingTopolog
 
 
 def _training_attention(config: TrainerConfig, topology: TrainingTopology) -> str:
-    """The attention the training pods will choose (model.attention_implementation), decided without a GPU:
-    the same image, so flash_attn is installed there exactly when it is here."""
-    if topology.on_gpu and config.training.precision != "fp32" and importlib.util.find_spec("flash_attn"):
-        return "flash_attention_2"
-    return "sdpa"
+    """The attention the training pods will choose, by their own rule, decided without a GPU (naming a
+    device asks nothing of it): the same image, so flash_attn is installed there exactly when it is here."""
+    device = torch.device("cuda" if topology.on_gpu else "cpu")
+    return attention_implementation(placement_for(config.training, device))
 
 
 def planned_tokens(plan_for_epoch: PlanForEpoch, total_steps: int, first_epoch: Sequence[Step]) -> int:
@@ -158,7 +157,6 @@ def _tokens(examples: Sequence[Any]) -> int:
 
 def parameter_count(model_path: Path) -> int | None:
     """Parameters of the model its config describes, counted on the meta device: no weights read or allocated."""
-    import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
     try:

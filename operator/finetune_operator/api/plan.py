@@ -21,6 +21,10 @@ PREFLIGHT_MESSAGE_LIMIT = 4000
 MAX_PLAN_SOURCES = 16  # spec.data.train's own limit
 MAX_PREFLIGHT_ORIGINS = 10
 MAX_ORIGIN_LENGTH = 300
+# file:line of an invalid row, in printable ASCII only: an origin is shown in the job's conditions and Events,
+# and a file name (a bucket's keys, a Hub dataset's files: not always the job author's) could otherwise carry
+# terminal escapes or bidi overrides into `kubectl describe`. An origin outside it is left to the pod's log.
+ORIGIN_PATTERN = r"^[!-~]+:(\d{1,12}|row \d{1,12})$"
 
 EstimateSource = Literal["default", "measured"]
 
@@ -66,7 +70,7 @@ class PreflightReport(ApiModel):
 
     outcome: Literal["Planned", "DataError"] = describe("Planned, or DataError: the data cannot be trained on.")
     plan: PreflightPlan | None = describe("The plan, when Planned.", default=None)
-    origins: list[text(MAX_ORIGIN_LENGTH, r"^[^\s]+:(\d{1,12}|row \d{1,12})$")] = describe(
+    origins: list[text(MAX_ORIGIN_LENGTH, ORIGIN_PATTERN)] = describe(
         "file:line of up to ten invalid rows, when DataError.", default_factory=list, max_length=MAX_PREFLIGHT_ORIGINS
     )
 

@@ -35,6 +35,18 @@ class QueueState:
     preempted: tuple[str, str] | None  # (reason, message) while Kueue's Preempted condition is True
 
 
+def workload_may_have_changed(training_job: dict[str, Any], local_queue: str, previous: QueueStatus | None) -> bool:
+    """Whether Kueue's Workload can say what status.queue does not, so that it is worth a request.
+
+    While the training Job is suspended (it waits for quota, or was evicted), only the Workload tells what
+    changes; once Kueue admitted it, the Job runs, and nothing Kueue does next leaves the Job as it is: an
+    eviction suspends it, and the Job's own watch event brings the job back. So an admitted, running job
+    costs no request however often it is reconciled."""
+    if previous is None or previous.local_queue != local_queue:
+        return True
+    return bool(training_job["spec"].get("suspend")) or previous.state != "Admitted"
+
+
 def workload_selector(training_job: dict[str, Any]) -> str:
     return f"{JOB_UID_LABEL}={training_job['metadata']['uid']}"
 
@@ -113,19 +125,20 @@ def shown_state(state: QueueState) -> str:
 
 def queue_status(local_queue: str, state: QueueState | None, previous: QueueStatus | None) -> QueueStatus:
     """status.queue: what Kueue says now, with what it no longer says (an evicted Workload loses its
-    admission) kept from before."""
+    admission) kept from before. The ClusterQueue is kept only while the job names the same LocalQueue."""
+    known = previous.cluster_queue if previous and previous.local_queue == local_queue else None
     if state is None:  # Kueue has not made the Workload yet
         return QueueStatus(
             state="Queued",
             local_queue=local_queue,
-            cluster_queue=previous.cluster_queue if previous else None,
+            cluster_queue=known,
             admission_time=previous.admission_time if previous else None,
             preemptions=previous.preemptions if previous else 0,
         )
     return QueueStatus(
         state=shown_state(state),
         local_queue=local_queue,
-        cluster_queue=state.cluster_queue or (previous.cluster_queue if previous else None),
+        cluster_queue=state.cluster_queue or known,
         admission_time=state.admission_time or (previous.admission_time if previous else None),
         # Never lower: a replaced training Job gets a new Workload that starts counting at 0.
         preemptions=max(state.preemptions, previous.preemptions if previous else 0),

@@ -48,7 +48,8 @@ class Observation:
     pods: list[dict[str, Any]]  # as listed by label: anyone's pods may carry the labels
     now: str
     blockers: list[Blocker] = field(default_factory=list)
-    queue: kueue.QueueState | None = None  # Kueue's view, for a job with the queue label (None: no Workload yet)
+    # Kueue's view, for a job with the queue label whose Workload may have changed (None: no Workload yet)
+    queue: kueue.QueueState | None = None
 
 
 @dataclass(frozen=True)
@@ -292,8 +293,8 @@ def compute_status(observation: Observation) -> tuple[FineTuneJobStatus, list[Ch
     complete = job_condition(training_job, "Complete")
     failed = job_condition(training_job, "Failed") or job_condition(training_job, "FailureTarget")
     queue = next((training_job["metadata"].get("labels", {}).get(k) for k in KUEUE_LABELS[:1]), None)
-    if queue:
-        _record_queue(status, queue, observation.queue, condition)
+    if queue and kueue.workload_may_have_changed(training_job, queue, status.queue):
+        _record_queue(status, queue, observation.queue, condition)  # else as recorded: nothing was read
 
     if complete is not None or failed is not None:
         # Finished while the operator was not looking: the Job knows when it started.
