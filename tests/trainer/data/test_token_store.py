@@ -287,6 +287,48 @@ def test_token_ids_past_the_vocabulary_are_refused(tmp_path, make_config, tokeni
         TokenStore(directory)
 
 
+def _signed_negative_ids(directory: Path, manifest: dict) -> None:
+    ids = np.fromfile(directory / "ids.bin", dtype=np.dtype(manifest["id_dtype"])).astype(np.int16)
+    ids[0] = -5  # an embedding index no vocabulary has: below it, not past it
+    ids.tofile(directory / "ids.bin")
+    manifest["id_dtype"] = np.dtype(np.int16).str
+    manifest["files"]["ids.bin"] = {"bytes": ids.nbytes, "sha256": file_sha256(directory / "ids.bin")}
+
+
+def _unchecked_file(directory: Path, manifest: dict) -> None:
+    trained = np.fromfile(directory / "seq_trained.bin", dtype=np.int32)
+    trained[1] -= 1  # a changed file (within bounds), and its checksum left out of the manifest
+    trained.tofile(directory / "seq_trained.bin")
+    del manifest["files"]["seq_trained.bin"]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        _signed_negative_ids,
+        _unchecked_file,
+        lambda directory, manifest: manifest["counts"].pop("rows"),
+        lambda directory, manifest: manifest["counts"].update(tokens=-1),
+        lambda directory, manifest: manifest["stats"].update(unknown=1),
+        lambda directory, manifest: manifest["stats"].update(invalid_examples=["x"] * 5000),
+        lambda directory, manifest: manifest.update(has_mask="yes"),
+    ],
+    ids=["signed-ids", "file-left-unchecked", "no-row-count", "negative-count", "odd-stats", "long-stats", "odd-flag"],
+)
+def test_a_forged_manifest_with_a_valid_seal_is_refused_and_rebuilt(forge, tmp_path, make_config, tokenizer, resolve):
+    """The seal is a checksum anyone able to write the store can recompute: the manifest's shape is checked too."""
+    expected = flat(_stored_bundle(tmp_path, make_config, tokenizer, resolve).train)
+    directory = _store_dir(tmp_path)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    forge(directory, manifest)
+    write_manifest(directory, manifest)
+    with pytest.raises(StoreCorrupt):
+        TokenStore(directory)
+
+    assert flat(_stored_bundle(tmp_path, make_config, tokenizer, resolve).train) == expected
+    TokenStore(_store_dir(tmp_path))  # rebuilt, sound
+
+
 def test_a_store_built_for_another_key_is_not_used(tmp_path, make_config, tokenizer, resolve):
     _stored_bundle(tmp_path, make_config, tokenizer, resolve)
     directory = _store_dir(tmp_path)

@@ -35,12 +35,16 @@ from typing import Any
 
 import numpy as np
 
+from .sources import MAX_INVALID_EXAMPLES
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
 from .views import ExampleView
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("ids.bin", "mask.bin", "seq_offsets.bin", "seq_trained.bin", "row_offsets.bin")
+COUNTS = ("rows", "examples", "sequences", "tokens")
+# The only id types a store is written with (id_dtype): unsigned, so no stored id can be negative.
+ID_DTYPES = (np.dtype(np.uint16).str, np.dtype(np.uint32).str)
 HASH_BLOCK = 8 << 20
 MAX_MANIFEST_BYTES = 1 << 20
 
@@ -194,16 +198,58 @@ def _read_manifest(directory: Path) -> dict[str, Any]:
         raise StoreCorrupt(f"{path}: not a version {STORE_VERSION} token store")
     if manifest.get("seal") != _seal(manifest):
         raise StoreCorrupt(f"{path}: its content does not match its seal")
+    if problem := _malformed(manifest):
+        raise StoreCorrupt(f"{path}: {problem}")
     return manifest
 
 
+def _malformed(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's shape, if anything.
+
+    The seal is a checksum, not a signature: whoever can write the store can reseal a forged manifest.
+    So every value the reader relies on is checked here: a forged one is refused (and the store
+    rebuilt) instead of skipping the files' checksums (a short file list), making ids negative (a
+    signed id type), or failing later with a KeyError or TypeError.
+    """
+    counts, files, key, stats = (manifest.get(name) for name in ("counts", "files", "key", "stats"))
+    if not isinstance(counts, dict) or sorted(counts) != sorted(COUNTS) or not all(map(_natural, counts.values())):
+        return "counts must be the four non-negative integers"
+    if manifest.get("id_dtype") not in ID_DTYPES:
+        return f"token ids must be one of {ID_DTYPES}"
+    if not isinstance(manifest.get("pairs"), bool) or not isinstance(manifest.get("has_mask"), bool):
+        return "pairs and has_mask must be booleans"
+    expected = set(FILES) if manifest["has_mask"] else set(FILES) - {"mask.bin"}
+    if not isinstance(files, dict) or set(files) != expected:
+        return f"the manifest must list exactly the files {sorted(expected)}"
+    for facts in files.values():
+        if not isinstance(facts, dict) or not _natural(facts.get("bytes")) or not isinstance(facts.get("sha256"), str):
+            return "each file needs its bytes and sha256"
+    tokenizer = key.get("tokenizer") if isinstance(key, dict) else None
+    if not isinstance(tokenizer, dict) or not _natural(tokenizer.get("vocab_size")):
+        return "the key names no vocabulary size"
+    if not isinstance(stats, dict) or not isinstance(stats.get("invalid_examples"), list):
+        return "no source statistics"
+    try:
+        parsed = SourceStats(**stats)
+    except TypeError as error:
+        return f"source statistics: {error}"
+    numbers = (parsed.rows, parsed.invalid_rows, parsed.truncated_rows, parsed.dropped_rows, parsed.tokens)
+    lines = parsed.invalid_examples
+    if (
+        not all(map(_natural, numbers))
+        or len(lines) > MAX_INVALID_EXAMPLES
+        or not all(isinstance(x, str) for x in lines)
+    ):
+        return "source statistics out of bounds"
+    return None
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise StoreCorrupt(f"{directory}: manifest lists no files")
-    for name, facts in files.items():
-        if name not in FILES:
-            raise StoreCorrupt(f"{directory}: unexpected file {name!r} in the manifest")
+    for name, facts in manifest["files"].items():
         path = directory / name
         try:
             size = path.stat().st_size
