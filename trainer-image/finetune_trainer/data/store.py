@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +99,6 @@ class TokenStore:
     def stats(self) -> SourceStats:
         return SourceStats(**self.manifest["stats"])
 
-    @property
-    def rows(self) -> int:
-        return int(self.manifest["counts"]["rows"])
-
     def examples(self, source: int) -> StoredExamples:
         """The store's examples, each recording ``source`` (the position of its source in the configuration)."""
         return StoredExamples(self, source)
@@ -160,14 +154,6 @@ class StoredExamples(ExampleView):
         chosen = self.store.sequence(2 * index, self.source)
         return PreferenceExample(chosen, self.store.sequence(2 * index + 1, self.source), self.source)
 
-    def __iter__(self) -> Iterator[Example | PreferenceExample]:
-        for index in range(len(self)):
-            yield self[index]
-
-    @property
-    def row_offsets(self) -> np.ndarray:
-        return self.store.row_offsets
-
     def measure_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._arrays is None:
             lengths = np.diff(self.store.seq_offsets).astype(np.int64)
@@ -180,10 +166,6 @@ class StoredExamples(ExampleView):
                 tokens, longest = lengths, lengths
             self._arrays = (tokens, longest, trained)
         return self._arrays
-
-
-def stats_json(stats: SourceStats) -> dict[str, Any]:
-    return asdict(stats)
 
 
 def _read_manifest(directory: Path) -> dict[str, Any]:

@@ -20,7 +20,7 @@ import os
 import shutil
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from ..errors import ConfigError
 from . import readers
 from .readers import RawRow, read_file, source_files
 from .sources import MAX_INVALID_EXAMPLES, account_row
-from .store import FILES, STORE_VERSION, file_sha256, id_dtype, stats_json, write_manifest
+from .store import FILES, STORE_VERSION, file_sha256, id_dtype, write_manifest
 from .tokenize import ExampleBuilder
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
 
@@ -126,7 +126,7 @@ def build_store(
             "has_mask": plan.has_mask,
             "id_dtype": plan.dtype,
             "counts": counts,
-            "stats": stats_json(stats),
+            "stats": asdict(stats),
             "files": files,
         },
     )
