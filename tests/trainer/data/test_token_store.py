@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 from finetune_trainer.batching import plan_steps
 from finetune_trainer.data import load_data, store_build
-from finetune_trainer.data.mixing import cap_rows, mix_by_weight, mix_selection, split_holdout
 from finetune_trainer.data.pipeline import _expand
 from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, file_sha256, write_manifest
 from finetune_trainer.data.store_cache import STORES_DIR
@@ -355,24 +354,6 @@ def test_expand_lists_every_position_of_the_ranges_in_order():
     starts, ends = np.array([3, 10, 10, 0]), np.array([5, 10, 13, 2])
     assert _expand(starts, ends).tolist() == [3, 4, 10, 11, 12, 0, 1]
     assert _expand(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
-
-
-@pytest.mark.parametrize("sizes", [[20, 400], [7, 0, 30], [5, 5], [1000, 3, 50]])
-def test_mix_selection_picks_what_mix_by_weight_mixes(sizes):
-    weights = [0.6, 0.3, 0.1][: len(sizes)]
-    rows = [[(source, i) for i in range(size)] for source, size in enumerate(sizes)]
-    mixed, counts = mix_by_weight(rows, weights, seed=3, purpose="mix-epoch-2")
-    picks, selected_counts = mix_selection(sizes, weights, seed=3, purpose="mix-epoch-2")
-    by_selection = [row for source, pick in enumerate(picks) for row in rows[source] if pick is None or row[1] in pick]
-    assert by_selection == mixed
-    assert selected_counts == counts
-
-
-def test_splits_and_caps_keep_their_choices():
-    rows = list(range(50))
-    train, held = split_holdout(rows, 0.1, seed=1, source=0)
-    assert sorted(train + held) == rows and len(held) == 5
-    assert cap_rows(rows, 10, seed=1, purpose="eval") == sorted(cap_rows(rows, 10, seed=1, purpose="eval"))
 
 
 def test_views_index_and_measure_like_the_lists_they_stand_for(tokenizer):
