@@ -203,6 +203,37 @@ def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, token
     assert len(store_build.chunks_of(path, "x", store_build.CHUNK_BYTES)) > 2
 
 
+def test_a_chunk_reports_at_most_ten_invalid_rows_however_many_it_has(tmp_path, tokenizer):
+    """What a worker sends back is bounded: a source of millions of bad lines must not ship them all."""
+    from finetune_trainer.data.sources import MAX_INVALID_EXAMPLES
+    from finetune_trainer.data.tokenize import ExampleBuilder
+
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"not json\n" * 500 + json.dumps(chat(1)).encode() + b"\n")
+    plan = store_build.BuildPlan("file://bad.jsonl", "messages", False, True, "<u2", tmp_path)
+    (result,) = store_build._run(
+        plan, ExampleBuilder(tokenizer, max_seq_length=64), store_build.chunks_of(path, "x", 1 << 20), 1
+    )
+
+    assert result.stats.invalid_rows == 500
+    assert len(result.invalid) == MAX_INVALID_EXAMPLES
+    assert result.invalid[0] == (1, "malformed JSON: Expecting value (column 1)")
+
+
+def test_the_first_ten_invalid_rows_of_many_chunks_are_those_read_in_memory(tmp_path, make_config, tokenizer, resolve):
+    from finetune_trainer.data import DataError
+
+    rows = [chat(i) if i % 4 else '{"broken": ' for i in range(120)]  # a bad row in about every chunk
+    config = make_config([write_rows(tmp_path / "train.jsonl", rows)], maxInvalidFraction=0.1)
+    with pytest.raises(DataError) as memory:
+        load_data(config, tokenizer, resolve)
+    with pytest.raises(DataError) as stored:
+        load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+
+    assert str(stored.value) == str(memory.value)
+    assert stored.value.origins == memory.value.origins and len(memory.value.origins) == 10
+
+
 # ---------------------------------------------------------------------------------------------
 # reuse, corruption, poisoning
 

@@ -177,10 +177,12 @@ def _build_chunk(chunk: Chunk) -> ChunkResult:
             raise ConfigError(f"{plan.uri}: {error}") from error
         if len(stats.invalid_examples) > before:
             entry = stats.invalid_examples.pop()
-            if chunk.end is None:  # a whole file: its reader spelled the origin already
-                result.invalid.append((None, entry))
-            else:  # numbered within the range: renumbered when merged
-                result.invalid.append((int(raw.origin.rsplit(":", 1)[1]), entry[len(raw.origin) + 2 :]))
+            # The merge keeps the source's first ten: a chunk of a million bad lines sends ten back, not a million.
+            if len(result.invalid) < MAX_INVALID_EXAMPLES:
+                if chunk.end is None:  # a whole file: its reader spelled the origin already
+                    result.invalid.append((None, entry))
+                else:  # numbered within the range: renumbered when merged
+                    result.invalid.append((int(raw.origin.rsplit(":", 1)[1]), entry[len(raw.origin) + 2 :]))
         if tokenized is not None:  # usable rows only, as LoadedSource.rows holds
             writer.add_row(tokenized.examples)
     writer.close()
