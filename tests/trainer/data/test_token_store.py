@@ -180,6 +180,22 @@ def test_too_many_invalid_rows_fail_the_same_way(tmp_path, make_config, tokenize
     assert str(stored.value) == str(memory.value)
 
 
+def test_an_unusable_chat_template_fails_the_same_way(tmp_path, make_config, tokenizer, resolve):
+    from finetune_trainer.data import ConfigError
+
+    # Renders earlier turns differently depending on what follows: found while tokenizing, in the workers.
+    unstable = (
+        "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
+    path = write_rows(tmp_path / "train.jsonl", [chat(i) for i in range(40)])
+    config = make_config([path], chatTemplate=unstable)
+    with pytest.raises(ConfigError) as memory:
+        load_data(config, tokenizer, resolve)
+    with pytest.raises(ConfigError) as stored:
+        load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+    assert str(stored.value) == str(memory.value)
+
+
 def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, tokenizer):
     from finetune_trainer.data.tokenize import ExampleBuilder
 

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from . import readers
 from .readers import RawRow, read_file, source_files
 from .sources import MAX_INVALID_EXAMPLES, account_row
@@ -171,10 +170,8 @@ def _build_chunk(chunk: Chunk) -> ChunkResult:
     stats = result.stats
     for raw in _rows(chunk, result):
         before = len(stats.invalid_examples)
-        try:
-            tokenized = account_row(stats, raw, plan.format_name, builder, 0)
-        except ConfigError as error:  # the chat template, as load_source reports it
-            raise ConfigError(f"{plan.uri}: {error}") from error
+        # A ConfigError (an unusable chat template) reaches the pipeline, which names the field and URI.
+        tokenized = account_row(stats, raw, plan.format_name, builder, 0)
         if len(stats.invalid_examples) > before:
             entry = stats.invalid_examples.pop()
             # The merge keeps the source's first ten: a chunk of a million bad lines sends ten back, not a million.
