@@ -115,7 +115,7 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
 
     reader = threading.Thread(target=watch, daemon=True)
     reader.start()
-    peak = _peak_tree_rss(process)
+    peak = _peak_tree_pss(process)
     reader.join(timeout=10)
     if process.returncode != 0:
         raise RuntimeError(f"the trainer failed ({process.returncode}):\n{''.join(tail)}")
@@ -127,7 +127,7 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
     }
 
 
-def _peak_tree_rss(process: subprocess.Popen) -> int:
+def _peak_tree_pss(process: subprocess.Popen) -> int:
     """The largest sum of resident memory (PSS) over the process and all its descendants, until it exits."""
     root, peak = psutil.Process(process.pid), 0
     while process.poll() is None:
