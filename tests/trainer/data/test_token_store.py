@@ -375,6 +375,19 @@ def test_a_forged_manifest_with_a_valid_seal_is_refused_and_rebuilt(forge, tmp_p
     TokenStore(_store_dir(tmp_path))  # rebuilt, sound
 
 
+@pytest.mark.parametrize("target", ["/dev/zero", "big"])
+def test_a_manifest_is_read_only_up_to_its_bound(target, tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    manifest = _store_dir(tmp_path) / "manifest.json"
+    manifest.unlink()
+    if target == "big":
+        manifest.write_text(" " * (2 << 20) + "{}")
+    else:  # a stat says 0 bytes; reading it to its end would never end
+        manifest.symlink_to(target)
+    with pytest.raises(StoreCorrupt, match="too large"):
+        TokenStore(_store_dir(tmp_path))
+
+
 def test_a_store_built_for_another_key_is_not_used(tmp_path, make_config, tokenizer, resolve):
     _stored_bundle(tmp_path, make_config, tokenizer, resolve)
     directory = _store_dir(tmp_path)

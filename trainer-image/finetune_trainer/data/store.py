@@ -171,9 +171,12 @@ class StoredExamples(ExampleView):
 def _read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
+        # Read with a bound, not after a stat: a device or a FIFO (a symlink to /dev/zero) has no size.
+        with path.open("rb") as stream:
+            data = stream.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
             raise StoreCorrupt(f"{path}: too large")
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data)
     except (OSError, ValueError) as error:
         raise StoreCorrupt(f"{path}: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
