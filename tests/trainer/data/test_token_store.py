@@ -341,6 +341,12 @@ def _signed_negative_ids(directory: Path, manifest: dict) -> None:
     manifest["files"]["ids.bin"] = {"bytes": ids.nbytes, "sha256": file_sha256(directory / "ids.bin")}
 
 
+def _endless_file(directory: Path, manifest: dict) -> None:
+    (directory / "seq_trained.bin").unlink()
+    (directory / "seq_trained.bin").symlink_to("/dev/zero")  # stats as 0 bytes; hashing it would never end
+    manifest["files"]["seq_trained.bin"]["bytes"] = 0
+
+
 def _unchecked_file(directory: Path, manifest: dict) -> None:
     trained = np.fromfile(directory / "seq_trained.bin", dtype=np.int32)
     trained[1] -= 1  # a changed file (within bounds), and its checksum left out of the manifest
@@ -352,6 +358,7 @@ def _unchecked_file(directory: Path, manifest: dict) -> None:
     "forge",
     [
         _signed_negative_ids,
+        _endless_file,
         _unchecked_file,
         lambda directory, manifest: manifest["counts"].pop("rows"),
         lambda directory, manifest: manifest["counts"].update(tokens=-1),
@@ -359,7 +366,16 @@ def _unchecked_file(directory: Path, manifest: dict) -> None:
         lambda directory, manifest: manifest["stats"].update(invalid_examples=["x"] * 5000),
         lambda directory, manifest: manifest.update(has_mask="yes"),
     ],
-    ids=["signed-ids", "file-left-unchecked", "no-row-count", "negative-count", "odd-stats", "long-stats", "odd-flag"],
+    ids=[
+        "signed-ids",
+        "device-file",
+        "file-left-unchecked",
+        "no-row-count",
+        "negative-count",
+        "odd-stats",
+        "long-stats",
+        "odd-flag",
+    ],
 )
 def test_a_forged_manifest_with_a_valid_seal_is_refused_and_rebuilt(forge, tmp_path, make_config, tokenizer, resolve):
     """The seal is a checksum anyone able to write the store can recompute: the manifest's shape is checked too."""

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -237,10 +238,13 @@ def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
     for name, facts in manifest["files"].items():
         path = directory / name
         try:
-            size = path.stat().st_size
+            facts_on_disk = path.stat()
         except OSError as error:
             raise StoreCorrupt(f"{path}: {error}") from error
-        if size != facts["bytes"] or file_sha256(path) != facts["sha256"]:
+        # A device has no size to check and no end to hash: a symlink to /dev/zero would be read forever.
+        if not stat.S_ISREG(facts_on_disk.st_mode):
+            raise StoreCorrupt(f"{path}: not a regular file")
+        if facts_on_disk.st_size != facts["bytes"] or file_sha256(path) != facts["sha256"]:
             raise StoreCorrupt(f"{path}: does not match its checksum")
 
 
