@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from finetune_trainer.batching import plan_steps
-from finetune_trainer.data import load_data, store_build
+from finetune_trainer.data import load_data, store_build, store_cache
 from finetune_trainer.data.pipeline import _expand
 from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, file_sha256, write_manifest
 from finetune_trainer.data.store_cache import STORES_DIR
@@ -29,7 +29,9 @@ pytestmark = pytest.mark.trainer
 def small_chunks(monkeypatch):
     """Chunks of a few rows each: every test's sources are cut into several, built by two workers."""
     monkeypatch.setattr(store_build, "CHUNK_BYTES", 300)
-    monkeypatch.setattr(store_build, "worker_count", lambda: 2)
+    # Where open_or_build looks it up (store_cache imported the name): patching store_build's alone left the
+    # machine's core count in charge, so a one-core runner built every store in-process, untested by a pool.
+    monkeypatch.setattr(store_cache, "worker_count", lambda: 2)
 
 
 def chat(i: int) -> dict:
