@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 
@@ -250,6 +251,32 @@ def test_the_first_ten_invalid_rows_of_many_chunks_are_those_read_in_memory(tmp_
 
     assert str(stored.value) == str(memory.value)
     assert stored.value.origins == memory.value.origins and len(memory.value.origins) == 10
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "800000 100000\n"}, 8),
+        ({"cpu.max": "250000 100000\n"}, 3),  # 2.5 cores: the third is partly ours
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+    ids=["v2-unlimited", "v2-8", "v2-2.5", "v1-1", "v1-unlimited", "none"],
+)
+def test_workers_stay_within_the_pods_cpu_limit(files, limit, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert store_build.cgroup_cpu_limit(tmp_path) == limit
+    cores = len(os.sched_getaffinity(0))
+    assert store_build.worker_count(tmp_path) == (min(cores, limit) if limit else cores)
+
+
+def test_a_one_cpu_pod_on_a_many_core_node_builds_with_one_worker(tmp_path):
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert store_build.worker_count(tmp_path) == 1
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ are added when the results are merged (rows of a range are never split, so both 
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import shutil
@@ -33,6 +34,7 @@ from .store import FILES, STORE_VERSION, file_sha256, id_dtype, write_manifest
 from .tokenize import ExampleBuilder
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 CHUNK_BYTES = 8 << 20
 FLUSH_TOKENS = 1 << 20  # a shard's buffers go to disk past this many tokens
 COPY_BLOCK = 8 << 20
@@ -131,12 +133,34 @@ def build_store(
     )
 
 
-def worker_count() -> int:
-    """The CPU cores this process may use (a container's CPU set, not the host's)."""
+def worker_count(cgroup: Path = CGROUP_ROOT) -> int:
+    """The CPU cores this process may use: its CPU set, and no more than its cgroup's CPU limit.
+
+    Kubernetes enforces a pod's CPU limit as a CFS quota, not a CPU set (unless the static CPU manager
+    pins the pod): on a 192-core node a pod limited to 8 CPUs has all 192 in its affinity, and 192 forked
+    workers, each holding a chunk and its tokens, would share the pod's memory limit and 8 cores.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup)
+    return max(1, min(cores, limit) if limit else cores)
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """The cgroup's CPU quota in whole cores, rounded up; None when there is none or it cannot be read."""
+    try:  # cgroup v2: "max 100000" (no limit) or "<quota> <period>"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a quota of -1 is no limit
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return math.ceil(quota_us / period_us) if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
