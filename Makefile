@@ -59,7 +59,7 @@ bench: bench-trainer bench-data bench-operator ## every benchmark (results in be
 bench-trainer: install ## ours vs TRL SFTTrainer+PEFT, side by side; GPU=1 for the 1B/8B GPU mode; BENCH_ARGS=--ablations ...
 	$(PY) -m benchmarks.trainer $(if $(GPU),--gpu,) $(BENCH_ARGS)
 
-bench-data: install ## the token store vs tokenizing in memory: RSS, time to first step, MB/s; BENCH_DATA_ARGS=--sizes 100,500
+bench-data: install ## the token store vs tokenizing in memory: peak PSS, time to first step, MB/s; BENCH_DATA_ARGS=--sizes 100,500
 	$(PY) -m benchmarks.data $(BENCH_DATA_ARGS)
 
 # Defaults finish in under 30 minutes on 2 cores; issue 16's full size:

@@ -3,7 +3,8 @@
 For raw-text JSONL corpora of several sizes (generated; 100 MB, 500 MB and 2 GB by default) the
 trainer runs continued pre-training of the tiny model for a few steps three times, each a fresh
 process: without the store (FINETUNE_TOKEN_STORE=off, the path before the store), with the store
-built by this run, and with the store already present (a retry or a resume). Measured per run:
+built by this run, and with the store already present (a second run on the same cache; the operator's
+pods get a fresh cache each, so its retries and resumes are the "built" case). Measured per run:
 the peak resident memory of the trainer's process tree (proportional set size, so that pages the
 forked store workers share with the trainer count once; sampled every 50 ms), the seconds from the process's start to the data being ready (its batch plan) and to
 its first optimizer step (the model is small, so a step costs little next to the data). Then the store of
@@ -114,7 +115,7 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
 
     reader = threading.Thread(target=watch, daemon=True)
     reader.start()
-    peak = _peak_tree_rss(process)
+    peak = _peak_tree_pss(process)
     reader.join(timeout=10)
     if process.returncode != 0:
         raise RuntimeError(f"the trainer failed ({process.returncode}):\n{''.join(tail)}")
@@ -126,7 +127,7 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
     }
 
 
-def _peak_tree_rss(process: subprocess.Popen) -> int:
+def _peak_tree_pss(process: subprocess.Popen) -> int:
     """The largest sum of resident memory (PSS) over the process and all its descendants, until it exits."""
     root, peak = psutil.Process(process.pid), 0
     while process.poll() is None:

@@ -7,6 +7,7 @@ step must be identical, since the examples, the plan and hence the batches are.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -24,6 +25,10 @@ pytestmark = pytest.mark.trainer
 
 LORA = {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.1}}
 TRAINING = {"maxSteps": 12, "checkpointEverySteps": 4, "learningRate": 5e-3}
+
+
+def log_events(stderr: str) -> list[dict]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
 def stores(trainer_env) -> list[str]:
@@ -87,7 +92,7 @@ def test_two_ranks_read_one_store_and_train_as_from_memory(make_job, trainer_env
     training = {**TRAINING, "maxSteps": 6, "batchTokens": 256}
     rows = chat_rows(40)
 
-    weights = {}
+    weights, built_by = {}, {}
     for name, store in (("memory", "off"), ("store", "on")):
         config = make_job(name=name, train_rows=rows, method=LORA, training=training)
         result = subprocess.run(
@@ -95,8 +100,12 @@ def test_two_ranks_read_one_store_and_train_as_from_memory(make_job, trainer_env
         )
         assert result.returncode == ExitCode.SUCCESS, result.stderr[-3000:]
         weights[name] = load_file(artifact_dir(config) / "adapter_model.safetensors")
+        built_by[name] = [
+            event.get("rank") for event in log_events(result.stderr) if event["event"] == "token_store_built"
+        ]
 
     # One store per source, written once (rank 0 built it while rank 1 waited), no partial directory left.
+    assert built_by == {"memory": [], "store": [0, 0]}
     assert len(stores(trainer_env)) == 2
     assert not [name for name in stores(trainer_env) if ".partial-" in name]
     for name in weights["memory"]:

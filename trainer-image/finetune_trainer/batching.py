@@ -246,11 +246,6 @@ def collate(examples: Sequence[Item], indices: Sequence[int], packing: bool, pad
     )
 
 
-def item_tokens(item: Item) -> int:
-    """An item's tokens without padding (both sequences of a pair): its room in a pack, its real tokens."""
-    return sum(len(sequence) for sequence in _sequences([item]))
-
-
 def trained_tokens(item: Item) -> int:
     """Tokens the loss is taken on; a sequence's first token never is (see :func:`collate`)."""
     return sum(trained_in(sequence.labels) for sequence in _sequences([item]))

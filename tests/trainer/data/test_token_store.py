@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 from finetune_trainer.batching import plan_steps
-from finetune_trainer.data import load_data, store_build
-from finetune_trainer.data.mixing import cap_rows, mix_by_weight, mix_selection, split_holdout
+from finetune_trainer.data import load_data, store_build, store_cache
 from finetune_trainer.data.pipeline import _expand
 from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, file_sha256, write_manifest
 from finetune_trainer.data.store_cache import STORES_DIR
@@ -30,7 +30,9 @@ pytestmark = pytest.mark.trainer
 def small_chunks(monkeypatch):
     """Chunks of a few rows each: every test's sources are cut into several, built by two workers."""
     monkeypatch.setattr(store_build, "CHUNK_BYTES", 300)
-    monkeypatch.setattr(store_build, "worker_count", lambda: 2)
+    # Where open_or_build looks it up (store_cache imported the name): patching store_build's alone left the
+    # machine's core count in charge, so a one-core runner built every store in-process, untested by a pool.
+    monkeypatch.setattr(store_cache, "worker_count", lambda: 2)
 
 
 def chat(i: int) -> dict:
@@ -181,6 +183,22 @@ def test_too_many_invalid_rows_fail_the_same_way(tmp_path, make_config, tokenize
     assert str(stored.value) == str(memory.value)
 
 
+def test_an_unusable_chat_template_fails_the_same_way(tmp_path, make_config, tokenizer, resolve):
+    from finetune_trainer.data import ConfigError
+
+    # Renders earlier turns differently depending on what follows: found while tokenizing, in the workers.
+    unstable = (
+        "{% for m in messages %}{% if loop.last %}[last]{% endif %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    )
+    path = write_rows(tmp_path / "train.jsonl", [chat(i) for i in range(40)])
+    config = make_config([path], chatTemplate=unstable)
+    with pytest.raises(ConfigError) as memory:
+        load_data(config, tokenizer, resolve)
+    with pytest.raises(ConfigError) as stored:
+        load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+    assert str(stored.value) == str(memory.value)
+
+
 def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, tokenizer):
     from finetune_trainer.data.tokenize import ExampleBuilder
 
@@ -202,6 +220,63 @@ def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, token
         checksums.append(TokenStore(target).manifest["files"])
     assert checksums[0] == checksums[1]
     assert len(store_build.chunks_of(path, "x", store_build.CHUNK_BYTES)) > 2
+
+
+def test_a_chunk_reports_at_most_ten_invalid_rows_however_many_it_has(tmp_path, tokenizer):
+    """What a worker sends back is bounded: a source of millions of bad lines must not ship them all."""
+    from finetune_trainer.data.sources import MAX_INVALID_EXAMPLES
+    from finetune_trainer.data.tokenize import ExampleBuilder
+
+    path = tmp_path / "bad.jsonl"
+    path.write_bytes(b"not json\n" * 500 + json.dumps(chat(1)).encode() + b"\n")
+    plan = store_build.BuildPlan("file://bad.jsonl", "messages", False, True, "<u2", tmp_path)
+    (result,) = store_build._run(
+        plan, ExampleBuilder(tokenizer, max_seq_length=64), store_build.chunks_of(path, "x", 1 << 20), 1
+    )
+
+    assert result.stats.invalid_rows == 500
+    assert len(result.invalid) == MAX_INVALID_EXAMPLES
+    assert result.invalid[0] == (1, "malformed JSON: Expecting value (column 1)")
+
+
+def test_the_first_ten_invalid_rows_of_many_chunks_are_those_read_in_memory(tmp_path, make_config, tokenizer, resolve):
+    from finetune_trainer.data import DataError
+
+    rows = [chat(i) if i % 4 else '{"broken": ' for i in range(120)]  # a bad row in about every chunk
+    config = make_config([write_rows(tmp_path / "train.jsonl", rows)], maxInvalidFraction=0.1)
+    with pytest.raises(DataError) as memory:
+        load_data(config, tokenizer, resolve)
+    with pytest.raises(DataError) as stored:
+        load_data(config, tokenizer, resolve, store_root=tmp_path / "cache")
+
+    assert str(stored.value) == str(memory.value)
+    assert stored.value.origins == memory.value.origins and len(memory.value.origins) == 10
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu.max": "800000 100000\n"}, 8),
+        ({"cpu.max": "250000 100000\n"}, 3),  # 2.5 cores: the third is partly ours
+        ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+    ids=["v2-unlimited", "v2-8", "v2-2.5", "v1-1", "v1-unlimited", "none"],
+)
+def test_workers_stay_within_the_pods_cpu_limit(files, limit, tmp_path):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert store_build.cgroup_cpu_limit(tmp_path) == limit
+    cores = len(os.sched_getaffinity(0))
+    assert store_build.worker_count(tmp_path) == (min(cores, limit) if limit else cores)
+
+
+def test_a_one_cpu_pod_on_a_many_core_node_builds_with_one_worker(tmp_path):
+    (tmp_path / "cpu.max").write_text("100000 100000\n")
+    assert store_build.worker_count(tmp_path) == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +362,77 @@ def test_token_ids_past_the_vocabulary_are_refused(tmp_path, make_config, tokeni
         TokenStore(directory)
 
 
+def _signed_negative_ids(directory: Path, manifest: dict) -> None:
+    ids = np.fromfile(directory / "ids.bin", dtype=np.dtype(manifest["id_dtype"])).astype(np.int16)
+    ids[0] = -5  # an embedding index no vocabulary has: below it, not past it
+    ids.tofile(directory / "ids.bin")
+    manifest["id_dtype"] = np.dtype(np.int16).str
+    manifest["files"]["ids.bin"] = {"bytes": ids.nbytes, "sha256": file_sha256(directory / "ids.bin")}
+
+
+def _endless_file(directory: Path, manifest: dict) -> None:
+    (directory / "seq_trained.bin").unlink()
+    (directory / "seq_trained.bin").symlink_to("/dev/zero")  # stats as 0 bytes; hashing it would never end
+    manifest["files"]["seq_trained.bin"]["bytes"] = 0
+
+
+def _unchecked_file(directory: Path, manifest: dict) -> None:
+    trained = np.fromfile(directory / "seq_trained.bin", dtype=np.int32)
+    trained[1] -= 1  # a changed file (within bounds), and its checksum left out of the manifest
+    trained.tofile(directory / "seq_trained.bin")
+    del manifest["files"]["seq_trained.bin"]
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        _signed_negative_ids,
+        _endless_file,
+        _unchecked_file,
+        lambda directory, manifest: manifest["counts"].pop("rows"),
+        lambda directory, manifest: manifest["counts"].update(tokens=-1),
+        lambda directory, manifest: manifest["stats"].update(unknown=1),
+        lambda directory, manifest: manifest["stats"].update(invalid_examples=["x"] * 5000),
+        lambda directory, manifest: manifest.update(has_mask="yes"),
+    ],
+    ids=[
+        "signed-ids",
+        "device-file",
+        "file-left-unchecked",
+        "no-row-count",
+        "negative-count",
+        "odd-stats",
+        "long-stats",
+        "odd-flag",
+    ],
+)
+def test_a_forged_manifest_with_a_valid_seal_is_refused_and_rebuilt(forge, tmp_path, make_config, tokenizer, resolve):
+    """The seal is a checksum anyone able to write the store can recompute: the manifest's shape is checked too."""
+    expected = flat(_stored_bundle(tmp_path, make_config, tokenizer, resolve).train)
+    directory = _store_dir(tmp_path)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    forge(directory, manifest)
+    write_manifest(directory, manifest)
+    with pytest.raises(StoreCorrupt):
+        TokenStore(directory)
+
+    assert flat(_stored_bundle(tmp_path, make_config, tokenizer, resolve).train) == expected
+    TokenStore(_store_dir(tmp_path))  # rebuilt, sound
+
+
+@pytest.mark.parametrize("target", ["/dev/zero", "big"])
+def test_a_manifest_is_read_only_up_to_its_bound(target, tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    manifest = _store_dir(tmp_path) / "manifest.json"
+    manifest.unlink()
+    if target == "big":
+        manifest.write_text(" " * (2 << 20) + "{}")
+    else:  # a stat says 0 bytes; reading it to its end would never end
+        manifest.symlink_to(target)
+    with pytest.raises(StoreCorrupt, match="too large"):
+        TokenStore(_store_dir(tmp_path))
+
+
 def test_a_store_built_for_another_key_is_not_used(tmp_path, make_config, tokenizer, resolve):
     _stored_bundle(tmp_path, make_config, tokenizer, resolve)
     directory = _store_dir(tmp_path)
@@ -313,24 +459,6 @@ def test_expand_lists_every_position_of_the_ranges_in_order():
     starts, ends = np.array([3, 10, 10, 0]), np.array([5, 10, 13, 2])
     assert _expand(starts, ends).tolist() == [3, 4, 10, 11, 12, 0, 1]
     assert _expand(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
-
-
-@pytest.mark.parametrize("sizes", [[20, 400], [7, 0, 30], [5, 5], [1000, 3, 50]])
-def test_mix_selection_picks_what_mix_by_weight_mixes(sizes):
-    weights = [0.6, 0.3, 0.1][: len(sizes)]
-    rows = [[(source, i) for i in range(size)] for source, size in enumerate(sizes)]
-    mixed, counts = mix_by_weight(rows, weights, seed=3, purpose="mix-epoch-2")
-    picks, selected_counts = mix_selection(sizes, weights, seed=3, purpose="mix-epoch-2")
-    by_selection = [row for source, pick in enumerate(picks) for row in rows[source] if pick is None or row[1] in pick]
-    assert by_selection == mixed
-    assert selected_counts == counts
-
-
-def test_splits_and_caps_keep_their_choices():
-    rows = list(range(50))
-    train, held = split_holdout(rows, 0.1, seed=1, source=0)
-    assert sorted(train + held) == rows and len(held) == 5
-    assert cap_rows(rows, 10, seed=1, purpose="eval") == sorted(cap_rows(rows, 10, seed=1, purpose="eval"))
 
 
 def test_views_index_and_measure_like_the_lists_they_stand_for(tokenizer):

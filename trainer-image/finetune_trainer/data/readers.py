@@ -136,21 +136,13 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_jsonl(path: Path, display: str) -> Iterator[RawRow]:
-    yield from read_jsonl_range(path, display)
-
-
-def read_jsonl_range(path: Path, display: str, start: int = 0, end: int | None = None) -> Iterator[RawRow]:
-    """The rows of a JSONL file, streamed; with ``start``/``end``, the lines of that byte range only.
-
-    A range starts at the file's start or just after a newline, so its lines are whole; their
-    numbers count from 1 within the range (the token store's builder adds the lines before it).
-    Read as bytes and decoded line by line: one badly encoded line is one invalid row, not a lost file.
-    """
-    yield from jsonl_rows(jsonl_lines(path, start, end), display)
+    # Streamed, and decoded line by line: one badly encoded line is one invalid row, not a lost file.
+    yield from jsonl_rows(jsonl_lines(path, 0, None), display)
 
 
 def jsonl_rows(lines: Iterable[bytes], display: str) -> Iterator[RawRow]:
-    """Decoded rows of JSONL lines, numbered from 1."""
+    """Decoded rows of JSONL lines, numbered from 1 (the token store's builder, reading a byte range of a
+    file, adds the lines of the ranges before it)."""
     for number, raw_line in enumerate(lines, start=1):
         origin = f"{display}:{number}"
         try:
@@ -167,7 +159,10 @@ def jsonl_rows(lines: Iterable[bytes], display: str) -> Iterator[RawRow]:
 
 
 def jsonl_lines(path: Path, start: int, end: int | None) -> Iterator[bytes]:
-    """The lines of ``bytes.splitlines`` (which also ends a line at a lone CR), read in bounded memory."""
+    """The lines of ``bytes.splitlines`` (which also ends a line at a lone CR), read in bounded memory.
+
+    With ``end``, the lines of the byte range ``[start, end)`` only: a range starts at the file's start
+    or just after a newline and ends just after one, so its lines are whole."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as stream:
         if start:

@@ -28,19 +28,22 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
-from dataclasses import asdict
+import stat
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .sources import MAX_INVALID_EXAMPLES
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
 from .views import ExampleView
 
 STORE_VERSION = 1
 MANIFEST = "manifest.json"
 FILES = ("ids.bin", "mask.bin", "seq_offsets.bin", "seq_trained.bin", "row_offsets.bin")
+COUNTS = ("rows", "examples", "sequences", "tokens")
+# The only id types a store is written with (id_dtype): unsigned, so no stored id can be negative.
+ID_DTYPES = (np.dtype(np.uint16).str, np.dtype(np.uint32).str)
 HASH_BLOCK = 8 << 20
 MAX_MANIFEST_BYTES = 1 << 20
 
@@ -97,10 +100,6 @@ class TokenStore:
     def stats(self) -> SourceStats:
         return SourceStats(**self.manifest["stats"])
 
-    @property
-    def rows(self) -> int:
-        return int(self.manifest["counts"]["rows"])
-
     def examples(self, source: int) -> StoredExamples:
         """The store's examples, each recording ``source`` (the position of its source in the configuration)."""
         return StoredExamples(self, source)
@@ -156,14 +155,6 @@ class StoredExamples(ExampleView):
         chosen = self.store.sequence(2 * index, self.source)
         return PreferenceExample(chosen, self.store.sequence(2 * index + 1, self.source), self.source)
 
-    def __iter__(self) -> Iterator[Example | PreferenceExample]:
-        for index in range(len(self)):
-            yield self[index]
-
-    @property
-    def row_offsets(self) -> np.ndarray:
-        return self.store.row_offsets
-
     def measure_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._arrays is None:
             lengths = np.diff(self.store.seq_offsets).astype(np.int64)
@@ -178,38 +169,82 @@ class StoredExamples(ExampleView):
         return self._arrays
 
 
-def stats_json(stats: SourceStats) -> dict[str, Any]:
-    return asdict(stats)
-
-
 def _read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     try:
-        if path.stat().st_size > MAX_MANIFEST_BYTES:
+        # Read with a bound, not after a stat: a device or a FIFO (a symlink to /dev/zero) has no size.
+        with path.open("rb") as stream:
+            data = stream.read(MAX_MANIFEST_BYTES + 1)
+        if len(data) > MAX_MANIFEST_BYTES:
             raise StoreCorrupt(f"{path}: too large")
-        manifest = json.loads(path.read_text())
+        manifest = json.loads(data)
     except (OSError, ValueError) as error:
         raise StoreCorrupt(f"{path}: {error}") from error
     if not isinstance(manifest, dict) or manifest.get("version") != STORE_VERSION:
         raise StoreCorrupt(f"{path}: not a version {STORE_VERSION} token store")
     if manifest.get("seal") != _seal(manifest):
         raise StoreCorrupt(f"{path}: its content does not match its seal")
+    if problem := _malformed(manifest):
+        raise StoreCorrupt(f"{path}: {problem}")
     return manifest
 
 
+def _malformed(manifest: dict[str, Any]) -> str | None:
+    """What is wrong with the manifest's shape, if anything.
+
+    The seal is a checksum, not a signature: whoever can write the store can reseal a forged manifest.
+    So every value the reader relies on is checked here: a forged one is refused (and the store
+    rebuilt) instead of skipping the files' checksums (a short file list), making ids negative (a
+    signed id type), or failing later with a KeyError or TypeError.
+    """
+    counts, files, key, stats = (manifest.get(name) for name in ("counts", "files", "key", "stats"))
+    if not isinstance(counts, dict) or sorted(counts) != sorted(COUNTS) or not all(map(_natural, counts.values())):
+        return "counts must be the four non-negative integers"
+    if manifest.get("id_dtype") not in ID_DTYPES:
+        return f"token ids must be one of {ID_DTYPES}"
+    if not isinstance(manifest.get("pairs"), bool) or not isinstance(manifest.get("has_mask"), bool):
+        return "pairs and has_mask must be booleans"
+    expected = set(FILES) if manifest["has_mask"] else set(FILES) - {"mask.bin"}
+    if not isinstance(files, dict) or set(files) != expected:
+        return f"the manifest must list exactly the files {sorted(expected)}"
+    for facts in files.values():
+        if not isinstance(facts, dict) or not _natural(facts.get("bytes")) or not isinstance(facts.get("sha256"), str):
+            return "each file needs its bytes and sha256"
+    tokenizer = key.get("tokenizer") if isinstance(key, dict) else None
+    if not isinstance(tokenizer, dict) or not _natural(tokenizer.get("vocab_size")):
+        return "the key names no vocabulary size"
+    if not isinstance(stats, dict) or not isinstance(stats.get("invalid_examples"), list):
+        return "no source statistics"
+    try:
+        parsed = SourceStats(**stats)
+    except TypeError as error:
+        return f"source statistics: {error}"
+    numbers = (parsed.rows, parsed.invalid_rows, parsed.truncated_rows, parsed.dropped_rows, parsed.tokens)
+    lines = parsed.invalid_examples
+    if (
+        not all(map(_natural, numbers))
+        or len(lines) > MAX_INVALID_EXAMPLES
+        or not all(isinstance(x, str) for x in lines)
+    ):
+        return "source statistics out of bounds"
+    return None
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
 def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise StoreCorrupt(f"{directory}: manifest lists no files")
-    for name, facts in files.items():
-        if name not in FILES:
-            raise StoreCorrupt(f"{directory}: unexpected file {name!r} in the manifest")
+    for name, facts in manifest["files"].items():
         path = directory / name
         try:
-            size = path.stat().st_size
+            facts_on_disk = path.stat()
         except OSError as error:
             raise StoreCorrupt(f"{path}: {error}") from error
-        if size != facts["bytes"] or file_sha256(path) != facts["sha256"]:
+        # A device has no size to check and no end to hash: a symlink to /dev/zero would be read forever.
+        if not stat.S_ISREG(facts_on_disk.st_mode):
+            raise StoreCorrupt(f"{path}: not a regular file")
+        if facts_on_disk.st_size != facts["bytes"] or file_sha256(path) != facts["sha256"]:
             raise StoreCorrupt(f"{path}: does not match its checksum")
 
 

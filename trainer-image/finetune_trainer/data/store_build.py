@@ -15,25 +15,26 @@ are added when the results are merged (rows of a range are never split, so both 
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
 import os
 import shutil
 from array import array
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import ConfigError
 from . import readers
 from .readers import RawRow, read_file, source_files
 from .sources import MAX_INVALID_EXAMPLES, account_row
-from .store import FILES, STORE_VERSION, file_sha256, id_dtype, stats_json, write_manifest
+from .store import FILES, STORE_VERSION, file_sha256, id_dtype, write_manifest
 from .tokenize import ExampleBuilder
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
 
+CGROUP_ROOT = Path("/sys/fs/cgroup")
 CHUNK_BYTES = 8 << 20
 FLUSH_TOKENS = 1 << 20  # a shard's buffers go to disk past this many tokens
 COPY_BLOCK = 8 << 20
@@ -126,18 +127,40 @@ def build_store(
             "has_mask": plan.has_mask,
             "id_dtype": plan.dtype,
             "counts": counts,
-            "stats": stats_json(stats),
+            "stats": asdict(stats),
             "files": files,
         },
     )
 
 
-def worker_count() -> int:
-    """The CPU cores this process may use (a container's CPU set, not the host's)."""
+def worker_count(cgroup: Path = CGROUP_ROOT) -> int:
+    """The CPU cores this process may use: its CPU set, and no more than its cgroup's CPU limit.
+
+    Kubernetes enforces a pod's CPU limit as a CFS quota, not a CPU set (unless the static CPU manager
+    pins the pod): on a 192-core node a pod limited to 8 CPUs has all 192 in its affinity, and 192 forked
+    workers, each holding a chunk and its tokens, would share the pod's memory limit and 8 cores.
+    """
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(cgroup)
+    return max(1, min(cores, limit) if limit else cores)
+
+
+def cgroup_cpu_limit(root: Path = CGROUP_ROOT) -> int | None:
+    """The cgroup's CPU quota in whole cores, rounded up; None when there is none or it cannot be read."""
+    try:  # cgroup v2: "max 100000" (no limit) or "<quota> <period>"
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else math.ceil(int(quota) / int(period))
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1: a quota of -1 is no limit
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return math.ceil(quota_us / period_us) if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,16 +194,16 @@ def _build_chunk(chunk: Chunk) -> ChunkResult:
     stats = result.stats
     for raw in _rows(chunk, result):
         before = len(stats.invalid_examples)
-        try:
-            tokenized = account_row(stats, raw, plan.format_name, builder, 0)
-        except ConfigError as error:  # the chat template, as load_source reports it
-            raise ConfigError(f"{plan.uri}: {error}") from error
+        # A ConfigError (an unusable chat template) reaches the pipeline, which names the field and URI.
+        tokenized = account_row(stats, raw, plan.format_name, builder, 0)
         if len(stats.invalid_examples) > before:
             entry = stats.invalid_examples.pop()
-            if chunk.end is None:  # a whole file: its reader spelled the origin already
-                result.invalid.append((None, entry))
-            else:  # numbered within the range: renumbered when merged
-                result.invalid.append((int(raw.origin.rsplit(":", 1)[1]), entry[len(raw.origin) + 2 :]))
+            # The merge keeps the source's first ten: a chunk of a million bad lines sends ten back, not a million.
+            if len(result.invalid) < MAX_INVALID_EXAMPLES:
+                if chunk.end is None:  # a whole file: its reader spelled the origin already
+                    result.invalid.append((None, entry))
+                else:  # numbered within the range: renumbered when merged
+                    result.invalid.append((int(raw.origin.rsplit(":", 1)[1]), entry[len(raw.origin) + 2 :]))
         if tokenized is not None:  # usable rows only, as LoadedSource.rows holds
             writer.add_row(tokenized.examples)
     writer.close()

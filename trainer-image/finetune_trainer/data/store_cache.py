@@ -1,8 +1,10 @@
 """Where token stores live, what they are keyed by, and building one only when it is missing or broken.
 
-Stores go under ``<cache>/token-stores/<sha256 of the key>``: the trainer's cache directory is
-the job's own (a volume that survives a retry of the pod when the job has one), so retries and
-resumes reuse the store, and a store is never read by another tenant's job. The key is every
+Stores go under ``<cache>/token-stores/<sha256 of the key>``: the trainer's cache directory, which
+the operator makes the pod's own emptyDir, so the ranks of a pod share a store and a store is never
+read by another tenant's job. Trainer pods are not restarted in place (restartPolicy Never): a retry
+or a resume is a new pod that builds its stores again, unless the cache is a volume that outlives the
+pod (none the operator mounts today). The key is every
 input that changes the tokens: the source's URI and its files (relative path, size, modification
 time), the declared format, the objective's kind of row, the tokenizer (its serialised vocabulary
 and merges, special tokens), the chat template, maxSeqLength and overlongRows.

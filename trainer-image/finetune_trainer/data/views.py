@@ -3,8 +3,9 @@
 The batching plan needs three numbers per item (its tokens, its longest sequence, its trained
 tokens) and nothing else: :func:`measure` gives them for any sequence of examples, from the
 store's index arrays when the sequence is a view (no example is built), by looking at every
-example when it is a plain list. Views are what lets a plan over ten million examples cost
-megabytes instead of the corpus.
+example when it is a plain list. Views are what keeps the corpus out of a plan's memory: what is
+left is the planner's own lists, about 136 MiB at peak for a million examples (tracemalloc, packing
+on; so over a GiB for ten million), not megabytes.
 """
 
 from __future__ import annotations
