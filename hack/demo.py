@@ -192,26 +192,54 @@ def conditions(obj: dict | None) -> dict[str, dict]:
 def follow(state: dict, timeout: float = 900) -> dict:
     """Print the job's row whenever it changes, like `kubectl get ftj -w`, until it finishes."""
     say(f"kubectl get ftj {JOB} -n {NAMESPACE} (refreshing)")
-    print(kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE).splitlines()[0], flush=True)
-    last, deadline = None, time.monotonic() + timeout
+    header_printed, last, deadline = False, None, time.monotonic() + timeout
     while time.monotonic() < deadline:
-        row = kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE, "--no-headers", check=False).strip()
-        columns = row.rsplit(None, 1)[0] if row else None  # all but AGE, which changes every second
-        if columns and columns != last:
-            print(row, flush=True)
-            last = columns
+        cells = table_cells(kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE, check=False))
+        if cells is not None:
+            header, row = cells
+            if not header_printed:
+                print(aligned(header, header), flush=True)
+                header_printed = True
+            if row[:-1] != last:  # all but AGE, which changes every second
+                print(aligned(row, header), flush=True)
+                last = row[:-1]
         job = get(state, "ftj", JOB)
         found = conditions(job)
         finished = found.get("Failed", {}).get("status") == "True" or (
             found.get("Succeeded", {}).get("status") == "True" and "Published" in found
         )
         if finished:
-            final = kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE, "--no-headers", check=False).strip()
-            if final.rsplit(None, 1)[0] != last:
-                print(final, flush=True)
+            cells = table_cells(kubectl(state, "get", "ftj", JOB, "-n", NAMESPACE, check=False))
+            if cells is not None and cells[1][:-1] != last:
+                print(aligned(cells[1], cells[0]), flush=True)
             return job
         time.sleep(1)
     sys.exit("the job did not finish in time")
+
+
+def table_cells(output: str) -> tuple[list[str], list[str]] | None:
+    """kubectl's header and row, cut where the header's columns start: empty cells stay in place. Each call
+    pads its own table, so rows printed one call at a time would not line up without this."""
+    lines = output.splitlines()
+    if len(lines) < 2:
+        return None
+    header, row = lines[0], lines[1]
+    starts = [i for i, char in enumerate(header) if char != " " and (i == 0 or header[i - 1] == " ")]
+    ends = [*starts[1:], None]
+
+    def cut(line: str) -> list[str]:
+        return [line[start:end].strip() for start, end in zip(starts, ends, strict=True)]
+
+    return cut(header), cut(row)
+
+
+# Wide enough for the demo's values, so every refreshed row lines up with the first header.
+COLUMN_WIDTHS = {"NAME": 16, "STATUS": 11, "QUEUE": 7, "PROGRESS": 10, "LOSS": 8, "ETA": 6, "EST": 6, "ADAPTER": 18}
+
+
+def aligned(cells: list[str], header: list[str]) -> str:
+    widths = [max(COLUMN_WIDTHS.get(name, 0), len(cell) + 1) for name, cell in zip(header, cells, strict=True)]
+    return "".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
 
 
 def report(state: dict, job: dict) -> int:
