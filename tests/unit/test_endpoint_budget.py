@@ -18,6 +18,7 @@ from finetune_operator.connection import Connection
 from finetune_operator.kube import Kube
 from finetune_operator.metrics import OperatorMetrics
 from finetune_operator.metrics_endpoint import MetricsAccess, build_metrics_app
+from finetune_operator.progress.identity import POD_NAME_EXTRA, POD_UID_EXTRA, SERVICE_ACCOUNT_PREFIX
 from finetune_operator.progress.ratelimit import RateLimiter
 from finetune_operator.progress.server import CLIENT_BURST, MAX_BODY, ProgressService, build_app
 from finetune_operator.rest import RestClient
@@ -236,10 +237,45 @@ def test_an_api_server_out_of_reach_is_a_503_to_retry_not_a_500():
     assert token_reviews(service.metrics) == 1  # tried, and counted as an error
 
 
-def test_a_report_while_the_caches_fill_is_a_503_to_retry_without_a_token_review():
+def reviewed_as_a_pod(service: ProgressService, token: str, namespace: str) -> None:
+    """The API server's yes for ``token``, as the service caches it after a TokenReview."""
+    user = {
+        "username": f"{SERVICE_ACCOUNT_PREFIX}{namespace}:trainer",
+        "extra": {POD_NAME_EXTRA: ["job-0"], POD_UID_EXTRA: ["uid-0"]},
+    }
+    status = {"authenticated": True, "audiences": [service.settings.progress_audience], "user": user}
+    service._reviews.put(token, status, 60)
+
+
+def test_a_report_while_the_caches_fill_is_a_503_to_retry_and_its_retry_costs_no_second_review():
     """A new leader lists everything before its caches are ready: a pod not listed yet is not gone (a 403 would
-    make the trainer drop the report), and the refusal costs the API server nothing."""
+    make the trainer drop the report). The token is judged first, so the review the retry needs is cached."""
     service = progress_service(caches_filled=False)
+    reviewed_as_a_pod(service, "good-token", "tenant-a")
+
+    async def scenario():
+        test_client = await started(build_app(service))
+        try:
+            for _ in range(3):
+                response = await test_client.post(
+                    PROGRESS.format(namespace="tenant-a", name="job"),
+                    data=b'{"step": 1}',
+                    headers={"Authorization": "Bearer good-token"},
+                )
+                assert response.status == 503
+                assert (await response.json())["error"] == "starting"
+        finally:
+            await test_client.close()
+
+    run(scenario)
+    assert token_reviews(service.metrics) == 0  # answered from the review cache: the API server is nowhere
+
+
+def test_a_bad_token_while_the_caches_fill_is_401_not_a_hint_about_the_operator():
+    """On a cluster with none of the operator's objects the caches fill without an event that says so: a
+    caller with a bad token gets the same 401 as ever, whatever the caches hold."""
+    service = progress_service(caches_filled=False)
+    service._reviews.put("bad-token", {"authenticated": False}, 60)
 
     async def scenario():
         test_client = await started(build_app(service))
@@ -247,12 +283,11 @@ def test_a_report_while_the_caches_fill_is_a_503_to_retry_without_a_token_review
             response = await test_client.post(
                 PROGRESS.format(namespace="tenant-a", name="job"),
                 data=b'{"step": 1}',
-                headers={"Authorization": "Bearer some-token"},
+                headers={"Authorization": "Bearer bad-token"},
             )
-            assert response.status == 503
-            assert (await response.json())["error"] == "starting"
+            assert response.status == 401
+            assert (await response.json())["error"] == "invalid_token"
         finally:
             await test_client.close()
 
     run(scenario)
-    assert token_reviews(service.metrics) == 0

@@ -106,10 +106,13 @@ class ProgressService:
 
     def authenticate(self, namespace: str, name: str, token: str) -> dict:
         """The FineTuneJob the token's pod may report for, once it is proven to be the job's rank 0."""
-        if not self.caches.ready.is_set():
-            # A new leader lists everything first (a second or so): what is not listed yet is not gone.
-            raise Refusal(503, "starting", "the operator is starting; retry")
         caller = caller_from_review(self._review(token), namespace, self.settings.progress_audience)
+        if not self.caches.ready.is_set():
+            # A new leader lists everything first (a second or so): what is not listed yet is not gone. After
+            # the token, so that a bad one is 401 whatever the caches hold: on a cluster with none of our
+            # objects they fill without any event that says so (handlers.py), and a caller with no valid
+            # token learns nothing about the operator's state. A good token's review is cached for the retry.
+            raise Refusal(503, "starting", "the operator is starting; retry")
         finetunejob = self._read(FINETUNEJOBS, namespace, name)
         training_job = self._read(JOBS, namespace, training_job_name(name)) if finetunejob else None
         pod = self._read(PODS, namespace, caller.pod_name, caller.pod_uid)
