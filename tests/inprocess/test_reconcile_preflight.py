@@ -4,15 +4,19 @@ trainer writes it (the trainer's own preflight is tests/trainer's, both together
 
 from __future__ import annotations
 
-from finetune_operator.api import PreflightReport
-from finetune_operator.kube import FINETUNEJOBS, JOBS
+import json
+
+import pytest
+from finetune_operator.api import FinalSummary, PreflightReport
+from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS
+from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
 from operator_harness import condition, training_job
 
 DATA = "s3://datasets/train.jsonl"
 
 
-def preflight_job(harness, name: str) -> str:
-    harness.configure(preflight=True)
+def preflight_job(harness, name: str, **settings) -> str:
+    harness.configure(preflight=True, **settings)
     manifest = training_job(name, harness.namespace)
     manifest["spec"]["resources"] = {"gpusPerNode": 1}
     harness.create(manifest)
@@ -76,3 +80,34 @@ def test_a_suspended_job_is_a_dry_run_planned_and_never_trained(harness):
     assert ftj["status"]["plan"]["estimate"]["key"].startswith("gpu.")
     assert condition(ftj, "Suspended")["reason"] == "DryRun"
     assert harness.get(JOBS, "dry-run") is None
+
+
+def trained(harness, name: str, train_seconds: float) -> dict:
+    """A planned job that trains and succeeds, its trainer saying how long its optimizer steps took."""
+    planned(harness, preflight_job(harness, name, operator_namespace=harness.namespace, leader_election=False))
+    harness.reconcile(name)
+    (pod,) = harness.start_pods(name)
+    artifact = {"uri": f"s3://adapters/{name}/v1/", "digest": "sha256:" + "a" * 64, "sizeBytes": 1}
+    summary = FinalSummary.model_validate({"artifact": artifact, "trainSeconds": train_seconds})
+    harness.finish_pod(pod["metadata"]["name"], 0, summary.to_message())
+    harness.complete_job(name)
+    assert harness.reconcile(name).phase == "Succeeded"
+    return harness.ftj(name)["status"]["plan"]
+
+
+def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate(harness):
+    first = trained(harness, "first", train_seconds=40.0)
+
+    assert first["estimate"]["source"] == "default" and first["actualSeconds"] == 40.0
+    table = harness.get(CONFIGMAPS, THROUGHPUT_CONFIG_MAP)
+    assert json.loads(table["data"][first["estimate"]["key"]]) == [48_000 / 40.0]
+
+    second = trained(harness, "second", train_seconds=60.0)
+
+    estimate = second["estimate"]
+    assert estimate["source"] == "measured" and estimate["samples"] == 1
+    assert estimate["key"] == first["estimate"]["key"]
+    assert estimate["tokensPerSecond"] == pytest.approx(48_000 / 40.0)  # one process: the job's rate
+    assert estimate["seconds"] == 40
+    row = json.loads(harness.get(CONFIGMAPS, THROUGHPUT_CONFIG_MAP)["data"][estimate["key"]])
+    assert row == [48_000 / 40.0, 48_000 / 60.0]
