@@ -332,3 +332,47 @@ def test_a_job_being_deleted_is_left_to_the_garbage_collector(harness):
     assert harness.sent() == []
     harness.patch(FINETUNEJOBS, "short-lived", {"metadata": {"finalizers": None}})
     assert harness.reconcile("short-lived").phase is None
+
+
+def test_a_job_of_that_name_that_is_not_this_jobs_is_never_taken_over(harness):
+    """A tenant's Job named like the training Job: reported, never changed, deleted or believed."""
+    squatter = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "taken", "labels": {"app.kubernetes.io/managed-by": "finetune-operator"}},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "x", "image": "x"}]}}},
+    }
+    harness.create(squatter)
+    harness.create(training_job("taken", harness.namespace))
+
+    assert harness.reconcile("taken").phase == "Pending"
+
+    blocked = condition(harness.ftj("taken"), "ReferencesResolved")
+    assert blocked["reason"] == "JobNameTaken" and "is not this job's" in blocked["message"]
+    assert harness.sent("delete") == []
+    assert [r for r in harness.sent("patch") if r[1] != "finetunejobs/status"] == []
+    assert harness.get(JOBS, "taken")["spec"]["template"]["spec"]["containers"][0]["name"] == "x"
+
+
+def test_a_job_without_an_output_where_the_operator_has_no_default_is_told_so(harness):
+    harness.configure(default_output_uri=None)
+    harness.create(training_job("nowhere", harness.namespace))
+
+    harness.reconcile("nowhere")
+
+    blocked = condition(harness.ftj("nowhere"), "ReferencesResolved")
+    assert blocked["reason"] == "OutputNotConfigured"
+    assert harness.get(JOBS, "nowhere") is None
+
+
+def test_a_volume_naming_no_valid_secret_is_refused_before_any_request(harness):
+    volume = {"name": "extra", "secret": {"secretName": "Not_A_Name"}}
+    harness.create(training_job("odd-volume", harness.namespace, template={"volumes": [volume]}))
+
+    harness.reconcile("odd-volume")
+
+    blocked = condition(harness.ftj("odd-volume"), "ReferencesResolved")
+    assert blocked["reason"] == "InvalidReference"
+    assert "spec.template.volumes[0].secret does not name a valid Secret" in blocked["message"]
+    assert "Not_A_Name" not in blocked["message"], "what a tenant wrote is not echoed"
+    assert not [r for r in harness.sent() if r[1] == "secrets"]
