@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..endpoints import normalise_endpoint
-from ..storage import CREDENTIAL_KEYS, s3_client
+from finetune_core.endpoints import normalise_endpoint
+from finetune_core.s3 import S3_KEYS
+
+from ..storage import s3_client
 from .files import StoredFile, file_key, namespace_prefix, parse_key
 
 MAX_FILES = 10_000
@@ -20,7 +22,7 @@ class StoreFailed(RuntimeError):
 
 def read_credentials(directory: Path) -> dict[str, str]:
     """The keys of the mounted Secret (one file per key)."""
-    return {key: (directory / key).read_text().strip() for key in CREDENTIAL_KEYS if (directory / key).is_file()}
+    return {key: (directory / key).read_text().strip() for key in S3_KEYS if (directory / key).is_file()}
 
 
 class FileStore:
