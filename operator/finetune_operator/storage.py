@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from finetune_core import s3
+from finetune_core.uri import parse_uri
 
 from .kube import SECRETS, Kube
 
@@ -212,9 +213,9 @@ def _failure(error: Exception) -> str:
 class S3Store(Store):
     def __init__(self, uri: str, client, deadline: Deadline):
         self.uri = uri
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        self.bucket = bucket
-        self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        parsed = parse_uri(uri)
+        self.bucket = parsed.authority
+        self.prefix = parsed.prefix
         self.client = client
         self.deadline = deadline
 

@@ -1,9 +1,9 @@
 """Where things live: URIs to local paths, downloads of models and data, uploads of outputs.
 
-Schemes:
+Schemes (parsed by finetune_core.uri):
 - ``file:///abs/path``: a local path (laptops, the test node).
 - ``pvc://claim/path``: ``${FINETUNE_PVC_ROOT:-/mnt/pvc}/claim/path``; the operator mounts each claim there.
-- ``s3://bucket/prefix``: any S3-compatible store through boto3.
+- ``s3://bucket/prefix``: any S3-compatible store (clients from finetune_core.s3).
 - ``hf://org/name`` (models) and ``hf://datasets/org/name[/sub/path]`` (data): the Hugging Face Hub or
   the mirror in HF_ENDPOINT, pinned to a revision that is resolved to a commit and reported.
 
@@ -31,6 +31,9 @@ from typing import Literal
 
 from finetune_core import s3
 from finetune_core.s3 import CREDENTIAL_KEYS
+from finetune_core.uri import Uri, UriError
+from finetune_core.uri import local_path as uri_local_path
+from finetune_core.uri import parse_uri as uri_parts
 from finetune_operator.api.paths import UnsafePathError, checked_relative
 
 from . import log
@@ -115,44 +118,21 @@ def join_below(root: Path, relative: str, what: str, error: type[TrainerError] =
 # URIs
 
 
-@dataclass(frozen=True)
-class Uri:
-    scheme: str  # file, pvc, s3, hf
-    authority: str  # bucket, claim, or "" for file://
-    path: str  # without leading slash for s3/pvc/hf; absolute for file
-
-    @property
-    def text(self) -> str:
-        if self.scheme == "file":
-            return f"file://{self.path}"
-        return f"{self.scheme}://{self.authority}/{self.path}".rstrip("/")
-
-
 def parse_uri(uri: str) -> Uri:
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in ("file", "pvc", "s3", "hf"):
-        raise ConfigError(
-            f"unsupported URI {uri!r}: use file:///abs/path, pvc://claim/path, s3://bucket/prefix or hf://"
-        )
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ConfigError(f"file URI {uri!r} must be absolute: file:///abs/path")
-        return Uri("file", "", rest)
-    authority, _, path = rest.partition("/")
-    if not authority:
-        raise ConfigError(f"URI {uri!r} lacks the {'bucket' if scheme == 's3' else 'name'} after {scheme}://")
-    return Uri(scheme, authority, path.strip("/"))
+    """The parts of ``uri`` (finetune_core.uri); a URI it refuses is the user's to fix: a ConfigError."""
+    try:
+        return uri_parts(uri)
+    except UriError as error:
+        raise ConfigError(str(error)) from None
 
 
 def local_path(uri: str) -> Path | None:
-    """The local path of a file:// or pvc:// URI; None for remote schemes."""
-    parsed = parse_uri(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "pvc":
-        claim = join_below(pvc_root(), parsed.authority, f"the claim of {uri}", ConfigError)
-        return join_below(claim, parsed.path, f"the path of {uri}", ConfigError) if parsed.path else claim
-    return None
+    """The local path of a file:// or pvc:// URI (claims are mounted under FINETUNE_PVC_ROOT); None for remote
+    schemes."""
+    try:
+        return uri_local_path(uri, pvc_root())
+    except UriError as error:
+        raise ConfigError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------

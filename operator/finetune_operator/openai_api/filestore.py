@@ -8,6 +8,7 @@ from pathlib import Path
 
 from finetune_core.endpoints import normalise_endpoint
 from finetune_core.s3 import S3_KEYS
+from finetune_core.uri import parse_uri
 
 from ..storage import s3_client
 from .files import StoredFile, file_key, namespace_prefix, parse_key
@@ -27,9 +28,9 @@ def read_credentials(directory: Path) -> dict[str, str]:
 
 class FileStore:
     def __init__(self, uri: str, credentials: dict[str, str]):
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        parsed = parse_uri(uri)
+        self.bucket = parsed.authority
+        self.prefix = parsed.prefix
         endpoint = credentials.get("AWS_ENDPOINT_URL")
         # The endpoint is the admin's (the API's own Secret), so it is the one allowed.
         allowed = frozenset([normalise_endpoint(endpoint)]) if endpoint else frozenset()
