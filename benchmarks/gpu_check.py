@@ -366,11 +366,11 @@ def run_trainer(
             return
         with contextlib.suppress(ValueError):
             event = json.loads(line)
-            if event.get("event") == "preempted":
+            if event.get("msg") == "preempted":
                 preempted.append(int(event["step"]))
             elif (
                 stop_at is not None
-                and event.get("event") == "step"
+                and event.get("msg") == "step"
                 and event.get("step", 0) >= stop_at
                 and not signalled.is_set()
             ):

@@ -7,5 +7,6 @@ a heavy library (botocore for ``s3``) import it inside the functions that use it
 Public modules:
 - ``s3``: the one S3 client builder, its request policies and the credential keys a Secret may carry;
 - ``endpoints``: which S3 endpoints a client may be pointed at (the allow-list check);
-- ``uri``: file://, pvc://, s3:// and hf:// URIs parsed into their parts, hostile ones refused.
+- ``uri``: file://, pvc://, s3:// and hf:// URIs parsed into their parts, hostile ones refused;
+- ``log``: the JSON line format of both processes' logs.
 """
