@@ -120,6 +120,18 @@ def test_credentials_come_from_the_mounted_secret_when_there_is_one(trainer_env,
     assert credentials_for("model").get("AWS_ACCESS_KEY_ID") == "from-environment"
 
 
+def test_s3_without_keys_in_the_secret_is_refused_whatever_the_pod_environment_holds(trainer_env, monkeypatch):
+    # A node's instance role or a workload identity would answer boto3's default chain: never asked.
+    mounted = trainer_env / "credentials" / "model"
+    mounted.mkdir(parents=True)
+    (mounted / "AWS_REGION").write_text("us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ambient-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ambient-secret")
+    with pytest.raises(ConfigError, match="no AWS_ACCESS_KEY_ID and no AWS_SECRET_ACCESS_KEY") as raised:
+        fetch_model("s3://bucket/models/tiny")
+    assert exit_code_of(raised.value) == ExitCode.CONFIG_ERROR and "ambient" not in str(raised.value)
+
+
 def test_credentials_never_show_their_values(trainer_env, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", "hf_secret_value")
     shown = repr(credentials_for("model")) + str(credentials_for("model"))
