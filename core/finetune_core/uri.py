@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_operator.api.paths import UnsafePathError, checked_relative
+from finetune_core.api.paths import UnsafePathError, checked_relative
 
 SCHEMES = ("file", "pvc", "s3", "hf")
 _AUTHORITY = {"s3": "bucket", "pvc": "claim", "hf": "name"}

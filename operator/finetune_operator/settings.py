@@ -11,12 +11,11 @@ import argparse
 import os
 from typing import Annotated, Literal
 
+from finetune_core.api import format_validation_error
+from finetune_core.api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
 from finetune_core.endpoints import EndpointInvalid, normalise_endpoint
 from finetune_core.uri import parse_uri
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
-
-from .api import format_validation_error
-from .api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 PROGRESS_AUDIENCE = "finetune.dev/progress"

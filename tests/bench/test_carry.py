@@ -129,7 +129,7 @@ def test_the_trainer_imports_are_exactly_the_listed_ones():
     sources = [
         *REPO.glob("trainer-image/finetune_trainer/**/*.py"),
         *REPO.glob("core/finetune_core/**/*.py"),
-        *REPO.glob("operator/finetune_operator/api/*.py"),
+        *REPO.glob("core/finetune_core/api/*.py"),
     ]
     modules = set()
     for source in sources:

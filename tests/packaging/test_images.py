@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from chartkit import CHART, REPO
-from finetune_operator.api import MANIFEST_FILE_NAME, manifest_of_directory
+from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 DOCKERFILES = [REPO / "Dockerfile", REPO / "trainer-image" / "Dockerfile"]
 

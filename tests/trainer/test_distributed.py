@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from finetune_operator.api import ExitCode, TrainingReport
+from finetune_core.api import ExitCode, TrainingReport
 from finetune_trainer.run import run
 from safetensors.torch import load_file
 from test_checkpoint_seal import reseal

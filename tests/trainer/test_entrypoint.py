@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.__main__ import main
 from trainer_data import sft_rows
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import ExitCode, TrainingReport
+from finetune_core.api import ExitCode, TrainingReport
 from trainer_data import artifact_dir, checkpoints_dir
 
 pytestmark = pytest.mark.trainer

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.errors import ConfigError, DataError, TrainerError, exit_code_of
 from finetune_trainer.run import run
 from finetune_trainer.storage import (

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import torch
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.errors import Preempted
 from finetune_trainer.run import run
 from safetensors.torch import load_file

@@ -30,11 +30,11 @@ from pathlib import Path
 from typing import Literal
 
 from finetune_core import s3
+from finetune_core.api.paths import UnsafePathError, checked_relative
 from finetune_core.s3 import CREDENTIAL_KEYS
 from finetune_core.uri import Uri, UriError
 from finetune_core.uri import local_path as uri_local_path
 from finetune_core.uri import parse_uri as uri_parts
-from finetune_operator.api.paths import UnsafePathError, checked_relative
 
 from . import log
 from .errors import ConfigError, DataError, TrainerError

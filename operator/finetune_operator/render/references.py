@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from finetune_core.api import FineTuneJob
 from finetune_core.uri import parse_uri
 
-from ..api import FineTuneJob
 from ..naming import storage_secret_name
 from ..settings import Settings
 from .session_policy import minted_inputs, uses_minted_credentials

@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from finetune_core.api import FineTuneJob
 from finetune_core.uri import parse_uri
 
-from ..api import FineTuneJob
 from ..settings import Settings
 from .trainer_config import ResolutionError, resolve_trainer_config
 

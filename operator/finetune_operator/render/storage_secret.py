@@ -14,7 +14,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import FineTuneJob
+from finetune_core.api import FineTuneJob
+
 from ..naming import (
     EXPIRES_AT_ANNOTATION,
     MINTED_AT_ANNOTATION,

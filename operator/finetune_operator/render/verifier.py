@@ -12,9 +12,9 @@ import hashlib
 import json
 from typing import Any
 
+from finetune_core.api import ModelAdapter
 from finetune_core.uri import parse_uri
 
-from ..api import ModelAdapter
 from ..naming import MANAGED_BY
 from ..settings import Settings
 from .job import container_security, pod_security
