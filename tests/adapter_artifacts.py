@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import MANIFEST_FILE_NAME, manifest_of_directory
+from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from finetune_operator.api import MANIFEST_FILE_NAME, manifest_of_directory
+from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 
 class Relay:

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest
+from finetune_core.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest
 from kubehelpers import apply, condition_is, wait_for
 from storage_servers import Relay
 

@@ -16,7 +16,7 @@ from adapter_artifacts import (
     upload,
     write_manifest,
 )
-from finetune_operator.api import REPORT_FILE_NAME, FinalSummary, TrainerConfig
+from finetune_core.api import REPORT_FILE_NAME, FinalSummary, TrainerConfig
 from finetune_operator.kube import CONFIGMAPS, JOBS, MODELADAPTERS, SECRETS
 from operator_harness import condition, training_job
 

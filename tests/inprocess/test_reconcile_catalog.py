@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from catalog import edited
-from finetune_operator.api import TrainerConfig
+from finetune_core.api import TrainerConfig
 from finetune_operator.kube import CONFIGMAPS, FINETUNEMODELS, JOBS, NAMESPACES
 from operator_harness import condition, training_job
 

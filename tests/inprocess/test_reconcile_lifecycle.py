@@ -6,7 +6,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-from finetune_operator.api import TrainerConfig
+from finetune_core.api import TrainerConfig
 from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS, PODS, SECRETS
 from operator_harness import condition, timestamp, training_job
 

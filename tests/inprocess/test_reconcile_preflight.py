@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from finetune_operator.api import FinalSummary, PreflightReport
+from finetune_core.api import FinalSummary, PreflightReport
 from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS
 from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
 from operator_harness import condition, training_job

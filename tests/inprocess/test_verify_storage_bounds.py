@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from finetune_operator.api import MANIFEST_FILE_NAME, manifest_of_directory
+from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 from finetune_operator.kube import MODELADAPTERS
 from operator_harness import condition
 from storage_servers import Listener, Relay, write_artifact
