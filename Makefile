@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: install test test-unit test-e2e lint format crds crds-check demo demo-down cluster-up cluster-down binaries bench bench-trainer bench-data bench-operator gpu-check clean
+.PHONY: install test test-unit test-inprocess test-e2e lint format crds crds-check demo demo-down cluster-up cluster-down binaries bench bench-trainer bench-data bench-operator gpu-check clean
 
 install: $(STAMP) ## a .venv with the operator, the trainer and the development tools
 
@@ -19,13 +19,19 @@ $(STAMP): pyproject.toml
 binaries: ## build the test control plane, Kueue, MinIO, helm and kubeconform from Go modules (cached)
 	hack/build-binaries.sh
 
-test: install ## the whole suite, as CI runs it: lint, CRD staleness, unit, trainer and e2e tests
+# The coverage of the glue modules (pyproject.toml [tool.coverage.run]) is printed, not enforced.
+COVERAGE ?= --cov --cov-report=term
+
+test: install ## the whole suite, as CI runs it: lint, CRD staleness, unit, in-process, trainer and e2e tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest $(COVERAGE) $(PYTEST_ARGS)
 
 test-unit: install
-	$(PY) -m pytest -m "not e2e and not trainer and not s3" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not e2e and not inprocess and not trainer and not s3" $(PYTEST_ARGS)
+
+test-inprocess: install ## the reconcilers called in-process against the test control plane (tests/inprocess)
+	$(PY) -m pytest -m inprocess $(COVERAGE) $(PYTEST_ARGS)
 
 test-e2e: install
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)

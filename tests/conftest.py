@@ -1,12 +1,39 @@
-"""Fixtures shared by every tier. The control plane fixtures live in tests/e2e/conftest.py."""
+"""Fixtures shared by every tier: the real control plane and the real S3 server, started once per session
+and only when a test asks for them (the e2e and in-process tiers)."""
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 # hack/ holds the test control plane (localcluster) and the local node agent; tests/ holds the catalog.
 for path in (REPO / "hack", REPO / "tests"):
     if str(path) not in sys.path:
         sys.path.insert(0, str(path))
+
+
+@pytest.fixture(scope="session")
+def cluster():
+    from localcluster import LocalCluster
+
+    with LocalCluster() as running:
+        running.install_crds()
+        # The CRDs' OpenAPI is published a moment after they are Established; kubectl explain needs it.
+        deadline = time.monotonic() + 60
+        while running.run_kubectl("explain", "finetunejob.spec", check=False).returncode != 0:
+            assert time.monotonic() < deadline, "the CRDs' OpenAPI schema was never published"
+            time.sleep(0.5)
+        yield running
+
+
+@pytest.fixture(scope="session")
+def minio():
+    """A real S3-compatible server (MinIO built from Go modules), shared by the session."""
+    from localcluster.minio import MinioServer
+
+    with MinioServer() as server:
+        yield server

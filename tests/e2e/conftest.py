@@ -1,4 +1,5 @@
-"""The real control plane for e2e tests: started once per session, one namespace per test."""
+"""e2e tests: the operator as a process against the session's control plane (tests/conftest.py), one
+namespace per test."""
 
 from __future__ import annotations
 
@@ -6,29 +7,15 @@ import hashlib
 import json
 import os
 import re
-import time
 from pathlib import Path
 
 import pytest
-from localcluster import LocalCluster
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if Path(item.fspath).is_relative_to(Path(__file__).parent):
             item.add_marker(pytest.mark.e2e)
-
-
-@pytest.fixture(scope="session")
-def cluster():
-    with LocalCluster() as running:
-        running.install_crds()
-        # The CRDs' OpenAPI is published a moment after they are Established; kubectl explain needs it.
-        deadline = time.monotonic() + 60
-        while running.run_kubectl("explain", "finetunejob.spec", check=False).returncode != 0:
-            assert time.monotonic() < deadline, "the CRDs' OpenAPI schema was never published"
-            time.sleep(0.5)
-        yield running
 
 
 @pytest.fixture(scope="session")
@@ -98,15 +85,6 @@ def local_node(cluster, tmp_path_factory):
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
     with LocalNodeAgent(cluster.kubeconfig, workdir=tmp_path_factory.mktemp("nodeagent"), env=env) as agent:
         yield agent
-
-
-@pytest.fixture(scope="session")
-def minio():
-    """A real S3-compatible server (MinIO built from Go modules), shared by the session."""
-    from localcluster.minio import MinioServer
-
-    with MinioServer() as server:
-        yield server
 
 
 @pytest.fixture(scope="session")

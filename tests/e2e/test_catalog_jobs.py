@@ -1,17 +1,16 @@
-"""The model catalog against the real control plane: a job that names a FineTuneModel is trained with the
-model's defaults, refused over its limits or outside its namespaces (no children), and waits for a model
-that does not exist yet."""
+"""The model catalog against the real control plane: the API server's rules for FineTuneModels and catalog
+jobs, kubectl's view of the catalog, and a waiting job sent on by the FineTuneModel's watch event. How a
+reconcile resolves, refuses and defaults a catalog job is the in-process tier's
+(tests/inprocess/test_reconcile_catalog.py)."""
 
 from __future__ import annotations
 
 import json
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
 from catalog import edited, valid_job
-from finetune_core.api import TrainerConfig
 from kubehelpers import apply, condition_is, get, wait_for
 from localcluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
@@ -48,94 +47,6 @@ def catalog_job(name: str, namespace: str, model: str, **edits) -> dict:
     )
     manifest["metadata"]["namespace"] = namespace
     return edited(manifest, edits)
-
-
-def test_a_job_naming_a_catalog_model_is_trained_with_its_model_and_defaults(
-    cluster, namespace, models, start_operator
-):
-    start_operator("--resync-seconds=1")
-    model = f"{namespace}-tiny"
-    models(
-        model,
-        revision="v1",
-        credentialsSecretRef={"name": "model-token"},
-        servingName="tiny-llama",
-        defaults={
-            "method": {"type": "lora", "lora": {"rank": 8, "alpha": 16}},
-            "maxSeqLength": 512,
-            "resources": {"gpusPerNode": 2, "cpu": "4", "memory": "8Gi"},
-        },
-    )
-    apply(cluster, catalog_job("tuned", namespace, model))
-
-    # The model's Secret is the one of that name in the job's own namespace: the job waits for it there.
-    blocked = wait_for(
-        "the missing model Secret", condition_is(cluster, namespace, "tuned", "ReferencesResolved", "False")
-    )
-    assert blocked["reason"] == "SecretNotFound" and "model-token" in blocked["message"]
-    assert get(cluster, "job", namespace, "tuned") is None
-    cluster.run_kubectl("create", "secret", "generic", "model-token", "-n", namespace, "--from-literal=HF_TOKEN=x")
-
-    job = wait_for("the training Job", lambda: get(cluster, "job", namespace, "tuned"))
-    resolved = wait_for("ModelResolved", condition_is(cluster, namespace, "tuned", "ModelResolved"))
-    assert resolved["reason"] == "Resolved"
-    assert resolved["message"] == f"FineTuneModel {model}: s3://models/tiny-llama/ at revision v1"
-    config = TrainerConfig.model_validate_json(
-        get(cluster, "configmap", namespace, "tuned-config")["data"]["config.json"]
-    )
-    assert (config.model.uri, config.model.revision, config.model.served_name) == (
-        "s3://models/tiny-llama/",
-        "v1",
-        "tiny-llama",
-    )
-    assert config.model.credentials_secret_ref.name == "model-token" and config.model.name is None
-    assert (config.method.lora.rank, config.method.lora.alpha) == (8, 16)
-    assert config.training.max_seq_length == 512
-    (trainer,) = job["spec"]["template"]["spec"]["containers"]
-    assert trainer["resources"]["limits"] == {"nvidia.com/gpu": "2", "cpu": "4", "memory": "8Gi"}
-    # What the user wrote stays as written: the operator never writes spec.
-    assert get(cluster, "ftj", namespace, "tuned")["spec"]["model"] == {"name": model}
-
-
-def test_a_job_over_a_limit_is_refused_naming_the_limit_and_gets_no_job(cluster, namespace, models, start_operator):
-    start_operator("--resync-seconds=1")
-    model = f"{namespace}-small"
-    models(model, limits={"maxGPUs": 8, "allowedMethods": ["lora", "qlora"]})
-    apply(cluster, catalog_job("greedy", namespace, model, **{"spec.resources": {"nodes": 2, "gpusPerNode": 8}}))
-
-    refused = wait_for("ModelResolved False", condition_is(cluster, namespace, "greedy", "ModelResolved", "False"))
-    assert refused["reason"] == "CatalogLimitExceeded"
-    assert refused["message"] == (
-        f"spec.resources.gpus 16 (nodes 2 x gpusPerNode 8) exceeds FineTuneModel {model} limits.maxGPUs 8"
-    )
-    created = wait_for("Created False", condition_is(cluster, namespace, "greedy", "Created", "False"))
-    assert created["reason"] == "CatalogLimitExceeded"
-    time.sleep(3)  # three resyncs: still nothing
-    for kind, name in [("job", "greedy"), ("configmap", "greedy-config"), ("service", "greedy")]:
-        assert get(cluster, kind, namespace, name) is None, kind
-    events = json.loads(cluster.run_kubectl("get", "events", "-n", namespace, "-o", "json").stdout)["items"]
-    assert "CatalogLimitExceeded" in {e["reason"] for e in events}
-
-
-def test_a_namespace_the_model_does_not_allow_is_refused_until_it_is_labelled(
-    cluster, namespace, models, start_operator
-):
-    start_operator("--resync-seconds=1")
-    model = f"{namespace}-gated"
-    models(
-        model, limits={"namespaces": ["someone-else"], "namespaceSelector": {"matchLabels": {"catalog/tier": "gold"}}}
-    )
-    apply(cluster, catalog_job("outsider", namespace, model))
-
-    refused = wait_for("ModelResolved False", condition_is(cluster, namespace, "outsider", "ModelResolved", "False"))
-    assert refused["reason"] == "NamespaceNotAllowed"
-    assert refused["message"].startswith(f"namespace {namespace} may not use FineTuneModel {model}")
-    assert get(cluster, "job", namespace, "outsider") is None
-
-    # Labelling namespaces is the platform's: once it does, the job proceeds.
-    cluster.run_kubectl("label", "namespace", namespace, "catalog/tier=gold")
-    wait_for("ModelResolved True", condition_is(cluster, namespace, "outsider", "ModelResolved"))
-    wait_for("the training Job", lambda: get(cluster, "job", namespace, "outsider"))
 
 
 def api_requests(metrics_port: int) -> dict[tuple[str, str], float]:

@@ -3,7 +3,6 @@ machine's CPU) against MinIO, before any training Job exists."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -87,52 +86,3 @@ def test_a_suspended_job_gets_its_plan_and_estimate_and_no_training(
     assert plan["estimate"]["key"].startswith("cpu.")
     assert status["phase"] == "Suspended" and condition({"status": status}, "Suspended")["reason"] == "DryRun"
     assert get(cluster, "job", namespace, "dry-run") is None
-
-
-def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate(
-    cluster,
-    namespace,
-    local_node,
-    minio,
-    stores,  # noqa: F811 - the fixture imported above
-    planning_operator,
-):
-    """The first job trains for real and records its tokens/s in the throughput table; the second,
-    identical job is estimated from that figure. Asserted: the mechanism (the second estimate's source and
-    tokens/s). Reported, not asserted (timing is this machine's): each job's estimated vs actual seconds."""
-    from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
-
-    def train(name: str) -> dict:
-        manifest = quickstart(namespace, stores, maxSteps=12)
-        manifest["metadata"]["name"] = name
-        manifest["spec"]["adapter"]["name"] = name
-        apply(cluster, manifest)
-
-        def measured():
-            ftj = get(cluster, "ftj", namespace, name) or {}
-            failed = condition(ftj, "Failed")
-            assert not (failed and failed["status"] == "True"), failed
-            plan = (ftj.get("status") or {}).get("plan") or {}
-            return plan if plan.get("actualSeconds") else None
-
-        return wait_for(f"{name} to train and record its throughput", measured, timeout=600, interval=1.0)
-
-    first = train("first")
-    table = wait_for(
-        "the throughput table", lambda: get(cluster, "configmap", namespace, THROUGHPUT_CONFIG_MAP), timeout=30
-    )
-    (row,) = [json.loads(v) for k, v in table["data"].items() if k == first["estimate"]["key"]]
-    second = train("second")
-
-    estimate = second["estimate"]
-    assert first["estimate"]["source"] == "default"
-    assert estimate["source"] == "measured" and estimate["samples"] == 1, estimate
-    assert estimate["key"] == first["estimate"]["key"]
-    assert estimate["tokensPerSecond"] == pytest.approx(row[0], rel=1e-3)  # one process: the job's rate
-    assert row[0] == pytest.approx(first["trainedTokens"] / first["actualSeconds"], rel=1e-2)
-    for name, plan in (("first", first), ("second", second)):
-        error = (plan["estimate"]["seconds"] - plan["actualSeconds"]) / plan["actualSeconds"]
-        print(
-            f"{name}: estimated {plan['estimate']['seconds']}s ({plan['estimate']['source']}, "
-            f"{plan['estimate']['tokensPerSecond']} tokens/s), actual {plan['actualSeconds']}s, error {error:+.0%}"
-        )

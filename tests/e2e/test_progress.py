@@ -1,5 +1,7 @@
 """Trainer pods push progress to the operator's HTTPS endpoint with a projected ServiceAccount token;
-the operator verifies it with a TokenReview and the pod's ownership, and writes the status."""
+the operator verifies it with a TokenReview and the pod's ownership, and writes the status. Here, what the
+running endpoint shows (HTTP codes, budgets, TLS, metrics); what a report does to the status is the
+in-process tier's (tests/inprocess/test_progress_accept.py)."""
 
 from __future__ import annotations
 
@@ -167,31 +169,6 @@ def token_reviews(metrics: dict[tuple[str, tuple], float]) -> float:
     )
 
 
-def test_a_pushed_report_shows_in_kubectl_get_within_a_second(cluster, namespace, endpoint, api_client):
-    (pod,) = running_job(cluster, namespace, "live")
-    token = token_for(api_client, namespace, pod)
-    sent = time.monotonic()
-    status, _ = endpoint.post(namespace, "live", REPORT, token)
-    assert status == 204
-
-    def columns():
-        out = cluster.run_kubectl("get", "ftj", "live", "-n", namespace, "--no-headers").stdout.split()
-        return out if out[2:5] == ["30", "1.2345", "1h2m"] else None
-
-    # The write is synchronous (204 after the status patch); the generous timeout only absorbs a loaded machine.
-    row = wait_for("the PROGRESS, LOSS and ETA columns", columns, timeout=5, interval=0.05)
-    print(f"status columns followed the report after {time.monotonic() - sent:.2f}s")
-    # A report proves the trainer runs: the phase moves to Running in the same write as the progress, whether
-    # or not the operator has seen the pod Running yet (it once lagged here, and the row said Pending).
-    assert row[1] == "Running"
-
-    checkpoint = {"step": 200, "totalSteps": 400, "checkpoint": {"step": 200, "uri": "s3://adapters/ckpt/step-200/"}}
-    assert endpoint.post(namespace, "live", checkpoint, token)[0] == 204
-    status = get(cluster, "ftj", namespace, "live")["status"]
-    assert status["checkpoint"]["step"] == 200 and status["progress"]["percent"] == 50
-    assert status["progress"]["trainLoss"] == 1.2345, "fields a report leaves out keep their last value"
-
-
 def api_reads(metrics: dict[tuple[str, tuple], float]) -> float:
     """GETs the operator's client has sent for FineTuneJobs, Jobs and pods, whatever their answer."""
     return sum(
@@ -201,18 +178,6 @@ def api_reads(metrics: dict[tuple[str, tuple], float]) -> float:
         and ("verb", "get") in labels
         and dict(labels).get("resource") in ("finetunejobs", "jobs", "pods")
     )
-
-
-def test_an_accepted_report_reads_its_pod_and_jobs_from_the_watch_fed_caches(cluster, namespace, endpoint, api_client):
-    """The chain of owners is checked on the cached pod, Job and FineTuneJob: reports cost the status patch alone,
-    however often trainers send them."""
-    (pod,) = running_job(cluster, namespace, "cached")
-    token = token_for(api_client, namespace, pod)
-    before = api_reads(endpoint.metrics())
-    for step in (10, 20, 30):
-        assert endpoint.post(namespace, "cached", {"step": step, "totalSteps": 400}, token)[0] == 204
-    assert api_reads(endpoint.metrics()) == before
-    assert get(cluster, "ftj", namespace, "cached")["status"]["progress"]["step"] == 30
 
 
 def test_refused_reports_get_the_right_code_are_counted_and_write_nothing(cluster, namespace, endpoint, api_client):
@@ -250,19 +215,6 @@ def test_refused_reports_get_the_right_code_are_counted_and_write_nothing(cluste
     for reason in ("missing_token", "invalid_token", "wrong_job", "invalid_body"):
         key = ("finetune_operator_progress_reports_total", (("reason", reason), ("result", "rejected")))
         assert metrics.get(key, 0) >= 1, reason
-
-
-def test_only_rank_zero_may_report_and_a_deleted_pod_may_not(cluster, namespace, endpoint, api_client):
-    rank0, rank1 = running_job(cluster, namespace, "ranks", nodes=2)
-    status, answer = endpoint.post(namespace, "ranks", REPORT, token_for(api_client, namespace, rank1))
-    assert (status, answer["error"]) == (403, "not_rank_zero")
-
-    token = token_for(api_client, namespace, rank0)
-    cluster.run_kubectl("delete", "pod", rank0["metadata"]["name"], "-n", namespace, "--grace-period=0", "--force")
-    wait_for("the pod to go", lambda: get(cluster, "pod", namespace, rank0["metadata"]["name"]) is None)
-    time.sleep(11)  # past the endpoint's TokenReview cache
-    status, answer = endpoint.post(namespace, "ranks", REPORT, token)
-    assert status in (401, 403) and answer["error"] in ("invalid_token", "pod_gone")
 
 
 def test_metrics_follow_a_jobs_life_and_forget_it_when_it_is_deleted(cluster, namespace, endpoint, api_client):
@@ -324,23 +276,6 @@ def test_the_endpoints_certificate_is_reloaded_when_its_secret_is_rotated(start_
     assert wait_for("the endpoint", lambda: served().strip() == first.strip())
     second = tls_secret("second")
     wait_for("the rotated certificate", lambda: served().strip() == second.strip(), timeout=30)
-
-
-def test_a_report_beyond_what_a_status_can_hold_is_a_400_naming_the_field(cluster, namespace, endpoint, api_client):
-    """Accepted, such a report would fail at the API server: a 503 the trainer retries for ever."""
-    (pod,) = running_job(cluster, namespace, "huge")
-    token = token_for(api_client, namespace, pod)
-    cases = [
-        (b'{"step": %d}' % 2**80, "step: "),
-        (b'{"step": 3, "checkpoint": {"step": %d, "uri": "s3://b/c/"}}' % 2**63, "checkpoint.step: "),
-        (b'{"step": 3, "evaluation": {"task": {"baseLoss": Infinity}}}', "evaluation.task.baseLoss: "),
-        (b'{"step": 3, "evaluation": {"general": {"adapterLoss": NaN}}}', "evaluation.general.adapterLoss: "),
-    ]
-    for body, field in cases:
-        status, answer = endpoint.post(namespace, "huge", body, token)
-        assert (status, answer.get("error")) == (400, "invalid_body"), body
-        assert answer["message"].startswith(field), answer["message"]
-    assert "progress" not in (get(cluster, "ftj", namespace, "huge").get("status") or {})
 
 
 def test_a_flood_of_bad_tokens_from_one_client_is_cut_off_and_stops_costing_token_reviews(endpoint, namespace):

@@ -1,90 +1,24 @@
-"""What a tenant's store can make the operator do: read a bounded amount, for a bounded time, at an
-allowed endpoint, with the tenant's own keys only, and never its own filesystem (issue 15,
-findings 1, 3 and 9's file://). Real operator process, real MinIO, real TCP listeners."""
+"""What a tenant's store can make the operator process do: read a bounded amount, whatever the store claims, and
+stay under its memory limit (issue 15, finding 1). Real operator process, real MinIO, a real TCP relay. The
+time bound, the endpoint allowlist, the tenant's own keys and file:// are the in-process tier's
+(tests/inprocess/test_verify_storage_bounds.py)."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import socket
 import threading
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-from finetune_core.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest, manifest_of_directory
-from kubehelpers import apply, condition_is, get, wait_for
+from finetune_core.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest
+from kubehelpers import apply, condition_is, wait_for
+from storage_servers import Relay
 
 pytestmark = pytest.mark.s3
 
 GIB = 1 << 30
 MEMORY_LIMIT_BYTES = 512 << 20  # the chart's resources.limits.memory
-
-
-class Relay:
-    """A TCP relay in front of MinIO that counts what MinIO sends back: what the operator downloaded.
-    With ``drip``, it passes MinIO's answers on 1 KiB at a time, ``drip`` seconds apart: a slow server."""
-
-    def __init__(self, target_port: int, drip: float = 0.0):
-        self.target_port = target_port
-        self.drip = drip
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.received = 0
-        self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
-
-    def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
-        try:
-            while data := source.recv(1 << 10 if counted and self.drip else 1 << 16):
-                if counted and self.drip:
-                    time.sleep(self.drip)
-                sink.sendall(data)
-                if counted:
-                    with self._lock:
-                        self.received += len(data)
-        except OSError:
-            pass
-        finally:
-            for end in (source, sink):
-                with contextlib.suppress(OSError):
-                    end.shutdown(socket.SHUT_RDWR)
-
-    def close(self) -> None:
-        self.server.close()
-
-
-class Listener:
-    """A TCP listener that records every connection made to it (and answers none)."""
-
-    def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
-        self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            connection.close()
-
-    def close(self) -> None:
-        self.server.close()
 
 
 class PeakRss:
@@ -114,25 +48,6 @@ class PeakRss:
         self._stop.set()
         self._thread.join()
         return self.peak
-
-
-def write_artifact(directory: Path) -> str:
-    """A small valid LoRA artifact of a Llama, as the trainer writes one; returns its digest."""
-    directory.mkdir(parents=True)
-    config = {
-        "peft_type": "LORA",
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"],
-        "bias": "none",
-        "base_model_name_or_path": "hf://example/tiny-llama",
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    (directory / "base_model_config.json").write_text(json.dumps({"model_type": "llama"}))
-    (directory / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
-    manifest = manifest_of_directory(directory)
-    (directory / MANIFEST_FILE_NAME).write_text(manifest.model_dump_json(by_alias=True))
-    return manifest.digest
 
 
 def upload(client, directory: Path, bucket: str, prefix: str) -> str:
@@ -231,71 +146,3 @@ def test_a_manifest_claiming_one_byte_for_a_large_object_does_not_download_it(
     assert condition["reason"] == "FileCorrupt"
     assert condition["message"] == f"big/manifest.json has {GIB} bytes, the manifest says 1"
     assert relay.received < 1 << 20, f"the operator downloaded {relay.received} bytes"
-
-
-def test_a_slow_store_cannot_hold_a_verification_past_its_deadline(cluster, namespace, start_operator, minio, tmp_path):
-    directory = tmp_path / "artifact"
-    write_artifact(directory)
-    (directory / "adapter_model.safetensors").write_bytes(b"\0" * (1 << 20))  # 1024 drips: minutes
-    (directory / MANIFEST_FILE_NAME).write_text(manifest_of_directory(directory).model_dump_json(by_alias=True))
-    bucket = minio.create_bucket(f"slow-{uuid.uuid4().hex[:10]}")
-    uri = upload(minio.client(), directory, bucket, "team-a/v1")
-    slow = Relay(minio.port, drip=0.1)
-    try:
-        create_secret(cluster, namespace, "s3-creds", {**minio.credentials, "AWS_ENDPOINT_URL": slow.endpoint})
-        start_operator("--verification-timeout-seconds=5", env={"FINETUNE_S3_ENDPOINT": slow.endpoint})
-        apply(cluster, model_adapter("slow", namespace, uri))
-        condition = failed(cluster, namespace, "slow")
-    finally:
-        slow.close()
-    assert condition["reason"] == "VerificationTimedOut"
-    assert condition["message"] == f"{uri}adapter_model.safetensors: still reading after the 5 s allowed for one look"
-
-
-def test_an_endpoint_outside_the_allowlist_gets_no_request(cluster, namespace, operator, minio):
-    listener = Listener()
-    try:
-        create_secret(cluster, namespace, "elsewhere", {**minio.credentials, "AWS_ENDPOINT_URL": listener.endpoint})
-        apply(cluster, model_adapter("elsewhere", namespace, "s3://adapters/team-a/v1/", keys_in="elsewhere"))
-        condition = failed(cluster, namespace, "elsewhere")
-        assert listener.connections == 0  # an allowed endpoint is asked before the condition is written
-    finally:
-        listener.close()
-    assert condition["reason"] == "EndpointNotAllowed"
-    assert listener.endpoint.removeprefix("http://") in condition["message"]
-    assert minio.endpoint in condition["message"]  # the allowed one, to fix the Secret with
-
-
-def test_the_operators_own_keys_never_stand_in_for_a_secrets(cluster, namespace, start_operator, minio, tmp_path):
-    bucket = minio.create_bucket(f"ambient-{uuid.uuid4().hex[:10]}")
-    write_artifact(tmp_path / "artifact")
-    uri = upload(minio.client(), tmp_path / "artifact", bucket, "team-a/v1")
-    ambient = {key: minio.credentials[key] for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
-    start_operator(env={**ambient, "AWS_ENDPOINT_URL": minio.endpoint, "AWS_REGION": "us-east-1"})
-    create_secret(cluster, namespace, "no-keys", {"AWS_ENDPOINT_URL": minio.endpoint, "AWS_REGION": "us-east-1"})
-    create_secret(cluster, namespace, "s3-creds", minio.credentials)
-
-    apply(cluster, model_adapter("no-keys", namespace, uri, keys_in="no-keys"))
-    apply(cluster, model_adapter("no-secret", namespace, uri, keys_in=None))
-    apply(cluster, model_adapter("with-keys", namespace, uri))  # the same artifact, with a Secret's keys: fine
-
-    wait_for("with-keys Ready", condition_is(cluster, namespace, "with-keys", "Ready", kind="ftadapter"), timeout=120)
-    for name in ("no-keys", "no-secret"):
-        condition = failed(cluster, namespace, name)
-        assert condition["reason"] == "CredentialsMissing", condition
-        assert get(cluster, "ftadapter", namespace, name)["status"]["phase"] == "Failed"
-
-
-def test_a_file_artifact_is_refused_unless_the_operator_runs_in_local_mode(
-    cluster, namespace, start_operator, tmp_path
-):
-    digest = write_artifact(tmp_path / "artifact")
-    first = start_operator()
-    apply(cluster, model_adapter("local", namespace, f"file://{tmp_path / 'artifact'}/", keys_in=None))
-    condition = failed(cluster, namespace, "local")
-    assert condition["reason"] == "StorageNotReadable" and "--allow-local-files" in condition["message"]
-
-    first.stop()
-    start_operator("--allow-local-files")
-    ready = wait_for("local Ready", condition_is(cluster, namespace, "local", "Ready", kind="ftadapter"), timeout=120)
-    assert digest in ready["message"]

@@ -1,0 +1,113 @@
+"""reconcile() with the CPU preflight on: the training Job waits for the preflight Job's plan; bad data fails the
+job naming file:line, and a suspended job is a dry run. The preflight pod's report is written here as the
+trainer writes it (the trainer's own preflight is tests/trainer's, both together the e2e tier's)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from finetune_core.api import FinalSummary, PreflightReport
+from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS
+from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
+from operator_harness import condition, training_job
+
+DATA = "s3://datasets/train.jsonl"
+
+
+def preflight_job(harness, name: str, **settings) -> str:
+    harness.configure(preflight=True, **settings)
+    manifest = training_job(name, harness.namespace)
+    manifest["spec"]["resources"] = {"gpusPerNode": 1}
+    harness.create(manifest)
+    harness.reconcile(name)
+    return f"{name}-preflight"
+
+
+def test_a_job_waits_for_its_preflight_and_no_training_job_exists_meanwhile(harness):
+    preflight = preflight_job(harness, "careful")
+
+    assert harness.get(JOBS, preflight) is not None
+    assert harness.get(JOBS, "careful") is None
+    assert harness.reconcile("careful").phase == "Pending"
+    assert [r for r in harness.sent("create") if r[1] != "events"] == [], "the preflight Job is created once"
+
+
+def test_a_bad_row_fails_the_job_in_preflight_naming_file_and_line_and_no_training_job_ever_exists(harness):
+    preflight = preflight_job(harness, "broken")
+    (pod,) = harness.start_pods(preflight)
+    report = PreflightReport(outcome="DataError", origins=[f"{DATA}:5", f"{DATA}:10", "s3://elsewhere/x.jsonl:1"])
+    harness.finish_pod(pod["metadata"]["name"], 65, report.to_message())
+    harness.fail_job(preflight)
+
+    assert harness.reconcile("broken").phase == "Failed"
+
+    failure = condition(harness.ftj("broken"), "Failed")
+    assert failure["reason"] == "DataError", failure
+    assert f"{DATA}:5" in failure["message"] and f"{DATA}:10" in failure["message"]
+    assert "elsewhere" not in failure["message"], "only rows of the job's own data are named"
+    harness.reconcile("broken")
+    assert harness.get(JOBS, "broken") is None, "a reconcile after the failure creates nothing either"
+
+
+def planned(harness, preflight: str) -> None:
+    (pod,) = harness.start_pods(preflight)
+    plan = {"parameters": 7_000_000, "totalSteps": 12, "trainedTokens": 48_000, "examples": {"train": 80}}
+    report = PreflightReport.model_validate({"outcome": "Planned", "plan": plan})
+    harness.finish_pod(pod["metadata"]["name"], 0, report.to_message())
+    harness.complete_job(preflight)
+
+
+def test_a_planned_job_gets_its_estimate_and_then_its_training_job(harness):
+    planned(harness, preflight_job(harness, "planned"))
+
+    harness.reconcile("planned")
+
+    plan = harness.ftj("planned")["status"]["plan"]
+    assert plan["steps"] == 12 and plan["trainedTokens"] == 48_000 and plan["parameters"] == 7_000_000
+    assert plan["estimate"]["source"] == "default" and plan["estimate"]["seconds"] > 0
+    assert harness.get(JOBS, "planned") is not None
+
+
+def test_a_suspended_job_is_a_dry_run_planned_and_never_trained(harness):
+    preflight = preflight_job(harness, "dry-run")
+    harness.patch(FINETUNEJOBS, "dry-run", {"spec": {"suspend": True}})
+    planned(harness, preflight)
+
+    assert harness.reconcile("dry-run").phase == "Suspended"
+
+    ftj = harness.ftj("dry-run")
+    assert ftj["status"]["plan"]["estimate"]["key"].startswith("gpu.")
+    assert condition(ftj, "Suspended")["reason"] == "DryRun"
+    assert harness.get(JOBS, "dry-run") is None
+
+
+def trained(harness, name: str, train_seconds: float) -> dict:
+    """A planned job that trains and succeeds, its trainer saying how long its optimizer steps took."""
+    planned(harness, preflight_job(harness, name, operator_namespace=harness.namespace, leader_election=False))
+    harness.reconcile(name)
+    (pod,) = harness.start_pods(name)
+    artifact = {"uri": f"s3://adapters/{name}/v1/", "digest": "sha256:" + "a" * 64, "sizeBytes": 1}
+    summary = FinalSummary.model_validate({"artifact": artifact, "trainSeconds": train_seconds})
+    harness.finish_pod(pod["metadata"]["name"], 0, summary.to_message())
+    harness.complete_job(name)
+    assert harness.reconcile(name).phase == "Succeeded"
+    return harness.ftj(name)["status"]["plan"]
+
+
+def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate(harness):
+    first = trained(harness, "first", train_seconds=40.0)
+
+    assert first["estimate"]["source"] == "default" and first["actualSeconds"] == 40.0
+    table = harness.get(CONFIGMAPS, THROUGHPUT_CONFIG_MAP)
+    assert json.loads(table["data"][first["estimate"]["key"]]) == [48_000 / 40.0]
+
+    second = trained(harness, "second", train_seconds=60.0)
+
+    estimate = second["estimate"]
+    assert estimate["source"] == "measured" and estimate["samples"] == 1
+    assert estimate["key"] == first["estimate"]["key"]
+    assert estimate["tokensPerSecond"] == pytest.approx(48_000 / 40.0)  # one process: the job's rate
+    assert estimate["seconds"] == 40
+    row = json.loads(harness.get(CONFIGMAPS, THROUGHPUT_CONFIG_MAP)["data"][estimate["key"]])
+    assert row == [48_000 / 40.0, 48_000 / 60.0]
