@@ -66,7 +66,7 @@ from .render import (
 from .render.owner import controlled_by
 from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_minted_credentials
 from .render.storage_secret import mint_due_in, render_storage_secret
-from .status.conditions import get_condition, is_true, set_condition
+from .status.conditions import get_condition, is_true, net_changes, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished, is_settled, references_settled
 from .storage import StorageUnreachable
 from .sts import mint
@@ -178,6 +178,7 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
             status.conditions, "Published", "False", "PublishFailed", str(error)[:1024], now, job.metadata.generation
         )
         changes += [change] if change else []
+    changes = net_changes(job.status.conditions, status.conditions, changes)
     _write_status(context, raw, job, status)
     for change in changes:
         if worth_an_event(change):

@@ -29,8 +29,11 @@ def test_a_job_waits_for_its_preflight_and_no_training_job_exists_meanwhile(harn
 
     assert harness.get(JOBS, preflight) is not None
     assert harness.get(JOBS, "careful") is None
-    assert harness.reconcile("careful").phase == "Pending"
-    assert [r for r in harness.sent("create") if r[1] != "events"] == [], "the preflight Job is created once"
+    events = len(harness.events("careful"))
+    again = harness.reconcile("careful")
+    assert again.phase == "Pending"
+    assert harness.sent("create") == [], "the preflight Job is created once, and a wait is no news"
+    assert again.changes == () and len(harness.events("careful")) == events, [c.condition for c in again.changes]
 
 
 def test_a_bad_row_fails_the_job_in_preflight_naming_file_and_line_and_no_training_job_ever_exists(harness):

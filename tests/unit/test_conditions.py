@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from finetune_core.api import Condition
-from finetune_operator.status.conditions import Change, get_condition, is_true, set_condition
+from finetune_operator.status.conditions import Change, get_condition, is_true, net_changes, set_condition
 
 T0 = "2025-03-04T10:00:00Z"
 T1 = "2025-03-04T11:00:00Z"
@@ -85,3 +85,44 @@ def test_get_condition_and_is_true():
     assert is_true(conditions, "Running")
     assert not is_true(conditions, "Failed")
     assert not is_true(conditions, "Succeeded")
+
+
+def created(reason: str) -> Condition:
+    return Condition(
+        type="Created", status="False", reason=reason, message="m", last_transition_time=T0, observed_generation=1
+    )
+
+
+def test_a_condition_set_twice_in_one_reconcile_and_back_where_it_began_is_no_change():
+    """observe says Creating, the preflight then says AwaitingPreflight again: nothing happened, no Event."""
+    before = [created("AwaitingPreflight")]
+    after = list(before)
+    changes = [set_condition(after, "Created", "False", "Creating", "creating", T1, 1)]
+    changes.append(set_condition(after, "Created", "False", "AwaitingPreflight", "waits", T1, 1))
+    assert net_changes(before, after, changes) == []
+    assert get_condition(after, "Created").reason == "AwaitingPreflight"
+
+
+def test_only_where_a_condition_ends_counts_and_it_is_a_change_from_where_it_began():
+    before = [created("AwaitingPreflight")]
+    after = list(before)
+    changes = [set_condition(after, "Created", "False", "Creating", "creating", T1, 1)]
+    changes.append(set_condition(after, "Created", "True", "Created", "created", T1, 1))
+    (change,) = net_changes(before, after, changes)
+    assert (change.condition.status, change.condition.reason, change.previous_status) == ("True", "Created", "False")
+
+
+def test_a_status_that_flips_and_returns_in_one_reconcile_keeps_its_transition_time():
+    before = [running()]
+    after = list(before)
+    changes = [set_condition(after, "Running", "False", "Restarting", "r", T1, 1)]
+    changes.append(set_condition(after, "Running", "True", "PodsRunning", "1 of 1 running", T1, 1))
+    assert net_changes(before, after, changes) == []
+    assert get_condition(after, "Running").last_transition_time == T0
+
+
+def test_a_first_condition_is_a_change_from_nothing():
+    after: list[Condition] = []
+    changes = [set_condition(after, "Planned", "False", "Preflight", "p", T0, 1)]
+    (change,) = net_changes([], after, changes)
+    assert change.previous_status is None and change.condition.reason == "Preflight"

@@ -61,3 +61,23 @@ def get_condition(conditions: list[Condition], type_: str) -> Condition | None:
 def is_true(conditions: list[Condition], type_: str) -> bool:
     condition = get_condition(conditions, type_)
     return condition is not None and condition.status == "True"
+
+
+def net_changes(before: list[Condition], after: list[Condition], changes: list[Change]) -> list[Change]:
+    """What one reconcile changed, condition by condition, from ``before`` to ``after``.
+
+    Several steps of one reconcile may set the same condition in turn (observe says the training Job is
+    being created, then the preflight says it waits): only where the condition ends up counts. A condition
+    that ends where it began changed nothing, is worth no Event, and keeps its lastTransitionTime; without
+    this a job waiting for its preflight sent two Events on every reconcile."""
+    result = []
+    for type_ in dict.fromkeys(change.condition.type for change in changes):
+        old, new = get_condition(before, type_), get_condition(after, type_)
+        if new is None:
+            continue
+        if old is not None and (old.status, old.reason) == (new.status, new.reason):
+            if old.last_transition_time != new.last_transition_time:
+                after[after.index(new)] = new.model_copy(update={"last_transition_time": old.last_transition_time})
+            continue
+        result.append(Change(new, old.status if old is not None else None))
+    return result
