@@ -29,8 +29,9 @@ from kubehelpers import (
     patch_pod_status,
     wait_for,
 )
-from localcluster import free_port
 from test_progress import Endpoint, token_for
+
+from hack.localcluster import free_port
 
 pytestmark = pytest.mark.s3
 
@@ -38,9 +39,10 @@ pytestmark = pytest.mark.s3
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory) -> Path:
     """A real PEFT LoRA adapter of a tiny Llama, with its manifest, as the trainer writes one."""
-    from finetune_trainer.tiny import build_tiny_model
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from hack.tinymodels import build_tiny_model
 
     base = build_tiny_model(tmp_path_factory.mktemp("base"))
     model = get_peft_model(
@@ -446,7 +448,7 @@ def claim_dir(cluster, namespace, tmp_path, request) -> Path:
 @pytest.fixture
 def volume_operator(start_operator, local_node):
     """The operator with its verification pods placed on the local node, whose pods really run."""
-    from nodeagent import NODE_LABEL
+    from hack.nodeagent import NODE_LABEL
 
     return start_operator(
         f"--verifier-node-selector={NODE_LABEL}=true", f"--verifier-tolerations={NODE_LABEL}=true:NoSchedule"

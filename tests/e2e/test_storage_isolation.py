@@ -20,8 +20,9 @@ from botocore.exceptions import ClientError
 from catalog import valid_job
 from finetune_operator.api import REPORT_FILE_NAME, TrainerConfig
 from kubehelpers import apply, condition_is, get, items, patch_pod_status, wait_for
-from localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
 from test_adapter_publishing import adapter_dir, evaluation, manifest_digest, model_adapter, upload  # noqa: F401
+
+from hack.localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
 
 pytestmark = pytest.mark.s3
 
