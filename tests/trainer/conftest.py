@@ -1,7 +1,7 @@
 """Fixtures of the trainer tests: a tiny Llama built once per session, data files and trainer configurations.
 
 Everything runs on the CPU without network: the model and tokenizer are built locally
-(finetune_trainer.tiny), data is written on the fly, outputs go to file:// (or MinIO) under tmp_path.
+(hack.tinymodels), data is written on the fly, outputs go to file:// (or MinIO) under tmp_path.
 """
 
 from __future__ import annotations
