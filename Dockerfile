@@ -1,4 +1,5 @@
-# The operator's image: finetune_operator and its dependencies, nothing of the trainer's (no torch).
+# The operator's image: finetune_operator, the core it shares with the trainer (finetune_core) and their
+# dependencies, nothing of the trainer's (no torch).
 # Build from the repository root:  docker build -t finetune-operator .
 # The trainer's image is trainer-image/Dockerfile.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -9,6 +10,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 COPY pyproject.toml ./
+COPY core/ core/
 COPY operator/ operator/
 # The base install is the operator only: pyproject's extras (trainer, bench, dev) stay out.
 RUN python -m venv /opt/venv \

@@ -54,7 +54,7 @@ PYTHONS = ("3.11", "3.12", "3.13")  # 3.10 is below the project's requires-pytho
 CARRY_DIR = REPO / ".gpu-carry"
 MANIFEST = "carry.json"
 
-# What `python -m finetune_trainer` imports for a job on file:// data (with finetune_operator.api), by
+# What `python -m finetune_trainer` imports for a job on file:// data (with finetune_core.api), by
 # distribution. Imported only for other sources, so never needed by the check: boto3/botocore (s3://),
 # pyarrow (Parquet), huggingface_hub (hf://; transformers brings its own need of it).
 TRAINER_IMPORTS = (

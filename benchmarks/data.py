@@ -108,9 +108,9 @@ def _run_trainer(root: Path, model: Path, corpus: Path, objective: str, cache: P
         for line in process.stderr:  # type: ignore[union-attr]
             tail[:] = [*tail[-20:], line]
             compact = line.replace('": "', '":"')
-            if not data_ready and '"event":"plan"' in compact:
+            if not data_ready and '"msg":"plan"' in compact:
                 data_ready.append(time.monotonic() - started)
-            if not first_step and '"event":"step"' in compact:
+            if not first_step and '"msg":"step"' in compact:
                 first_step.append(time.monotonic() - started)
 
     reader = threading.Thread(target=watch, daemon=True)

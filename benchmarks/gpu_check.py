@@ -49,7 +49,7 @@ from typing import Any, TextIO
 from . import REPO, SOURCE_DIRS
 from .carry_install import install, problems
 
-PREEMPTED = 75  # finetune_operator.api.ExitCode.PREEMPTED (not imported: pydantic may not be installed yet)
+PREEMPTED = 75  # finetune_core.api.ExitCode.PREEMPTED (not imported: pydantic may not be installed yet)
 LORA = {"rank": 16, "alpha": 32, "dropout": 0.05, "targetModules": ["all-linear"]}
 
 
@@ -366,11 +366,11 @@ def run_trainer(
             return
         with contextlib.suppress(ValueError):
             event = json.loads(line)
-            if event.get("event") == "preempted":
+            if event.get("msg") == "preempted":
                 preempted.append(int(event["step"]))
             elif (
                 stop_at is not None
-                and event.get("event") == "step"
+                and event.get("msg") == "step"
                 and event.get("step", 0) >= stop_at
                 and not signalled.is_set()
             ):
@@ -450,7 +450,7 @@ def expect(condition: bool, message: str) -> None:
 PROBE = """
 import importlib.util, json, platform
 import torch, transformers, peft, accelerate
-import finetune_trainer.run, finetune_operator.api
+import finetune_trainer.run, finetune_core.api
 cuda = torch.cuda.is_available()
 print(json.dumps({
     "versions": {

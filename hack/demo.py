@@ -132,6 +132,7 @@ def serve() -> int:
             f"--metrics-port={metrics_port}",
             "--metrics-secure=false",  # the local development setting: plain HTTP on 127.0.0.1, no token
             f"--operator-namespace={OPERATOR_NAMESPACE}",
+            "--preflight=true",  # as the chart installs it: the job is planned on CPU before it trains
             "--log-format=text",
             env={"FINETUNE_DEFAULT_OUTPUT_URI": "", "FINETUNE_S3_ENDPOINT": minio.endpoint},
         ).start()
@@ -240,12 +241,37 @@ def aligned(cells: list[str], header: list[str]) -> str:
     return "".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)).rstrip()
 
 
+def show_plan(job: dict) -> None:
+    """What the CPU preflight counted and estimated before training, next to what training then took."""
+    plan = job["status"].get("plan")
+    if not plan:
+        return
+    examples, tokens, estimate = plan.get("examples") or {}, plan.get("tokens") or {}, plan.get("estimate") or {}
+    say("the plan (CPU preflight, before the training Job existed)")
+    print(
+        f"  examples:  {examples.get('train', 0):,} train, {examples.get('eval', 0):,} eval, "
+        f"{examples.get('general', 0):,} general"
+    )
+    print(
+        f"  tokens:    {tokens.get('train', 0):,} train, {tokens.get('eval', 0):,} eval, {tokens.get('general', 0):,} general"
+    )
+    print(f"  steps:     {plan.get('steps')} ({plan.get('epochs')} epochs)")
+    if estimate:
+        print(
+            f"  estimate:  {estimate.get('duration')} of training, {estimate.get('gpuHours')} GPU-hours, at "
+            f"{estimate.get('tokensPerSecond')} tokens/s ({estimate.get('source')}: {estimate.get('key')})"
+        )
+    if plan.get("actualSeconds") is not None:
+        print(f"  actual:    {plan['actualSeconds']:.0f}s of training")
+
+
 def report(state: dict, job: dict) -> int:
     found = conditions(job)
     if found.get("Failed", {}).get("status") == "True":
         say(f"the job failed: {found['Failed']['reason']}: {found['Failed']['message']}")
         print(f"operator log: {state['operator_log']}\npod logs: {state['node_dir']}/pods/*/logs/")
         return 1
+    show_plan(job)
     evaluation = job["status"].get("evaluation") or {}
     task, general = evaluation.get("task") or {}, evaluation.get("general") or {}
     say("evaluation (base model -> fine-tuned adapter, mean token loss on held-out data)")

@@ -114,7 +114,11 @@ def operator(
 ) -> OperatorProcess:
     """The operator whose ``finetune_operator`` package is in ``source``, cluster-wide, with its own defaults:
     unlike the chart's, progress and metrics endpoints off and no preflight Job (kwok's pods report no plan)."""
-    python_path = os.pathsep.join(filter(None, [str(source), os.environ.get("PYTHONPATH")]))
+    # The core it imports is the one beside it (core/ of the same checkout), where there is one.
+    core = source.parent / "core"
+    python_path = os.pathsep.join(
+        filter(None, [str(source), str(core) if core.is_dir() else None, os.environ.get("PYTHONPATH")])
+    )
     return OperatorProcess(
         kubeconfig_path,
         cluster.workdir / f"{pod_name}.log",

@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from finetune_operator.api.quantity import parse_quantity
+from finetune_core.api.quantity import parse_quantity
 
 POD_IP = "127.0.0.1"
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")

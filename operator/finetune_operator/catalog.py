@@ -15,9 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
-from .api import (
+from finetune_core.api import (
     FineTuneJobSpec,
     FineTuneModel,
     LabelSelector,
@@ -31,6 +29,7 @@ from .api import (
     Training,
     format_validation_error,
 )
+from pydantic import ValidationError
 
 MODEL_NOT_FOUND = "ModelNotFound"
 NAMESPACE_NOT_ALLOWED = "NamespaceNotAllowed"

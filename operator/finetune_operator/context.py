@@ -6,7 +6,8 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from .api import FineTuneJobStatus
+from finetune_core.api import FineTuneJobStatus
+
 from .cache import Caches
 from .event_recorder import EventRecorder
 from .kube import Kube

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
+from finetune_core.api import GROUP, VERSION
+from finetune_core.api.base import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
+
 from . import connection
-from .api import GROUP, VERSION
-from .api.base import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from .rest import JSON, InvalidApiPath, KubeError, Observer, RestClient
 
 log = logging.getLogger(__name__)

@@ -1,26 +1,10 @@
-"""Logging: text for people at a terminal, JSON lines for log pipelines."""
+"""Logging: text for people at a terminal, JSON lines (finetune_core.log's format) for log pipelines."""
 
 from __future__ import annotations
 
-import datetime as dt
-import json
 import logging
 
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry = {
-            "time": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
-        for key in ("namespace", "name", "object"):
-            if hasattr(record, key):
-                entry[key] = getattr(record, key)
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry)
+from finetune_core.log import JsonFormatter
 
 
 def configure(log_format: str, level: str) -> None:

@@ -11,9 +11,9 @@ import contextlib
 import threading
 from dataclasses import dataclass
 
+from finetune_core.api import ProgressReport
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .api import ProgressReport
 from .context import parse_time
 
 PREFIX = "finetune_operator"

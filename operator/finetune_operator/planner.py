@@ -16,7 +16,8 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from .api import Estimate, FineTuneJob, Plan
+from finetune_core.api import Estimate, FineTuneJob, Plan
+
 from .progress.status_patch import human_duration  # the EST column reads like the ETA column
 
 # Effective (achieved, not peak) FLOP/s of one training process, and where each figure comes from.

@@ -13,7 +13,8 @@ import json
 import logging
 from typing import Any
 
-from .api import FineTuneJob, FineTuneJobStatus
+from finetune_core.api import FineTuneJob, FineTuneJobStatus
+
 from .context import Context
 from .kube import CONFIGMAPS, JOBS, PODS, KubeError
 from .naming import MANAGED_BY, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels

@@ -11,9 +11,7 @@ from __future__ import annotations
 import json
 import logging
 
-from pydantic import ValidationError
-
-from .api import (
+from finetune_core.api import (
     REPORT_FILE_NAME,
     FineTuneJob,
     FineTuneJobStatus,
@@ -21,7 +19,9 @@ from .api import (
     allows_publishing,
     verdict_from_numbers,
 )
-from .api.finetunejob import AdapterStatus, ArtifactStatus
+from finetune_core.api.finetunejob import AdapterStatus, ArtifactStatus
+from pydantic import ValidationError
+
 from .context import Context
 from .kube import MODELADAPTERS
 from .render import ResolutionError, resolve_trainer_config

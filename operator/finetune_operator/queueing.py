@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .api.finetunejob import QueueStatus
+from finetune_core.api.finetunejob import QueueStatus
+
 from .kube import InvalidApiPath, Kind, Kube, KubeError
 from .naming import KUEUE_LABELS
 from .status import kueue

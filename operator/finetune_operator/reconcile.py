@@ -20,10 +20,10 @@ import json
 import logging
 from typing import Any
 
+from finetune_core.api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
 from pydantic import ValidationError
 
 from . import planning
-from .api import FineTuneJob, FineTuneJobStatus, FineTuneModel, format_validation_error
 from .catalog import Refused, Resolved, labels_needed, resolve
 from .context import Context, Outcome, parse_time, utc_now
 from .events import event_for, worth_an_event
@@ -379,7 +379,7 @@ def _write_status(context: Context, raw: dict[str, Any], job: FineTuneJob, statu
 
 def _report_invalid(context: Context, raw: dict[str, Any], error: ValidationError) -> str:
     """A stored object the models refuse (written before a schema change, say): say so, touch nothing."""
-    from .api import Condition
+    from finetune_core.api import Condition
 
     message = "; ".join(format_validation_error(error))[:2048]
     now = utc_now()

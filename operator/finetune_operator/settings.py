@@ -11,11 +11,11 @@ import argparse
 import os
 from typing import Annotated, Literal
 
+from finetune_core.api import format_validation_error
+from finetune_core.api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
+from finetune_core.endpoints import EndpointInvalid, normalise_endpoint
+from finetune_core.uri import parse_uri
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
-
-from .api import format_validation_error
-from .api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
-from .endpoints import EndpointInvalid, normalise_endpoint
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"
 PROGRESS_AUDIENCE = "finetune.dev/progress"
@@ -172,6 +172,14 @@ class Settings(BaseModel):
     @classmethod
     def _namespaces(cls, value: list[str]) -> list[str]:
         return sorted({n.strip() for n in value if n.strip()})
+
+    @field_validator("default_output_uri")
+    @classmethod
+    def _output_uri(cls, value: str | None) -> str | None:
+        # The operator joins the namespace and job names onto it: a '..' or '//' in it is refused here, at start.
+        if value is not None:
+            parse_uri(value)
+        return value
 
     @field_validator("progress_tls_secret")
     @classmethod

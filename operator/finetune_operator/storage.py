@@ -8,7 +8,7 @@ Everything read here belongs to a tenant, so every read is bounded:
 - all the reads of one opened store share one Deadline, checked before every request and between
   socket reads (each returns after one receive, itself bounded by the client's read timeout).
 s3:// is read only with the keys of a Secret, never with the operator's own identity, and only at an
-endpoint the platform admin allows (endpoints.py); file:// only by an operator in local mode. pvc://
+endpoint the platform admin allows (finetune_core.endpoints); file:// only by an operator in local mode. pvc://
 cannot be read from the operator's pod: a verification pod reads it (adapters/volume.py).
 Messages name the object and the problem; they never carry an object's content or a store's answer.
 """
@@ -25,18 +25,17 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .endpoints import endpoint_problem
+from finetune_core import s3
+from finetune_core.uri import parse_uri
+
 from .kube import SECRETS, Kube
 
 if TYPE_CHECKING:
     from .settings import Settings
 
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_REGION")
 SMALL_OBJECT_LIMIT_BYTES = 1 << 20  # manifest.json of 10,000 files is about 1 MiB; configs are a few KiB
 CHUNK_BYTES = 1 << 20
 DEFAULT_DEADLINE_SECONDS = 300.0
-CONNECT_TIMEOUT_SECONDS = 5
-READ_TIMEOUT_SECONDS = 20
 
 
 class StorageProblem(Exception):
@@ -180,50 +179,12 @@ class FileStore(Store):
 
 
 def s3_client(credentials: dict[str, str], allowed_endpoints: frozenset[str]):
-    """An S3 client that signs only with ``credentials`` and talks only to an allowed endpoint.
-
-    The botocore session's credential chain is emptied, so that keys missing from a Secret can never
-    be filled in from the operator's environment, ~/.aws, an instance profile or IRSA; endpoints
-    configured in the environment or config files are ignored for the same reason.
-    """
-    import botocore.session
-    from botocore.config import Config
-    from botocore.credentials import CredentialResolver
-    from botocore.exceptions import BotoCoreError
-
-    missing = [key for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY") if not credentials.get(key)]
-    if missing:
-        raise StorageUnreachable(
-            "CredentialsMissing",
-            f"the credentials Secret has no {' and no '.join(missing)}: storage is read only with a Secret's keys",
-        )
-    problem = endpoint_problem(credentials.get("AWS_ENDPOINT_URL"), allowed_endpoints)
-    if problem:
-        raise StorageUnreachable("EndpointNotAllowed", problem)
-    session = botocore.session.Session()
-    session.register_component("credential_provider", CredentialResolver(providers=[]))
-    config = Config(
-        connect_timeout=CONNECT_TIMEOUT_SECONDS,
-        read_timeout=READ_TIMEOUT_SECONDS,
-        retries={"max_attempts": 2, "mode": "standard"},
-        ignore_configured_endpoint_urls=True,
-        response_checksum_validation="when_required",
-        signature_version="s3v4",
-    )
+    """The shared client (finetune_core.s3) with the operator's policy: only an allowed endpoint, a reconcile's
+    patience. A refusal is StorageUnreachable with the shared reason (CredentialsMissing, EndpointNotAllowed)."""
     try:
-        return session.create_client(
-            "s3",
-            aws_access_key_id=credentials["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=credentials["AWS_SECRET_ACCESS_KEY"],
-            aws_session_token=credentials.get("AWS_SESSION_TOKEN") or None,
-            endpoint_url=credentials.get("AWS_ENDPOINT_URL") or None,
-            region_name=credentials.get("AWS_REGION") or "us-east-1",
-            config=config,
-        )
-    except (BotoCoreError, ValueError):
-        raise StorageUnreachable(
-            "StorageError", "AWS_REGION or AWS_ENDPOINT_URL of the credentials Secret cannot be used"
-        ) from None
+        return s3.client(credentials, endpoint_allowlist=allowed_endpoints, policy=s3.VERIFY)
+    except s3.ClientRefused as refused:
+        raise StorageUnreachable(refused.reason, refused.message) from None
 
 
 def _answer(error) -> str:
@@ -252,9 +213,9 @@ def _failure(error: Exception) -> str:
 class S3Store(Store):
     def __init__(self, uri: str, client, deadline: Deadline):
         self.uri = uri
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        self.bucket = bucket
-        self.prefix = prefix.rstrip("/") + "/" if prefix.strip("/") else ""
+        parsed = parse_uri(uri)
+        self.bucket = parsed.authority
+        self.prefix = parsed.prefix
         self.client = client
         self.deadline = deadline
 
@@ -310,7 +271,7 @@ def secret_credentials(kube: Kube, namespace: str, name: str | None) -> dict[str
     if secret is None:
         raise StorageUnreachable("SecretNotFound", f"Secret {name} not found in namespace {namespace}")
     data = secret.get("data") or {}
-    return {key: base64.b64decode(data[key]).decode(errors="replace").strip() for key in CREDENTIAL_KEYS if key in data}
+    return {key: base64.b64decode(data[key]).decode(errors="replace").strip() for key in s3.S3_KEYS if key in data}
 
 
 def open_store(

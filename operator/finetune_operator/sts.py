@@ -12,7 +12,8 @@ import base64
 import datetime as dt
 import logging
 
-from .api import FineTuneJob
+from finetune_core.api import FineTuneJob
+
 from .kube import SECRETS, Kube
 from .render.session_policy import check_in_namespace, policy_text, read_policy, uses_minted_credentials
 from .render.storage_secret import MintedSession

@@ -126,7 +126,11 @@ def test_a_venv_outside_the_requirement_is_refused():
 
 def test_the_trainer_imports_are_exactly_the_listed_ones():
     """TRAINER_IMPORTS and LAZY_IMPORTS cover every third-party import of the trainer and of the API it uses."""
-    sources = [*REPO.glob("trainer-image/finetune_trainer/**/*.py"), *REPO.glob("operator/finetune_operator/api/*.py")]
+    sources = [
+        *REPO.glob("trainer-image/finetune_trainer/**/*.py"),
+        *REPO.glob("core/finetune_core/**/*.py"),
+        *REPO.glob("core/finetune_core/api/*.py"),
+    ]
     modules = set()
     for source in sources:
         for node in ast.walk(ast.parse(source.read_text())):
@@ -134,7 +138,11 @@ def test_the_trainer_imports_are_exactly_the_listed_ones():
                 modules |= {alias.name.split(".")[0] for alias in node.names}
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 modules.add(node.module.split(".")[0])
-    third_party = modules - set(sys.stdlib_module_names) - {"__future__", "finetune_trainer", "finetune_operator"}
+    third_party = (
+        modules
+        - set(sys.stdlib_module_names)
+        - {"__future__", "finetune_trainer", "finetune_core", "finetune_operator"}
+    )
     distributions = metadata.packages_distributions()
     imported = {canonicalize_name(distributions[module][0]) for module in third_party}
     assert imported == set(TRAINER_IMPORTS) | set(LAZY_IMPORTS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from catalog import valid_job
-from finetune_operator.api import (
+from finetune_core.api import (
     MANIFEST_FILE_NAME,
     REPORT_FILE_NAME,
     FinalSummary,

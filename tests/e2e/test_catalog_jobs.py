@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import TrainerConfig
+from finetune_core.api import TrainerConfig
 from kubehelpers import apply, condition_is, get, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 

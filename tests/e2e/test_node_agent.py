@@ -671,7 +671,7 @@ with open(os.environ["FINETUNE_TERMINATION_LOG"], "w") as handle:
 
 
 def test_the_operators_trainer_pod_finds_every_path_the_trainer_uses(cluster, ns, local_node, tmp_path, request):
-    from finetune_operator.api import FineTuneJob
+    from finetune_core.api import FineTuneJob
     from finetune_operator.render import render_config_map, render_pod_template, resolve_trainer_config
     from finetune_operator.settings import Settings
 

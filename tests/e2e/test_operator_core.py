@@ -9,7 +9,7 @@ import time
 
 import pytest
 from catalog import valid_job
-from finetune_operator.api import TrainerConfig
+from finetune_core.api import TrainerConfig
 from kubehelpers import apply, condition, condition_is, get, items, patch_pod_status, wait_for
 
 RUN = "test.finetune.dev/run-duration"

@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 import yaml
 from catalog import valid_job
-from finetune_operator.api import (
+from finetune_core.api import (
     MANIFEST_FILE_NAME,
     ArtifactReport,
     FinalSummary,

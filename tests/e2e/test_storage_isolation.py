@@ -18,7 +18,7 @@ import boto3
 import pytest
 from botocore.exceptions import ClientError
 from catalog import valid_job
-from finetune_operator.api import REPORT_FILE_NAME, TrainerConfig
+from finetune_core.api import REPORT_FILE_NAME, TrainerConfig
 from kubehelpers import apply, condition_is, get, items, patch_pod_status, wait_for
 from test_adapter_publishing import adapter_dir, evaluation, manifest_digest, model_adapter, upload  # noqa: F401
 

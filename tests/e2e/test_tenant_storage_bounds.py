@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest, manifest_of_directory
+from finetune_core.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest, manifest_of_directory
 from kubehelpers import apply, condition_is, get, wait_for
 
 pytestmark = pytest.mark.s3

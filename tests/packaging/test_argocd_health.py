@@ -315,8 +315,8 @@ def test_an_unknown_phase_is_unknown_health():
 
 
 def test_the_samples_are_valid_statuses_of_the_api():
-    from finetune_operator.api import FineTuneJobStatus
-    from finetune_operator.api.modeladapter import ModelAdapterStatus
+    from finetune_core.api import FineTuneJobStatus
+    from finetune_core.api.modeladapter import ModelAdapterStatus
 
     for _, obj, _, _ in FINETUNEJOB_CASES:
         if "status" in obj:
@@ -327,8 +327,8 @@ def test_the_samples_are_valid_statuses_of_the_api():
 
 
 def test_every_phase_of_the_api_has_a_sample():
-    from finetune_operator.api.finetunejob import Phase
-    from finetune_operator.api.modeladapter import AdapterPhase
+    from finetune_core.api.finetunejob import Phase
+    from finetune_core.api.modeladapter import AdapterPhase
 
     assert set(typing.get_args(Phase)) <= {o.get("status", {}).get("phase") for _, o, _, _ in FINETUNEJOB_CASES}
     assert set(typing.get_args(AdapterPhase)) <= {o.get("status", {}).get("phase") for _, o, _, _ in MODELADAPTER_CASES}

@@ -4,6 +4,7 @@ and leaves an entrypoint that starts."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -11,12 +12,13 @@ import shlex
 import shutil
 import subprocess
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 from chartkit import CHART, REPO
-from finetune_operator.api import MANIFEST_FILE_NAME, manifest_of_directory
+from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 DOCKERFILES = [REPO / "Dockerfile", REPO / "trainer-image" / "Dockerfile"]
 
@@ -107,6 +109,95 @@ def test_the_docker_context_keeps_what_the_operator_dockerfile_copies():
             assert first not in ignored, f"{source} is excluded by .dockerignore"
 
 
+def copy_sources(stage: Stage, context: Path) -> None:
+    """What the stage's COPYs put in the build context, from this repository (a source may be a glob)."""
+    context.mkdir(parents=True, exist_ok=True)
+    for copy in stage.all("COPY"):
+        *sources, destination = shlex.split(copy)
+        for source in sources:
+            target = context / destination if destination not in (".", "./") else context
+            for origin in sorted(REPO.glob(source)):
+                if origin.is_dir():
+                    shutil.copytree(
+                        origin, context / destination.rstrip("/"), ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+                    )
+                else:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(origin, target if not destination.endswith("/") else target / origin.name)
+
+
+def copied_sources(dockerfile: Path) -> list[str]:
+    return [
+        source.strip("/")
+        for stage in parse_dockerfile(dockerfile)
+        for copy in stage.all("COPY")
+        if not copy.startswith("--from=")
+        for source in shlex.split(copy)[:-1]
+    ]
+
+
+def test_the_trainer_image_copies_the_core_and_the_trainer_and_never_the_operator():
+    sources = copied_sources(REPO / "trainer-image" / "Dockerfile")
+    tops = {source.split("/")[0] for source in sources}
+    assert {"core", "trainer-image"} <= tops
+    assert "operator" not in tops, "the trainer image must not carry the operator"
+
+
+def test_the_operator_image_copies_the_core_and_the_operator_and_never_the_trainer():
+    tops = {source.split("/")[0] for source in copied_sources(REPO / "Dockerfile")}
+    assert {"core", "operator"} <= tops and "trainer-image" not in tops
+
+
+@pytest.mark.timeout(300)
+def test_the_trainer_images_sources_build_a_distribution_without_the_operator(tmp_path):
+    """The trainer Dockerfile's COPYs in a fresh context, built into a wheel as its pip install builds it
+    (offline: no dependencies, this environment's setuptools)."""
+    context = tmp_path / "context"
+    copy_sources(parse_dockerfile(REPO / "trainer-image" / "Dockerfile")[-1], context)
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), "."],
+        cwd=context,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    (wheel,) = tmp_path.glob("*.whl")
+    packages = {
+        name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist() if not name.startswith("finetune_operator-")
+    }
+    assert {"finetune_core", "finetune_trainer"} <= packages
+    assert "finetune_operator" not in packages
+
+
+def imported_modules(directory: Path) -> dict[str, set[str]]:
+    """Top-level modules imported (absolutely) by each .py file under ``directory``, at any depth of the file."""
+    found = {}
+    for source in sorted(directory.rglob("*.py")):
+        modules = set()
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                modules |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                modules.add(node.module.split(".")[0])
+        found[str(source.relative_to(REPO))] = modules
+    return found
+
+
+def test_the_core_and_the_trainer_import_nothing_of_the_operator():
+    trainer = imported_modules(REPO / "trainer-image" / "finetune_trainer")
+    core = imported_modules(REPO / "core" / "finetune_core")
+    assert [name for name, modules in {**trainer, **core}.items() if "finetune_operator" in modules] == []
+    assert [name for name, modules in core.items() if "finetune_trainer" in modules] == []
+
+
+def test_the_core_imports_nothing_the_operator_does_not_install():
+    """The operator image installs the core: none of the trainer's heavy libraries may appear in it."""
+    heavy = {"torch", "transformers", "peft", "accelerate", "safetensors", "bitsandbytes", "pyarrow"}
+    core = imported_modules(REPO / "core" / "finetune_core")
+    assert {name: sorted(modules & heavy) for name, modules in core.items() if modules & heavy} == {}
+
+
 @pytest.mark.timeout(900)
 def test_the_operator_dockerfiles_install_steps_succeed_in_a_fresh_virtualenv(tmp_path):
     """Replays the build stage: its COPYs into a fresh context, its RUNs with the image's paths mapped into
@@ -122,19 +213,7 @@ def test_the_operator_dockerfiles_install_steps_succeed_in_a_fresh_virtualenv(tm
         return text
 
     context = Path(paths[workdir])
-    context.mkdir(parents=True)
-    for copy in build.all("COPY"):
-        *sources, destination = shlex.split(copy)
-        for source in sources:
-            target = context / destination if destination not in (".", "./") else context
-            origin = REPO / source
-            if origin.is_dir():
-                shutil.copytree(
-                    origin, context / destination.rstrip("/"), ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-                )
-            else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(origin, target if not destination.endswith("/") else target / origin.name)
+    copy_sources(build, context)
     environment = {key: value for key, value in os.environ.items() if not key.startswith(("VIRTUAL_ENV", "PYTHON"))}
     # `python` is the interpreter running the tests (3.11, as the image's base); its venv module makes a clean venv.
     bin_dir = tmp_path / "bin"

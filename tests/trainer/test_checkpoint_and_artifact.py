@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from finetune_operator.api import FinalSummary, TrainingReport
+from finetune_core.api import FinalSummary, TrainingReport
 from finetune_trainer.artifact import ArtifactTarget, publish
 from finetune_trainer.checkpoint import MARKER, Checkpointer
 from finetune_trainer.distributed import Distributed

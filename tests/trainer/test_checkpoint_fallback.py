@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.api import CheckpointFallback
+from finetune_core.api import CheckpointFallback
 from finetune_trainer.errors import Preempted
 from finetune_trainer.report import TrainingHooks
 from finetune_trainer.run import run

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 import torch
-from finetune_operator.api import ExitCode, TrainingReport
+from finetune_core.api import ExitCode, TrainingReport
 from finetune_trainer.run import run
 from safetensors.torch import load_file
 from test_checkpoint_seal import reseal
@@ -52,7 +52,7 @@ def test_two_ranks_preempted_and_resumed_match_two_ranks_uninterrupted(make_job,
     wait_for_step(process, lines, 30)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == ExitCode.PREEMPTED, lines[-5:]
-    stopped_at = {line["rank"]: line["step"] for line in lines if line.get("event") == "preempted"}
+    stopped_at = {line["rank"]: line["step"] for line in lines if line.get("msg") == "preempted"}
     assert set(stopped_at) == {0, 1} and len(set(stopped_at.values())) == 1
     step = stopped_at[0]
     saved = checkpoints_dir(interrupted) / f"step-{step}"
@@ -83,13 +83,13 @@ def test_a_checkpoint_only_one_rank_cannot_read_is_skipped_by_both(make_job, env
     wait_for_step(process, lines, 30)
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == ExitCode.PREEMPTED, lines[-5:]
-    step = next(line["step"] for line in lines if line.get("event") == "preempted")
+    step = next(line["step"] for line in lines if line.get("msg") == "preempted")
     reseal(checkpoints_dir(config) / f"step-{step}", "rng-rank-1.safetensors", b"not a state file")
 
     process, lines = start(two_ranks(config), env)
     assert process.wait(timeout=300) == ExitCode.SUCCESS, lines[-5:]
 
-    fallbacks = {line["rank"]: line for line in lines if line.get("event") == "checkpoint_fallback"}
+    fallbacks = {line["rank"]: line for line in lines if line.get("msg") == "checkpoint_fallback"}
     assert set(fallbacks) == {0, 1}
     assert {(f["from_step"], f["to_step"], f["reason"]) for f in fallbacks.values()} == {(step, 20, "unreadable")}
     assert report_of(config).resumed_from_step == 20

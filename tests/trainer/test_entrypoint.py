@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.__main__ import main
 from trainer_data import sft_rows
 
@@ -39,7 +39,7 @@ def test_qlora_on_cpu_exits_with_the_configuration_code_and_says_why(make_job, t
     message = termination_message(trainer_env)
     assert "qlora" in message and "GPU" in message and "method.type lora" in message
     last_line = json.loads(result.stderr.strip().splitlines()[-1])
-    assert last_line["event"] == "stopped" and last_line["exit_code"] == 78
+    assert last_line["msg"] == "stopped" and last_line["exit_code"] == 78
 
 
 def test_an_invalid_configuration_names_the_field(make_job, trainer_env):

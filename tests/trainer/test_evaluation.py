@@ -6,7 +6,7 @@ import json
 import math
 
 import pytest
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.__main__ import main
 from finetune_trainer.run import run
 from trainer_data import artifact_dir, preference_rows

@@ -14,8 +14,8 @@ import logging
 
 import pytest
 import torch
-from finetune_operator.api import Method, Training
-from finetune_operator.api.finetunejob import LoraSettings
+from finetune_core.api import Method, Training
+from finetune_core.api.finetunejob import LoraSettings
 from finetune_trainer import losses, patches
 from finetune_trainer import model as model_module
 from finetune_trainer.batching import collate

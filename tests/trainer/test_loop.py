@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from finetune_operator.api import Training
+from finetune_core.api import Training
 from finetune_trainer.batching import Step, trained_tokens
 from finetune_trainer.data.types import IGNORE_INDEX, Example
 from finetune_trainer.distributed import Distributed

@@ -8,7 +8,7 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from finetune_operator.api import ProgressReport, TrainingReport
+from finetune_core.api import ProgressReport, TrainingReport
 from finetune_trainer import metrics_server
 from finetune_trainer.metrics_server import METRICS_PORT_ENV, MetricsServer, metrics_hooks
 from finetune_trainer.report import StepMetrics

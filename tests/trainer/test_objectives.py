@@ -7,7 +7,7 @@ import statistics
 
 import pytest
 import torch
-from finetune_operator.api import Manifest, TrainingReport, manifest_of_directory
+from finetune_core.api import Manifest, TrainingReport, manifest_of_directory
 from finetune_trainer.run import run
 from trainer_data import artifact_dir, chat_rows, preference_rows, sft_rows, step_losses, text_rows
 

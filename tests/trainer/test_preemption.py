@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import ExitCode, TrainingReport
+from finetune_core.api import ExitCode, TrainingReport
 from trainer_data import artifact_dir, checkpoints_dir
 
 pytestmark = pytest.mark.trainer
@@ -35,7 +35,7 @@ def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, li
             try:
                 lines.append(json.loads(line))
             except json.JSONDecodeError:
-                lines.append({"event": "text", "text": line})
+                lines.append({"msg": "text", "text": line})
 
     threading.Thread(target=collect, daemon=True).start()
     return process, lines
@@ -44,7 +44,7 @@ def start(command: list[str], env: dict[str, str]) -> tuple[subprocess.Popen, li
 def wait_for_step(process: subprocess.Popen, lines: list[dict], step: int, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if any(line.get("event") == "step" and line.get("step", 0) >= step for line in list(lines)):
+        if any(line.get("msg") == "step" and line.get("step", 0) >= step for line in list(lines)):
             return
         assert process.poll() is None, f"the trainer ended early: {lines[-5:]}"
         time.sleep(0.05)
@@ -76,7 +76,7 @@ def trainer_command(config: Path) -> list[str]:
 
 def assert_preempted_then_resumed(config: Path, process, lines, env) -> None:
     assert process.wait(timeout=120) == ExitCode.PREEMPTED, lines[-5:]
-    stopped = [line for line in lines if line.get("event") == "preempted"]
+    stopped = [line for line in lines if line.get("msg") == "preempted"]
     assert stopped, lines[-5:]
     step = stopped[0]["step"]
     assert STOP_AT <= step < TOTAL_STEPS

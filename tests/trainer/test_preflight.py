@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from finetune_operator.api import ExitCode, PreflightReport
+from finetune_core.api import ExitCode, PreflightReport
 from finetune_trainer.__main__ import main
 from finetune_trainer.preflight import TrainingTopology, preflight
 from finetune_trainer.run import run

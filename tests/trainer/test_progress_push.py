@@ -17,7 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import (
+from finetune_core.api import (
     ArtifactReport,
     CheckpointReport,
     EvaluationSummary,

@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from finetune_operator.api import CheckpointReport, ProgressEndpoint
+from finetune_core.api import CheckpointReport, ProgressEndpoint
 from finetune_operator.certificates import KeyPair, make_ca, make_serving_certificate
 from finetune_trainer.progress_push import ProgressPusher
 

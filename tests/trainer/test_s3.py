@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from botocore.exceptions import ClientError
-from finetune_operator.api import Manifest, manifest_of_directory
+from finetune_core.api import Manifest, manifest_of_directory
 from finetune_trainer.checkpoint import Checkpointer
 from finetune_trainer.errors import ConfigError, DataError, Preempted
 from finetune_trainer.report import TrainingHooks

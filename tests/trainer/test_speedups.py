@@ -12,8 +12,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from finetune_operator.api import Method, Training
-from finetune_operator.api.finetunejob import LoraSettings
+from finetune_core.api import Method, Training
+from finetune_core.api.finetunejob import LoraSettings
 from finetune_trainer import losses
 from finetune_trainer import model as model_module
 from finetune_trainer.batching import collate

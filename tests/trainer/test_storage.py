@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.errors import ConfigError, DataError, TrainerError, exit_code_of
 from finetune_trainer.run import run
 from finetune_trainer.storage import (
@@ -118,6 +118,18 @@ def test_credentials_come_from_the_mounted_secret_when_there_is_one(trainer_env,
 
     assert output.get("AWS_ACCESS_KEY_ID") == "from-secret"
     assert credentials_for("model").get("AWS_ACCESS_KEY_ID") == "from-environment"
+
+
+def test_s3_without_keys_in_the_secret_is_refused_whatever_the_pod_environment_holds(trainer_env, monkeypatch):
+    # A node's instance role or a workload identity would answer boto3's default chain: never asked.
+    mounted = trainer_env / "credentials" / "model"
+    mounted.mkdir(parents=True)
+    (mounted / "AWS_REGION").write_text("us-east-1")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "ambient-id")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "ambient-secret")
+    with pytest.raises(ConfigError, match="no AWS_ACCESS_KEY_ID and no AWS_SECRET_ACCESS_KEY") as raised:
+        fetch_model("s3://bucket/models/tiny")
+    assert exit_code_of(raised.value) == ExitCode.CONFIG_ERROR and "ambient" not in str(raised.value)
 
 
 def test_credentials_never_show_their_values(trainer_env, monkeypatch):

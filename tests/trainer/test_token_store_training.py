@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 import torch
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.errors import Preempted
 from finetune_trainer.run import run
 from safetensors.torch import load_file
@@ -101,7 +101,7 @@ def test_two_ranks_read_one_store_and_train_as_from_memory(make_job, trainer_env
         assert result.returncode == ExitCode.SUCCESS, result.stderr[-3000:]
         weights[name] = load_file(artifact_dir(config) / "adapter_model.safetensors")
         built_by[name] = [
-            event.get("rank") for event in log_events(result.stderr) if event["event"] == "token_store_built"
+            event.get("rank") for event in log_events(result.stderr) if event["msg"] == "token_store_built"
         ]
 
     # One store per source, written once (rank 0 built it while rank 1 waited), no partial directory left.

@@ -6,6 +6,8 @@ import hashlib
 import json
 
 import pytest
+from finetune_core.api import ManifestEntry, ModelAdapterSpec, build_manifest
+from finetune_core.api.manifest import MAX_MANIFEST_FILES
 from finetune_operator.adapters.verify import (
     ArtifactProblem,
     check_files,
@@ -13,8 +15,6 @@ from finetune_operator.adapters.verify import (
     check_serving,
     parse_json,
 )
-from finetune_operator.api import ManifestEntry, ModelAdapterSpec, build_manifest
-from finetune_operator.api.manifest import MAX_MANIFEST_FILES
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 LLAMA = {"model_type": "llama", "architectures": ["LlamaForCausalLM"]}

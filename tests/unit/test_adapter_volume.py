@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
+from finetune_core.api import MANIFEST_FILE_NAME, ModelAdapter, manifest_of_directory
 from finetune_operator.adapters.verification import MESSAGE_LIMIT_BYTES, Verification, verify_artifact
 from finetune_operator.adapters.volume import result_of
 from finetune_operator.adapters.volume_check import main as volume_check
-from finetune_operator.api import MANIFEST_FILE_NAME, ModelAdapter, manifest_of_directory
 from finetune_operator.render.verifier import ADAPTER_LABEL, artifact_path, render_verifier_job, verifier_job_name
 from finetune_operator.settings import Settings
 from finetune_operator.storage import FileStore

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 from catalog import CATALOG, valid_job
-from finetune_operator.api import FineTuneJob, FineTuneModel, ModelAdapter, format_validation_error
+from finetune_core.api import FineTuneJob, FineTuneModel, ModelAdapter, format_validation_error
 from pydantic import ValidationError
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, FineTuneModel, format_validation_error
-from finetune_operator.api.finetunejob import ArtifactStatus
+from finetune_core.api import FineTuneJob, FineTuneModel, format_validation_error
+from finetune_core.api.finetunejob import ArtifactStatus
 from finetune_operator.catalog import (
     DEFAULTS_INVALID,
     LIMIT_EXCEEDED,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.api import CheckpointFallback, Gate, ProgressReport
+from finetune_core.api import CheckpointFallback, Gate, ProgressReport
 from finetune_operator.progress.checkpoint_events import checkpoint_fallback_event
 from finetune_operator.progress.status_patch import status_patch
 from pydantic import ValidationError

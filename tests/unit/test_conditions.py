@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from finetune_operator.api import Condition
+from finetune_core.api import Condition
 from finetune_operator.status.conditions import Change, get_condition, is_true, set_condition
 
 T0 = "2025-03-04T10:00:00Z"

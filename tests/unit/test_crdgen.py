@@ -9,8 +9,7 @@ from typing import Any
 
 import pytest
 import yaml
-from finetune_operator import crdgen
-from finetune_operator.api import (
+from finetune_core.api import (
     FineTuneJob,
     FineTuneJobSpec,
     FineTuneJobStatus,
@@ -20,6 +19,7 @@ from finetune_operator.api import (
     finetunejob,
     finetunemodel,
 )
+from finetune_operator import crdgen
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[2]

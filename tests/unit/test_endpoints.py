@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.endpoints import EndpointInvalid, endpoint_problem, normalise_endpoint
+from finetune_core.endpoints import EndpointInvalid, endpoint_problem, normalise_endpoint
 
 PLATFORM = frozenset({"http://minio.storage.svc:9000"})
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.api import Condition
+from finetune_core.api import Condition
 from finetune_operator.events import event_for, event_type, worth_an_event
 from finetune_operator.status.conditions import Change
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.api import ExitCode, describe_exit_code
+from finetune_core.api import ExitCode, describe_exit_code
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
-from finetune_operator.api import (
+from finetune_core.api import (
     EvaluationSummary,
     Gate,
     LossComparison,

@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from finetune_operator.api import Manifest, ManifestEntry, build_manifest, digest_of, manifest_of_directory
+from finetune_core.api import Manifest, ManifestEntry, build_manifest, digest_of, manifest_of_directory
 
 
 def entry(path: str, content: bytes) -> ManifestEntry:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from finetune_operator.api import FineTuneJobStatus
-from finetune_operator.api.finetunejob import QueueStatus
+from finetune_core.api import FineTuneJobStatus
+from finetune_core.api.finetunejob import QueueStatus
 from finetune_operator.context import Outcome
 from finetune_operator.controller import job_metrics_recorder
 from finetune_operator.metrics import OperatorMetrics

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from finetune_operator.api import VLLM_MAX_LORA_RANKS, required_max_lora_rank
+from finetune_core.api import VLLM_MAX_LORA_RANKS, required_max_lora_rank
 
 
 @pytest.mark.parametrize(

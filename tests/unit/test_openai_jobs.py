@@ -6,7 +6,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
-from finetune_operator.api import FineTuneModel
+from finetune_core.api import FineTuneModel
 from finetune_operator.openai_api.admission import check_job, hints
 from finetune_operator.openai_api.errors import ApiError
 from finetune_operator.openai_api.jobs import (

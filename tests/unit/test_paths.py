@@ -6,8 +6,8 @@ import re
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, ModelAdapter, format_validation_error
-from finetune_operator.api.paths import (
+from finetune_core.api import FineTuneJob, ModelAdapter, format_validation_error
+from finetune_core.api.paths import (
     UNSAFE_URI_PATH_CEL_PATTERN,
     UnsafePathError,
     checked_relative,

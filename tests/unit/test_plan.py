@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, FineTuneJobStatus, Plan, PreflightPlan, PreflightReport, TokenCounts
+from finetune_core.api import FineTuneJob, FineTuneJobStatus, Plan, PreflightPlan, PreflightReport, TokenCounts
 from finetune_operator.planner import (
     EFFECTIVE_FLOPS,
     estimate,

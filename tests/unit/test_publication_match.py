@@ -6,8 +6,8 @@ import copy
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob
-from finetune_operator.api.finetunejob import ArtifactStatus
+from finetune_core.api import FineTuneJob
+from finetune_core.api.finetunejob import ArtifactStatus
 from finetune_operator.render.modeladapter import is_publication_of, render_model_adapter
 from finetune_operator.settings import Settings
 

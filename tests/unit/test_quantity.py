@@ -6,8 +6,8 @@ from fractions import Fraction
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, format_validation_error
-from finetune_operator.api.quantity import MAX_QUANTITY, QuantityError, parse_quantity, positive_quantity
+from finetune_core.api import FineTuneJob, format_validation_error
+from finetune_core.api.quantity import MAX_QUANTITY, QuantityError, parse_quantity, positive_quantity
 from pydantic import ValidationError
 
 

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, TrainerConfig
+from finetune_core.api import FineTuneJob, TrainerConfig
 from finetune_operator.render import (
     Reference,
     claims,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 from catalog import edited, valid_job
-from finetune_operator.api import ExitCode, FineTuneJob
+from finetune_core.api import ExitCode, FineTuneJob
 from finetune_operator.naming import CONFIG_HASH_ANNOTATION, SPEC_HASH_ANNOTATION
 from finetune_operator.render import (
     config_data,
@@ -355,7 +355,7 @@ def test_every_volume_the_operator_adds_is_allowed_under_restricted():
 
 
 def test_the_volumes_and_mount_paths_the_operator_uses_are_the_ones_the_api_reserves():
-    from finetune_operator.api.finetunejob import RESERVED_MOUNT_PATHS, RESERVED_VOLUME_NAMES, RESERVED_VOLUME_PREFIXES
+    from finetune_core.api.finetunejob import RESERVED_MOUNT_PATHS, RESERVED_VOLUME_NAMES, RESERVED_VOLUME_PREFIXES
 
     job = make_job(
         {
@@ -444,8 +444,8 @@ def test_mount_paths_beside_the_reserved_ones_are_accepted(path):
     ],
 )
 def test_the_reserved_mount_path_rule_of_the_crd_agrees_with_the_models(path):
-    from finetune_operator.api.finetunejob import RESERVED_MOUNT_PATHS, RESERVED_MOUNT_PATTERN
-    from finetune_operator.api.paths import is_within, normalised_mount_path
+    from finetune_core.api.finetunejob import RESERVED_MOUNT_PATHS, RESERVED_MOUNT_PATTERN
+    from finetune_core.api.paths import is_within, normalised_mount_path
 
     by_cel = re.search(RESERVED_MOUNT_PATTERN, path) is not None
     by_model = any(is_within(normalised_mount_path(path), reserved) for reserved in RESERVED_MOUNT_PATHS)
@@ -454,7 +454,7 @@ def test_the_reserved_mount_path_rule_of_the_crd_agrees_with_the_models(path):
 
 @pytest.mark.parametrize("volume_type", ["hostPath", "nfs", "iscsi", "gitRepo", "rbd", "cephfs", "flexVolume"])
 def test_volumes_of_types_restricted_pod_security_refuses_are_refused_naming_the_volume(volume_type):
-    from finetune_operator.api import format_validation_error
+    from finetune_core.api import format_validation_error
     from pydantic import ValidationError
 
     volumes = [{"name": "ok", "emptyDir": {}}, {"name": "host", volume_type: {"path": "/"}}]
@@ -851,7 +851,7 @@ def test_torch_threads_follow_cpu_limits_written_with_any_suffix(cpu, gpus, thre
 
 @pytest.mark.parametrize("name", ["MACHINE_RANK", "POD_NAME", "HOME", "FINETUNE_SCRATCH_DIR", "FINETUNE_ANYTHING"])
 def test_user_env_cannot_override_what_the_operator_sets(name):
-    from finetune_operator.api import format_validation_error
+    from finetune_core.api import format_validation_error
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError) as raised:
@@ -862,7 +862,7 @@ def test_user_env_cannot_override_what_the_operator_sets(name):
 
 
 def test_every_variable_the_operator_sets_is_reserved_except_omp_num_threads():
-    from finetune_operator.api.finetunejob import RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX
+    from finetune_core.api.finetunejob import RESERVED_ENV_NAMES, RESERVED_ENV_PREFIX
 
     settings = Settings(default_output_uri="s3://models/out", progress_url="https://operator:8443")
     job = make_job({"spec.resources": {"cpu": "8", "nodes": 2}})

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from finetune_operator.api import (
+from finetune_core.api import (
     FinalSummary,
     FineTuneJobStatus,
     Gate,

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob
+from finetune_core.api import FineTuneJob
 from finetune_operator.naming import EXPIRES_AT_ANNOTATION, MINTED_AT_ANNOTATION, POLICY_HASH_ANNOTATION
 from finetune_operator.render import ResolutionError, credential_secrets, references
 from finetune_operator.render.session_policy import (

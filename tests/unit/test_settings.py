@@ -239,3 +239,8 @@ def test_leader_election_can_be_turned_off():
 )
 def test_leader_election_durations_that_could_overlap_two_leaders_are_refused(argv, detail):
     assert detail in error_from(argv)
+
+
+@pytest.mark.parametrize("uri", ["s3://bucket//runs", "pvc://claim/../other"])
+def test_a_default_output_that_would_leave_its_bucket_or_claim_is_refused_at_start(uri):
+    assert "segment" in error_from([f"--default-output-uri={uri}"])

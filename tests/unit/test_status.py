@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FinalSummary, FineTuneJob, FineTuneJobStatus
+from finetune_core.api import FinalSummary, FineTuneJob, FineTuneJobStatus
 from finetune_operator.crdgen import finetunejob_crd
 from finetune_operator.status.conditions import get_condition
 from finetune_operator.status.observe import (

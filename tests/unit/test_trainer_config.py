@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_operator.api import FineTuneJob, LoraSettings, TrainerConfig
+from finetune_core.api import FineTuneJob, LoraSettings, TrainerConfig
 from finetune_operator.render import ResolutionError, adapter_name, artifact_version, resolve_trainer_config
 from finetune_operator.settings import Settings
 

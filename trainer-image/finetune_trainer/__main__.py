@@ -1,6 +1,6 @@
 """Entry point: ``python -m finetune_trainer --config config.json`` (alone, or under ``accelerate launch``).
 
-The exit status is an API (finetune_operator.api.ExitCode): 0 success, 78 configuration error,
+The exit status is an API (finetune_core.api.ExitCode): 0 success, 78 configuration error,
 65 data error, 79 evaluation gate failed (none of them retried), 75 preempted after a checkpoint
 (retried, resumes), 1 anything else. A failure's one-line reason goes to the container's termination message, where the
 operator reads it for the job's conditions; a success leaves the final summary there (termination.py).
@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 
 from . import log
 from .errors import exit_code_of

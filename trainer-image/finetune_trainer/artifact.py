@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from finetune_operator.api import (
+from finetune_core.api import (
     MANIFEST_FILE_NAME,
     REPORT_FILE_NAME,
     ArtifactReport,

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from finetune_operator.api import CheckpointFallback
+from finetune_core.api import CheckpointFallback
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 

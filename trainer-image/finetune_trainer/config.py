@@ -7,7 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from finetune_operator.api import TrainerConfig, format_validation_error
+from finetune_core.api import TrainerConfig, format_validation_error
 from pydantic import ValidationError
 
 from .errors import ConfigError

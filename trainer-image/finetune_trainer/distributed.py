@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from finetune_operator.api import TrainerConfig
+from finetune_core.api import TrainerConfig
 
 
 @dataclass

@@ -8,7 +8,7 @@ resumes from it. Anything else is a bug or an infrastructure fault: exit 1, retr
 
 from __future__ import annotations
 
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 
 
 class TrainerError(Exception):

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-from finetune_operator.api import EvaluationSummary, Gate, LossComparison, judge
+from finetune_core.api import EvaluationSummary, Gate, LossComparison, judge
 
 from .batching import collate, plan_epoch, trained_tokens
 from .data.types import IGNORE_INDEX, Example, PreferenceExample

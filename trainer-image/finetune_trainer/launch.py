@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 
 # Which code wins when ranks disagree: a rank that failed makes the launcher stop the others, which
 # then report preempted; the cause is the one to keep.

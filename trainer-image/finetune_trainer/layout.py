@@ -14,7 +14,7 @@ import math
 import os
 from dataclasses import dataclass
 
-from finetune_operator.api import Training
+from finetune_core.api import Training
 
 from .model import packs_flat
 

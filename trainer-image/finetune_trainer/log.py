@@ -1,20 +1,19 @@
-"""Structured logging: one JSON object per line on stderr, which is what the cluster's log stack parses.
-
-Every line carries the time, level, event name, and the process's rank when it is one of several.
-Call sites pass facts as fields, never formatted sentences with values buried in them:
+"""Structured logging: one JSON object per line on stderr, in the format the operator writes too
+(finetune_core.log): time, level, logger, the event name as ``msg``, the process's rank when it is one
+of several, and the event's fields. Call sites pass facts as fields, never formatted sentences with
+values buried in them:
 
     log.info("checkpoint_saved", step=200, uri="s3://bucket/job/checkpoints/step-200")
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import sys
-import time
 from typing import Any
+
+from finetune_core.log import JsonFormatter
 
 _LOGGER = logging.getLogger("finetune_trainer")
 
@@ -32,45 +31,24 @@ _QUIET_LIBRARIES = {
 }
 
 
-class JsonLinesFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
-            "level": record.levelname.lower(),
-            "event": record.getMessage(),
-        }
-        if not record.name.startswith("finetune_trainer"):
-            line["logger"] = record.name
-        rank = os.environ.get("RANK")
-        if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1":
-            line["rank"] = int(rank)
-        line.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            line["traceback"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=_json_default, allow_nan=False)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "item"):  # numpy and torch scalars
-        return value.item()
-    return str(value)
-
-
-def _finite(fields: dict[str, Any]) -> dict[str, Any]:
-    # JSON has no NaN or Infinity; a diverged loss is still worth logging, as a string.
-    return {k: (str(v) if isinstance(v, float) and not math.isfinite(v) else v) for k, v in fields.items()}
+def _rank() -> dict[str, int]:
+    """The process's rank when it is one of several (read per line: the launcher sets it per process)."""
+    rank = os.environ.get("RANK")
+    if rank is not None and os.environ.get("WORLD_SIZE", "1") != "1":
+        return {"rank": int(rank)}
+    return {}
 
 
 def configure(level: str | None = None) -> None:
     """Send the trainer's log, and the warnings of the libraries it uses, to stderr as JSON lines; idempotent."""
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonLinesFormatter())
+    handler.setFormatter(JsonFormatter(context=_rank))
     _LOGGER.handlers[:] = [handler]
     _LOGGER.setLevel(level or os.environ.get("FINETUNE_LOG_LEVEL", "INFO").upper())
     _LOGGER.propagate = False
     root = logging.getLogger()
     # Replace only our own handler: others (a test runner's capture) keep working.
-    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonLinesFormatter)] + [handler]
+    root.handlers[:] = [h for h in root.handlers if not isinstance(h.formatter, JsonFormatter)] + [handler]
     root.setLevel(logging.WARNING)
     for name, library_level in _QUIET_LIBRARIES.items():
         logging.getLogger(name).setLevel(library_level)
@@ -88,7 +66,7 @@ def route_transformers_logging() -> None:
 
 
 def _emit(level: int, event: str, fields: dict[str, Any], exc_info: bool = False) -> None:
-    _LOGGER.log(level, event, extra={"fields": _finite(fields)}, exc_info=exc_info)
+    _LOGGER.log(level, event, extra={"fields": fields}, exc_info=exc_info)
 
 
 def debug(event: str, **fields: Any) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from finetune_operator.api import CheckpointReport, ProgressReport
+from finetune_core.api import CheckpointReport, ProgressReport
 
 from . import log
 from .batching import Step, collate

@@ -11,7 +11,7 @@ import math
 import os
 import sys
 
-from finetune_operator.api import EvaluationSummary, ProgressReport, TrainingReport
+from finetune_core.api import EvaluationSummary, ProgressReport, TrainingReport
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 from . import log

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from finetune_operator.api import Method, Training
+from finetune_core.api import Method, Training
 
 from . import log
 from .errors import ConfigError

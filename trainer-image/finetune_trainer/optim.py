@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from finetune_operator.api import Training
+from finetune_core.api import Training
 
 
 def build_optimizer(model: torch.nn.Module, training: Training) -> torch.optim.AdamW:

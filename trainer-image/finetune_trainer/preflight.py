@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from finetune_operator.api import (
+from finetune_core.api import (
     PREFLIGHT_MESSAGE_LIMIT,
     PreflightPlan,
     PreflightReport,
@@ -26,7 +26,7 @@ from finetune_operator.api import (
     TokenCounts,
     TrainerConfig,
 )
-from finetune_operator.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS, ORIGIN_PATTERN
+from finetune_core.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS, ORIGIN_PATTERN
 
 from . import log
 from .batching import Step, epoch_planner

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from finetune_operator.api import CheckpointReport, EvaluationSummary, ProgressEndpoint, ProgressReport, TrainingReport
+from finetune_core.api import CheckpointReport, EvaluationSummary, ProgressEndpoint, ProgressReport, TrainingReport
 
 from . import log
 from .report import StepMetrics, TrainingHooks

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune_operator.api import CheckpointReport, EvaluationSummary, ProgressReport, TrainingReport
+from finetune_core.api import CheckpointReport, EvaluationSummary, ProgressReport, TrainingReport
 
 from . import log
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from finetune_operator.api import (
+from finetune_core.api import (
     REPORT_FILE_NAME,
     ArtifactReport,
     CheckpointFallback,

@@ -1,9 +1,9 @@
 """Where things live: URIs to local paths, downloads of models and data, uploads of outputs.
 
-Schemes:
+Schemes (parsed by finetune_core.uri):
 - ``file:///abs/path``: a local path (laptops, the test node).
 - ``pvc://claim/path``: ``${FINETUNE_PVC_ROOT:-/mnt/pvc}/claim/path``; the operator mounts each claim there.
-- ``s3://bucket/prefix``: any S3-compatible store through boto3.
+- ``s3://bucket/prefix``: any S3-compatible store (clients from finetune_core.s3).
 - ``hf://org/name`` (models) and ``hf://datasets/org/name[/sub/path]`` (data): the Hugging Face Hub or
   the mirror in HF_ENDPOINT, pinned to a revision that is resolved to a commit and reported.
 
@@ -29,22 +29,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from finetune_operator.api.paths import UnsafePathError, checked_relative
+from finetune_core import s3
+from finetune_core.api.paths import UnsafePathError, checked_relative
+from finetune_core.s3 import CREDENTIAL_KEYS
+from finetune_core.uri import Uri, UriError
+from finetune_core.uri import local_path as uri_local_path
+from finetune_core.uri import parse_uri as uri_parts
 
 from . import log
 from .errors import ConfigError, DataError, TrainerError
 
 Purpose = Literal["model", "data", "output"]
-CREDENTIAL_KEYS = (
-    "HF_TOKEN",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",  # temporary credentials (STS, SSO, assumed roles) are refused without it
-    "AWS_ENDPOINT_URL",
-    "AWS_REGION",
-    "AWS_CREDENTIAL_EXPIRATION",  # minted per-job credentials: re-read from their files before this time
-)
-
 # Weight formats other than safetensors and framework exports we never load: not worth downloading.
 HF_IGNORE_PATTERNS = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.gguf", "*.onnx", "*.h5", "*.msgpack", "*.ot", "original/*"]
 
@@ -123,44 +118,21 @@ def join_below(root: Path, relative: str, what: str, error: type[TrainerError] =
 # URIs
 
 
-@dataclass(frozen=True)
-class Uri:
-    scheme: str  # file, pvc, s3, hf
-    authority: str  # bucket, claim, or "" for file://
-    path: str  # without leading slash for s3/pvc/hf; absolute for file
-
-    @property
-    def text(self) -> str:
-        if self.scheme == "file":
-            return f"file://{self.path}"
-        return f"{self.scheme}://{self.authority}/{self.path}".rstrip("/")
-
-
 def parse_uri(uri: str) -> Uri:
-    scheme, sep, rest = uri.partition("://")
-    if not sep or scheme not in ("file", "pvc", "s3", "hf"):
-        raise ConfigError(
-            f"unsupported URI {uri!r}: use file:///abs/path, pvc://claim/path, s3://bucket/prefix or hf://"
-        )
-    if scheme == "file":
-        if not rest.startswith("/"):
-            raise ConfigError(f"file URI {uri!r} must be absolute: file:///abs/path")
-        return Uri("file", "", rest)
-    authority, _, path = rest.partition("/")
-    if not authority:
-        raise ConfigError(f"URI {uri!r} lacks the {'bucket' if scheme == 's3' else 'name'} after {scheme}://")
-    return Uri(scheme, authority, path.strip("/"))
+    """The parts of ``uri`` (finetune_core.uri); a URI it refuses is the user's to fix: a ConfigError."""
+    try:
+        return uri_parts(uri)
+    except UriError as error:
+        raise ConfigError(str(error)) from None
 
 
 def local_path(uri: str) -> Path | None:
-    """The local path of a file:// or pvc:// URI; None for remote schemes."""
-    parsed = parse_uri(uri)
-    if parsed.scheme == "file":
-        return Path(parsed.path)
-    if parsed.scheme == "pvc":
-        claim = join_below(pvc_root(), parsed.authority, f"the claim of {uri}", ConfigError)
-        return join_below(claim, parsed.path, f"the path of {uri}", ConfigError) if parsed.path else claim
-    return None
+    """The local path of a file:// or pvc:// URI (claims are mounted under FINETUNE_PVC_ROOT); None for remote
+    schemes."""
+    try:
+        return uri_local_path(uri, pvc_root())
+    except UriError as error:
+        raise ConfigError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -168,56 +140,20 @@ def local_path(uri: str) -> Path | None:
 
 
 def s3_client(credentials: Credentials):
-    import boto3
-    from botocore.config import Config
-
-    endpoint = credentials.get("AWS_ENDPOINT_URL")
-    # S3-compatible servers (MinIO, Ceph, on-prem appliances) rarely serve virtual-host bucket names.
-    addressing = "path" if endpoint else "auto"
-    options = {
-        "endpoint_url": endpoint,
-        "region_name": credentials.get("AWS_REGION") or "us-east-1",
-        "config": Config(s3={"addressing_style": addressing}, retries={"max_attempts": 10, "mode": "adaptive"}),
-    }
-    if credentials.get("AWS_CREDENTIAL_EXPIRATION") and Path(credentials.source).is_dir():
-        return boto3.Session(botocore_session=_refreshing_session(Path(credentials.source))).client("s3", **options)
-    return boto3.client(
-        "s3",
-        aws_access_key_id=credentials.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=credentials.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=credentials.get("AWS_SESSION_TOKEN"),
-        **options,
-    )
-
-
-def _refreshing_session(directory: Path):
-    """A botocore session whose only credentials are the mounted Secret's, read again before they expire.
-
-    The operator mints a job's credentials again at half their lifetime and the kubelet updates the mounted
-    files; botocore asks for fresh ones in the last 15 minutes of a session, so a training longer than one
-    session never meets expired credentials. No other provider: never the ambient chain.
+    """The shared client (finetune_core.s3) with the trainer's policy: patient transfers, any endpoint the
+    tenant's own Secret names (this process is the tenant's). Minted credentials (they carry an expiry) are
+    read again from their mounted files before they expire: the operator mints them again at half their
+    lifetime and the kubelet updates the files, so a training longer than one session never meets expired
+    ones. ConfigError when the Secret lacks its keys or names a region or endpoint that cannot be used.
     """
-    import botocore.session
-    from botocore.credentials import CredentialProvider, CredentialResolver, RefreshableCredentials
-
-    def metadata() -> dict[str, str]:
-        values = _credentials_in(directory)
-        return {
-            "access_key": values.get("AWS_ACCESS_KEY_ID") or "",
-            "secret_key": values.get("AWS_SECRET_ACCESS_KEY") or "",
-            "token": values.get("AWS_SESSION_TOKEN") or "",
-            "expiry_time": values.get("AWS_CREDENTIAL_EXPIRATION") or "",
-        }
-
-    class MountedSecret(CredentialProvider):
-        METHOD = "finetune-mounted-secret"
-
-        def load(self):
-            return RefreshableCredentials.create_from_metadata(metadata(), metadata, self.METHOD)
-
-    session = botocore.session.Session()
-    session.register_component("credential_provider", CredentialResolver([MountedSecret()]))
-    return session
+    directory = Path(credentials.source)
+    refresh = None
+    if credentials.get("AWS_CREDENTIAL_EXPIRATION") and directory.is_dir():
+        refresh = lambda: _credentials_in(directory).values  # noqa: E731
+    try:
+        return s3.client(credentials.values, endpoint_allowlist=None, policy=s3.TRANSFER, refresh=refresh)
+    except s3.ClientRefused as refused:
+        raise ConfigError(f"S3 credentials from {credentials.source}: {refused.message}") from None
 
 
 # Answers no retry can change: the user must fix the Secret, the bucket or the URI.

@@ -2,7 +2,7 @@
 ended, even when the progress channel is off and the output location is a claim it cannot mount.
 
 On failure: the one-line reason. On success (global rank 0): the final summary, JSON
-(finetune_operator.api.FinalSummary): the artifact, the evaluation and the resolved base revision.
+(finetune_core.api.FinalSummary): the artifact, the evaluation and the resolved base revision.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from finetune_operator.api import FinalSummary, TrainingReport
+from finetune_core.api import FinalSummary, TrainingReport
 
 MESSAGE_LIMIT = 4000  # the kubelet keeps at most 4096 bytes
 

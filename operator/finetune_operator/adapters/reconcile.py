@@ -14,9 +14,9 @@ import datetime as dt
 import logging
 from typing import Any
 
+from finetune_core.api import ModelAdapter, ModelAdapterStatus, format_validation_error
 from pydantic import ValidationError
 
-from ..api import ModelAdapter, ModelAdapterStatus, format_validation_error
 from ..context import Context, Outcome, age, utc_now
 from ..events import event_for
 from ..kube import MODELADAPTERS, KubeError

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 
-from ..api import MANIFEST_FILE_NAME, ModelAdapterSpec
+from finetune_core.api import MANIFEST_FILE_NAME, ModelAdapterSpec
+
 from ..storage import ObjectRefused, Store
 from .verify import (
     ADAPTER_CONFIG,

@@ -8,9 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
-from ..api import (
+from finetune_core.api import (
     MANIFEST_FILE_NAME,
     Manifest,
     ManifestEntry,
@@ -19,7 +17,9 @@ from ..api import (
     format_validation_error,
     required_max_lora_rank,
 )
-from ..api.manifest import MAX_MANIFEST_FILES
+from finetune_core.api.manifest import MAX_MANIFEST_FILES
+from pydantic import ValidationError
+
 from .architectures import linear_modules
 
 ADAPTER_CONFIG = "adapter_config.json"

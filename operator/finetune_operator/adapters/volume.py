@@ -11,7 +11,8 @@ import datetime as dt
 import logging
 from typing import Any
 
-from ..api import ModelAdapter
+from finetune_core.api import ModelAdapter
+
 from ..context import Context, age
 from ..kube import JOBS, PODS, PVCS
 from ..render.owner import controlled_by

@@ -14,9 +14,9 @@ import os
 import sys
 from pathlib import Path
 
+from finetune_core.api import ModelAdapterSpec, format_validation_error
 from pydantic import ValidationError
 
-from ..api import ModelAdapterSpec, format_validation_error
 from ..render.verifier import SPEC_ENV, TERMINATION_LOG
 from ..storage import DEFAULT_DEADLINE_SECONDS, Deadline, FileStore, StorageUnreachable
 from .verification import Verification, verify_artifact

@@ -14,8 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import GROUP
-from ..api.base import DNS_LABEL_PATTERN
+from finetune_core.api import GROUP
+from finetune_core.api.base import DNS_LABEL_PATTERN
+
 from ..kube import Kube
 from ..progress.ratelimit import RateLimiter
 from ..tokens import ReviewCache

@@ -7,10 +7,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from finetune_core.api import FineTuneJob, FineTuneModel, format_validation_error
 from pydantic import ValidationError
 
 from .. import catalog
-from ..api import FineTuneJob, FineTuneModel, format_validation_error
 from .errors import ApiError, invalid
 from .jobs import DEFAULT_MAX_SEQ_LENGTH, ModelHints
 

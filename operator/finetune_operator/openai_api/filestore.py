@@ -6,8 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..endpoints import normalise_endpoint
-from ..storage import CREDENTIAL_KEYS, s3_client
+from finetune_core.endpoints import normalise_endpoint
+from finetune_core.s3 import S3_KEYS
+from finetune_core.uri import parse_uri
+
+from ..storage import s3_client
 from .files import StoredFile, file_key, namespace_prefix, parse_key
 
 MAX_FILES = 10_000
@@ -20,14 +23,14 @@ class StoreFailed(RuntimeError):
 
 def read_credentials(directory: Path) -> dict[str, str]:
     """The keys of the mounted Secret (one file per key)."""
-    return {key: (directory / key).read_text().strip() for key in CREDENTIAL_KEYS if (directory / key).is_file()}
+    return {key: (directory / key).read_text().strip() for key in S3_KEYS if (directory / key).is_file()}
 
 
 class FileStore:
     def __init__(self, uri: str, credentials: dict[str, str]):
-        bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+        parsed = parse_uri(uri)
+        self.bucket = parsed.authority
+        self.prefix = parsed.prefix
         endpoint = credentials.get("AWS_ENDPOINT_URL")
         # The endpoint is the admin's (the API's own Secret), so it is the one allowed.
         allowed = frozenset([normalise_endpoint(endpoint)]) if endpoint else frozenset()

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiohttp import web
+from finetune_core.api import FineTuneModel
+from finetune_core.api.base import DNS_SUBDOMAIN_PATTERN
 
-from ..api import FineTuneModel
-from ..api.base import DNS_SUBDOMAIN_PATTERN
 from ..context import utc_now
 from ..kube import FINETUNEJOBS, FINETUNEMODELS, MODELADAPTERS, NAMESPACES, Kube, KubeError
 from ..tokens import bearer_token

@@ -9,11 +9,10 @@ import os
 from pathlib import Path
 from typing import Literal
 
+from finetune_core.api import format_validation_error
+from finetune_core.api.base import DNS_SUBDOMAIN_PATTERN
+from finetune_core.api.finetunejob import Template
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
-
-from ..api import format_validation_error
-from ..api.base import DNS_SUBDOMAIN_PATTERN
-from ..api.finetunejob import Template
 
 ENV_PREFIX = "FINETUNE_OPENAI_"
 

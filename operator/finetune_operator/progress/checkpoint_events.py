@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from ..api import CheckpointFallback
+from finetune_core.api import CheckpointFallback
+
 from ..kube import Kube
 
 REASON = "CheckpointDamaged"

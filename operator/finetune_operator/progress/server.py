@@ -24,10 +24,10 @@ import re
 from collections.abc import Callable
 
 from aiohttp import web
+from finetune_core.api import ProgressReport, format_validation_error
+from finetune_core.api.base import DNS_LABEL_PATTERN
 from pydantic import ValidationError
 
-from ..api import ProgressReport, format_validation_error
-from ..api.base import DNS_LABEL_PATTERN
 from ..cache import Caches
 from ..context import utc_now
 from ..kube import FINETUNEJOBS, JOBS, PODS, Kind, Kube, KubeError

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune_core.api import Gate, ProgressReport, verdict_from_numbers
 from pydantic import ValidationError
-
-from ..api import Gate, ProgressReport, verdict_from_numbers
 
 
 def human_duration(seconds: int) -> str:

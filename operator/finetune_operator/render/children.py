@@ -7,7 +7,8 @@ import hashlib
 import json
 from typing import Any
 
-from ..api import CONFIG_FILE_NAME, FineTuneJob, TrainerConfig
+from finetune_core.api import CONFIG_FILE_NAME, FineTuneJob, TrainerConfig
+
 from ..naming import child_labels, config_map_name, selector_labels, service_account_name, service_name
 from ..settings import Settings
 from . import paths

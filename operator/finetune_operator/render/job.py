@@ -14,8 +14,9 @@ import json
 from fractions import Fraction
 from typing import Any
 
-from ..api import ExitCode, FineTuneJob
-from ..api.quantity import parse_quantity
+from finetune_core.api import ExitCode, FineTuneJob
+from finetune_core.api.quantity import parse_quantity
+
 from ..naming import (
     CONFIG_HASH_ANNOTATION,
     KUEUE_LABELS,

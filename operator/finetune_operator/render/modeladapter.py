@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import (
+from finetune_core.api import (
     API_VERSION,
     AdapterLora,
     Artifact,
@@ -14,7 +14,8 @@ from ..api import (
     SecretReference,
     SourceJob,
 )
-from ..api.finetunejob import ArtifactStatus, EvaluationSummary
+from finetune_core.api.finetunejob import ArtifactStatus, EvaluationSummary
+
 from ..naming import JOB_LABEL, MANAGED_BY
 from ..settings import Settings
 from .trainer_config import adapter_name, output_secret, served_name

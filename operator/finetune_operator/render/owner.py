@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import API_VERSION, FineTuneJob, ModelAdapter
+from finetune_core.api import API_VERSION, FineTuneJob, ModelAdapter
 
 
 def owner_reference(owner: FineTuneJob | ModelAdapter, block_owner_deletion: bool = True) -> dict:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..api import FineTuneJob
+from finetune_core.api import FineTuneJob
+
 from ..naming import PREFLIGHT_ROLE_LABEL, TRAINER_CONTAINER, child_labels, preflight_job_name
 from ..settings import Settings
 from . import paths

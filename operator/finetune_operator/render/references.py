@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api import FineTuneJob
+from finetune_core.api import FineTuneJob
+from finetune_core.uri import parse_uri
+
 from ..naming import storage_secret_name
 from ..settings import Settings
 from .session_policy import minted_inputs, uses_minted_credentials
@@ -23,7 +25,7 @@ class Reference:
 
 def pvc_claim(uri: str | None) -> str | None:
     if uri and uri.startswith("pvc://"):
-        return uri.removeprefix("pvc://").split("/", 1)[0]
+        return parse_uri(uri).authority
     return None
 
 

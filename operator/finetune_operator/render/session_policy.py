@@ -15,7 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ..api import FineTuneJob
+from finetune_core.api import FineTuneJob
+from finetune_core.uri import parse_uri
+
 from ..settings import Settings
 from .trainer_config import ResolutionError, resolve_trainer_config
 
@@ -31,8 +33,10 @@ class S3Prefix:
 
     @classmethod
     def of(cls, uri: str) -> S3Prefix:
-        bucket, _, key = uri.removeprefix("s3://").partition("/")
-        return cls(bucket, key.strip("/"))
+        parsed = parse_uri(uri)
+        if parsed.scheme != "s3":
+            raise ValueError(f"{parsed.scheme}:// is not an S3 prefix")
+        return cls(parsed.authority, parsed.path)
 
     def contains(self, other: S3Prefix) -> bool:
         return self.bucket == other.bucket and (not self.key or f"{other.key}/".startswith(f"{self.key}/"))
@@ -60,7 +64,9 @@ class ForeignPrefix(ResolutionError):
 
 
 def shared_output(settings: Settings) -> S3Prefix:
-    return S3Prefix.of(settings.default_output_uri or "")
+    """The default output as a prefix; without an s3:// one, a bucket named "" that contains no S3 URI."""
+    uri = settings.default_output_uri or ""
+    return S3Prefix.of(uri) if uri.startswith("s3://") else S3Prefix("", "")
 
 
 def namespace_prefix(settings: Settings, namespace: str) -> S3Prefix:

@@ -3,7 +3,7 @@
 The Secret is owned by the training Job: it goes with it, and a replaced Job gets fresh credentials.
 Its annotations say when the credentials were minted, when they expire and for which policy, so the
 refresh decision reads metadata only. The kubelet updates mounted Secret files in place; the trainer
-re-reads them before its credentials expire (finetune_trainer/storage.py s3_client).
+re-reads them before its credentials expire (finetune_core.s3.client, given a refresh).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..api import FineTuneJob
+from finetune_core.api import FineTuneJob
+
 from ..naming import (
     EXPIRES_AT_ANNOTATION,
     MINTED_AT_ANNOTATION,
@@ -40,7 +41,7 @@ class MintedSession:
     region: str
 
     def values(self) -> dict[str, str]:
-        """The keys the operator's and the trainer's S3 clients read (storage.CREDENTIAL_KEYS)."""
+        """The keys the operator's and the trainer's S3 clients read (finetune_core.s3.S3_KEYS)."""
         values = {
             "AWS_ACCESS_KEY_ID": self.access_key_id,
             "AWS_SECRET_ACCESS_KEY": self.secret_access_key,

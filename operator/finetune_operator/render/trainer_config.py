@@ -3,8 +3,9 @@ fields or on the operator's settings is decided here, once."""
 
 from __future__ import annotations
 
-from ..api import EvalData, FineTuneJob, LoraSettings, ProgressEndpoint, TrainerConfig, TrainerOutput
-from ..api.trainer import JobIdentity
+from finetune_core.api import EvalData, FineTuneJob, LoraSettings, ProgressEndpoint, TrainerConfig, TrainerOutput
+from finetune_core.api.trainer import JobIdentity
+
 from ..settings import Settings
 from . import paths
 

@@ -12,12 +12,13 @@ import hashlib
 import json
 from typing import Any
 
-from ..api import ModelAdapter
+from finetune_core.api import ModelAdapter
+from finetune_core.uri import parse_uri
+
 from ..naming import MANAGED_BY
 from ..settings import Settings
 from .job import container_security, pod_security
 from .owner import owner_reference
-from .references import pvc_claim
 
 ADAPTER_LABEL = "finetune.dev/model-adapter"
 VERIFIER_CONTAINER = "verify"
@@ -54,10 +55,10 @@ def adapter_of(job: dict[str, Any]) -> str | None:
 
 def artifact_path(uri: str) -> tuple[str, str]:
     """pvc://claim/some/dir/ -> (claim, some/dir)."""
-    claim = pvc_claim(uri)
-    if claim is None:
+    parsed = parse_uri(uri)
+    if parsed.scheme != "pvc":
         raise ValueError(f"{uri} is not a pvc:// URI")
-    return claim, uri.removeprefix(f"pvc://{claim}").strip("/")
+    return parsed.authority, parsed.path
 
 
 def render_verifier_job(adapter: ModelAdapter, generation: int | None, settings: Settings) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api import Condition
+from finetune_core.api import Condition
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from ..api.finetunejob import QueueStatus
+from finetune_core.api.finetunejob import QueueStatus
+
 from ..render.owner import controlled_by
 
 # The label Kueue puts on a Workload with the UID of the job it was made for: the operator lists

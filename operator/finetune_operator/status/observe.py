@@ -6,10 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from finetune_core.api import (
+    ExitCode,
+    FinalSummary,
+    FineTuneJob,
+    FineTuneJobStatus,
+    describe_exit_code,
+    verdict_from_numbers,
+)
+from finetune_core.api.finetunejob import ArtifactStatus, ModelStatus
 from pydantic import ValidationError
 
-from ..api import ExitCode, FinalSummary, FineTuneJob, FineTuneJobStatus, describe_exit_code, verdict_from_numbers
-from ..api.finetunejob import ArtifactStatus, ModelStatus
 from ..naming import KUEUE_LABELS, TRAINER_CONTAINER
 from ..render.owner import controlled_by
 from . import kueue

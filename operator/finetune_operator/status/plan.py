@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from finetune_core.api import PREFLIGHT_MESSAGE_LIMIT, ExitCode, FineTuneJob, Plan, PreflightPlan, PreflightReport
+from finetune_core.api import describe_exit_code as describe_code
+from finetune_core.api.finetunejob import ModelStatus
 from pydantic import ValidationError
 
-from ..api import PREFLIGHT_MESSAGE_LIMIT, ExitCode, FineTuneJob, Plan, PreflightPlan, PreflightReport
-from ..api import describe_exit_code as describe_code
-from ..api.finetunejob import ModelStatus
 from ..naming import TRAINER_CONTAINER, preflight_job_name
 from .conditions import set_condition
 from .observe import REASON_BY_EXIT_CODE, job_condition, pods_of

@@ -86,7 +86,7 @@ def _resolve_file_uri(uri: str) -> Path:
 @pytest.fixture
 def make_config() -> Callable[..., Any]:
     """A resolved TrainerConfig around the given spec.data (paths become file:// URIs), objective and training."""
-    from finetune_operator.api import TrainerConfig
+    from finetune_core.api import TrainerConfig
 
     def make(
         train: list[Path | dict[str, Any]],

@@ -6,7 +6,7 @@ import json
 from collections import Counter
 
 import pytest
-from finetune_operator.api import ExitCode
+from finetune_core.api import ExitCode
 from finetune_trainer.data import ConfigError, DataError, PreferenceExample, load_data
 
 pytestmark = pytest.mark.trainer
@@ -291,7 +291,7 @@ def test_tokens_of_every_example_are_counted_per_source(write_jsonl, make_config
 def test_stats_convert_to_the_reports_source_statistics(write_jsonl, make_config, tokenizer, resolve):
     from dataclasses import asdict
 
-    from finetune_operator.api import SourceStatistics
+    from finetune_core.api import SourceStatistics
 
     path = write_jsonl("train.jsonl", map(completion, range(10)))
 

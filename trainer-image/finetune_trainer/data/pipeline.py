@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from finetune_operator.api import TrainerConfig
+from finetune_core.api import TrainerConfig
 
 from ..errors import ConfigError
 from .mixing import cap_positions, holdout_positions, mix_selection
