@@ -49,16 +49,16 @@ crds: install ## regenerate crds/ (and the chart's copy) from the pydantic model
 	$(PY) -m finetune_operator.apidocs --out docs/api.md
 
 cluster-up: install binaries ## start the test control plane; prints the KUBECONFIG to export
-	$(PY) hack/cluster.py up
+	$(PY) -m hack.cluster up
 
 cluster-down:
-	$(PY) hack/cluster.py down
+	$(PY) -m hack.cluster down
 
 demo: install ## run the main job (see README)
-	$(PY) hack/demo.py up
+	$(PY) -m hack.demo up
 
 demo-down:
-	$(PY) hack/demo.py down
+	$(PY) -m hack.demo down
 
 bench: bench-trainer bench-data bench-operator ## every benchmark (results in bench-results/)
 

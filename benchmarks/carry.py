@@ -63,7 +63,6 @@ TRAINER_IMPORTS = (
     "peft",
     "accelerate",
     "safetensors",
-    "tokenizers",
     "numpy",
     "pydantic",
     "pydantic-core",  # the API models name its schema types; pydantic brings it at its own pinned version

@@ -216,7 +216,7 @@ def _write_speed(work: Path, model: Path, corpus: Path) -> dict[str, Any]:
 def _tiny_model(directory: Path, language: Language) -> Path:
     if (directory / "config.json").exists():
         return directory
-    from finetune_trainer.tiny import build_tiny_model
+    from hack.tinymodels import build_tiny_model
 
     corpus = language.sentences(seed=0, count=2000)
     # Small on purpose: the steps are not what is measured, and must not hide the data's time.

@@ -129,8 +129,9 @@ def build_workload(
     import statistics
 
     import torch
-    from finetune_trainer.tiny import build_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from hack.tinymodels import build_tokenizer
 
     root = root.resolve()
     root.mkdir(parents=True, exist_ok=True)

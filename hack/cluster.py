@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """Start or stop the test control plane for people (make cluster-up / make cluster-down).
 
-    hack/cluster.py up      start it in the background, install the CRDs, print the KUBECONFIG
-    hack/cluster.py down    stop it
-    hack/cluster.py status  print where it is
+    python -m hack.cluster up      start it in the background, install the CRDs, print the KUBECONFIG
+    python -m hack.cluster down    stop it
+    python -m hack.cluster status  print where it is
+
+(from the repository root, as the Makefile runs it).
 
 The control plane runs under a supervisor process (``serve``) that owns every component, so
 ``down`` (or killing the supervisor) stops them all.
@@ -18,10 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from localcluster import LocalCluster
-from localcluster.supervisor import Supervisor, SupervisorError
+from .localcluster import LocalCluster
+from .localcluster.supervisor import Supervisor, SupervisorError
 
 REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "cluster"
@@ -48,7 +47,7 @@ def up() -> int:
     state = SUPERVISOR.running()
     if state is None:
         try:
-            state = SUPERVISOR.start(__file__, REPO, timeout=1800)  # the first run builds the binaries
+            state = SUPERVISOR.start(__spec__.name, REPO, timeout=1800)  # the first run builds the binaries
         except SupervisorError as error:
             print(f"the control plane did not start: {error}", file=sys.stderr)
             return 1

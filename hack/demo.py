@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """The quickstart, end to end on this machine (make demo / make demo-down).
 
-    hack/demo.py up     start everything, run examples/quickstart.yaml, show its progress, print the result
-    hack/demo.py down   stop everything
-    hack/demo.py serve  (internal) the supervisor that owns every process of the demo
+    python -m hack.demo up     start everything, run examples/quickstart.yaml, show its progress, print the result
+    python -m hack.demo down   stop everything
+    python -m hack.demo serve  (internal) the supervisor that owns every process of the demo
+
+(from the repository root, as the Makefile runs it).
 
 What runs: the test control plane (kube-apiserver, etcd, controller-manager, scheduler, kwok),
 MinIO as the S3 store, the operator (as a process, with its HTTPS progress endpoint), the
@@ -26,14 +27,11 @@ import sys
 import time
 from pathlib import Path
 
-HACK = Path(__file__).resolve().parent
-REPO = HACK.parent
-sys.path.insert(0, str(HACK))
+from .localcluster import LocalCluster, free_port
+from .localcluster.openai_api import OpenAIApiProcess, chart_identity, tenant_token
+from .localcluster.supervisor import Supervisor, SupervisorError
 
-from localcluster import LocalCluster, free_port  # noqa: E402
-from localcluster.openai_api import OpenAIApiProcess, chart_identity, tenant_token  # noqa: E402
-from localcluster.supervisor import Supervisor, SupervisorError  # noqa: E402
-
+REPO = Path(__file__).resolve().parent.parent
 STATE_DIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "demo"
 NAMESPACE = "demo"
 OPERATOR_NAMESPACE = "finetune-system"
@@ -67,7 +65,7 @@ def say(message: str) -> None:
 
 
 def build_base_model(out: Path) -> Path:
-    from finetune_trainer.tiny import build_tiny_model
+    from .tinymodels import build_tiny_model
 
     corpus = []
     for name in ("train.jsonl", "general.jsonl"):
@@ -85,9 +83,9 @@ def upload_directory(client, bucket: str, prefix: str, directory: Path) -> None:
 
 
 def serve() -> int:
-    from localcluster.minio import MinioServer
-    from localcluster.operator_process import OperatorProcess
-    from nodeagent import LocalNodeAgent
+    from .localcluster.minio import MinioServer
+    from .localcluster.operator_process import OperatorProcess
+    from .nodeagent import LocalNodeAgent
 
     run = STATE_DIR / "run"
     shutil.rmtree(run, ignore_errors=True)
@@ -338,7 +336,7 @@ def up() -> int:
     if state is None:
         say("starting the control plane, MinIO, the operator and the local node (binaries are built on first use)")
         try:
-            state = SUPERVISOR.start(__file__, REPO, timeout=1800)  # a first run builds the binaries
+            state = SUPERVISOR.start(__spec__.name, REPO, timeout=1800)  # a first run builds the binaries
         except SupervisorError as error:
             sys.exit(f"the demo environment did not start: {error}")
     else:

@@ -14,9 +14,10 @@ from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory) -> Path:
     """A real PEFT LoRA adapter of a tiny Llama, with its manifest, as the trainer writes one."""
-    from finetune_trainer.tiny import build_tiny_model
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from hack.tinymodels import build_tiny_model
 
     base = build_tiny_model(tmp_path_factory.mktemp("base"))
     model = get_peft_model(

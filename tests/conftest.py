@@ -3,22 +3,14 @@ and only when a test asks for them (the e2e and in-process tiers)."""
 
 from __future__ import annotations
 
-import sys
 import time
-from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-# hack/ holds the test control plane (localcluster) and the local node agent; tests/ holds the catalog.
-for path in (REPO / "hack", REPO / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
 
 
 @pytest.fixture(scope="session")
 def cluster():
-    from localcluster import LocalCluster
+    from hack.localcluster import LocalCluster
 
     with LocalCluster() as running:
         running.install_crds()
@@ -33,7 +25,7 @@ def cluster():
 @pytest.fixture(scope="session")
 def minio():
     """A real S3-compatible server (MinIO built from Go modules), shared by the session."""
-    from localcluster.minio import MinioServer
+    from hack.localcluster.minio import MinioServer
 
     with MinioServer() as server:
         yield server

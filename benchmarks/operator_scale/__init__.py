@@ -14,12 +14,6 @@ One summary line per figure on stdout; the raw numbers in ``<out>/operator-scale
 
 from __future__ import annotations
 
-import sys
-
 from .. import REPO
-
-# The test control plane (localcluster) lives in hack/, beside the node agent.
-if str(REPO / "hack") not in sys.path:
-    sys.path.insert(0, str(REPO / "hack"))
 
 __all__ = ["REPO"]

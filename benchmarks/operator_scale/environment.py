@@ -10,9 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from localcluster import LocalCluster, metadata_audit_policy
-from localcluster.cluster import GPUS_PER_NODE
-from localcluster.operator_process import OperatorProcess
+from hack.localcluster import LocalCluster, metadata_audit_policy
+from hack.localcluster.cluster import GPUS_PER_NODE
+from hack.localcluster.operator_process import OperatorProcess
 
 from .api import Api
 from .binding import create_all, wait_until

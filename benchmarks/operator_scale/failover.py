@@ -11,7 +11,7 @@ import time
 from collections import Counter
 from typing import Any
 
-from localcluster.operator_process import OperatorProcess
+from hack.localcluster.operator_process import OperatorProcess
 
 from .api import Api
 from .binding import create_all, wait_until

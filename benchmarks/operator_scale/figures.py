@@ -8,7 +8,7 @@ import threading
 import time
 from typing import Any
 
-from localcluster.operator_process import OperatorProcess
+from hack.localcluster.operator_process import OperatorProcess
 
 from .api import Api
 from .audit import read_requests, summarise

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from localcluster.cluster import cpu_node
+from hack.localcluster.cluster import cpu_node
 
 RUN_DURATION = "test.finetune.dev/run-duration"  # read by hack/kwok/stages.yaml
 IMAGE = "ghcr.io/finetune-operator/trainer:0.1.0"

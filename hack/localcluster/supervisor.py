@@ -38,12 +38,16 @@ class Supervisor:
             return None
         return state
 
-    def start(self, script: str, cwd: Path, timeout: float) -> dict:
-        """Start ``script serve`` and wait until it has written its state."""
+    def start(self, module: str, cwd: Path, timeout: float) -> dict:
+        """Start ``python -m module serve`` in ``cwd`` (the repository root) and wait until it has written its state."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
         with self.log.open("wb") as log:
             process = subprocess.Popen(
-                [sys.executable, script, "serve"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
+                [sys.executable, "-m", module, "serve"],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=cwd,
             )
         deadline = time.monotonic() + timeout
         while (state := self.running()) is None:

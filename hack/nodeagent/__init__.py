@@ -5,7 +5,7 @@ runs the command of every container of every pod bound to it with this machine's
 environment, so that a FineTuneJob trains for real (on CPU) without a container engine or root.
 kwok keeps simulating the GPU nodes.
 
-    python hack/nodeagent/__main__.py --kubeconfig=K --node-name=local-cpu-0 --workdir=DIR
+    python -m hack.nodeagent --kubeconfig=K --node-name=local-cpu-0 --workdir=DIR
     LocalNodeAgent(kubeconfig, "local-cpu-0", workdir).start() ... .stop()
 
 Pods reach the node with ``nodeSelector: {finetune.dev/local-node: "true"}`` and a toleration of

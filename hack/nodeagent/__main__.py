@@ -1,4 +1,4 @@
-"""Run the local node agent until SIGTERM or Ctrl-C: ``python hack/nodeagent/__main__.py --kubeconfig=...``."""
+"""Run the local node agent until SIGTERM or Ctrl-C: ``python -m hack.nodeagent --kubeconfig=...`` (repository root)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-if not __package__:  # run as a file: the package is found beside this file's directory
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from nodeagent.agent import DEFAULT_NODE_NAME, LocalNodeAgent
+from .agent import DEFAULT_NODE_NAME, LocalNodeAgent
 
 DEFAULT_WORKDIR = Path(os.environ.get("FTO_CACHE", Path.home() / ".cache" / "finetune-operator")) / "nodeagent"
 

@@ -48,7 +48,7 @@ def start_operator(cluster, namespace, tmp_path, request):
     In a test that uses MinIO, MinIO is the platform's S3 endpoint (the one a Secret may name), as the
     chart's storage.endpoint makes it in a cluster.
     """
-    from localcluster.operator_process import OperatorProcess
+    from hack.localcluster.operator_process import OperatorProcess
 
     started: list[OperatorProcess] = []
     platform = (
@@ -79,7 +79,7 @@ def operator(start_operator):
 @pytest.fixture(scope="session")
 def local_node(cluster, tmp_path_factory):
     """The local node agent (hack/nodeagent): pods bound to node local-cpu-0 run as local processes."""
-    from nodeagent import LocalNodeAgent
+    from hack.nodeagent import LocalNodeAgent
 
     # The pods run the code under test: a checkout run with PYTHONPATH (a worktree) is what its pods import.
     env = {"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else None
@@ -91,7 +91,7 @@ def local_node(cluster, tmp_path_factory):
 def kueue(cluster):
     """Kueue's controller manager and CRDs, built from Go modules at the pinned version and shared by the
     session; hack/localcluster/kueue.py says what differs from a production install."""
-    from localcluster.kueue import KueueController
+    from hack.localcluster.kueue import KueueController
 
     # waitForPodsReady's timeout: simulated pods are ready within a second, so 30s tells a job that can
     # never start from one that is starting, without making the all-or-nothing test wait minutes.

@@ -92,7 +92,7 @@ def claim_on_local_volume(cluster, namespace: str, claim: str, directory, reques
     """A PersistentVolumeClaim bound to a hostPath volume at ``directory`` (reserved for it; the
     controller-manager binds them); the volume goes when the test ends. The local node's pods see
     ``directory`` as the claim."""
-    from nodeagent import host_path_volume
+    from hack.nodeagent import host_path_volume
 
     volume = host_path_volume(f"{namespace}-{claim}", directory, namespace, claim)
     cluster.run_kubectl("create", "-f", "-", input=json.dumps(volume))

@@ -26,7 +26,7 @@ def claim_dir(cluster, namespace, tmp_path, request) -> Path:
 @pytest.fixture
 def volume_operator(start_operator, local_node):
     """The operator with its verification pods placed on the local node, whose pods really run."""
-    from nodeagent import NODE_LABEL
+    from hack.nodeagent import NODE_LABEL
 
     return start_operator(
         f"--verifier-node-selector={NODE_LABEL}=true", f"--verifier-tolerations={NODE_LABEL}=true:NoSchedule"

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from catalog import edited, valid_job
 from kubehelpers import apply, condition_is, get, wait_for
-from localcluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from hack.localcluster import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 RUN = "test.finetune.dev/run-duration"

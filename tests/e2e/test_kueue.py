@@ -13,10 +13,11 @@ import urllib.request
 
 import pytest
 from kubehelpers import apply, condition, condition_is, get, items, wait_for
-from localcluster import free_port
-from localcluster.kueue import API
 from prometheus_client.parser import text_string_to_metric_families
 from test_operator_core import training_job
+
+from hack.localcluster import free_port
+from hack.localcluster.kueue import API
 
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
 PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"

@@ -11,10 +11,11 @@ import time
 
 import pytest
 from kubehelpers import apply, condition, condition_is, get, wait_for
-from localcluster.kueue import API
 from test_kueue import PRIORITY_LABEL, QUEUE_LABEL, local_queue, priority_class
 from test_operator_core import training_job
 from test_real_training import base_model, quickstart, stores, trainer_operator  # noqa: F401 (fixtures)
+
+from hack.localcluster.kueue import API
 
 pytestmark = [pytest.mark.s3, pytest.mark.trainer]
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 import pytest
 from kubehelpers import apply, get, wait_for
-from localcluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from hack.localcluster import free_port
 
 READER_ROLE = "e2e-finetune-operator-metrics-reader"
 

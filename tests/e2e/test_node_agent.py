@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 from catalog import edited, valid_job
 from kubehelpers import condition, get, wait_for
-from nodeagent import NODE_LABEL, MountTable, host_path_volume
-from nodeagent.envvars import expand
-from nodeagent.volumes import refresh_time
+
+from hack.nodeagent import NODE_LABEL, MountTable, host_path_volume
+from hack.nodeagent.envvars import expand
+from hack.nodeagent.volumes import refresh_time
 
 LOCAL_NODE_TOLERATION = {"key": NODE_LABEL, "operator": "Equal", "value": "true", "effect": "NoSchedule"}
-PATH_HOOK = Path(__file__).resolve().parents[2] / "hack" / "nodeagent" / "pathhook"
-AGENT_MAIN = Path(__file__).resolve().parents[2] / "hack" / "nodeagent" / "__main__.py"
+REPO = Path(__file__).resolve().parents[2]
+PATH_HOOK = REPO / "hack" / "nodeagent" / "pathhook"
 
 # A pod's report: what the script saw, as JSON in its termination message (no `kubectl logs` here).
 REPORT = """
@@ -576,9 +577,9 @@ def agent_process(cluster, tmp_path):
 
     def start() -> subprocess.Popen:
         log = (tmp_path / "agent.log").open("ab")
-        argv = [sys.executable, str(AGENT_MAIN), f"--kubeconfig={cluster.kubeconfig}", f"--node-name={node}"]
+        argv = [sys.executable, "-m", "hack.nodeagent", f"--kubeconfig={cluster.kubeconfig}", f"--node-name={node}"]
         argv += [f"--workdir={tmp_path / 'agent'}", "--ready-timeout=0"]
-        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
         started.append(process)
         log.close()
         wait_for("the agent", lambda: f"node {node} is up" in (tmp_path / "agent.log").read_text(), 30)

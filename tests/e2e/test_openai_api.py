@@ -12,8 +12,9 @@ import httpx
 import openai
 import pytest
 from kubehelpers import apply, get, wait_for
-from localcluster import free_port
-from localcluster.openai_api import OpenAIApiProcess, chart_identity, tenant_token
+
+from hack.localcluster import free_port
+from hack.localcluster.openai_api import OpenAIApiProcess, chart_identity, tenant_token
 
 pytestmark = pytest.mark.s3
 
@@ -128,7 +129,7 @@ def api_url(cluster, minio, buckets, api_kubeconfig, tmp_path_factory):
 def operator_for(cluster, minio, buckets, tenants, tmp_path_factory):
     """The operator watching tenant A's namespace (what the jobs created through the API become), with its
     progress endpoint and MinIO as the default output."""
-    from localcluster.operator_process import OperatorProcess
+    from hack.localcluster.operator_process import OperatorProcess
 
     names, _ = tenants
     port = free_port()
@@ -346,7 +347,7 @@ def test_a_job_made_with_the_sdk_trains_for_real_to_succeeded_and_its_model_is_l
     sdk_a, cluster, tenants, buckets, minio, operator_for, local_node, tmp_path
 ):
     """Last: the local node agent runs the training pod on this machine's CPU."""
-    from demo import QUICKSTART, build_base_model, upload_directory
+    from hack.demo import QUICKSTART, build_base_model, upload_directory
 
     upload_directory(minio.client(), buckets["models"], "tiny-llama", build_base_model(tmp_path / "tiny-llama"))
     data = QUICKSTART.parent / "data" / "quickstart"

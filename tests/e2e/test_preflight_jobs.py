@@ -7,8 +7,9 @@ import time
 
 import pytest
 from kubehelpers import apply, condition, get, wait_for
-from localcluster import free_port
 from test_real_training import DATA, base_model, quickstart, stores  # noqa: F401 - fixtures
+
+from hack.localcluster import free_port
 
 pytestmark = [pytest.mark.s3, pytest.mark.trainer]
 

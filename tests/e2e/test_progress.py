@@ -18,8 +18,9 @@ from catalog import valid_job
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding
 from kubehelpers import apply, get, items, wait_for
-from localcluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
+
+from hack.localcluster import free_port
 
 AUDIENCE = "finetune.dev/progress"
 

@@ -44,8 +44,9 @@ from finetune_core.api import (
 from finetune_operator.naming import PREFLIGHT_ROLE_LABEL, THROUGHPUT_CONFIG_MAP
 from finetune_operator.pod_role import LEADER, ROLE_LABEL
 from kubehelpers import condition, get, items, patch_pod_status, wait_for
-from localcluster import LocalCluster, build_binaries, free_port, metadata_audit_policy
-from localcluster.operator_process import OperatorProcess
+
+from hack.localcluster import LocalCluster, build_binaries, free_port, metadata_audit_policy
+from hack.localcluster.operator_process import OperatorProcess
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "finetune-operator"

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from demo import QUICKSTART, build_base_model, upload_directory
 from kubehelpers import apply, claim_on_local_volume, condition, condition_is, get, items, wait_for
-from localcluster import free_port
+
+from hack.demo import QUICKSTART, build_base_model, upload_directory
+from hack.localcluster import free_port
 
 pytestmark = [pytest.mark.s3, pytest.mark.trainer]
 
@@ -159,7 +160,7 @@ def test_a_job_writing_to_a_volume_publishes_an_adapter_verified_by_a_pod_on_tha
     mounted claim and leaves its final summary in its termination message; the operator, which can
     neither mount the claim nor hear from the trainer, publishes from that summary and has a
     verification pod check the published files on the volume."""
-    from nodeagent import NODE_LABEL
+    from hack.nodeagent import NODE_LABEL
 
     volume_dir = tmp_path / "outputs-volume"
     claim_on_local_volume(cluster, namespace, "outputs", volume_dir, request)
@@ -198,7 +199,7 @@ def test_a_job_on_the_shared_output_trains_and_publishes_with_minted_credentials
     """No Secret of the tenant's own anywhere: the pod reads the model and data and writes checkpoints and
     the adapter with the per-job STS credentials the operator minted, which reach nothing else; the
     operator reads the report and verifies the adapter with read-only sessions."""
-    from localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
+    from hack.localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
 
     keys = {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "AWS_ENDPOINT_URL": minio.endpoint}
     literals = [f"--from-literal={key}={value}" for key, value in {**keys, "AWS_REGION": REGION}.items()]

@@ -21,7 +21,8 @@ from botocore.exceptions import ClientError
 from catalog import valid_job
 from finetune_core.api import REPORT_FILE_NAME, TrainerConfig
 from kubehelpers import apply, condition_is, get, items, patch_pod_status, wait_for
-from localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
+
+from hack.localcluster.minio import ACCESS_KEY, REGION, SECRET_KEY
 
 pytestmark = pytest.mark.s3
 

@@ -20,9 +20,10 @@ from pathlib import Path
 
 import pytest
 from kubehelpers import apply, get, items, wait_for
-from localcluster import free_port
 from prometheus_client.parser import text_string_to_metric_families
 from test_progress import token_for
+
+from hack.localcluster import free_port
 
 pytestmark = pytest.mark.trainer
 
@@ -51,7 +52,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def tiny_model_and_data(root: Path) -> tuple[Path, Path, Path]:
-    from finetune_trainer.tiny import build_tiny_model
+    from hack.tinymodels import build_tiny_model
 
     rng = random.Random(0)
     train = [dict(zip(("prompt", "completion"), rng.choice(FACTS), strict=True)) for _ in range(60)]

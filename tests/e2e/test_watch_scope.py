@@ -16,8 +16,9 @@ import urllib.parse
 import pytest
 from catalog import valid_job
 from kubehelpers import apply, condition_is, get, wait_for
-from localcluster import LocalCluster, metadata_audit_policy
-from localcluster.operator_process import OperatorProcess
+
+from hack.localcluster import LocalCluster, metadata_audit_policy
+from hack.localcluster.operator_process import OperatorProcess
 
 AUDIT_POLICY = metadata_audit_policy(groups=["system:serviceaccounts"])
 RUN = "test.finetune.dev/run-duration"

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from localcluster import build_binaries
+
+from hack.localcluster import build_binaries
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "finetune-operator"

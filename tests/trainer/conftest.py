@@ -1,7 +1,7 @@
 """Fixtures of the trainer tests: a tiny Llama built once per session, data files and trainer configurations.
 
 Everything runs on the CPU without network: the model and tokenizer are built locally
-(finetune_trainer.tiny), data is written on the fly, outputs go to file:// (or MinIO) under tmp_path.
+(hack.tinymodels), data is written on the fly, outputs go to file:// (or MinIO) under tmp_path.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def _few_threads() -> None:
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer Llama (hidden 64) with a byte-level BPE tokenizer and a ChatML template."""
-    from finetune_trainer.tiny import build_tiny_model
+    from hack.tinymodels import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), corpus=_corpus(), vocab_size=600)
 

@@ -27,9 +27,10 @@ from finetune_trainer.storage import (
     s3_client,
     s3_download,
 )
-from localcluster import minio as minio_credentials
-from localcluster.minio import MinioServer
 from trainer_data import sft_rows, write_jsonl
+
+from hack.localcluster import minio as minio_credentials
+from hack.localcluster.minio import MinioServer
 
 pytestmark = [pytest.mark.trainer, pytest.mark.s3]
 

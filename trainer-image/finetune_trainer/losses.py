@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from .inputs import ModelInputs
 from .model import speedup_enabled
+from .patches import patch_fits
 
 # Logit elements per chunk of the chunked cross-entropy: 256 MB of fp32 on a GPU; on a CPU small
 # enough to stay in the caches (benchmarks/trainer.py measured larger chunks slower there).
@@ -174,8 +175,8 @@ def unwrapped(model: torch.nn.Module) -> torch.nn.Module:
 
 def _frozen_output_head(model: torch.nn.Module) -> torch.nn.Linear | None:
     """The output head when the chunked loss can serve it: a plain Linear with frozen weights (LoRA, QLoRA)."""
-    if not speedup_enabled("chunked_loss"):
-        return None
+    if not speedup_enabled("chunked_loss") or not patch_fits("chunked_loss"):
+        return None  # switched off, or a transformers version the head swap was not written for
     inner = unwrapped(model)
     head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
     if type(head) is not torch.nn.Linear or head.weight.requires_grad:
@@ -191,7 +192,8 @@ def _returning_its_input(head: torch.nn.Module):
 
     The model's own forward (and a DDP wrapper's) still runs, so gradient synchronisation and every
     hook stay as they are; only the last projection is left to the chunked loss. Yields what the
-    head saw: the dtype autocast would have computed it in (None without autocast).
+    head saw: the dtype autocast would have computed it in (None without autocast). It relies on
+    transformers internals: used only on the versions in patches.LIBRARY_PATCHES.
     """
     seen = _HeadInput()
     previous = head.__dict__.get("forward")  # an instance-level forward (an Accelerate hook) is put back

@@ -21,6 +21,7 @@ from finetune_core.api import Method, Training
 
 from . import log
 from .errors import ConfigError
+from .patches import patch_fits
 
 # Speed-ups that change no result beyond floating-point rounding, each measured on and off by the
 # benchmark (benchmarks/trainer.py --ablations); FINETUNE_DISABLE_SPEEDUPS=name,... turns them off.
@@ -185,7 +186,8 @@ def load_trainable_model(
         model = get_peft_model(model, peft_config, autocast_adapter_dtype=True)
     except ValueError as error:
         raise ConfigError(f"method.lora.targetModules {targets}: {error}") from error
-    fused = fuse_lora_layers(model) if not placement.on_gpu and speedup_enabled("fused_lora") else 0
+    fusing = not placement.on_gpu and speedup_enabled("fused_lora") and patch_fits("fused_lora")
+    fused = fuse_lora_layers(model) if fusing else 0
     trainable = _count(model, trainable_only=True)
     log.info(
         "model_loaded",
@@ -215,7 +217,8 @@ def fuse_lora_layers(model: torch.nn.Module) -> int:
     the Bernoulli sampler's time) and writes the backward by hand. Layers or calls it cannot serve
     (several or disabled adapters, merged weights, DoRA and other variants, autocast, non-Linear or
     trainable bases) fall back to PEFT's own forward, call by call. CPU only: on a GPU the same
-    work is launch-bound rather than memory-bound, and it is not measured there yet.
+    work is launch-bound rather than memory-bound, and it is not measured there yet. It relies on
+    PEFT internals: the trainer calls it only on the PEFT versions in patches.LIBRARY_PATCHES.
     """
     from peft.tuners.lora import Linear as LoraLinear
 

@@ -1,6 +1,7 @@
 """One training run, start to end: the only place that knows every part of the trainer.
 
-configuration -> processes -> model and data -> plan -> resume -> train -> evaluate -> publish.
+configuration -> processes and device -> data and its plan -> model -> optimizer -> reporting ->
+the checkpoint to resume from (the set-up, as torchtune's recipes read) -> train -> evaluate -> publish.
 Errors a user can cause surface as ConfigError or DataError (exit 78 or 65), a stop request as
 Preempted (exit 75) once the checkpoint is safe.
 """
@@ -12,7 +13,7 @@ import importlib.metadata
 import math
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from .distributed import Distributed, make_accelerator
 from .errors import ConfigError, DataError, GateFailed, Preempted
 from .evaluate import EvalSet, Evaluator, SetScores
 from .layout import BatchLayout, choose_layout
-from .loop import TrainingRun, save_checkpoint, total_steps_for, train
+from .loop import PlanForEpoch, TrainingRun, save_checkpoint, total_steps_for, train
 from .metrics_server import metrics_hooks
 from .model import (
     Placement,
@@ -51,7 +52,7 @@ from .model import (
     load_trainable_model,
     placement_for,
 )
-from .objectives import DirectPreference, LanguageModelling
+from .objectives import DirectPreference, LanguageModelling, Objective
 from .optim import build_optimizer, build_scheduler
 from .progress_push import progress_hooks
 from .report import CompositeHooks, JsonLogHooks, MetricsFileHooks, TrainingHooks
@@ -66,15 +67,15 @@ def run(config_path: Path, hooks: list[TrainingHooks] | None = None) -> Training
     started = time.monotonic()
     with StopRequest.installed() as stop:
         loaded = load_config(config_path)
-        session = _set_up(loaded, hooks or [], stop)
-        if session is None:
+        recipe = _Recipe(loaded, hooks or [], stop)
+        if not recipe.setup():
             published = _published_report(loaded)
             write_final_summary(published)
             _enforce_gate(published)
             return None
-        state = _train(session)
-        summary = _evaluate(session, state)
-        report = _publish(session, state, summary)
+        state = recipe.train()
+        summary = recipe.evaluate(state)
+        report = recipe.publish(state, summary)
     log.info("run_finished", seconds=round(time.monotonic() - started, 3))
     _enforce_gate(report)
     return report
@@ -102,281 +103,318 @@ def _enforce_gate(report: TrainingReport | None) -> None:
         raise GateFailed(f"evaluation gate failed: {evaluation.message}")
 
 
-@dataclass
-class _Session:
-    """Everything one run assembles before its first step."""
+class _Recipe:
+    """One run's components, set up in order by :meth:`setup`, then :meth:`train`, :meth:`evaluate`, :meth:`publish`.
 
-    loaded: LoadedConfig
+    The set-up reads like the run: the processes and the device, the data, the model, the optimizer,
+    the reporting, then the checkpoint to start from. Its order is part of the result: the adapter's
+    initialisation draws random numbers right after the model's seed, and the random state a
+    checkpoint saved is restored after everything else has drawn, so that dropout continues exactly.
+    """
+
+    # What each step sets up, in order.
+    accelerator: Any  # _setup_device
     dist: Distributed
     placement: Placement
-    target: ArtifactTarget
-    fetched: FetchedModel
+    dpo: bool
+    layout: BatchLayout
+    target: ArtifactTarget  # setup
+    fetched: FetchedModel  # _setup_data
     tokenizer: Any
     bundle: DataBundle
-    layout: BatchLayout
-    trainable: TrainableModel
-    evaluator: Evaluator
-    checkpointer: Checkpointer
-    hooks: CompositeHooks
+    plan_for_epoch: PlanForEpoch
+    total_steps: int  # replanned by _setup_checkpointing when resumed with other resources
+    trainable: TrainableModel  # _setup_model
+    objective: Objective
+    model: torch.nn.Module  # _setup_optimizer: the trainable model, prepared by Accelerate
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    evaluator: Evaluator  # _setup_reporting
     metrics_file: Path
-    training: TrainingRun
+    hooks: CompositeHooks
+    checkpointer: Checkpointer  # _setup_checkpointing
     state: TrainState
-    stop: StopRequest
     checkpoint_fallback: CheckpointFallback | None  # told to the operator with the first report
 
-    @property
-    def config(self) -> TrainerConfig:
-        return self.loaded.config
+    def __init__(self, loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRequest) -> None:
+        self.loaded = loaded
+        self.config: TrainerConfig = loaded.config
+        self.extra_hooks = extra_hooks
+        self.stop = stop
 
-
-def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRequest) -> _Session | None:
-    """Processes, model, data, plan and the state to start from; None when the artifact already exists."""
-    config = loaded.config
-    accelerator = make_accelerator(config)
-    dist = Distributed(accelerator)
-    log.route_transformers_logging()
-    placement = placement_for(config.training, dist.device, fsdp_shards=dist.world_size if dist.fsdp else 1)
-    check_method_supported(config.method, placement)  # before any download: QLoRA on CPU fails fast
-    target = ArtifactTarget.of(config.output.artifact_uri)
-    if _already_published(target, loaded):
-        return None
-
-    with accelerator.local_main_process_first():  # one download per node; the others find it cached
-        fetched = fetch_model(config.model.uri, config.model.revision)
-        tokenizer = load_tokenizer(fetched.path)
-        bundle = load_data(config, tokenizer, resolve_data, store_root=token_store_root())
-    if not bundle.train:
-        raise DataError("spec.data.train: no usable training rows: check the files and their format")
-
-    dpo = config.objective == "dpo"
-    layout = choose_layout(
-        config.training,
-        attention_implementation(placement),
-        on_gpu=placement.on_gpu,
-        world_size=dist.world_size,
-        pairs=dpo,
-    )
-    _seed_everything(config.training.seed)  # the adapter's initialisation: the same on every rank and attempt
-    trainable = load_trainable_model(
-        fetched.path, config.method, config.training, placement, micro_batch_tokens=layout.micro_batch_tokens
-    )
-    reference = None
-    if dpo and not trainable.is_adapter:
-        reference = accelerator.prepare_model(frozen_reference(trainable.model, placement), evaluation_mode=True)
-    objective = DirectPreference(config.training.dpo.beta, reference) if dpo else LanguageModelling()
-
-    plan_for_epoch = epoch_planner(
-        bundle,
-        micro_batch_tokens=layout.micro_batch_tokens,
-        batch_tokens=config.training.batch_tokens,
-        packing=layout.packing,
-        seed=config.training.seed,
-        world_size=dist.world_size,
-    )
-
-    total_steps = total_steps_for(plan_for_epoch, config.training.epochs, config.training.max_steps)
-    optimizer = build_optimizer(trainable.model, config.training)
-    scheduler = build_scheduler(optimizer, config.training, total_steps)
-    model, optimizer = accelerator.prepare(trainable.model, optimizer)
-
-    evaluator = Evaluator(
-        dist,
-        task=EvalSet("task", bundle.eval, objective),
-        general=EvalSet("general", bundle.general, LanguageModelling()),
-        pad_token_id=tokenizer.pad_token_id,
-        flat_batches=layout.flat,
-        batch_tokens=layout.micro_batch_tokens,
-        metrics=config.evaluation.metrics,
-        tokenizer=tokenizer,
-    )
-    metrics_file = scratch_dir() / f"{config.job.namespace}-{config.job.name}" / "metrics.jsonl"
-    metrics_file.unlink(missing_ok=True)
-    hooks = CompositeHooks(
-        [
-            JsonLogHooks(every_steps=max(1, total_steps // 100)),
-            MetricsFileHooks(metrics_file),
-            *metrics_hooks(),
-            *progress_hooks(config.progress),
-            *extra_hooks,
-        ]
-        if dist.is_main
-        else []
-    )
-    checkpointer = Checkpointer(
-        open_location(config.output.checkpoints_uri), config.training.keep_checkpoints, dist, loaded.sha256
-    )
-    training = TrainingRun(
-        dist=dist,
-        model=model,
-        optimizer=optimizer,
-        scheduler=scheduler,
-        objective=objective,
-        examples=bundle.pool,
-        plan_for_epoch=plan_for_epoch,
-        total_steps=total_steps,
-        packing=layout.packing,
-        pad_token_id=tokenizer.pad_token_id,
-        flat_batches=layout.flat,
-        max_grad_norm=config.training.max_grad_norm,
-        hooks=hooks,
-        stop=stop,
-        checkpointer=checkpointer,
-        checkpoint_every=config.training.checkpoint_every_steps,
-        metrics_file=metrics_file,
-        evaluate_every=config.evaluation.every_steps,
-        periodic_eval=evaluator.periodic if bundle.eval else None,
-    )
-
-    resumed = checkpointer.resume(model, optimizer, scheduler, metrics_file)
-    state, rng = resumed.state, resumed.rng
-    plan_layout = {
-        "world_size": dist.world_size,
-        "micro_batch_tokens": layout.micro_batch_tokens,
-        "packing": layout.packing,
-    }
-    if state.adopt_layout(plan_layout):
-        # Resumed with other resources: the rest of the epoch is planned from the examples it has not seen,
-        # and the schedule runs to the run's new length from where it was.
-        resumed_total = total_steps_for(
-            plan_for_epoch, config.training.epochs, config.training.max_steps, state.epoch, state.epoch_segments
+    def setup(self) -> bool:
+        """Everything before the first step; False when this job's artifact is already published."""
+        self._setup_device()
+        self.target = ArtifactTarget.of(self.config.output.artifact_uri)
+        if _already_published(self.target, self.loaded):
+            return False
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_reporting()
+        self._setup_checkpointing()
+        log.info(
+            "plan",
+            total_steps=self.total_steps,
+            train_examples=len(self.bundle.train),
+            eval_examples=len(self.bundle.eval),
+            general_examples=len(self.bundle.general),
+            packing=self.layout.packing,
+            micro_batch_tokens=self.layout.micro_batch_tokens,
+            processes=self.dist.world_size,
+            resumed_from_step=self.state.resumed_from_step,
         )
-        log.info("replanned", epoch=state.epoch, earlier=state.epoch_segments, total_steps=resumed_total)
-        if resumed_total != total_steps:
-            training.total_steps = total_steps = resumed_total
-            training.scheduler = scheduler = _rescheduled(optimizer, config.training, total_steps, scheduler)
-    if not trainable.is_adapter and state.base_losses is None:
-        # Full fine-tuning changes the base itself: score it now, while it still is the base.
-        state.base_losses = {name: s.to_json() for name, s in evaluator.scores(model).items()}
-    # Last, after everything that draws random numbers: dropout continues where the checkpoint left it.
-    if rng is not None:
-        restore_rng(rng)
-    else:
-        _seed_everything(config.training.seed + dist.rank)
-    log.info(
-        "plan",
-        total_steps=total_steps,
-        train_examples=len(bundle.train),
-        eval_examples=len(bundle.eval),
-        general_examples=len(bundle.general),
-        packing=layout.packing,
-        micro_batch_tokens=layout.micro_batch_tokens,
-        processes=dist.world_size,
-        resumed_from_step=state.resumed_from_step,
-    )
-    return _Session(
-        loaded=loaded,
-        dist=dist,
-        placement=placement,
-        target=target,
-        fetched=fetched,
-        tokenizer=tokenizer,
-        bundle=bundle,
-        layout=layout,
-        trainable=trainable,
-        evaluator=evaluator,
-        checkpointer=checkpointer,
-        hooks=hooks,
-        metrics_file=metrics_file,
-        training=training,
-        state=state,
-        stop=stop,
-        checkpoint_fallback=resumed.fallback,
-    )
+        return True
 
+    def _setup_device(self) -> None:
+        """The processes, where the model runs and in which precision, and how micro-batches are laid out."""
+        config = self.config
+        self.accelerator = make_accelerator(config)
+        self.dist = dist = Distributed(self.accelerator)
+        log.route_transformers_logging()
+        self.placement = placement_for(config.training, dist.device, fsdp_shards=dist.world_size if dist.fsdp else 1)
+        check_method_supported(config.method, self.placement)  # before any download: QLoRA on CPU fails fast
+        self.dpo = config.objective == "dpo"
+        self.layout = choose_layout(
+            config.training,
+            attention_implementation(self.placement),
+            on_gpu=self.placement.on_gpu,
+            world_size=dist.world_size,
+            pairs=self.dpo,
+        )
 
-def _train(session: _Session) -> TrainState:
-    if session.dist.any(session.stop.requested):
-        raise Preempted(f"stopped by {session.stop.signal_name or 'a stop request'} before training started")
-    if session.dist.is_main:
-        session.hooks.on_stage(
-            ProgressReport(
-                stage="starting",
-                step=session.state.step,
-                total_steps=session.training.total_steps,
-                resumed_from_step=session.state.resumed_from_step,
-                checkpoint_fallback=session.checkpoint_fallback,
-                model_revision=session.fetched.revision,
+    def _setup_data(self) -> None:
+        """The base model's files and tokenizer, the data tokenized with it, and the plan of every epoch."""
+        config, layout = self.config, self.layout
+        with self.accelerator.local_main_process_first():  # one download per node; the others find it cached
+            self.fetched = fetch_model(config.model.uri, config.model.revision)
+            self.tokenizer = load_tokenizer(self.fetched.path)
+            self.bundle = load_data(config, self.tokenizer, resolve_data, store_root=token_store_root())
+        if not self.bundle.train:
+            raise DataError("spec.data.train: no usable training rows: check the files and their format")
+        self.plan_for_epoch = epoch_planner(
+            self.bundle,
+            micro_batch_tokens=layout.micro_batch_tokens,
+            batch_tokens=config.training.batch_tokens,
+            packing=layout.packing,
+            seed=config.training.seed,
+            world_size=self.dist.world_size,
+        )
+        self.total_steps = total_steps_for(self.plan_for_epoch, config.training.epochs, config.training.max_steps)
+
+    def _setup_model(self) -> None:
+        """The trainable model (with its adapter) and the objective, with DPO's frozen reference if it needs one."""
+        config = self.config
+        _seed_everything(config.training.seed)  # the adapter's initialisation: the same on every rank and attempt
+        self.trainable = load_trainable_model(
+            self.fetched.path,
+            config.method,
+            config.training,
+            self.placement,
+            micro_batch_tokens=self.layout.micro_batch_tokens,
+        )
+        reference = None
+        if self.dpo and not self.trainable.is_adapter:
+            reference = self.accelerator.prepare_model(
+                frozen_reference(self.trainable.model, self.placement), evaluation_mode=True
             )
+        self.objective = DirectPreference(config.training.dpo.beta, reference) if self.dpo else LanguageModelling()
+
+    def _setup_optimizer(self) -> None:
+        """AdamW and its schedule over the run's steps; the model and optimizer prepared for the processes."""
+        training = self.config.training
+        optimizer = build_optimizer(self.trainable.model, training)
+        self.scheduler = build_scheduler(optimizer, training, self.total_steps)
+        self.model, self.optimizer = self.accelerator.prepare(self.trainable.model, optimizer)
+
+    def _setup_reporting(self) -> None:
+        """The evaluator, the metrics file and the hooks that report progress (on the main process only)."""
+        config, dist = self.config, self.dist
+        self.evaluator = Evaluator(
+            dist,
+            task=EvalSet("task", self.bundle.eval, self.objective),
+            general=EvalSet("general", self.bundle.general, LanguageModelling()),
+            pad_token_id=self.tokenizer.pad_token_id,
+            flat_batches=self.layout.flat,
+            batch_tokens=self.layout.micro_batch_tokens,
+            metrics=config.evaluation.metrics,
+            tokenizer=self.tokenizer,
         )
-    state = train(session.training, session.state)
-    latest = session.checkpointer.latest()
-    if latest is None or latest.step < state.step:
-        # Evaluation and upload can be preempted too: a retry then starts from here, not from scratch.
-        save_checkpoint(session.training, state, capture_rng())
-    return state
-
-
-def _stop_if_requested(session: _Session, where: str) -> None:
-    """A long evaluation can outlast the grace period: stop between its phases (the last step is checkpointed)."""
-    if session.dist.any(session.stop.requested):
-        raise Preempted(f"stopped by {session.stop.signal_name or 'a stop request'} {where}; checkpoint saved")
-
-
-def _evaluate(session: _Session, state: TrainState) -> EvaluationSummary:
-    """Base against adapted on every eval set, and the gate's verdict."""
-    evaluator, model = session.evaluator, session.training.model
-    _stage(session, "evaluating", state)
-    adapted = evaluator.scores(model)
-    if session.trainable.is_adapter:
-        _stop_if_requested(session, "between the adapted and the base model's evaluation")
-        base = evaluator.scores(model, base=True)
-    else:
-        base = {name: SetScores.from_json(scores) for name, scores in (state.base_losses or {}).items()}
-    summary = evaluator.summary(session.config.evaluation.gate, base, adapted)
-    if session.dist.is_main:
-        session.hooks.on_evaluation(summary)
-    return summary
-
-
-def _publish(session: _Session, state: TrainState, summary: EvaluationSummary) -> TrainingReport:
-    """The artifact and its report, written last; the report also goes next to the checkpoints."""
-    dist, config = session.dist, session.config
-    _stop_if_requested(session, "after the evaluation, before the upload")
-    evaluated = time.monotonic()
-    report = TrainingReport(
-        job={"namespace": config.job.namespace, "name": config.job.name, "uid": config.job.uid},
-        config_sha256=session.loaded.sha256,
-        model_revision=session.fetched.revision,
-        data=[SourceStatistics(**asdict(stats)) for stats in session.bundle.train_stats],
-        steps=state.step,
-        tokens_seen=state.tokens_seen,
-        wall_seconds=state.wall_seconds,
-        train_seconds=round(state.wall_seconds, 3),
-        resumed_from_step=state.resumed_from_step,
-        final_train_loss=state.last_loss if state.last_loss is not None and math.isfinite(state.last_loss) else None,
-        evaluation=summary,
-        versions=_versions(),
-        device=_device_facts(session),
-    )
-    _stage(session, "uploading", state)
-    model = session.training.model
-    full_state = dist.accelerator.get_state_dict(model) if dist.fsdp else None  # a collective under FSDP
-    if dist.is_main:
-        staging = session.target.staging()
-        write_model_files(
-            staging,
-            model,
-            session.tokenizer,
-            is_adapter=session.trainable.is_adapter,
-            model_uri=config.model.uri,
-            revision=session.fetched.revision,
-            dtype=session.placement.compute_dtype,
-            state_dict=full_state,
+        self.metrics_file = scratch_dir() / f"{config.job.namespace}-{config.job.name}" / "metrics.jsonl"
+        self.metrics_file.unlink(missing_ok=True)
+        self.hooks = CompositeHooks(
+            [
+                JsonLogHooks(every_steps=max(1, self.total_steps // 100)),
+                MetricsFileHooks(self.metrics_file),
+                *metrics_hooks(),
+                *progress_hooks(config.progress),
+                *self.extra_hooks,
+            ]
+            if dist.is_main
+            else []
         )
-        if session.metrics_file.is_file():
-            (staging / "metrics.jsonl").write_bytes(session.metrics_file.read_bytes())
-        report.artifact = publish(session.target, staging, report)
-        report.wall_seconds += time.monotonic() - evaluated
-        session.checkpointer.location.write_bytes(REPORT_FILE_NAME, report.model_dump_json(indent=2).encode())
-        session.hooks.on_end(report)
-        write_final_summary(report)
-    dist.barrier()
-    return report
 
+    def _setup_checkpointing(self) -> None:
+        """The checkpointer and the state to start from: the newest usable checkpoint's, or a fresh one."""
+        config, dist, training = self.config, self.dist, self.config.training
+        self.checkpointer = Checkpointer(
+            open_location(config.output.checkpoints_uri), training.keep_checkpoints, dist, self.loaded.sha256
+        )
+        resumed = self.checkpointer.resume(self.model, self.optimizer, self.scheduler, self.metrics_file)
+        self.state, self.checkpoint_fallback = resumed.state, resumed.fallback
+        plan_layout = {
+            "world_size": dist.world_size,
+            "micro_batch_tokens": self.layout.micro_batch_tokens,
+            "packing": self.layout.packing,
+        }
+        if self.state.adopt_layout(plan_layout):
+            # Resumed with other resources: the rest of the epoch is planned from the examples it has not seen,
+            # and the schedule runs to the run's new length from where it was.
+            resumed_total = total_steps_for(
+                self.plan_for_epoch, training.epochs, training.max_steps, self.state.epoch, self.state.epoch_segments
+            )
+            log.info("replanned", epoch=self.state.epoch, earlier=self.state.epoch_segments, total_steps=resumed_total)
+            if resumed_total != self.total_steps:
+                self.total_steps = resumed_total
+                self.scheduler = _rescheduled(self.optimizer, training, resumed_total, self.scheduler)
+        if not self.trainable.is_adapter and self.state.base_losses is None:
+            # Full fine-tuning changes the base itself: score it now, while it still is the base.
+            self.state.base_losses = {name: s.to_json() for name, s in self.evaluator.scores(self.model).items()}
+        # Last, after everything that draws random numbers: dropout continues where the checkpoint left it.
+        if resumed.rng is not None:
+            restore_rng(resumed.rng)
+        else:
+            _seed_everything(training.seed + dist.rank)
 
-def _stage(session: _Session, stage: str, state: TrainState) -> None:
-    if session.dist.is_main:
-        session.hooks.on_stage(ProgressReport(stage=stage, step=state.step, total_steps=session.training.total_steps))
+    def train(self) -> TrainState:
+        """The optimizer steps from the state set up to the end of the run, then a checkpoint of the last one."""
+        config = self.config
+        if self.dist.any(self.stop.requested):
+            raise Preempted(f"stopped by {self.stop.signal_name or 'a stop request'} before training started")
+        if self.dist.is_main:
+            self.hooks.on_stage(
+                ProgressReport(
+                    stage="starting",
+                    step=self.state.step,
+                    total_steps=self.total_steps,
+                    resumed_from_step=self.state.resumed_from_step,
+                    checkpoint_fallback=self.checkpoint_fallback,
+                    model_revision=self.fetched.revision,
+                )
+            )
+        training = TrainingRun(
+            dist=self.dist,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            objective=self.objective,
+            examples=self.bundle.pool,
+            plan_for_epoch=self.plan_for_epoch,
+            total_steps=self.total_steps,
+            packing=self.layout.packing,
+            pad_token_id=self.tokenizer.pad_token_id,
+            flat_batches=self.layout.flat,
+            max_grad_norm=config.training.max_grad_norm,
+            hooks=self.hooks,
+            stop=self.stop,
+            checkpointer=self.checkpointer,
+            checkpoint_every=config.training.checkpoint_every_steps,
+            metrics_file=self.metrics_file,
+            evaluate_every=config.evaluation.every_steps,
+            periodic_eval=self.evaluator.periodic if self.bundle.eval else None,
+        )
+        state = train(training, self.state)
+        latest = self.checkpointer.latest()
+        if latest is None or latest.step < state.step:
+            # Evaluation and upload can be preempted too: a retry then starts from here, not from scratch.
+            save_checkpoint(training, state, capture_rng())
+        return state
+
+    def evaluate(self, state: TrainState) -> EvaluationSummary:
+        """Base against adapted on every eval set, and the gate's verdict."""
+        evaluator, model = self.evaluator, self.model
+        self._stage("evaluating", state)
+        adapted = evaluator.scores(model)
+        if self.trainable.is_adapter:
+            self._stop_if_requested("between the adapted and the base model's evaluation")
+            base = evaluator.scores(model, base=True)
+        else:
+            base = {name: SetScores.from_json(scores) for name, scores in (state.base_losses or {}).items()}
+        summary = evaluator.summary(self.config.evaluation.gate, base, adapted)
+        if self.dist.is_main:
+            self.hooks.on_evaluation(summary)
+        return summary
+
+    def publish(self, state: TrainState, summary: EvaluationSummary) -> TrainingReport:
+        """The artifact and its report, written last; the report also goes next to the checkpoints."""
+        dist, config = self.dist, self.config
+        self._stop_if_requested("after the evaluation, before the upload")
+        evaluated = time.monotonic()
+        report = TrainingReport(
+            job={"namespace": config.job.namespace, "name": config.job.name, "uid": config.job.uid},
+            config_sha256=self.loaded.sha256,
+            model_revision=self.fetched.revision,
+            data=[SourceStatistics(**asdict(stats)) for stats in self.bundle.train_stats],
+            steps=state.step,
+            tokens_seen=state.tokens_seen,
+            wall_seconds=state.wall_seconds,
+            train_seconds=round(state.wall_seconds, 3),
+            resumed_from_step=state.resumed_from_step,
+            final_train_loss=state.last_loss
+            if state.last_loss is not None and math.isfinite(state.last_loss)
+            else None,
+            evaluation=summary,
+            versions=_versions(),
+            device=self._device_facts(),
+        )
+        self._stage("uploading", state)
+        full_state = dist.accelerator.get_state_dict(self.model) if dist.fsdp else None  # a collective under FSDP
+        if dist.is_main:
+            staging = self.target.staging()
+            write_model_files(
+                staging,
+                self.model,
+                self.tokenizer,
+                is_adapter=self.trainable.is_adapter,
+                model_uri=config.model.uri,
+                revision=self.fetched.revision,
+                dtype=self.placement.compute_dtype,
+                state_dict=full_state,
+            )
+            if self.metrics_file.is_file():
+                (staging / "metrics.jsonl").write_bytes(self.metrics_file.read_bytes())
+            report.artifact = publish(self.target, staging, report)
+            report.wall_seconds += time.monotonic() - evaluated
+            self.checkpointer.location.write_bytes(REPORT_FILE_NAME, report.model_dump_json(indent=2).encode())
+            self.hooks.on_end(report)
+            write_final_summary(report)
+        dist.barrier()
+        return report
+
+    def _stop_if_requested(self, where: str) -> None:
+        """A long evaluation can outlast the grace period: stop between its phases (the last step is checkpointed)."""
+        if self.dist.any(self.stop.requested):
+            raise Preempted(f"stopped by {self.stop.signal_name or 'a stop request'} {where}; checkpoint saved")
+
+    def _stage(self, stage: str, state: TrainState) -> None:
+        if self.dist.is_main:
+            self.hooks.on_stage(ProgressReport(stage=stage, step=state.step, total_steps=self.total_steps))
+
+    def _device_facts(self) -> dict[str, Any]:
+        dist, layout, trainable = self.dist, self.layout, self.trainable
+        facts = {
+            "type": dist.device.type,
+            "processes": dist.world_size,
+            "precision": str(self.placement.compute_dtype).removeprefix("torch."),
+            "attention": trainable.attn_implementation,
+            "gradient_checkpointing": trainable.gradient_checkpointing,
+            "packing": layout.packing,
+            "micro_batch_tokens": layout.micro_batch_tokens,
+            "fsdp": dist.fsdp,
+        }
+        if dist.device.type == "cuda":
+            facts["name"] = torch.cuda.get_device_name(dist.device)
+        return facts
 
 
 def _already_published(target: ArtifactTarget, loaded: LoadedConfig) -> bool:
@@ -416,20 +454,3 @@ def _versions() -> dict[str, str]:
         with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             versions[package] = importlib.metadata.version(package)
     return versions
-
-
-def _device_facts(session: _Session) -> dict[str, Any]:
-    dist, layout, trainable = session.dist, session.layout, session.trainable
-    facts = {
-        "type": dist.device.type,
-        "processes": dist.world_size,
-        "precision": str(session.placement.compute_dtype).removeprefix("torch."),
-        "attention": trainable.attn_implementation,
-        "gradient_checkpointing": trainable.gradient_checkpointing,
-        "packing": layout.packing,
-        "micro_batch_tokens": layout.micro_batch_tokens,
-        "fsdp": dist.fsdp,
-    }
-    if dist.device.type == "cuda":
-        facts["name"] = torch.cuda.get_device_name(dist.device)
-    return facts

@@ -7,7 +7,8 @@ from finetune_trainer.data import ConfigError
 from finetune_trainer.data.formats import RowError, parse_row
 from finetune_trainer.data.tokenize import ExampleBuilder
 from finetune_trainer.data.types import IGNORE_INDEX, Example
-from finetune_trainer.tiny import CHATML_TEMPLATE
+
+from hack.tinymodels import CHATML_TEMPLATE
 
 pytestmark = pytest.mark.trainer
 

@@ -1,12 +1,13 @@
 """Build a tiny Llama-architecture model and tokenizer locally, without any network.
 
 Tests, the demo and the CPU benchmark need a real base model on machines that cannot reach a
-model hub. This writes a directory that loads with ``AutoModelForCausalLM.from_pretrained`` and
+model hub. It lives in hack/, not in the trainer package: the trainer image builds models only
+from the URIs a job names, and ships no model builder. This writes a directory that loads with ``AutoModelForCausalLM.from_pretrained`` and
 ``AutoTokenizer.from_pretrained`` like any Hub checkpoint: config.json, model.safetensors, a
 byte-level BPE tokenizer trained on the given (or a built-in) corpus, and a ChatML chat template
 with ``{% generation %}`` markers so assistant turns can be masked.
 
-    python -m finetune_trainer.tiny --out /tmp/tiny-llama [--corpus FILE ...] [--layers 2 --hidden 64]
+    python -m hack.tinymodels --out /tmp/tiny-llama [--corpus FILE ...] [--layers 2 --hidden 64]
 """
 
 from __future__ import annotations
