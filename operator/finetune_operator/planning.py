@@ -46,8 +46,16 @@ def allows_training(job: FineTuneJob, outcome: Preflight | None) -> bool:
 
 
 def converge(context: Context, job: FineTuneJob, outcome: Preflight | None) -> None:
-    """Create the preflight Job when the job waits for one that does not exist (after its ConfigMap)."""
-    if outcome is None or outcome.state != "Missing":
+    """Create the preflight Job when the job waits for one that does not exist (after its ConfigMap); delete
+    one that planned an earlier spec (its deletion's watch event brings the job back, to create the new one)."""
+    if outcome is None or outcome.state not in ("Missing", "Stale"):
+        return
+    namespace, name = job.metadata.namespace, preflight_job_name(job.metadata.name)
+    if outcome.state == "Stale":
+        existing = context.caches[JOBS].get(namespace, name) or {}
+        if not existing.get("metadata", {}).get("deletionTimestamp"):
+            log.info("replacing the preflight Job %s/%s: the spec changed after it planned", namespace, name)
+            context.kube.delete(JOBS, namespace, name)
         return
     created, _ = context.kube.create(render_preflight_job(job, context.settings), read_existing=False)
     context.caches[JOBS].created(created)

@@ -136,3 +136,42 @@ def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate
             f"{name}: estimated {plan['estimate']['seconds']}s ({plan['estimate']['source']}, "
             f"{plan['estimate']['tokensPerSecond']} tokens/s), actual {plan['actualSeconds']}s, error {error:+.0%}"
         )
+
+
+def test_a_spec_change_after_the_preflight_replaces_its_job_and_its_plan_before_any_training(
+    cluster,
+    namespace,
+    local_node,
+    minio,
+    stores,  # noqa: F811 - the fixture imported above
+    planning_operator,
+):
+    """A dry run is planned for 12 steps, then unsuspended with maxSteps 20 in the same change: the training
+    Job waits for a new preflight Job (of the new spec), and the plan it starts on says 20 steps."""
+    manifest = quickstart(namespace, stores, maxSteps=12)
+    manifest["metadata"]["name"] = "replanned"
+    manifest["spec"]["suspend"] = True
+    apply(cluster, manifest)
+
+    def plan_of(steps: int):
+        plan = ((get(cluster, "ftj", namespace, "replanned") or {}).get("status") or {}).get("plan") or {}
+        return plan if plan.get("steps") == steps and plan.get("estimate") else None
+
+    wait_for("the plan of 12 steps", lambda: plan_of(12), timeout=300, interval=1.0)
+    first = get(cluster, "job", namespace, "replanned-preflight")["metadata"]["uid"]
+
+    manifest["spec"]["suspend"] = False
+    manifest["spec"]["training"]["maxSteps"] = 20
+    apply(cluster, manifest)
+
+    def training_job_and_what_it_started_on():
+        if get(cluster, "job", namespace, "replanned") is None:
+            return None
+        preflight = get(cluster, "job", namespace, "replanned-preflight") or {}
+        return preflight.get("metadata", {}).get("uid"), plan_of(20)
+
+    preflight_uid, plan = wait_for("the training Job", training_job_and_what_it_started_on, timeout=300, interval=0.5)
+    assert preflight_uid not in (None, first)
+    assert plan is not None and plan["trainedTokens"] > 0, plan
+    config = get(cluster, "configmap", namespace, "replanned-config")
+    assert json.loads(config["data"]["config.json"])["training"]["maxSteps"] == 20

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from catalog import edited, valid_job
 from finetune_operator.api import FineTuneJob, FineTuneJobStatus, Plan, PreflightPlan, PreflightReport, TokenCounts
+from finetune_operator.naming import PLAN_HASH_ANNOTATION
 from finetune_operator.planner import (
     EFFECTIVE_FLOPS,
     estimate,
@@ -17,7 +18,7 @@ from finetune_operator.planner import (
     sequence_bucket,
     table_key,
 )
-from finetune_operator.render.preflight import render_preflight_job
+from finetune_operator.render.preflight import plan_hash, render_preflight_job
 from finetune_operator.settings import Settings
 from finetune_operator.status.conditions import get_condition
 from finetune_operator.status.plan import apply_outcome, preflight_outcome
@@ -34,12 +35,14 @@ def make_job(**edits: Any) -> FineTuneJob:
     return FineTuneJob.model_validate(edited(valid_job("demo"), {**base, **edits}))
 
 
-def preflight_job(*conditions: str, owner_uid: str = JOB_UID) -> dict[str, Any]:
+def preflight_job(*conditions: str, owner_uid: str = JOB_UID, planned: FineTuneJob | None = None) -> dict[str, Any]:
+    """The preflight Job of ``planned`` (by default, of make_job()'s spec)."""
     return {
         "metadata": {
             "name": "demo-preflight",
             "namespace": NAMESPACE,
             "uid": PREFLIGHT_UID,
+            "annotations": {PLAN_HASH_ANNOTATION: plan_hash(planned or make_job())},
             "ownerReferences": [{"kind": "FineTuneJob", "name": "demo", "uid": owner_uid, "controller": True}],
         },
         "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
@@ -167,6 +170,86 @@ def test_a_job_failed_by_its_pod_failure_policy_waits_for_the_pods_exit():
 def test_a_preflight_without_a_finished_pod_is_running():
     assert preflight_outcome(make_job(), preflight_job(), []).state == "Running"
     assert preflight_outcome(make_job(), None, []).state == "Missing"
+
+
+# -- a plan of an earlier spec ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"spec.model.uri": "hf://Qwen/Qwen2.5-1.5B-Instruct"},
+        {"spec.model.revision": "v2"},
+        {"spec.model.credentialsSecretRef": {"name": "other-hub-token"}},
+        {"spec.data.train": [{"uri": "s3://datasets/other.jsonl"}]},
+        {"spec.data.maxInvalidFraction": 0.1},
+        {"spec.training.maxSteps": 7},
+        {"spec.training.maxSeqLength": 512},
+        {"spec.method": {"type": "full"}},
+        {"spec.objective": "pretrain"},
+        {"spec.resources.gpusPerNode": 2},
+        {"spec.resources.nodes": 2},
+        {"spec.template.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+        {"spec.template.image": "registry.example/trainer:2"},
+    ],
+    ids=lambda edit: next(iter(edit)),
+)
+def test_the_plan_hash_changes_with_each_field_the_plan_depends_on(edit):
+    assert plan_hash(make_job(**edit)) != plan_hash(make_job())
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"spec.suspend": True},
+        {"spec.model.servedName": "qwen"},
+        {"spec.output.uri": "s3://elsewhere/out"},
+        {"spec.adapter.name": "renamed"},
+        {"spec.evaluation": {"gate": {"maxGeneralLossIncrease": 0.5}}},
+        {"spec.resources.cpu": "8"},
+        {"spec.ttlSecondsAfterFinished": 60},
+        {"spec.activeDeadlineSeconds": 3600},
+        {"metadata.labels": {"team": "a"}},
+    ],
+    ids=lambda edit: next(iter(edit)),
+)
+def test_the_plan_hash_ignores_fields_the_plan_does_not_depend_on(edit):
+    assert plan_hash(make_job(**edit)) == plan_hash(make_job())
+
+
+def test_the_preflight_job_is_stamped_with_its_plan_hash():
+    job = make_job()
+    assert render_preflight_job(job, SETTINGS)["metadata"]["annotations"][PLAN_HASH_ANNOTATION] == plan_hash(job)
+
+
+def test_a_preflight_job_of_an_earlier_spec_is_stale_whatever_it_reported():
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    changed = make_job(**{"spec.training.maxSteps": 7})
+    assert preflight_outcome(changed, preflight_job("Complete"), [preflight_pod(0, report)]).state == "Stale"
+    assert preflight_outcome(changed, preflight_job(planned=changed), []).state == "Running"
+
+
+def test_a_preflight_job_without_the_stamp_is_stale():
+    unstamped = preflight_job("Complete")
+    del unstamped["metadata"]["annotations"]
+    assert preflight_outcome(make_job(), unstamped, []).state == "Stale"
+
+
+def test_a_stale_plan_leaves_the_status_and_the_job_waits_for_the_new_one():
+    job = make_job()
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    assert status.plan.steps == 60
+
+    changed = make_job(**{"spec.training.maxSteps": 7})
+    outcome = preflight_outcome(changed, preflight_job("Complete"), [preflight_pod(0, report)])
+    apply_outcome(status, changed, outcome, NOW, _estimate)
+    assert status.plan is None
+    assert get_condition(status.conditions, "Planned").reason == "SpecChanged"
+    assert get_condition(status.conditions, "Created").reason == "AwaitingPreflight"
 
 
 # -- the status ----------------------------------------------------------------------------------

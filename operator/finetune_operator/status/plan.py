@@ -16,11 +16,13 @@ from pydantic import ValidationError
 from ..api import PREFLIGHT_MESSAGE_LIMIT, ExitCode, FineTuneJob, Plan, PreflightPlan, PreflightReport
 from ..api import describe_exit_code as describe_code
 from ..api.finetunejob import ModelStatus
-from ..naming import TRAINER_CONTAINER, preflight_job_name
+from ..naming import PLAN_HASH_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
+from ..render.preflight import plan_hash
 from .conditions import set_condition
 from .observe import REASON_BY_EXIT_CODE, job_condition, pods_of
 
-State = Literal["Missing", "Running", "Planned", "DataError", "Failed"]
+# Stale: the preflight Job planned other spec fields than the job has now (render/preflight.py plan_inputs).
+State = Literal["Missing", "Stale", "Running", "Planned", "DataError", "Failed"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,17 @@ class Preflight:
     message: str = ""
 
 
+def plans_current_spec(job: FineTuneJob, preflight_job: dict[str, Any]) -> bool:
+    """Whether ``preflight_job`` planned the spec the job has now. A Job without the stamp (made by an older
+    operator) cannot say, and is taken for stale: a preflight costs CPU minutes, a wrong plan a GPU run."""
+    annotations = preflight_job.get("metadata", {}).get("annotations") or {}
+    return annotations.get(PLAN_HASH_ANNOTATION) == plan_hash(job)
+
+
 def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Preflight:
     """The preflight's state, believed only along the FineTuneJob -> Job -> pod chain of controllers."""
+    if preflight_job is not None and not plans_current_spec(job, preflight_job):
+        return Preflight("Stale")
     mine = pods_of(preflight_job, pods, job.metadata.uid)
     if preflight_job is None or (not mine and not _finished(preflight_job)):
         return Preflight("Missing" if preflight_job is None else "Running")
@@ -147,9 +158,15 @@ def apply_outcome(status, job: FineTuneJob, outcome: Preflight, now: str, estima
             changes.append(change)
 
     name = preflight_job_name(job.metadata.name)
-    if outcome.state in ("Missing", "Running"):
-        message = f"validating and counting the data on CPU (Job {name}) before any GPU is requested"
-        condition("Planned", "False", "Preflight", message)
+    if outcome.state in ("Missing", "Stale", "Running"):
+        # No training Job yet, and no current plan: a plan of an earlier spec is never shown as this one's.
+        status.plan = None
+        if outcome.state == "Stale":
+            message = f"the spec changed after {name} planned it: the preflight runs again before any GPU is requested"
+            condition("Planned", "False", "SpecChanged", message)
+        else:
+            message = f"validating and counting the data on CPU (Job {name}) before any GPU is requested"
+            condition("Planned", "False", "Preflight", message)
         condition("Created", "False", "AwaitingPreflight", f"the training Job is created once {name} succeeds")
         return changes
     if outcome.state == "Planned" and outcome.plan is not None:
