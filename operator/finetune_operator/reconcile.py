@@ -68,6 +68,7 @@ from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_
 from .render.storage_secret import mint_due_in, render_storage_secret
 from .status.conditions import get_condition, is_true, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished, is_settled, references_settled
+from .status.plan import pinned_revision
 from .storage import StorageUnreachable
 from .sts import mint
 
@@ -88,6 +89,7 @@ OWNED_STATUS_FIELDS = (
     "jobName",
     "queue",
     "plan",
+    "model",  # the revision the plan pinned, before the trainer reports it (the same one)
     "progress",
     "artifact",
     "evaluation",
@@ -128,7 +130,12 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     preflight = planning.observe(context, job, training_job) if not is_finished(job.status) and not foreign else None
     if not is_finished(job.status) and not isinstance(model, Refused):
         try:
-            config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
+            config = resolve_trainer_config(
+                job,
+                context.settings,
+                progress_ca=context.progress_ca is not None,
+                model_revision=pinned_revision(job, preflight),
+            )
         except ResolutionError as error:
             blockers.append(Blocker("OutputNotConfigured", str(error)))
             config = None

@@ -21,7 +21,7 @@ from finetune_operator.planner import (
 from finetune_operator.render.preflight import plan_hash, render_preflight_job
 from finetune_operator.settings import Settings
 from finetune_operator.status.conditions import get_condition
-from finetune_operator.status.plan import apply_outcome, preflight_outcome
+from finetune_operator.status.plan import Preflight, apply_outcome, pinned_revision, preflight_outcome
 
 NAMESPACE = "team-a"
 JOB_UID = "uid-1"
@@ -250,6 +250,45 @@ def test_a_stale_plan_leaves_the_status_and_the_job_waits_for_the_new_one():
     assert status.plan is None
     assert get_condition(status.conditions, "Planned").reason == "SpecChanged"
     assert get_condition(status.conditions, "Created").reason == "AwaitingPreflight"
+
+
+# -- the pinned revision ------------------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_planned_job_trains_on_the_revision_its_preflight_resolved_and_shows_it():
+    job = make_job(**{"spec.model.revision": "main"})
+    report = PreflightReport(outcome="Planned", plan=PLAN.model_copy(update={"model_revision": COMMIT})).to_message()
+    outcome = preflight_outcome(job, preflight_job("Complete", planned=job), [preflight_pod(0, report)])
+    assert pinned_revision(job, outcome) == COMMIT
+    status = FineTuneJobStatus()
+    apply_outcome(status, job, outcome, NOW, _estimate)
+    assert status.plan.model_revision == COMMIT and status.model.revision == COMMIT
+
+
+def test_a_job_waiting_for_its_preflight_pins_nothing_yet():
+    job = make_job(**{"spec.model.revision": "main"})
+    assert pinned_revision(job, Preflight("Running")) is None
+    assert pinned_revision(job, Preflight("Stale")) is None
+
+
+def test_a_job_past_its_preflight_keeps_the_revision_of_its_plan():
+    job = make_job(**{"status.plan": {"modelRevision": COMMIT}})
+    assert pinned_revision(job, None) == COMMIT
+    assert pinned_revision(make_job(), None) is None  # no preflight ran: the spec's revision, as before
+
+
+def test_a_stale_plan_takes_its_revision_with_it():
+    job = make_job()
+    report = PreflightReport(outcome="Planned", plan=PLAN.model_copy(update={"model_revision": COMMIT})).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    changed = make_job(**{"spec.model.revision": "v2"})
+    apply_outcome(status, changed, preflight_outcome(changed, preflight_job("Complete"), []), NOW, _estimate)
+    assert status.plan is None and status.model is None
 
 
 # -- the status ----------------------------------------------------------------------------------

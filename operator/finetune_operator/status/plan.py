@@ -41,6 +41,15 @@ def plans_current_spec(job: FineTuneJob, preflight_job: dict[str, Any]) -> bool:
     return annotations.get(PLAN_HASH_ANNOTATION) == plan_hash(job)
 
 
+def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
+    """The model revision the training pods load: the one the current plan resolved. A job that waits for its
+    preflight has none until it is Planned; a job past it (its training Job exists) keeps the one in status.plan,
+    so its configuration stays the one its Job was created with; without a plan (no preflight) the spec's."""
+    if outcome is not None:
+        return outcome.plan.model_revision if outcome.state == "Planned" and outcome.plan is not None else None
+    return job.status.plan.model_revision if job.status.plan is not None else None
+
+
 def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Preflight:
     """The preflight's state, believed only along the FineTuneJob -> Job -> pod chain of controllers."""
     if preflight_job is not None and not plans_current_spec(job, preflight_job):
@@ -161,6 +170,7 @@ def apply_outcome(status, job: FineTuneJob, outcome: Preflight, now: str, estima
     if outcome.state in ("Missing", "Stale", "Running"):
         # No training Job yet, and no current plan: a plan of an earlier spec is never shown as this one's.
         status.plan = None
+        status.model = None
         if outcome.state == "Stale":
             message = f"the spec changed after {name} planned it: the preflight runs again before any GPU is requested"
             condition("Planned", "False", "SpecChanged", message)
@@ -173,8 +183,8 @@ def apply_outcome(status, job: FineTuneJob, outcome: Preflight, now: str, estima
         if status.plan is None:
             status.plan = plan_from(outcome.plan)
             status.plan.estimate = estimate(status.plan)
-        if outcome.plan.model_revision and not (status.model and status.model.revision):
-            status.model = ModelStatus(revision=outcome.plan.model_revision)
+        if outcome.plan.model_revision:
+            status.model = ModelStatus(revision=outcome.plan.model_revision)  # pinned: training loads this one
         found = status.plan.estimate
         cost = f"; estimated {found.duration} of training, {found.gpu_hours:g} GPU-hours" if found else ""
         condition(
