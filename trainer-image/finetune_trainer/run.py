@@ -31,6 +31,7 @@ from finetune_operator.api import (
 from . import log
 from .artifact import ArtifactTarget, is_same_job, publish, write_model_files
 from .batching import epoch_planner
+from .cached_models import fetch_model_shared
 from .checkpoint import Checkpointer
 from .config import LoadedConfig, load_config
 from .data import DataBundle, load_data
@@ -57,7 +58,7 @@ from .progress_push import progress_hooks
 from .report import CompositeHooks, JsonLogHooks, MetricsFileHooks, TrainingHooks
 from .signals import StopRequest
 from .state import TrainState, capture_rng, restore_rng
-from .storage import FetchedModel, fetch_model, open_location, resolve_data, scratch_dir
+from .storage import FetchedModel, open_location, resolve_data, scratch_dir
 from .termination import write_final_summary
 
 
@@ -142,7 +143,7 @@ def _set_up(loaded: LoadedConfig, extra_hooks: list[TrainingHooks], stop: StopRe
         return None
 
     with accelerator.local_main_process_first():  # one download per node; the others find it cached
-        fetched = fetch_model(config.model.uri, config.model.revision)
+        fetched = fetch_model_shared(config.model.uri, config.model.revision)
         tokenizer = load_tokenizer(fetched.path)
         bundle = load_data(config, tokenizer, resolve_data, store_root=token_store_root())
     if not bundle.train:

@@ -19,6 +19,7 @@ from ..settings import Settings
 from . import paths
 from .job import _pod_failure_policy, processes, render_pod_template
 from .owner import owner_reference
+from .shared_cache import mount_cache
 
 # Transient failures (a store that blinked) get one more try; data and configuration errors none (podFailurePolicy).
 PREFLIGHT_BACKOFF_LIMIT = 1
@@ -65,7 +66,8 @@ def preflight_command(job: FineTuneJob) -> list[str]:
     ]
 
 
-def render_preflight_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+def render_preflight_job(job: FineTuneJob, settings: Settings, shared_cache: bool = False) -> dict[str, Any]:
+    """``shared_cache``: mount the namespace's model cache read-write (the preflight fills it)."""
     name = job.metadata.name
     template = render_pod_template(job, settings)
     pod = template["spec"]
@@ -95,6 +97,8 @@ def render_preflight_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]
     )
     container.pop("args", None)
     container.pop("ports", None)
+    if shared_cache:
+        mount_cache(pod, settings, writable=True)
     labels = {**child_labels(name), PREFLIGHT_ROLE_LABEL: "preflight"}
     template["metadata"]["labels"] = {**template["metadata"]["labels"], PREFLIGHT_ROLE_LABEL: "preflight"}
     return {

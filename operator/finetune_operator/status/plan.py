@@ -50,6 +50,14 @@ def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
     return job.status.plan.model_revision if job.status.plan is not None else None
 
 
+def plan_used_cache(job: FineTuneJob, outcome: Preflight | None) -> bool:
+    """Whether the training pods read the model from the namespace's shared cache: exactly when the plan they
+    start on was made with it (the preflight that filled it reports its counts), decided as pinned_revision."""
+    if outcome is not None:
+        return outcome.state == "Planned" and outcome.plan is not None and outcome.plan.cache is not None
+    return job.status.plan is not None and job.status.plan.cache is not None
+
+
 def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Preflight:
     """The preflight's state, believed only along the FineTuneJob -> Job -> pod chain of controllers."""
     if preflight_job is not None and not plans_current_spec(job, preflight_job):
@@ -152,6 +160,7 @@ def plan_from(preflight: PreflightPlan) -> Plan:
         steps=preflight.total_steps,
         epochs=preflight.epochs,
         trained_tokens=preflight.trained_tokens,
+        cache=preflight.cache,
     )
 
 

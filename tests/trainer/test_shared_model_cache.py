@@ -1,0 +1,77 @@
+"""Base models through the shared cache against a real MinIO: one download per version, corruption refilled,
+read-only readers that fall back to their own download."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from finetune_trainer.cached_models import cache_stats, fetch_model_shared, shared_cache
+from finetune_trainer.model_cache import MANIFEST
+from finetune_trainer.storage import credentials_for, s3_client
+from test_s3 import bucket, minio, s3_secret, upload_tree  # noqa: F401 - fixtures
+
+pytestmark = [pytest.mark.trainer, pytest.mark.s3]
+
+
+@pytest.fixture
+def shared(trainer_env, monkeypatch):
+    monkeypatch.setenv("FINETUNE_SHARED_CACHE_DIR", str(trainer_env / "shared"))
+    monkeypatch.delenv("FINETUNE_SHARED_CACHE_READONLY", raising=False)
+    return trainer_env / "shared"
+
+
+@pytest.fixture
+def model_uri(bucket, tiny_model_dir) -> str:  # noqa: F811 - the fixture imported above
+    upload_tree(s3_client(credentials_for("model")), bucket, "models/tiny", tiny_model_dir)
+    return f"s3://{bucket}/models/tiny"
+
+
+def test_two_fetches_of_one_model_download_it_once(shared, model_uri, tiny_model_dir):
+    first = fetch_model_shared(model_uri)
+    second = fetch_model_shared(model_uri)
+    assert first.path == second.path and str(first.path).startswith(str(shared))
+    assert (second.path / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    stats = cache_stats()
+    assert (stats.misses, stats.hits, stats.refills) == (1, 1, 0)
+    assert stats.bytes == sum(p.stat().st_size for p in tiny_model_dir.rglob("*") if p.is_file())
+
+
+def test_a_changed_object_is_another_version_and_is_downloaded_again(shared, bucket, model_uri):  # noqa: F811
+    first = fetch_model_shared(model_uri)
+    s3_client(credentials_for("model")).put_object(Bucket=bucket, Key="models/tiny/extra.txt", Body=b"new")
+    second = fetch_model_shared(model_uri)
+    assert first.path != second.path and (second.path / "extra.txt").read_bytes() == b"new"
+    assert cache_stats().misses == 2
+
+
+def test_a_corrupted_entry_is_detected_and_downloaded_again(shared, model_uri, tiny_model_dir):
+    first = fetch_model_shared(model_uri)
+    weights = first.path / "model.safetensors"
+    weights.write_bytes(b"\0" * weights.stat().st_size)  # same size: only the sha256 tells
+    again = fetch_model_shared(model_uri)
+    assert (again.path / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+    assert cache_stats().refills == 1
+
+
+def test_a_read_only_reader_takes_the_filled_entry_and_downloads_itself_without_one(
+    shared, model_uri, trainer_env, monkeypatch
+):
+    monkeypatch.setenv("FINETUNE_SHARED_CACHE_READONLY", "1")
+    own = fetch_model_shared(model_uri)
+    assert not str(own.path).startswith(str(shared)) and not (shared / "entries").exists()
+
+    monkeypatch.delenv("FINETUNE_SHARED_CACHE_READONLY")
+    filled = fetch_model_shared(model_uri)
+    monkeypatch.setenv("FINETUNE_SHARED_CACHE_READONLY", "1")
+    manifest = json.loads((filled.path.parent / MANIFEST).read_text())
+    assert fetch_model_shared(model_uri).path == filled.path
+    assert json.loads((filled.path.parent / MANIFEST).read_text()) == manifest  # a reader writes nothing
+    (filled.path / "config.json").write_text("{}")  # another size
+    assert not str(fetch_model_shared(model_uri).path).startswith(str(shared))
+
+
+def test_without_a_shared_cache_a_model_is_fetched_as_before(trainer_env, model_uri, monkeypatch):
+    monkeypatch.delenv("FINETUNE_SHARED_CACHE_DIR", raising=False)
+    assert shared_cache() is None
+    assert str(fetch_model_shared(model_uri).path).startswith(str(trainer_env / "cache"))
