@@ -83,7 +83,10 @@ def _from_s3(cache: SharedCache, uri: str) -> FetchedModel | None:
     key = CacheKey(uri, listing_version(objects))
     if _read_only():
         path = cache.readable(key)
-        return FetchedModel(path=path, revision=None) if path is not None else None
+        if path is None:
+            return None
+        log.info("model_from_shared_cache", uri=uri, read_only=True)
+        return FetchedModel(path=path, revision=None)
 
     def download(directory: Path) -> None:
         try:
@@ -114,7 +117,10 @@ def _from_hub(cache: SharedCache, uri: str, revision: str) -> FetchedModel | Non
     if _read_only():
         # The training pods' revision is the commit the preflight pinned (status.plan): the entry's version.
         path = cache.readable(CacheKey(uri, revision))
-        return FetchedModel(path=path, revision=revision) if path is not None else None
+        if path is None:
+            return None
+        log.info("model_from_shared_cache", uri=uri, commit=revision, read_only=True)
+        return FetchedModel(path=path, revision=revision)
     _, commit = hf_snapshot(repo_id, revision, repo_type="model", uri=uri, allow_patterns=["config.json"])
 
     def download(directory: Path) -> None:
