@@ -211,7 +211,7 @@ def test_entries_used_at_the_same_time_go_in_a_stable_order():
 
 def test_a_fill_beyond_max_bytes_evicts_the_least_recently_used_entry(tmp_path):
     now = [100.0]
-    cache = SharedCache(tmp_path, max_bytes=2500, clock=lambda: now[0])
+    cache = SharedCache(tmp_path, max_bytes=2500, clock=lambda: now[0], eviction_grace=5)
     keys = [CacheKey(f"s3://models/m{i}/", "v") for i in range(3)]
     for key in keys:
         now[0] += 10
@@ -223,3 +223,16 @@ def test_a_fill_beyond_max_bytes_evicts_the_least_recently_used_entry(tmp_path):
     cache.get(CacheKey("s3://models/m3/", "v"), writer(WEIGHTS))
     assert cache.entry(keys[1]).exists() and not cache.entry(keys[2]).exists()
     assert cache.stats.evictions == 2
+
+
+def test_an_entry_used_within_the_grace_period_is_kept_even_over_the_limit():
+    entries = [EntryUse("old", 400, 1.0), EntryUse("recent", 400, 50.0)]
+    assert evictions(entries, max_bytes=100, incoming=0, protected_since=40.0) == ["old"]
+
+
+def test_a_fill_over_the_limit_keeps_entries_just_used(tmp_path):
+    cache = SharedCache(tmp_path, max_bytes=1500)  # the default grace: everything here was just used
+    first, second = CacheKey("s3://models/a/", "v"), CacheKey("s3://models/b/", "v")
+    cache.get(first, writer(WEIGHTS))
+    cache.get(second, writer(WEIGHTS))
+    assert cache.entry(first).exists() and cache.stats.evictions == 0

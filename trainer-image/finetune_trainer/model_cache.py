@@ -15,7 +15,9 @@ uses an entry, removes a corrupted one and fills it again; a read-only reader (t
 the sizes and, on any doubt, does not use the entry (it downloads into its own disk, as without a cache).
 
 Eviction is least-recently-used by the manifest's ``lastUsed`` (written by the writing reader at each use),
-done by the writer before it publishes a new entry, down to ``max_bytes`` with the new entry counted.
+done by the writer before it publishes a new entry, down to ``max_bytes`` with the new entry counted; an
+entry used in the last ``EVICTION_GRACE_SECONDS`` is kept even over the limit (its training pods are about
+to read it). A pod reading an entry that is evicted under it fails, and its retry downloads again.
 Everything here runs with the tenant's own identity, on the tenant's own volume: the operator mounts no
 tenant volume, so eviction is the preflight's.
 """
@@ -42,6 +44,9 @@ MANIFEST = "manifest.json"
 FILES = "files"
 LOCK_STALE_SECONDS = 120.0  # a lock not refreshed for this long belongs to a pod that died
 LOCK_WAIT_SECONDS = 3600.0  # how long a pod waits for another's fill of the same entry (a large model)
+# An entry used this recently is not evicted: its job's training pods start after its preflight (queued in
+# Kueue, maybe longer: then they find the entry gone and download it themselves).
+EVICTION_GRACE_SECONDS = 1800.0
 HASH_CHUNK = 8 << 20
 
 
@@ -131,12 +136,18 @@ def problems(entry: Path, key: CacheKey, *, hashes: bool) -> list[str]:
     return found
 
 
-def evictions(entries: Sequence[EntryUse], max_bytes: int, incoming: int) -> list[str]:
+def evictions(
+    entries: Sequence[EntryUse], max_bytes: int, incoming: int, protected_since: float = float("inf")
+) -> list[str]:
     """The least recently used entries to remove so that what stays plus ``incoming`` fits ``max_bytes``
-    (an incoming entry larger than the limit empties the rest, and is kept)."""
+    (an incoming entry larger than the limit empties the rest, and is kept). Entries used at or after
+    ``protected_since`` are never chosen, even over the limit: a job planned minutes ago has training pods
+    about to read its entry."""
     total = sum(e.bytes for e in entries) + incoming
     chosen = []
     for entry in sorted(entries, key=lambda e: (e.last_used, e.name)):
+        if entry.last_used >= protected_since:
+            break
         if total <= max_bytes:
             break
         chosen.append(entry.name)
@@ -236,6 +247,7 @@ class SharedCache:
     clock: Callable[[], float] = time.time
     stale_after: float = LOCK_STALE_SECONDS
     wait: float = LOCK_WAIT_SECONDS
+    eviction_grace: float = EVICTION_GRACE_SECONDS
 
     def entry(self, key: CacheKey) -> Path:
         return self.root / "entries" / key.name
@@ -291,11 +303,16 @@ class SharedCache:
 
     def _touch(self, entry: Path) -> None:
         """lastUsed, written as a whole new manifest (rename): a concurrent reader reads the old or the new."""
-        manifest = json.loads((entry / MANIFEST).read_text())
-        manifest["lastUsed"] = self.clock()
-        written = entry / f".{MANIFEST}.{uuid.uuid4().hex}"
-        written.write_text(json.dumps(manifest, sort_keys=True))
-        written.replace(entry / MANIFEST)
+        try:
+            manifest = json.loads((entry / MANIFEST).read_text())
+            manifest["lastUsed"] = self.clock()
+            written = entry / f".{MANIFEST}.{uuid.uuid4().hex}"
+            written.write_text(json.dumps(manifest, sort_keys=True))
+            written.replace(entry / MANIFEST)
+        except (OSError, ValueError):
+            # Evicted by another pod's fill in between (it had not been used for the grace period): this
+            # pod's reads may fail, and its retry downloads the model again.
+            log.warning("cache_entry_vanished", entry=entry.name)
 
     def uses(self) -> list[EntryUse]:
         found = []
@@ -312,7 +329,7 @@ class SharedCache:
         """Called with the entry's lock held and the entry absent from entries/: it is never its own victim."""
         if self.max_bytes is None:
             return
-        for name in evictions(self.uses(), self.max_bytes, incoming):
+        for name in evictions(self.uses(), self.max_bytes, incoming, self.clock() - self.eviction_grace):
             self._remove(self.root / "entries" / name)
             self.stats.evictions += 1
             log.info("cache_evicted", entry=name)
