@@ -36,6 +36,7 @@ def caching_operator(start_operator, namespace):
         "--preflight=true",
         "--cache=true",
         "--cache-storage-class=",
+        "--cache-size=1Gi",  # the volume above has 10Gi
         f"--progress-port={port}",
         f"--progress-url=https://127.0.0.1:{port}",
         f"--operator-namespace={namespace}",
@@ -47,7 +48,8 @@ def _plan(cluster, namespace: str, name: str) -> dict | None:
     failed = condition(ftj, "Failed")
     assert not (failed and failed["status"] == "True"), failed
     plan = (ftj.get("status") or {}).get("plan") or {}
-    return plan if plan.get("cache") is not None else None
+    assert not plan or plan.get("cache") is not None, f"planned without the cache: {plan}"
+    return plan or None
 
 
 def _submit(cluster, namespace: str, stores: dict, name: str, *, suspend: bool) -> None:  # noqa: F811
@@ -79,10 +81,14 @@ def test_jobs_of_one_model_download_it_once_and_a_corrupted_entry_is_refilled(
     claim = get(cluster, "pvc", namespace, CACHE_CLAIM)
     assert claim["metadata"]["labels"][CACHE_LABEL] == "true" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
-    succeeded = wait_for(
-        "the first job to train", lambda: condition(get(cluster, "ftj", namespace, "first"), "Succeeded"), timeout=600
-    )
-    assert succeeded["status"] == "True", succeeded
+    def trained():
+        ftj = get(cluster, "ftj", namespace, "first")
+        failed = condition(ftj, "Failed")
+        assert not (failed and failed["status"] == "True"), failed
+        succeeded = condition(ftj, "Succeeded")
+        return succeeded if succeeded and succeeded["status"] == "True" else None
+
+    wait_for("the first job to train", trained, timeout=600, interval=1.0)
     (pod,) = items(cluster, "pod", namespace, "finetune.dev/job=first,!finetune.dev/role")
     (mount,) = [m for m in pod["spec"]["containers"][0]["volumeMounts"] if m["name"] == "shared-model-cache"]
     assert mount["readOnly"] is True
