@@ -175,3 +175,55 @@ def test_a_spec_change_after_the_preflight_replaces_its_job_and_its_plan_before_
     assert plan is not None and plan["trainedTokens"] > 0, plan
     config = get(cluster, "configmap", namespace, "replanned-config")
     assert json.loads(config["data"]["config.json"])["training"]["maxSteps"] == 20
+
+
+def test_training_loads_the_revision_the_preflight_resolved_even_after_the_branch_moved(
+    cluster,
+    namespace,
+    local_node,
+    minio,
+    stores,  # noqa: F811 - the fixture imported above
+    base_model,  # noqa: F811 - the fixture imported above
+    planning_operator,
+):
+    """An hf:// model at branch main, from a Hub mirror: the dry run pins main's commit; main then moves to
+    another commit; unsuspended, the job trains on the pinned commit and publishes an adapter that names it."""
+    from trainer.hub_mirror import HubMirror
+
+    planned, moved = "1" * 40, "2" * 40
+    with HubMirror("org/tiny", base_model, planned) as mirror:
+        manifest = quickstart(namespace, stores, maxSteps=3)
+        manifest["metadata"]["name"] = "pinned"
+        manifest["spec"]["adapter"]["name"] = "pinned"
+        manifest["spec"]["model"] = {"uri": "hf://org/tiny", "revision": "main"}
+        template = manifest["spec"].setdefault("template", {})
+        template["env"] = [*template.get("env", []), {"name": "HF_ENDPOINT", "value": mirror.url}]
+        manifest["spec"]["suspend"] = True
+        apply(cluster, manifest)
+
+        def status():
+            return (get(cluster, "ftj", namespace, "pinned") or {}).get("status") or {}
+
+        found = wait_for("the plan", lambda: status() if status().get("plan") else None, timeout=300, interval=1.0)
+        assert found["plan"]["modelRevision"] == planned and found["model"]["revision"] == planned
+
+        mirror.move("main", moved)
+        manifest["spec"]["suspend"] = False
+        apply(cluster, manifest)
+
+        def published():
+            ftj = get(cluster, "ftj", namespace, "pinned")
+            failed = condition(ftj, "Failed")
+            assert not (failed and failed["status"] == "True"), failed
+            found = condition(ftj, "Published")
+            return found if found and found["status"] == "True" else None
+
+        wait_for("the job to train and publish", published, timeout=600, interval=1.0)
+        weights = [r for r in mirror.requests if r.startswith("GET") and r.endswith("/model.safetensors")]
+
+    config = json.loads(get(cluster, "configmap", namespace, "pinned-config")["data"]["config.json"])
+    assert config["model"]["revision"] == planned
+    assert weights and all(f"/resolve/{planned}/" in r for r in weights), weights
+    adapter = get(cluster, "ftadapter", namespace, "pinned")
+    assert adapter["spec"]["baseModel"]["revision"] == planned
+    assert status()["model"]["revision"] == planned
