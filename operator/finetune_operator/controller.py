@@ -124,6 +124,8 @@ def job_metrics_recorder(metrics: OperatorMetrics) -> Callable[[str, str, Outcom
             if condition.status != "True" or status is None:
                 continue
             key = (namespace, name, outcome.created)
+            if condition.type == "Planned":
+                metrics.cache_used(namespace, status.plan)  # once per plan: a stale plan's successor counts again
             if condition.type == "Running" and status.start_time and key not in started:
                 started.add(key)
                 metrics.job_started(outcome.created, status.start_time)

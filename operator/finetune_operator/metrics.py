@@ -92,6 +92,16 @@ class OperatorMetrics:
             buckets=(-0.75, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0),
             registry=r,
         )
+        self.cache_counters = {
+            field: Counter(f"{PREFIX}_model_cache_{field}_total", help_text, ["namespace"], registry=r)
+            for field, help_text in (
+                ("hits", "Preflights that found their model whole in the namespace's shared cache."),
+                ("misses", "Models the preflights downloaded into the namespace's shared cache."),
+                ("bytes", "Bytes the preflights downloaded into the namespace's shared cache."),
+                ("evictions", "Cache entries the preflights evicted (least recently used) to stay under the limit."),
+                ("refills", "Corrupted cache entries the preflights found (size or sha256) and downloaded again."),
+            )
+        }
         self.progress_reports = Counter(
             f"{PREFIX}_progress_reports_total",
             "Progress reports by result and reason of refusal.",
@@ -184,6 +194,14 @@ class OperatorMetrics:
             return
         error = (plan.estimate.seconds - plan.actual_seconds) / plan.actual_seconds
         self.estimate_error.labels(plan.estimate.source).observe(error)
+
+    def cache_used(self, namespace: str, plan) -> None:
+        """What a job's preflight did with the shared cache (status.plan.cache), counted when it is planned."""
+        if plan is None or plan.cache is None:
+            return
+        for field, counter in self.cache_counters.items():
+            if value := getattr(plan.cache, field):
+                counter.labels(namespace).inc(value)
 
     def api_request(self, verb: str, resource: str, code: str) -> None:
         self.api_requests.labels(verb, resource, code).inc()

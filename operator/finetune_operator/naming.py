@@ -11,6 +11,7 @@ MANAGED_BY = "finetune-operator"
 ANNOTATION_PREFIX = "finetune.dev"
 SPEC_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/spec-hash"
 CONFIG_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/config-hash"
+PLAN_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/plan-inputs-hash"  # on the preflight Job: the spec it planned
 POLICY_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/session-policy-hash"
 MINTED_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-minted-at"
 EXPIRES_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-expire-at"

@@ -16,11 +16,12 @@ from typing import Any
 from finetune_core.api import FineTuneJob, FineTuneJobStatus
 
 from .context import Context
-from .kube import CONFIGMAPS, JOBS, PODS, KubeError
+from .kube import CONFIGMAPS, JOBS, PODS, PVCS, KubeError
 from .naming import MANAGED_BY, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels
 from .planner import estimate, plausible, recorded, training_processes
 from .render.owner import controlled_by
 from .render.preflight import render_preflight_job
+from .render.shared_cache import CACHE_CLAIM, is_ours, render_cache_claim
 from .status.conditions import is_true
 from .status.observe import final_summary, pods_of
 from .status.plan import Preflight, apply_outcome, preflight_outcome
@@ -47,11 +48,33 @@ def allows_training(job: FineTuneJob, outcome: Preflight | None) -> bool:
 
 
 def converge(context: Context, job: FineTuneJob, outcome: Preflight | None) -> None:
-    """Create the preflight Job when the job waits for one that does not exist (after its ConfigMap)."""
-    if outcome is None or outcome.state != "Missing":
+    """Create the preflight Job when the job waits for one that does not exist (after its ConfigMap); delete
+    one that planned an earlier spec (its deletion's watch event brings the job back, to create the new one)."""
+    if outcome is None or outcome.state not in ("Missing", "Stale"):
         return
-    created, _ = context.kube.create(render_preflight_job(job, context.settings), read_existing=False)
+    namespace, name = job.metadata.namespace, preflight_job_name(job.metadata.name)
+    if outcome.state == "Stale":
+        existing = context.caches[JOBS].get(namespace, name) or {}
+        if not existing.get("metadata", {}).get("deletionTimestamp"):
+            log.info("replacing the preflight Job %s/%s: the spec changed after it planned", namespace, name)
+            context.kube.delete(JOBS, namespace, name)
+        return
+    shared = context.settings.cache and cache_claim_is_ours(context, namespace)
+    created, _ = context.kube.create(render_preflight_job(job, context.settings, shared), read_existing=False)
     context.caches[JOBS].created(created)
+
+
+def cache_claim_is_ours(context: Context, namespace: str) -> bool:
+    """The namespace's cache claim, created when missing; one of that name that is not ours is never used
+    (that namespace's jobs then download per pod, as without a cache). Read once per preflight, not cached:
+    a watch of every namespace's claims would cost more than a GET per planned job."""
+    claim = context.kube.get(PVCS, namespace, CACHE_CLAIM)
+    if claim is None:
+        claim, _ = context.kube.create(render_cache_claim(namespace, context.settings))
+    if not is_ours(claim):
+        log.warning("%s/%s is not the operator's: jobs there run without the shared cache", namespace, CACHE_CLAIM)
+        return False
+    return True
 
 
 def apply(context: Context, job: FineTuneJob, status: FineTuneJobStatus, outcome: Preflight | None, now: str):

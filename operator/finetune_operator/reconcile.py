@@ -68,6 +68,7 @@ from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_
 from .render.storage_secret import mint_due_in, render_storage_secret
 from .status.conditions import get_condition, is_true, net_changes, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished, is_settled, references_settled
+from .status.plan import pinned_revision, plan_used_cache
 from .storage import StorageUnreachable
 from .sts import mint
 
@@ -88,6 +89,7 @@ OWNED_STATUS_FIELDS = (
     "jobName",
     "queue",
     "plan",
+    "model",  # the revision the plan pinned, before the trainer reports it (the same one)
     "progress",
     "artifact",
     "evaluation",
@@ -128,7 +130,12 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
     preflight = planning.observe(context, job, training_job) if not is_finished(job.status) and not foreign else None
     if not is_finished(job.status) and not isinstance(model, Refused):
         try:
-            config = resolve_trainer_config(job, context.settings, progress_ca=context.progress_ca is not None)
+            config = resolve_trainer_config(
+                job,
+                context.settings,
+                progress_ca=context.progress_ca is not None,
+                model_revision=pinned_revision(job, preflight),
+            )
         except ResolutionError as error:
             blockers.append(Blocker("OutputNotConfigured", str(error)))
             config = None
@@ -147,7 +154,9 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
         elif not blockers and config is not None:
             try:
                 allowed = planning.allows_training(job, preflight)
-                training_job, spec_pending = _converge_children(context, job, config, training_job, allowed)
+                training_job, spec_pending = _converge_children(
+                    context, job, config, training_job, allowed, plan_used_cache(job, preflight)
+                )
                 planning.converge(context, job, preflight)
             except KubeError as error:
                 if error.status not in (400, 422):
@@ -274,7 +283,12 @@ def _missing_references(context: Context, job: FineTuneJob) -> list[Blocker]:
 
 
 def _converge_children(
-    context: Context, job: FineTuneJob, config, training_job: dict[str, Any] | None, create_job: bool = True
+    context: Context,
+    job: FineTuneJob,
+    config,
+    training_job: dict[str, Any] | None,
+    create_job: bool = True,
+    shared_cache: bool = False,
 ):
     """Create what is missing, in dependency order: the Job last, so its pods find everything.
 
@@ -301,7 +315,7 @@ def _converge_children(
     if caches[SERVICES].get(namespace, service_name(name)) is None:
         _create(context, render_service(job, context.settings))
 
-    desired = render_job(job, context.settings, data_hash(applied))
+    desired = render_job(job, context.settings, data_hash(applied), shared_cache)
     if training_job is None:
         return (_create(context, desired) if create_job else None), False
     existing_hash = training_job["metadata"].get("annotations", {}).get(SPEC_HASH_ANNOTATION)

@@ -164,6 +164,22 @@ class Settings(BaseModel):
     preflight_deadline_seconds: int = Field(
         1800, ge=60, le=86400, description="activeDeadlineSeconds of the preflight Job."
     )
+    cache: bool = Field(
+        False,
+        description="A shared model cache per tenant namespace (a ReadWriteMany claim the operator creates), filled "
+        "by the preflight and read by the training pods; needs preflight.",
+    )
+    cache_storage_class: str | None = Field(
+        None, max_length=253, description="storageClassName of the cache claims (unset: the cluster's default)."
+    )
+    cache_size: str = Field(
+        "200Gi", pattern=r"^[0-9]+(Ki|Mi|Gi|Ti|k|M|G|T)?$", description="Storage request of each cache claim."
+    )
+    cache_max_bytes: int = Field(
+        150 * 2**30,
+        ge=1,
+        description="Bytes the entries of one cache may hold; the preflight evicts the least recently used beyond it.",
+    )
     throughput_history: int = Field(
         5, ge=1, le=50, description="Finished jobs per throughput-table row whose median refines the estimate."
     )
@@ -365,6 +381,10 @@ _OPTIONS = {
     "preflight_memory": ("--preflight-memory", "FINETUNE_PREFLIGHT_MEMORY", None),
     "preflight_deadline_seconds": ("--preflight-deadline-seconds", "FINETUNE_PREFLIGHT_DEADLINE_SECONDS", None),
     "throughput_history": ("--throughput-history", "FINETUNE_THROUGHPUT_HISTORY", None),
+    "cache": ("--cache", "FINETUNE_CACHE", "true: a shared model cache claim per namespace (needs --preflight)"),
+    "cache_storage_class": ("--cache-storage-class", "FINETUNE_CACHE_STORAGE_CLASS", None),
+    "cache_size": ("--cache-size", "FINETUNE_CACHE_SIZE", None),
+    "cache_max_bytes": ("--cache-max-bytes", "FINETUNE_CACHE_MAX_BYTES", None),
     "verifier_tolerations": ("--verifier-tolerations", "FINETUNE_VERIFIER_TOLERATIONS", "key[=value]:Effect,..."),
 }
 

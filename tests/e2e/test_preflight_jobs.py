@@ -3,6 +3,7 @@ machine's CPU) against MinIO, before any training Job exists."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -87,3 +88,143 @@ def test_a_suspended_job_gets_its_plan_and_estimate_and_no_training(
     assert plan["estimate"]["key"].startswith("cpu.")
     assert status["phase"] == "Suspended" and condition({"status": status}, "Suspended")["reason"] == "DryRun"
     assert get(cluster, "job", namespace, "dry-run") is None
+
+
+def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate(
+    cluster,
+    namespace,
+    local_node,
+    minio,
+    stores,  # noqa: F811 - the fixture imported above
+    planning_operator,
+):
+    """The first job trains for real and records its tokens/s in the throughput table; the second,
+    identical job is estimated from that figure. Asserted: the mechanism (the second estimate's source and
+    tokens/s). Reported, not asserted (timing is this machine's): each job's estimated vs actual seconds."""
+    from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
+
+    def train(name: str) -> dict:
+        manifest = quickstart(namespace, stores, maxSteps=12)
+        manifest["metadata"]["name"] = name
+        manifest["spec"]["adapter"]["name"] = name
+        apply(cluster, manifest)
+
+        def measured():
+            ftj = get(cluster, "ftj", namespace, name) or {}
+            failed = condition(ftj, "Failed")
+            assert not (failed and failed["status"] == "True"), failed
+            plan = (ftj.get("status") or {}).get("plan") or {}
+            return plan if plan.get("actualSeconds") else None
+
+        return wait_for(f"{name} to train and record its throughput", measured, timeout=600, interval=1.0)
+
+    first = train("first")
+    table = wait_for(
+        "the throughput table", lambda: get(cluster, "configmap", namespace, THROUGHPUT_CONFIG_MAP), timeout=30
+    )
+    (row,) = [json.loads(v) for k, v in table["data"].items() if k == first["estimate"]["key"]]
+    second = train("second")
+
+    estimate = second["estimate"]
+    assert first["estimate"]["source"] == "default"
+    assert estimate["source"] == "measured" and estimate["samples"] == 1, estimate
+    assert estimate["key"] == first["estimate"]["key"]
+    assert estimate["tokensPerSecond"] == pytest.approx(row[0], rel=1e-3)  # one process: the job's rate
+    assert row[0] == pytest.approx(first["trainedTokens"] / first["actualSeconds"], rel=1e-2)
+    for name, plan in (("first", first), ("second", second)):
+        error = (plan["estimate"]["seconds"] - plan["actualSeconds"]) / plan["actualSeconds"]
+        print(
+            f"{name}: estimated {plan['estimate']['seconds']}s ({plan['estimate']['source']}, "
+            f"{plan['estimate']['tokensPerSecond']} tokens/s), actual {plan['actualSeconds']}s, error {error:+.0%}"
+        )
+
+
+def test_a_spec_change_after_the_preflight_replaces_its_job_and_its_plan_before_any_training(
+    cluster,
+    namespace,
+    local_node,
+    minio,
+    stores,  # noqa: F811 - the fixture imported above
+    planning_operator,
+):
+    """A dry run is planned for 12 steps, then unsuspended with maxSteps 20 in the same change: the training
+    Job waits for a new preflight Job (of the new spec), and the plan it starts on says 20 steps."""
+    manifest = quickstart(namespace, stores, maxSteps=12)
+    manifest["metadata"]["name"] = "replanned"
+    manifest["spec"]["suspend"] = True
+    apply(cluster, manifest)
+
+    def plan_of(steps: int):
+        plan = ((get(cluster, "ftj", namespace, "replanned") or {}).get("status") or {}).get("plan") or {}
+        return plan if plan.get("steps") == steps and plan.get("estimate") else None
+
+    wait_for("the plan of 12 steps", lambda: plan_of(12), timeout=300, interval=1.0)
+    first = get(cluster, "job", namespace, "replanned-preflight")["metadata"]["uid"]
+
+    manifest["spec"]["suspend"] = False
+    manifest["spec"]["training"]["maxSteps"] = 20
+    apply(cluster, manifest)
+
+    def training_job_and_what_it_started_on():
+        if get(cluster, "job", namespace, "replanned") is None:
+            return None
+        preflight = get(cluster, "job", namespace, "replanned-preflight") or {}
+        return preflight.get("metadata", {}).get("uid"), plan_of(20)
+
+    preflight_uid, plan = wait_for("the training Job", training_job_and_what_it_started_on, timeout=300, interval=0.5)
+    assert preflight_uid not in (None, first)
+    assert plan is not None and plan["trainedTokens"] > 0, plan
+    config = get(cluster, "configmap", namespace, "replanned-config")
+    assert json.loads(config["data"]["config.json"])["training"]["maxSteps"] == 20
+
+
+def test_training_loads_the_revision_the_preflight_resolved_even_after_the_branch_moved(
+    cluster,
+    namespace,
+    local_node,
+    minio,
+    stores,  # noqa: F811 - the fixture imported above
+    base_model,  # noqa: F811 - the fixture imported above
+    planning_operator,
+):
+    """An hf:// model at branch main, from a Hub mirror: the dry run pins main's commit; main then moves to
+    another commit; unsuspended, the job trains on the pinned commit and publishes an adapter that names it."""
+    from trainer.hub_mirror import HubMirror
+
+    planned, moved = "1" * 40, "2" * 40
+    with HubMirror("org/tiny", base_model, planned) as mirror:
+        manifest = quickstart(namespace, stores, maxSteps=3)
+        manifest["metadata"]["name"] = "pinned"
+        manifest["spec"]["adapter"]["name"] = "pinned"
+        manifest["spec"]["model"] = {"uri": "hf://org/tiny", "revision": "main"}
+        template = manifest["spec"].setdefault("template", {})
+        template["env"] = [*template.get("env", []), {"name": "HF_ENDPOINT", "value": mirror.url}]
+        manifest["spec"]["suspend"] = True
+        apply(cluster, manifest)
+
+        def status():
+            return (get(cluster, "ftj", namespace, "pinned") or {}).get("status") or {}
+
+        found = wait_for("the plan", lambda: status() if status().get("plan") else None, timeout=300, interval=1.0)
+        assert found["plan"]["modelRevision"] == planned and found["model"]["revision"] == planned
+
+        mirror.move("main", moved)
+        manifest["spec"]["suspend"] = False
+        apply(cluster, manifest)
+
+        def published():
+            ftj = get(cluster, "ftj", namespace, "pinned")
+            failed = condition(ftj, "Failed")
+            assert not (failed and failed["status"] == "True"), failed
+            found = condition(ftj, "Published")
+            return found if found and found["status"] == "True" else None
+
+        wait_for("the job to train and publish", published, timeout=600, interval=1.0)
+        weights = [r for r in mirror.requests if r.startswith("GET") and r.endswith("/model.safetensors")]
+
+    config = json.loads(get(cluster, "configmap", namespace, "pinned-config")["data"]["config.json"])
+    assert config["model"]["revision"] == planned
+    assert weights and all(f"/resolve/{planned}/" in r for r in weights), weights
+    adapter = get(cluster, "ftadapter", namespace, "pinned")
+    assert adapter["spec"]["baseModel"]["revision"] == planned
+    assert status()["model"]["revision"] == planned

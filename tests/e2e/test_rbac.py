@@ -176,6 +176,10 @@ def declared_permissions() -> list[Permission]:
             # The scenario runs without a store that mints credentials (it has no MinIO): the per-job
             # credentials' permissions are exercised by tests/e2e/test_storage_isolation.py, not trimmed here.
             continue
+        if "cache" in rule.get("when", []):
+            # The scenario runs without the shared model cache (it has no volume for the claim to bind to): the
+            # claim's create is made by tests/e2e/test_model_cache_jobs.py, not trimmed here.
+            continue
         if "kueue.x-k8s.io" in rule["apiGroups"]:
             # The scenario has no Kueue: reading Workloads and LocalQueues is exercised by tests/e2e/test_kueue.py.
             continue

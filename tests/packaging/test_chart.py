@@ -310,6 +310,7 @@ def expected_rules(values: dict, scopes: set[str]) -> set[tuple]:
         "sts": bool(values.get("output", {}).get("sts", {}).get("credentialsSecret")),
         "leaderElection": values.get("leaderElection", {}).get("enabled", True),
         "preflight": values.get("preflight", {}).get("enabled", True),
+        "cache": values.get("preflight", {}).get("enabled", True) and values.get("cache", {}).get("enabled", False),
     }
     return {
         (tuple(rule["apiGroups"]), tuple(rule["resources"]), tuple(sorted(rule["verbs"])))
@@ -348,6 +349,9 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         {"leaderElection": {"enabled": False}, "replicas": 1},
         {"preflight": {"enabled": False}},
         {**NAMESPACED, "preflight": {"enabled": False}},
+        {"cache": {"enabled": True}},
+        {**NAMESPACED, "cache": {"enabled": True}},
+        {"preflight": {"enabled": False}, "cache": {"enabled": True}},
     ],
     ids=[
         "clusterwide",
@@ -364,6 +368,9 @@ def operator_objects(docs: list[dict]) -> list[dict]:
         "no-leader-election",
         "no-preflight",
         "namespaced-no-preflight",
+        "cache",
+        "namespaced-cache",
+        "cache-without-preflight",
     ],
 )
 def test_the_operator_gets_exactly_the_declared_rules(tools, values):
@@ -416,6 +423,7 @@ def test_every_declared_verb_says_which_code_needs_it():
             "sts",
             "leaderElection",
             "preflight",
+            "cache",
         }
         for verb, reason in rule["verbs"].items():
             assert verb in {"get", "list", "watch", "create", "update", "patch", "delete", "deletecollection"}

@@ -44,11 +44,20 @@ class HubMirror:
         self.repo_id = repo_id
         self.kind = f"{repo_type}s"  # the Hub's path segment: models, datasets
         self.files = {p.relative_to(model_dir).as_posix(): p for p in sorted(model_dir.rglob("*")) if p.is_file()}
-        self.commit = commit
-        self.revisions = {commit, *branches}
+        self.commits = {commit}
+        self.branches = dict.fromkeys(branches, commit)
         self.requests: list[str] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def resolve(self, revision: str) -> str | None:
+        """The commit a branch points at, or the commit itself; None for an unknown revision."""
+        return self.branches.get(revision) or (revision if revision in self.commits else None)
+
+    def move(self, branch: str, commit: str) -> None:
+        """Point ``branch`` at ``commit`` (the same files: what changes is the commit the Hub answers)."""
+        self.commits.add(commit)
+        self.branches[branch] = commit
 
     def __enter__(self) -> HubMirror:
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -78,10 +87,11 @@ class HubMirror:
                 tree_prefix = f"/api/{mirror.kind}/{mirror.repo_id}/tree/"
                 repo_path = mirror.repo_id if mirror.kind == "models" else f"{mirror.kind}/{mirror.repo_id}"
                 resolve_prefix = f"/{repo_path}/resolve/"
-                if path.startswith(info_prefix) and path[len(info_prefix) :] in mirror.revisions:
+                if path.startswith(info_prefix) and mirror.resolve(path[len(info_prefix) :]):
                     siblings = [{"rfilename": name} for name in mirror.files]
-                    self._json({"id": mirror.repo_id, "sha": mirror.commit, "siblings": siblings}, body)
-                elif path.startswith(tree_prefix) and path[len(tree_prefix) :] in mirror.revisions:
+                    commit = mirror.resolve(path[len(info_prefix) :])
+                    self._json({"id": mirror.repo_id, "sha": commit, "siblings": siblings}, body)
+                elif path.startswith(tree_prefix) and mirror.resolve(path[len(tree_prefix) :]):
                     entries = [
                         {"type": "file", "path": name, "size": p.stat().st_size, "oid": _git_oid(p)}
                         for name, p in mirror.files.items()
@@ -89,12 +99,12 @@ class HubMirror:
                     self._json(entries, body)
                 elif path.startswith(resolve_prefix):
                     revision, _, name = path[len(resolve_prefix) :].partition("/")
-                    if revision not in mirror.revisions or name not in mirror.files:
+                    if not mirror.resolve(revision) or name not in mirror.files:
                         self._missing()
                         return
                     content = mirror.files[name].read_bytes()
                     self.send_response(200)
-                    self.send_header("X-Repo-Commit", mirror.commit)
+                    self.send_header("X-Repo-Commit", mirror.resolve(revision))
                     self.send_header("ETag", f'"{hashlib.sha256(content).hexdigest()}"')
                     self.send_header("Content-Length", str(len(content)))
                     self.end_headers()

@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 from catalog import edited, valid_job
-from finetune_core.api import FineTuneJob, FineTuneJobStatus, Plan, PreflightPlan, PreflightReport, TokenCounts
+from finetune_core.api import (
+    CacheCounts,
+    FineTuneJob,
+    FineTuneJobStatus,
+    Plan,
+    PreflightPlan,
+    PreflightReport,
+    TokenCounts,
+)
+from finetune_operator.metrics import OperatorMetrics
+from finetune_operator.naming import PLAN_HASH_ANNOTATION
 from finetune_operator.planner import (
     EFFECTIVE_FLOPS,
     estimate,
@@ -17,10 +27,18 @@ from finetune_operator.planner import (
     sequence_bucket,
     table_key,
 )
-from finetune_operator.render.preflight import render_preflight_job
+from finetune_operator.render.job import render_job
+from finetune_operator.render.preflight import plan_hash, render_preflight_job
+from finetune_operator.render.shared_cache import CACHE_CLAIM, CACHE_DIR, is_ours, render_cache_claim
 from finetune_operator.settings import Settings
 from finetune_operator.status.conditions import get_condition
-from finetune_operator.status.plan import apply_outcome, preflight_outcome
+from finetune_operator.status.plan import (
+    Preflight,
+    apply_outcome,
+    pinned_revision,
+    plan_used_cache,
+    preflight_outcome,
+)
 
 NAMESPACE = "team-a"
 JOB_UID = "uid-1"
@@ -34,12 +52,14 @@ def make_job(**edits: Any) -> FineTuneJob:
     return FineTuneJob.model_validate(edited(valid_job("demo"), {**base, **edits}))
 
 
-def preflight_job(*conditions: str, owner_uid: str = JOB_UID) -> dict[str, Any]:
+def preflight_job(*conditions: str, owner_uid: str = JOB_UID, planned: FineTuneJob | None = None) -> dict[str, Any]:
+    """The preflight Job of ``planned`` (by default, of make_job()'s spec)."""
     return {
         "metadata": {
             "name": "demo-preflight",
             "namespace": NAMESPACE,
             "uid": PREFLIGHT_UID,
+            "annotations": {PLAN_HASH_ANNOTATION: plan_hash(planned or make_job())},
             "ownerReferences": [{"kind": "FineTuneJob", "name": "demo", "uid": owner_uid, "controller": True}],
         },
         "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
@@ -167,6 +187,202 @@ def test_a_job_failed_by_its_pod_failure_policy_waits_for_the_pods_exit():
 def test_a_preflight_without_a_finished_pod_is_running():
     assert preflight_outcome(make_job(), preflight_job(), []).state == "Running"
     assert preflight_outcome(make_job(), None, []).state == "Missing"
+
+
+# -- a plan of an earlier spec ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"spec.model.uri": "hf://Qwen/Qwen2.5-1.5B-Instruct"},
+        {"spec.model.revision": "v2"},
+        {"spec.model.credentialsSecretRef": {"name": "other-hub-token"}},
+        {"spec.data.train": [{"uri": "s3://datasets/other.jsonl"}]},
+        {"spec.data.maxInvalidFraction": 0.1},
+        {"spec.training.maxSteps": 7},
+        {"spec.training.maxSeqLength": 512},
+        {"spec.method": {"type": "full"}},
+        {"spec.objective": "pretrain"},
+        {"spec.resources.gpusPerNode": 2},
+        {"spec.resources.nodes": 2},
+        {"spec.template.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
+        {"spec.template.image": "registry.example/trainer:2"},
+    ],
+    ids=lambda edit: next(iter(edit)),
+)
+def test_the_plan_hash_changes_with_each_field_the_plan_depends_on(edit):
+    assert plan_hash(make_job(**edit)) != plan_hash(make_job())
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        {"spec.suspend": True},
+        {"spec.model.servedName": "qwen"},
+        {"spec.output.uri": "s3://elsewhere/out"},
+        {"spec.adapter.name": "renamed"},
+        {"spec.evaluation": {"gate": {"maxGeneralLossIncrease": 0.5}}},
+        {"spec.resources.cpu": "8"},
+        {"spec.ttlSecondsAfterFinished": 60},
+        {"spec.activeDeadlineSeconds": 3600},
+        {"metadata.labels": {"team": "a"}},
+    ],
+    ids=lambda edit: next(iter(edit)),
+)
+def test_the_plan_hash_ignores_fields_the_plan_does_not_depend_on(edit):
+    assert plan_hash(make_job(**edit)) == plan_hash(make_job())
+
+
+def test_the_preflight_job_is_stamped_with_its_plan_hash():
+    job = make_job()
+    assert render_preflight_job(job, SETTINGS)["metadata"]["annotations"][PLAN_HASH_ANNOTATION] == plan_hash(job)
+
+
+def test_a_preflight_job_of_an_earlier_spec_is_stale_whatever_it_reported():
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    changed = make_job(**{"spec.training.maxSteps": 7})
+    assert preflight_outcome(changed, preflight_job("Complete"), [preflight_pod(0, report)]).state == "Stale"
+    assert preflight_outcome(changed, preflight_job(planned=changed), []).state == "Running"
+
+
+def test_a_preflight_job_without_the_stamp_is_stale():
+    unstamped = preflight_job("Complete")
+    del unstamped["metadata"]["annotations"]
+    assert preflight_outcome(make_job(), unstamped, []).state == "Stale"
+
+
+def test_a_stale_plan_leaves_the_status_and_the_job_waits_for_the_new_one():
+    job = make_job()
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    assert status.plan.steps == 60
+
+    changed = make_job(**{"spec.training.maxSteps": 7})
+    outcome = preflight_outcome(changed, preflight_job("Complete"), [preflight_pod(0, report)])
+    apply_outcome(status, changed, outcome, NOW, _estimate)
+    assert status.plan is None
+    assert get_condition(status.conditions, "Planned").reason == "SpecChanged"
+    assert get_condition(status.conditions, "Created").reason == "AwaitingPreflight"
+
+
+# -- the pinned revision ------------------------------------------------------------------------
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_a_planned_job_trains_on_the_revision_its_preflight_resolved_and_shows_it():
+    job = make_job(**{"spec.model.revision": "main"})
+    report = PreflightReport(outcome="Planned", plan=PLAN.model_copy(update={"model_revision": COMMIT})).to_message()
+    outcome = preflight_outcome(job, preflight_job("Complete", planned=job), [preflight_pod(0, report)])
+    assert pinned_revision(job, outcome) == COMMIT
+    status = FineTuneJobStatus()
+    apply_outcome(status, job, outcome, NOW, _estimate)
+    assert status.plan.model_revision == COMMIT and status.model.revision == COMMIT
+
+
+def test_a_job_waiting_for_its_preflight_pins_nothing_yet():
+    job = make_job(**{"spec.model.revision": "main"})
+    assert pinned_revision(job, Preflight("Running")) is None
+    assert pinned_revision(job, Preflight("Stale")) is None
+
+
+def test_a_job_past_its_preflight_keeps_the_revision_of_its_plan():
+    job = make_job(**{"status.plan": {"modelRevision": COMMIT}})
+    assert pinned_revision(job, None) == COMMIT
+    assert pinned_revision(make_job(), None) is None  # no preflight ran: the spec's revision, as before
+
+
+def test_a_stale_plan_takes_its_revision_with_it():
+    job = make_job()
+    report = PreflightReport(outcome="Planned", plan=PLAN.model_copy(update={"model_revision": COMMIT})).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    changed = make_job(**{"spec.model.revision": "v2"})
+    apply_outcome(status, changed, preflight_outcome(changed, preflight_job("Complete"), []), NOW, _estimate)
+    assert status.plan is None and status.model is None
+
+
+# -- the shared model cache -----------------------------------------------------------------------
+
+CACHE_SETTINGS = Settings(default_output_uri="s3://models/out", preflight=True, cache=True, cache_max_bytes=5000)
+
+
+def _cache_volume(pod: dict[str, Any]) -> tuple[dict, dict, dict[str, str]]:
+    (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v and v["name"] == "shared-model-cache"]
+    container = pod["containers"][0]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == volume["name"]]
+    return volume, mount, {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def test_the_preflight_mounts_the_namespaces_cache_read_write_with_its_limit():
+    pod = render_preflight_job(make_job(), CACHE_SETTINGS, shared_cache=True)["spec"]["template"]["spec"]
+    volume, mount, env = _cache_volume(pod)
+    assert volume["persistentVolumeClaim"] == {"claimName": CACHE_CLAIM, "readOnly": False}
+    assert mount == {"name": volume["name"], "mountPath": CACHE_DIR, "readOnly": False}
+    assert env["FINETUNE_SHARED_CACHE_DIR"] == CACHE_DIR and env["FINETUNE_SHARED_CACHE_MAX_BYTES"] == "5000"
+    assert "FINETUNE_SHARED_CACHE_READONLY" not in env
+
+
+def test_training_pods_mount_the_cache_read_only():
+    pod = render_job(make_job(), CACHE_SETTINGS, "hash", shared_cache=True)["spec"]["template"]["spec"]
+    volume, mount, env = _cache_volume(pod)
+    assert volume["persistentVolumeClaim"]["readOnly"] is True and mount["readOnly"] is True
+    assert env["FINETUNE_SHARED_CACHE_READONLY"] == "1" and "FINETUNE_SHARED_CACHE_MAX_BYTES" not in env
+
+
+def test_without_the_cache_no_pod_mounts_it():
+    for pod in (
+        render_preflight_job(make_job(), CACHE_SETTINGS)["spec"]["template"]["spec"],
+        render_job(make_job(), CACHE_SETTINGS, "hash")["spec"]["template"]["spec"],
+    ):
+        assert CACHE_CLAIM not in json.dumps(pod) and "FINETUNE_SHARED_CACHE" not in json.dumps(pod)
+
+
+def test_the_cache_claim_is_read_write_many_labelled_as_ours_in_the_jobs_namespace():
+    claim = render_cache_claim(NAMESPACE, CACHE_SETTINGS.model_copy(update={"cache_storage_class": "nfs"}))
+    assert claim["metadata"]["namespace"] == NAMESPACE and claim["metadata"]["name"] == CACHE_CLAIM
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs"
+    assert is_ours(claim)
+    assert "storageClassName" not in render_cache_claim(NAMESPACE, CACHE_SETTINGS)["spec"]  # the default class
+
+
+def test_a_claim_of_that_name_without_our_labels_is_not_ours():
+    claim = render_cache_claim(NAMESPACE, CACHE_SETTINGS)
+    claim["metadata"]["labels"] = {"app.kubernetes.io/managed-by": "finetune-operator"}
+    assert not is_ours(claim) and not is_ours(None)
+
+
+def test_training_uses_the_cache_exactly_when_its_plan_was_made_with_it():
+    job = make_job()
+    with_cache = PLAN.model_copy(update={"cache": CacheCounts(misses=1, bytes=10)})
+    assert plan_used_cache(job, Preflight("Planned", plan=with_cache))
+    assert not plan_used_cache(job, Preflight("Planned", plan=PLAN))
+    assert not plan_used_cache(job, Preflight("Running"))
+    assert plan_used_cache(make_job(**{"status.plan": {"cache": {"hits": 1}}}), None)
+    assert not plan_used_cache(make_job(**{"status.plan": {"steps": 3}}), None)
+
+
+def test_the_plan_carries_the_preflights_cache_counts_and_the_metrics_count_them_per_namespace():
+    job = make_job()
+    counts = CacheCounts(hits=1, misses=1, bytes=2048, evictions=2, refills=1)
+    report = PreflightReport(outcome="Planned", plan=PLAN.model_copy(update={"cache": counts})).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    assert status.plan.cache == counts
+    metrics = OperatorMetrics()
+    metrics.cache_used(NAMESPACE, status.plan)
+    metrics.cache_used(NAMESPACE, status.plan)
+    text = metrics.exposition().decode()
+    assert f'finetune_operator_model_cache_bytes_total{{namespace="{NAMESPACE}"}} 4096.0' in text
+    assert f'finetune_operator_model_cache_evictions_total{{namespace="{NAMESPACE}"}} 4.0' in text
 
 
 # -- the status ----------------------------------------------------------------------------------

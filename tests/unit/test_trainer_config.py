@@ -253,3 +253,17 @@ def test_resolution_does_not_change_the_job():
 
 def test_resolution_is_deterministic():
     assert resolve().to_api() == resolve().to_api()
+
+
+# ---------------------------------------------------------------------------------------------
+# the revision the preflight pinned
+
+
+def test_the_training_config_loads_the_revision_the_preflight_resolved():
+    job = make_job({"spec.model.revision": "main"})
+    config = resolve_trainer_config(job, SETTINGS, model_revision="0123456789abcdef0123456789abcdef01234567")
+    assert config.model.revision == "0123456789abcdef0123456789abcdef01234567"
+
+
+def test_without_a_pinned_revision_the_training_config_keeps_the_specs():
+    assert resolve({"spec.model.revision": "v2"}).model.revision == "v2"

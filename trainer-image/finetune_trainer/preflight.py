@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from finetune_core.api import (
     PREFLIGHT_MESSAGE_LIMIT,
+    CacheCounts,
     PreflightPlan,
     PreflightReport,
     SourcePlan,
@@ -30,6 +31,7 @@ from finetune_core.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS, ORI
 
 from . import log
 from .batching import Step, epoch_planner
+from .cached_models import cache_stats, fetch_model_shared, shared_cache
 from .config import load_config
 from .data import DataBundle, load_data
 from .data.store_cache import token_store_root
@@ -65,11 +67,19 @@ def preflight(config_path: Path, topology: TrainingTopology) -> PreflightPlan:
     plan = plan_of(config, bundle, topology)
     plan.model_revision = fetched.revision
     plan.parameters = parameter_count(fetched.path)
+    stats = cache_stats()
+    if stats is not None:
+        plan.cache = CacheCounts(**stats.to_dict())
     return plan
 
 
 def fetch_tokenizer(uri: str, revision: str | None) -> FetchedModel:
-    """The base model's directory with at least its tokenizer and config, and its resolved revision."""
+    """The base model's directory with at least its tokenizer and config, and its resolved revision.
+
+    With the namespace's shared cache mounted, the whole model: the preflight fills the cache on CPU, once
+    for every job of the namespace, and the training pods read it from there."""
+    if shared_cache() is not None:
+        return fetch_model_shared(uri, revision)
     parsed = parse_uri(uri)
     if parsed.scheme == "hf":
         repo_id = f"{parsed.authority}/{parsed.path}" if parsed.path else parsed.authority

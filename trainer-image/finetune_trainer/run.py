@@ -32,6 +32,7 @@ from finetune_core.api import (
 from . import log
 from .artifact import ArtifactTarget, is_same_job, publish, write_model_files
 from .batching import epoch_planner
+from .cached_models import fetch_model_shared
 from .checkpoint import Checkpointer
 from .config import LoadedConfig, load_config
 from .data import DataBundle, load_data
@@ -58,7 +59,7 @@ from .progress_push import progress_hooks
 from .report import CompositeHooks, JsonLogHooks, MetricsFileHooks, TrainingHooks
 from .signals import StopRequest
 from .state import TrainState, capture_rng, restore_rng
-from .storage import FetchedModel, fetch_model, open_location, resolve_data, scratch_dir
+from .storage import FetchedModel, open_location, resolve_data, scratch_dir
 from .termination import write_final_summary
 
 
@@ -187,7 +188,7 @@ class _Recipe:
         """The base model's files and tokenizer, the data tokenized with it, and the plan of every epoch."""
         config, layout = self.config, self.layout
         with self.accelerator.local_main_process_first():  # one download per node; the others find it cached
-            self.fetched = fetch_model(config.model.uri, config.model.revision)
+            self.fetched = fetch_model_shared(config.model.uri, config.model.revision)
             self.tokenizer = load_tokenizer(self.fetched.path)
             self.bundle = load_data(config, self.tokenizer, resolve_data, store_root=token_store_root())
         if not self.bundle.train:

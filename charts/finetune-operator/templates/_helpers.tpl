@@ -101,7 +101,8 @@ app.kubernetes.io/managed-by: finetune-operator
       "selfSignedTLS" (and $https (empty $values.progress.tls.secretName))
       "sts" (not (empty $values.output.sts.credentialsSecret))
       "leaderElection" $values.leaderElection.enabled
-      "preflight" $values.preflight.enabled }}
+      "preflight" $values.preflight.enabled
+      "cache" (and $values.preflight.enabled $values.cache.enabled) }}
 {{- $rules := list }}
 {{- range ($root.Files.Get "files/operator-rbac.yaml" | fromYaml).rules }}
 {{- $applies := has .scope $scopes }}

@@ -54,6 +54,7 @@ from .modeladapter import (
 )
 from .plan import (
     PREFLIGHT_MESSAGE_LIMIT,
+    CacheCounts,
     Estimate,
     Plan,
     PreflightPlan,
@@ -88,6 +89,7 @@ __all__ = [
     "Artifact",
     "ArtifactReport",
     "BaseModelRef",
+    "CacheCounts",
     "CheckpointFallback",
     "CheckpointFallbackReason",
     "CheckpointReport",

@@ -46,6 +46,18 @@ class SourcePlan(ApiModel):
     tokens: Int64 = describe("Tokens it contributes to one epoch's training mix.", default=0, ge=0)
 
 
+class CacheCounts(ApiModel):
+    """What the preflight did with the namespace's shared model cache."""
+
+    hits: int = describe("Models found whole in the cache.", default=0, ge=0, le=1000)
+    misses: int = describe("Models downloaded into the cache.", default=0, ge=0, le=1000)
+    bytes: Int64 = describe("Bytes downloaded into the cache.", default=0, ge=0)
+    evictions: int = describe(
+        "Entries evicted (least recently used) to stay under the limit.", default=0, ge=0, le=100000
+    )
+    refills: int = describe("Corrupted entries found (size or sha256) and downloaded again.", default=0, ge=0, le=1000)
+
+
 class PreflightPlan(ApiModel):
     """What the preflight counted, with the same code that trains."""
 
@@ -63,6 +75,7 @@ class PreflightPlan(ApiModel):
     epochs: float = describe("Passes over the training mix.", default=0.0, ge=0.0, le=1_000_000.0)
     trained_tokens: Int64 = describe("Real tokens over all the run's steps.", default=0, ge=0)
     processes: int = describe("Training processes the plan was made for.", default=1, ge=1, le=65536)
+    cache: CacheCounts | None = describe("The shared model cache, when the namespace has one.", default=None)
 
 
 class PreflightReport(ApiModel):
@@ -105,6 +118,9 @@ class Plan(ApiModel):
     epochs: float = describe("Passes over the training mix.", default=0.0, ge=0.0)
     trained_tokens: Int64 = describe("Real tokens over all the run's steps.", default=0, ge=0)
     estimate: Estimate | None = describe("Time and cost of training.", default=None)
+    cache: CacheCounts | None = describe(
+        "What the preflight did with the namespace's shared model cache (absent without one).", default=None
+    )
     actual_seconds: float | None = describe(
         "Seconds the training's optimizer steps took, once it finished (what the estimate is judged against).",
         default=None,

@@ -34,6 +34,7 @@ from ..settings import Settings
 from . import paths
 from .owner import owner_reference
 from .references import claims, credential_secrets
+from .shared_cache import mount_cache
 
 MACHINE_RANK_ENV = "MACHINE_RANK"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -290,7 +291,9 @@ def spec_hash(manifest: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def render_job(job: FineTuneJob, settings: Settings, config_hash: str) -> dict[str, Any]:
+def render_job(job: FineTuneJob, settings: Settings, config_hash: str, shared_cache: bool = False) -> dict[str, Any]:
+    """``shared_cache``: the job's plan was made with the namespace's model cache (render/shared_cache.py): the
+    pods read the model from it, read-only."""
     name = job.metadata.name
     nodes = job.spec.resources.nodes
     labels = child_labels(name)
@@ -309,6 +312,8 @@ def render_job(job: FineTuneJob, settings: Settings, config_hash: str) -> dict[s
         "podFailurePolicy": _pod_failure_policy(),
         "template": render_pod_template(job, settings),
     }
+    if shared_cache:
+        mount_cache(spec["template"]["spec"], settings, writable=False)
     if job.spec.active_deadline_seconds is not None:
         spec["activeDeadlineSeconds"] = job.spec.active_deadline_seconds
     # No ttlSecondsAfterFinished on the Job: the operator deletes it once the outcome is recorded

@@ -9,18 +9,48 @@ pod; it is owned by the FineTuneJob, so it goes with it.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 from finetune_core.api import FineTuneJob
 
-from ..naming import PREFLIGHT_ROLE_LABEL, TRAINER_CONTAINER, child_labels, preflight_job_name
+from ..naming import PLAN_HASH_ANNOTATION, PREFLIGHT_ROLE_LABEL, TRAINER_CONTAINER, child_labels, preflight_job_name
 from ..settings import Settings
 from . import paths
 from .job import _pod_failure_policy, processes, render_pod_template
 from .owner import owner_reference
+from .shared_cache import mount_cache
 
 # Transient failures (a store that blinked) get one more try; data and configuration errors none (podFailurePolicy).
 PREFLIGHT_BACKOFF_LIMIT = 1
+
+
+def plan_inputs(job: FineTuneJob) -> dict[str, Any]:
+    """What the plan and its estimate are made of: the model and its revision, the data, the objective, the
+    training settings, the method (the estimate's table row), the training processes and the node selector
+    (the accelerator of the estimate), and the image (its code validates and counts). Not suspend (a dry run is unsuspended onto its own plan), evaluation,
+    output, adapter, deadlines, or the rest of the pod template."""
+    spec = job.spec
+
+    def dumped(model) -> Any:
+        return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+    return {
+        "model": dumped(spec.model.model_copy(update={"served_name": None})),
+        "method": dumped(spec.method),
+        "objective": spec.objective,
+        "data": dumped(spec.data),
+        "training": dumped(spec.training),
+        "nodes": spec.resources.nodes,
+        "gpusPerNode": spec.resources.gpus_per_node,
+        "nodeSelector": dict(spec.template.node_selector),
+        "image": spec.template.image,
+    }
+
+
+def plan_hash(job: FineTuneJob) -> str:
+    return hashlib.sha256(json.dumps(plan_inputs(job), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def preflight_command(job: FineTuneJob) -> list[str]:
@@ -37,7 +67,8 @@ def preflight_command(job: FineTuneJob) -> list[str]:
     ]
 
 
-def render_preflight_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]:
+def render_preflight_job(job: FineTuneJob, settings: Settings, shared_cache: bool = False) -> dict[str, Any]:
+    """``shared_cache``: mount the namespace's model cache read-write (the preflight fills it)."""
     name = job.metadata.name
     template = render_pod_template(job, settings)
     pod = template["spec"]
@@ -67,6 +98,8 @@ def render_preflight_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]
     )
     container.pop("args", None)
     container.pop("ports", None)
+    if shared_cache:
+        mount_cache(pod, settings, writable=True)
     labels = {**child_labels(name), PREFLIGHT_ROLE_LABEL: "preflight"}
     template["metadata"]["labels"] = {**template["metadata"]["labels"], PREFLIGHT_ROLE_LABEL: "preflight"}
     return {
@@ -76,6 +109,7 @@ def render_preflight_job(job: FineTuneJob, settings: Settings) -> dict[str, Any]
             "name": preflight_job_name(name),
             "namespace": job.metadata.namespace,
             "labels": labels,
+            "annotations": {PLAN_HASH_ANNOTATION: plan_hash(job)},
             "ownerReferences": [owner_reference(job)],
         },
         "spec": {

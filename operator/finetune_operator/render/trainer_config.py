@@ -56,7 +56,11 @@ def served_name(uri: str) -> str:
     return uri.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
-def resolve_trainer_config(job: FineTuneJob, settings: Settings, progress_ca: bool = False) -> TrainerConfig:
+def resolve_trainer_config(
+    job: FineTuneJob, settings: Settings, progress_ca: bool = False, model_revision: str | None = None
+) -> TrainerConfig:
+    """``model_revision``: the commit the preflight resolved spec.model.revision to (status.plan): the training
+    pods load that one, not whatever the branch points at by the time they start."""
     spec = job.spec
     namespace = job.metadata.namespace or "default"
     prefix = output_uri(job, settings)
@@ -80,7 +84,12 @@ def resolve_trainer_config(job: FineTuneJob, settings: Settings, progress_ca: bo
     )
     # A catalog name left unresolved (a bug) has no uri: TrainerConfig then refuses it by its rule.
     default_name = served_name(spec.model.uri) if spec.model.uri else None
-    model = spec.model.model_copy(update={"served_name": spec.model.served_name or default_name})
+    model = spec.model.model_copy(
+        update={
+            "served_name": spec.model.served_name or default_name,
+            "revision": model_revision or spec.model.revision,
+        }
+    )
 
     progress = None
     if settings.progress_url:

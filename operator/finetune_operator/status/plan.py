@@ -16,11 +16,13 @@ from finetune_core.api import describe_exit_code as describe_code
 from finetune_core.api.finetunejob import ModelStatus
 from pydantic import ValidationError
 
-from ..naming import TRAINER_CONTAINER, preflight_job_name
+from ..naming import PLAN_HASH_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
+from ..render.preflight import plan_hash
 from .conditions import set_condition
 from .observe import REASON_BY_EXIT_CODE, job_condition, pods_of
 
-State = Literal["Missing", "Running", "Planned", "DataError", "Failed"]
+# Stale: the preflight Job planned other spec fields than the job has now (render/preflight.py plan_inputs).
+State = Literal["Missing", "Stale", "Running", "Planned", "DataError", "Failed"]
 
 
 @dataclass(frozen=True)
@@ -32,8 +34,34 @@ class Preflight:
     message: str = ""
 
 
+def plans_current_spec(job: FineTuneJob, preflight_job: dict[str, Any]) -> bool:
+    """Whether ``preflight_job`` planned the spec the job has now. A Job without the stamp (made by an older
+    operator) cannot say, and is taken for stale: a preflight costs CPU minutes, a wrong plan a GPU run."""
+    annotations = preflight_job.get("metadata", {}).get("annotations") or {}
+    return annotations.get(PLAN_HASH_ANNOTATION) == plan_hash(job)
+
+
+def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
+    """The model revision the training pods load: the one the current plan resolved. A job that waits for its
+    preflight has none until it is Planned; a job past it (its training Job exists) keeps the one in status.plan,
+    so its configuration stays the one its Job was created with; without a plan (no preflight) the spec's."""
+    if outcome is not None:
+        return outcome.plan.model_revision if outcome.state == "Planned" and outcome.plan is not None else None
+    return job.status.plan.model_revision if job.status.plan is not None else None
+
+
+def plan_used_cache(job: FineTuneJob, outcome: Preflight | None) -> bool:
+    """Whether the training pods read the model from the namespace's shared cache: exactly when the plan they
+    start on was made with it (the preflight that filled it reports its counts), decided as pinned_revision."""
+    if outcome is not None:
+        return outcome.state == "Planned" and outcome.plan is not None and outcome.plan.cache is not None
+    return job.status.plan is not None and job.status.plan.cache is not None
+
+
 def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Preflight:
     """The preflight's state, believed only along the FineTuneJob -> Job -> pod chain of controllers."""
+    if preflight_job is not None and not plans_current_spec(job, preflight_job):
+        return Preflight("Stale")
     mine = pods_of(preflight_job, pods, job.metadata.uid)
     if preflight_job is None or (not mine and not _finished(preflight_job)):
         return Preflight("Missing" if preflight_job is None else "Running")
@@ -132,6 +160,7 @@ def plan_from(preflight: PreflightPlan) -> Plan:
         steps=preflight.total_steps,
         epochs=preflight.epochs,
         trained_tokens=preflight.trained_tokens,
+        cache=preflight.cache,
     )
 
 
@@ -147,17 +176,24 @@ def apply_outcome(status, job: FineTuneJob, outcome: Preflight, now: str, estima
             changes.append(change)
 
     name = preflight_job_name(job.metadata.name)
-    if outcome.state in ("Missing", "Running"):
-        message = f"validating and counting the data on CPU (Job {name}) before any GPU is requested"
-        condition("Planned", "False", "Preflight", message)
+    if outcome.state in ("Missing", "Stale", "Running"):
+        # No training Job yet, and no current plan: a plan of an earlier spec is never shown as this one's.
+        status.plan = None
+        status.model = None
+        if outcome.state == "Stale":
+            message = f"the spec changed after {name} planned it: the preflight runs again before any GPU is requested"
+            condition("Planned", "False", "SpecChanged", message)
+        else:
+            message = f"validating and counting the data on CPU (Job {name}) before any GPU is requested"
+            condition("Planned", "False", "Preflight", message)
         condition("Created", "False", "AwaitingPreflight", f"the training Job is created once {name} succeeds")
         return changes
     if outcome.state == "Planned" and outcome.plan is not None:
         if status.plan is None:
             status.plan = plan_from(outcome.plan)
             status.plan.estimate = estimate(status.plan)
-        if outcome.plan.model_revision and not (status.model and status.model.revision):
-            status.model = ModelStatus(revision=outcome.plan.model_revision)
+        if outcome.plan.model_revision:
+            status.model = ModelStatus(revision=outcome.plan.model_revision)  # pinned: training loads this one
         found = status.plan.estimate
         cost = f"; estimated {found.duration} of training, {found.gpu_hours:g} GPU-hours" if found else ""
         condition(
