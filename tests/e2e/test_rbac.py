@@ -498,10 +498,15 @@ TRAIN_SECONDS = 600.0
 def finish_preflight(run: Run, name: str) -> None:
     """The preflight pod exits 0 with its plan, as the trainer image's `preflight` would report it."""
     ns = run.workload
-    pods = run.wait(
-        f"{name}'s preflight pod",
-        lambda: items(run.cluster, "pods", ns, f"finetune.dev/job={name},{PREFLIGHT_ROLE_LABEL}=preflight"),
-    )
+
+    def unfinished():
+        # A re-planned job's earlier preflight pod may still be listed (Succeeded, or being deleted with its Job).
+        found = items(run.cluster, "pods", ns, f"finetune.dev/job={name},{PREFLIGHT_ROLE_LABEL}=preflight")
+        return [
+            p for p in found if p["status"].get("phase") != "Succeeded" and not p["metadata"].get("deletionTimestamp")
+        ]
+
+    pods = run.wait(f"{name}'s preflight pod", unfinished)
     plan = PreflightPlan(
         parameters=494_000_000, total_steps=400, steps_per_epoch=400, epochs=1.0, trained_tokens=PLANNED_TOKENS
     )
@@ -590,7 +595,8 @@ def step_catalog(run: Run) -> None:
 
 def step_resize(run: Run) -> None:
     """Resources and training settings changed while suspended: the Job is deleted (re-created once the
-    job is resumed: a suspended, planned job holds no training Job), the ConfigMap patched."""
+    job is resumed: a suspended, planned job holds no training Job), the ConfigMap patched, and the plan,
+    made for the old resources, made again by a new preflight Job."""
     ns = run.workload
     patch = {"spec": {"resources": {"gpusPerNode": 4}, "training": {"learningRate": 0.0002}}}
     run.cluster.run_kubectl("patch", "ftj", "alpha", "-n", ns, "--type=merge", "-p", json.dumps(patch))
@@ -604,6 +610,9 @@ def step_resize(run: Run) -> None:
             == 0.0002
         ),
     )
+    run.wait("alpha's plan of the old spec set aside", condition_of(run, "alpha", "Planned", "False"))
+    finish_preflight(run, "alpha")
+    run.wait("alpha planned again", condition_of(run, "alpha", "Planned"))
 
 
 def step_run(run: Run) -> dict:
