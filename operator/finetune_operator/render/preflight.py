@@ -15,7 +15,14 @@ from typing import Any
 
 from finetune_core.api import FineTuneJob
 
-from ..naming import PLAN_HASH_ANNOTATION, PREFLIGHT_ROLE_LABEL, TRAINER_CONTAINER, child_labels, preflight_job_name
+from ..naming import (
+    PLAN_HASH_ANNOTATION,
+    PREFLIGHT_ROLE_LABEL,
+    SHARED_CACHE_ANNOTATION,
+    TRAINER_CONTAINER,
+    child_labels,
+    preflight_job_name,
+)
 from ..settings import Settings
 from . import paths
 from .job import _pod_failure_policy, processes, render_pod_template
@@ -109,7 +116,10 @@ def render_preflight_job(job: FineTuneJob, settings: Settings, shared_cache: boo
             "name": preflight_job_name(name),
             "namespace": job.metadata.namespace,
             "labels": labels,
-            "annotations": {PLAN_HASH_ANNOTATION: plan_hash(job)},
+            "annotations": {
+                PLAN_HASH_ANNOTATION: plan_hash(job),
+                **({SHARED_CACHE_ANNOTATION: "true"} if shared_cache else {}),
+            },
             "ownerReferences": [owner_reference(job)],
         },
         "spec": {

@@ -16,7 +16,7 @@ from finetune_core.api import describe_exit_code as describe_code
 from finetune_core.api.finetunejob import ModelStatus
 from pydantic import ValidationError
 
-from ..naming import PLAN_HASH_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
+from ..naming import PLAN_HASH_ANNOTATION, SHARED_CACHE_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
 from ..render.preflight import plan_hash
 from .conditions import set_condition
 from .observe import REASON_BY_EXIT_CODE, job_condition, pods_of
@@ -70,7 +70,12 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
         report = _report(mine, exit_code=0)
         if report is None or report.outcome != "Planned" or report.plan is None:
             return Preflight("Failed", reason="PreflightUnreadable", message=f"Job {name} left no readable plan")
-        return Preflight("Planned", plan=report.plan)
+        plan = report.plan
+        if plan.cache is not None and not _given_cache(preflight_job):
+            # Counts of a cache the pod was not given (the operator's cache off, or the claim not ours): forged.
+            # Believed, they would mount that claim into the training pods and feed the cache counters.
+            plan = plan.model_copy(update={"cache": None})
+        return Preflight("Planned", plan=plan)
     failed = job_condition(preflight_job, "Failed") or job_condition(preflight_job, "FailureTarget")
     if failed is None:
         return Preflight("Running")
@@ -84,6 +89,11 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
     reason = REASON_BY_EXIT_CODE.get(code, "PreflightFailed") if code is not None else "PreflightFailed"
     why = f"exited with code {code} ({describe_code(code)})" if code is not None else failed.get("reason", "failed")
     return Preflight("Failed", reason=reason, message=f"the preflight Job {name} {why}: kubectl logs job/{name}")
+
+
+def _given_cache(preflight_job: dict[str, Any]) -> bool:
+    """Whether the operator mounted the namespace's shared cache into this preflight (render/preflight.py)."""
+    return (preflight_job.get("metadata", {}).get("annotations") or {}).get(SHARED_CACHE_ANNOTATION) == "true"
 
 
 def _finished(preflight_job: dict[str, Any]) -> bool:
