@@ -208,6 +208,7 @@ def test_a_preflight_without_a_finished_pod_is_running():
         {"spec.training.maxSeqLength": 512},
         {"spec.method": {"type": "full"}},
         {"spec.objective": "pretrain"},
+        {"spec.evaluation": {"maxSamples": 7}},
         {"spec.resources.gpusPerNode": 2},
         {"spec.resources.nodes": 2},
         {"spec.template.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},

@@ -36,8 +36,9 @@ PREFLIGHT_BACKOFF_LIMIT = 1
 def plan_inputs(job: FineTuneJob) -> dict[str, Any]:
     """What the plan and its estimate are made of: the model and its revision, the data, the objective, the
     training settings, the method (the estimate's table row), the training processes and the node selector
-    (the accelerator of the estimate), and the image (its code validates and counts). Not suspend (a dry run is unsuspended onto its own plan), evaluation,
-    output, adapter, deadlines, or the rest of the pod template."""
+    (the accelerator of the estimate), evaluation.maxSamples (it caps the eval and general sets the plan
+    counts), and the image (its code validates and counts). Not suspend (a dry run is unsuspended onto its own
+    plan), the rest of evaluation, output, adapter, deadlines, or the rest of the pod template."""
     spec = job.spec
 
     def dumped(model) -> Any:
@@ -49,6 +50,7 @@ def plan_inputs(job: FineTuneJob) -> dict[str, Any]:
         "objective": spec.objective,
         "data": dumped(spec.data),
         "training": dumped(spec.training),
+        "evaluationMaxSamples": spec.evaluation.max_samples,
         "nodes": spec.resources.nodes,
         "gpusPerNode": spec.resources.gpus_per_node,
         "nodeSelector": dict(spec.template.node_selector),
