@@ -41,21 +41,26 @@ def plans_current_spec(job: FineTuneJob, preflight_job: dict[str, Any]) -> bool:
     return annotations.get(PLAN_HASH_ANNOTATION) == plan_hash(job)
 
 
-def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
-    """The model revision the training pods load: the one the current plan resolved. A job that waits for its
-    preflight has none until it is Planned; a job past it (its training Job exists) keeps the one in status.plan,
-    so its configuration stays the one its Job was created with; without a plan (no preflight) the spec's."""
+def starting_plan(job: FineTuneJob, outcome: Preflight | None) -> PreflightPlan | Plan | None:
+    """The plan the training pods start on. A job that waits for its preflight has none until it is Planned; a
+    job past it (its training Job exists) keeps status.plan, so its configuration stays the one its Job was
+    created with; without a preflight, none."""
     if outcome is not None:
-        return outcome.plan.model_revision if outcome.state == "Planned" and outcome.plan is not None else None
-    return job.status.plan.model_revision if job.status.plan is not None else None
+        return outcome.plan if outcome.state == "Planned" else None
+    return job.status.plan
+
+
+def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
+    """The model revision the training pods load: the one their plan resolved (else the spec's)."""
+    plan = starting_plan(job, outcome)
+    return plan.model_revision if plan is not None else None
 
 
 def plan_used_cache(job: FineTuneJob, outcome: Preflight | None) -> bool:
-    """Whether the training pods read the model from the namespace's shared cache: exactly when the plan they
-    start on was made with it (the preflight that filled it reports its counts), decided as pinned_revision."""
-    if outcome is not None:
-        return outcome.state == "Planned" and outcome.plan is not None and outcome.plan.cache is not None
-    return job.status.plan is not None and job.status.plan.cache is not None
+    """Whether the training pods read the model from the namespace's shared cache: exactly when their plan was
+    made with it (the preflight that filled it reports its counts)."""
+    plan = starting_plan(job, outcome)
+    return plan is not None and plan.cache is not None
 
 
 def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Preflight:
