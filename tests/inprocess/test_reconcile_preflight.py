@@ -9,8 +9,8 @@ import json
 import pytest
 from finetune_core.api import FinalSummary, PreflightReport
 from finetune_operator.controller import job_metrics_recorder
-from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS
-from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
+from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS, PVCS
+from finetune_operator.naming import SHARED_CACHE_ANNOTATION, THROUGHPUT_CONFIG_MAP
 from operator_harness import condition, training_job
 
 DATA = "s3://datasets/train.jsonl"
@@ -153,3 +153,21 @@ def test_the_cache_claim_is_read_once_per_preflight_and_each_plan_is_counted_onc
     assert f'finetune_operator_model_cache_bytes_total{{namespace="{harness.namespace}"}} 4096.0' in text
     volumes = harness.get(JOBS, "cached")["spec"]["template"]["spec"]["volumes"]
     assert {"claimName": "finetune-model-cache", "readOnly": True} in [v.get("persistentVolumeClaim") for v in volumes]
+
+
+def test_a_namespace_whose_quota_refuses_the_cache_claim_plans_without_the_cache(harness):
+    """The claim's size is the admin's; a tenant namespace's storage quota below it must not stop its jobs."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "storage", "namespace": harness.namespace},
+    }
+    quota["spec"] = {"hard": {"requests.storage": "1Gi"}}
+    harness.admin.rest.request("POST", f"/api/v1/namespaces/{harness.namespace}/resourcequotas", quota)
+
+    preflight = preflight_job(harness, "quota", cache=True)
+
+    assert ("create", "persistentvolumeclaims", "403") in harness.sent()
+    assert harness.get(PVCS, "finetune-model-cache") is None
+    assert SHARED_CACHE_ANNOTATION not in harness.get(JOBS, preflight)["metadata"]["annotations"]
+    assert condition(harness.ftj("quota"), "Planned")["reason"] == "Preflight"

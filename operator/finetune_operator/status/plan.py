@@ -77,7 +77,7 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
             return Preflight("Failed", reason="PreflightUnreadable", message=f"Job {name} left no readable plan")
         plan = report.plan
         if plan.cache is not None and not _given_cache(preflight_job):
-            # Counts of a cache the pod was not given (the operator's cache off, or the claim not ours): forged.
+            # Counts of a cache the pod was not given (cache off, or no usable claim of ours): forged.
             # Believed, they would mount that claim into the training pods and feed the cache counters.
             plan = plan.model_copy(update={"cache": None})
         return Preflight("Planned", plan=plan)
