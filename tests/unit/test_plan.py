@@ -399,6 +399,24 @@ def test_cache_counts_from_a_preflight_that_was_not_given_the_cache_are_not_beli
     assert SHARED_CACHE_ANNOTATION not in render_preflight_job(job, CACHE_SETTINGS)["metadata"]["annotations"]
 
 
+def test_a_planned_dry_run_stays_planned_when_its_preflight_pod_is_gone():
+    """Pod GC (or a CPU node scaled away) deletes the finished pod: the plan is in status.plan already."""
+    job = make_job(**{"spec.suspend": True})
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    planned = make_job(**{"spec.suspend": True, "status": status.to_api()})
+
+    outcome = preflight_outcome(planned, preflight_job("Complete"), [])
+    later = planned.status.model_copy(deep=True)
+    apply_outcome(later, planned, outcome, NOW, _estimate)
+
+    assert outcome.state == "Planned" and later.phase == "Suspended" and later.plan == status.plan
+    assert preflight_outcome(make_job(), preflight_job("Complete"), []).state == "Failed", "never planned: unreadable"
+
+
 # -- the status ----------------------------------------------------------------------------------
 
 

@@ -28,7 +28,7 @@ State = Literal["Missing", "Stale", "Running", "Planned", "DataError", "Failed"]
 @dataclass(frozen=True)
 class Preflight:
     state: State
-    plan: PreflightPlan | None = None
+    plan: PreflightPlan | Plan | None = None  # a Plan: status.plan, read before its pod went
     origins: tuple[str, ...] = ()
     reason: str = ""
     message: str = ""
@@ -73,6 +73,10 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
     name = preflight_job_name(job.metadata.name)
     if job_condition(preflight_job, "Complete") is not None:
         report = _report(mine, exit_code=0)
+        if report is None and job.status.plan is not None:
+            # Planned already (status.plan is cleared whenever its Job is stale or missing), and its pod gone
+            # since: a dry run outlives its preflight pod (pod GC, a CPU node scaled away, kubectl delete).
+            return Preflight("Planned", plan=job.status.plan)
         if report is None or report.outcome != "Planned" or report.plan is None:
             return Preflight("Failed", reason="PreflightUnreadable", message=f"Job {name} left no readable plan")
         plan = report.plan
