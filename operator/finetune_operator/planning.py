@@ -83,6 +83,10 @@ def cache_claim_is_ours(context: Context, namespace: str) -> bool:
     if not is_ours(claim):
         log.warning("%s/%s is not the operator's: jobs there run without the shared cache", namespace, CACHE_CLAIM)
         return False
+    if claim["metadata"].get("deletionTimestamp"):
+        # Deleted to free its space, held by the pods that still mount it: a new pod would wait for it in vain.
+        log.info("%s/%s is being deleted: this preflight runs without the shared cache", namespace, CACHE_CLAIM)
+        return False
     return True
 
 

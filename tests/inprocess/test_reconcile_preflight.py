@@ -11,6 +11,7 @@ from finetune_core.api import FinalSummary, PreflightReport
 from finetune_operator.controller import job_metrics_recorder
 from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS, PVCS
 from finetune_operator.naming import SHARED_CACHE_ANNOTATION, THROUGHPUT_CONFIG_MAP
+from finetune_operator.render.shared_cache import CACHE_CLAIM, render_cache_claim
 from operator_harness import condition, training_job
 
 DATA = "s3://datasets/train.jsonl"
@@ -171,3 +172,23 @@ def test_a_namespace_whose_quota_refuses_the_cache_claim_plans_without_the_cache
     assert harness.get(PVCS, "finetune-model-cache") is None
     assert SHARED_CACHE_ANNOTATION not in harness.get(JOBS, preflight)["metadata"]["annotations"]
     assert condition(harness.ftj("quota"), "Planned")["reason"] == "Preflight"
+
+
+def test_a_cache_claim_being_deleted_is_not_mounted_and_the_next_preflight_makes_a_new_one(harness):
+    """security.md: delete the claim to free its space. Its pvc-protection finalizer keeps it while pods use it."""
+    harness.configure(cache=True)
+    claim = render_cache_claim(harness.namespace, harness.context.settings)
+    claim["metadata"]["finalizers"] = ["test.finetune.dev/in-use"]  # as pvc-protection holds a claim pods mount
+    harness.create(claim)
+    harness.admin.delete(PVCS, harness.namespace, CACHE_CLAIM)
+    assert harness.get(PVCS, CACHE_CLAIM)["metadata"].get("deletionTimestamp"), "held by its finalizer"
+
+    preflight = preflight_job(harness, "freeing", cache=True)
+
+    assert SHARED_CACHE_ANNOTATION not in harness.get(JOBS, preflight)["metadata"]["annotations"]
+    harness.patch(PVCS, CACHE_CLAIM, {"metadata": {"finalizers": None}})  # its pods gone: the claim goes
+    assert harness.get(PVCS, CACHE_CLAIM) is None
+    harness.admin.delete(JOBS, harness.namespace, preflight)
+    harness.reconcile("freeing")
+    assert ("create", "persistentvolumeclaims", "201") in harness.sent(), "the next preflight makes a new claim"
+    assert harness.get(JOBS, preflight)["metadata"]["annotations"][SHARED_CACHE_ANNOTATION] == "true"
