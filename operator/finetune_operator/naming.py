@@ -12,6 +12,7 @@ ANNOTATION_PREFIX = "finetune.dev"
 SPEC_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/spec-hash"
 CONFIG_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/config-hash"
 PLAN_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/plan-inputs-hash"  # on the preflight Job: the spec it planned
+SHARED_CACHE_ANNOTATION = f"{ANNOTATION_PREFIX}/shared-cache"  # on the preflight Job: it was given the cache
 POLICY_HASH_ANNOTATION = f"{ANNOTATION_PREFIX}/session-policy-hash"
 MINTED_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-minted-at"
 EXPIRES_AT_ANNOTATION = f"{ANNOTATION_PREFIX}/credentials-expire-at"

@@ -65,14 +65,27 @@ def converge(context: Context, job: FineTuneJob, outcome: Preflight | None) -> N
 
 
 def cache_claim_is_ours(context: Context, namespace: str) -> bool:
-    """The namespace's cache claim, created when missing; one of that name that is not ours is never used
-    (that namespace's jobs then download per pod, as without a cache). Read once per preflight, not cached:
-    a watch of every namespace's claims would cost more than a GET per planned job."""
+    """The namespace's cache claim, created when missing; one of that name that is not ours, or one the namespace
+    refuses (its ResourceQuota or LimitRange: 403, 422), is never used (that namespace's jobs then download per
+    pod, as without a cache). Read once per preflight, not cached: a watch of every namespace's claims would cost
+    more than a GET per planned job."""
     claim = context.kube.get(PVCS, namespace, CACHE_CLAIM)
     if claim is None:
-        claim, _ = context.kube.create(render_cache_claim(namespace, context.settings))
+        try:
+            claim, _ = context.kube.create(render_cache_claim(namespace, context.settings))
+        except KubeError as error:
+            if error.status not in (403, 422):
+                raise
+            log.warning(
+                "%s/%s was refused (%s): jobs there run without the shared cache", namespace, CACHE_CLAIM, error
+            )
+            return False
     if not is_ours(claim):
         log.warning("%s/%s is not the operator's: jobs there run without the shared cache", namespace, CACHE_CLAIM)
+        return False
+    if claim["metadata"].get("deletionTimestamp"):
+        # Deleted to free its space, held by the pods that still mount it: a new pod would wait for it in vain.
+        log.info("%s/%s is being deleted: this preflight runs without the shared cache", namespace, CACHE_CLAIM)
         return False
     return True
 

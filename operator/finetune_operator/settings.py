@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 
 from finetune_core.api import format_validation_error
 from finetune_core.api.base import DNS_SUBDOMAIN_PATTERN, STORAGE_URI_PATTERN
+from finetune_core.api.quantity import parse_quantity
 from finetune_core.endpoints import EndpointInvalid, normalise_endpoint
 from finetune_core.uri import parse_uri
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
@@ -257,6 +258,14 @@ class Settings(BaseModel):
             )
         if not self.operator_namespace:
             raise ValueError("sts_credentials_secret: the Secret is read in operator_namespace, which is not set")
+        return self
+
+    @model_validator(mode="after")
+    def _cache_fits(self) -> Settings:
+        # The preflight evicts only beyond cache_max_bytes, and a fill stages its copy on the same volume: a limit
+        # at or above the claim's size lets the volume fill up (every later fill failing) before any eviction.
+        if self.cache and self.cache_max_bytes >= parse_quantity(self.cache_size):
+            raise ValueError(f"cache_max_bytes must be below cache_size ({self.cache_size}), with room for a fill")
         return self
 
     @model_validator(mode="after")

@@ -38,6 +38,7 @@ def caching_operator(start_operator, namespace):
         "--cache=true",
         "--cache-storage-class=",
         "--cache-size=1Gi",  # the volume above has 10Gi
+        "--cache-max-bytes=805306368",  # 768Mi: below the claim, as the operator requires
         f"--progress-port={port}",
         f"--progress-url=https://127.0.0.1:{port}",
         f"--operator-namespace={namespace}",

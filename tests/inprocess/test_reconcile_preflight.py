@@ -8,8 +8,10 @@ import json
 
 import pytest
 from finetune_core.api import FinalSummary, PreflightReport
-from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS
-from finetune_operator.naming import THROUGHPUT_CONFIG_MAP
+from finetune_operator.controller import job_metrics_recorder
+from finetune_operator.kube import CONFIGMAPS, FINETUNEJOBS, JOBS, PVCS
+from finetune_operator.naming import SHARED_CACHE_ANNOTATION, THROUGHPUT_CONFIG_MAP
+from finetune_operator.render.shared_cache import CACHE_CLAIM, render_cache_claim
 from operator_harness import condition, training_job
 
 DATA = "s3://datasets/train.jsonl"
@@ -53,9 +55,9 @@ def test_a_bad_row_fails_the_job_in_preflight_naming_file_and_line_and_no_traini
     assert harness.get(JOBS, "broken") is None, "a reconcile after the failure creates nothing either"
 
 
-def planned(harness, preflight: str) -> None:
+def planned(harness, preflight: str, **extra) -> None:
     (pod,) = harness.start_pods(preflight)
-    plan = {"parameters": 7_000_000, "totalSteps": 12, "trainedTokens": 48_000, "examples": {"train": 80}}
+    plan = {"parameters": 7_000_000, "totalSteps": 12, "trainedTokens": 48_000, "examples": {"train": 80}, **extra}
     report = PreflightReport.model_validate({"outcome": "Planned", "plan": plan})
     harness.finish_pod(pod["metadata"]["name"], 0, report.to_message())
     harness.complete_job(preflight)
@@ -114,3 +116,79 @@ def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate
     assert estimate["seconds"] == 40
     row = json.loads(harness.get(CONFIGMAPS, THROUGHPUT_CONFIG_MAP)["data"][estimate["key"]])
     assert row == [48_000 / 40.0, 48_000 / 60.0]
+
+
+def test_a_spec_change_after_the_plan_deletes_the_preflight_job_once_and_plans_again(harness):
+    preflight = preflight_job(harness, "edited")
+    harness.patch(FINETUNEJOBS, "edited", {"spec": {"suspend": True}})
+    planned(harness, preflight)
+    assert harness.reconcile("edited").phase == "Suspended"
+    first = harness.get(JOBS, preflight)["metadata"]["uid"]
+
+    harness.patch(FINETUNEJOBS, "edited", {"spec": {"training": {"maxSteps": 7}}})
+    harness.reconcile("edited")
+
+    assert harness.sent("delete") == [("delete", "jobs", "200")]
+    ftj = harness.ftj("edited")
+    assert "plan" not in ftj["status"] and condition(ftj, "Planned")["reason"] == "SpecChanged"
+    harness.reconcile("edited")
+    second = harness.get(JOBS, preflight)["metadata"]["uid"]
+    assert second != first, "a new preflight plans the new spec"
+    harness.reconcile("edited")
+    assert harness.sent("delete") == [], "the new preflight Job is the current spec's: left alone"
+    assert harness.get(JOBS, preflight)["metadata"]["uid"] == second and harness.get(JOBS, "edited") is None
+
+
+def test_the_cache_claim_is_read_once_per_preflight_and_each_plan_is_counted_once(harness):
+    preflight = preflight_job(harness, "cached", cache=True)
+    claims = [request for request in harness.sent() if request[1] == "persistentvolumeclaims"]
+    assert claims == [("get", "persistentvolumeclaims", "404"), ("create", "persistentvolumeclaims", "201")]
+    record = job_metrics_recorder(harness.metrics)
+    planned(harness, preflight, cache={"misses": 1, "bytes": 4096})
+
+    for _ in range(3):
+        record(harness.namespace, "cached", harness.reconcile("cached"))
+        assert [r for r in harness.sent() if r[1] == "persistentvolumeclaims"] == []
+
+    text = harness.metrics.exposition().decode()
+    assert f'finetune_operator_model_cache_bytes_total{{namespace="{harness.namespace}"}} 4096.0' in text
+    volumes = harness.get(JOBS, "cached")["spec"]["template"]["spec"]["volumes"]
+    assert {"claimName": "finetune-model-cache", "readOnly": True} in [v.get("persistentVolumeClaim") for v in volumes]
+
+
+def test_a_namespace_whose_quota_refuses_the_cache_claim_plans_without_the_cache(harness):
+    """The claim's size is the admin's; a tenant namespace's storage quota below it must not stop its jobs."""
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "storage", "namespace": harness.namespace},
+    }
+    quota["spec"] = {"hard": {"requests.storage": "1Gi"}}
+    harness.admin.rest.request("POST", f"/api/v1/namespaces/{harness.namespace}/resourcequotas", quota)
+
+    preflight = preflight_job(harness, "quota", cache=True)
+
+    assert ("create", "persistentvolumeclaims", "403") in harness.sent()
+    assert harness.get(PVCS, "finetune-model-cache") is None
+    assert SHARED_CACHE_ANNOTATION not in harness.get(JOBS, preflight)["metadata"]["annotations"]
+    assert condition(harness.ftj("quota"), "Planned")["reason"] == "Preflight"
+
+
+def test_a_cache_claim_being_deleted_is_not_mounted_and_the_next_preflight_makes_a_new_one(harness):
+    """security.md: delete the claim to free its space. Its pvc-protection finalizer keeps it while pods use it."""
+    harness.configure(cache=True)
+    claim = render_cache_claim(harness.namespace, harness.context.settings)
+    claim["metadata"]["finalizers"] = ["test.finetune.dev/in-use"]  # as pvc-protection holds a claim pods mount
+    harness.create(claim)
+    harness.admin.delete(PVCS, harness.namespace, CACHE_CLAIM)
+    assert harness.get(PVCS, CACHE_CLAIM)["metadata"].get("deletionTimestamp"), "held by its finalizer"
+
+    preflight = preflight_job(harness, "freeing", cache=True)
+
+    assert SHARED_CACHE_ANNOTATION not in harness.get(JOBS, preflight)["metadata"]["annotations"]
+    harness.patch(PVCS, CACHE_CLAIM, {"metadata": {"finalizers": None}})  # its pods gone: the claim goes
+    assert harness.get(PVCS, CACHE_CLAIM) is None
+    harness.admin.delete(JOBS, harness.namespace, preflight)
+    harness.reconcile("freeing")
+    assert ("create", "persistentvolumeclaims", "201") in harness.sent(), "the next preflight makes a new claim"
+    assert harness.get(JOBS, preflight)["metadata"]["annotations"][SHARED_CACHE_ANNOTATION] == "true"

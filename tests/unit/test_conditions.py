@@ -126,3 +126,15 @@ def test_a_first_condition_is_a_change_from_nothing():
     changes = [set_condition(after, "Planned", "False", "Preflight", "p", T0, 1)]
     (change,) = net_changes([], after, changes)
     assert change.previous_status is None and change.condition.reason == "Preflight"
+
+
+def test_a_status_that_flips_and_returns_with_another_reason_is_a_change_that_keeps_its_transition_time():
+    """As set_condition: a new reason with the same status is a change, and the status did not transition."""
+    before = [running()]
+    after = list(before)
+    changes = [set_condition(after, "Running", "False", "Restarting", "r", T1, 1)]
+    changes.append(set_condition(after, "Running", "True", "Resumed", "1 of 1 running", T1, 1))
+    (change,) = net_changes(before, after, changes)
+    assert (change.condition.reason, change.previous_status) == ("Resumed", "True")
+    assert change.condition.last_transition_time == T0
+    assert get_condition(after, "Running").last_transition_time == T0

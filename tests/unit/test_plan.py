@@ -17,7 +17,7 @@ from finetune_core.api import (
     TokenCounts,
 )
 from finetune_operator.metrics import OperatorMetrics
-from finetune_operator.naming import PLAN_HASH_ANNOTATION
+from finetune_operator.naming import PLAN_HASH_ANNOTATION, SHARED_CACHE_ANNOTATION
 from finetune_operator.planner import (
     EFFECTIVE_FLOPS,
     estimate,
@@ -45,6 +45,7 @@ JOB_UID = "uid-1"
 PREFLIGHT_UID = "uid-preflight"
 NOW = "2025-03-04T10:00:00Z"
 SETTINGS = Settings(default_output_uri="s3://models/out", preflight=True)
+CACHE_SETTINGS = Settings(default_output_uri="s3://models/out", preflight=True, cache=True, cache_max_bytes=5000)
 
 
 def make_job(**edits: Any) -> FineTuneJob:
@@ -52,14 +53,17 @@ def make_job(**edits: Any) -> FineTuneJob:
     return FineTuneJob.model_validate(edited(valid_job("demo"), {**base, **edits}))
 
 
-def preflight_job(*conditions: str, owner_uid: str = JOB_UID, planned: FineTuneJob | None = None) -> dict[str, Any]:
-    """The preflight Job of ``planned`` (by default, of make_job()'s spec)."""
+def preflight_job(
+    *conditions: str, owner_uid: str = JOB_UID, planned: FineTuneJob | None = None, shared_cache: bool = False
+) -> dict[str, Any]:
+    """The preflight Job of ``planned`` (by default, of make_job()'s spec), as rendered: its metadata."""
+    rendered = render_preflight_job(planned or make_job(), CACHE_SETTINGS, shared_cache)
     return {
         "metadata": {
             "name": "demo-preflight",
             "namespace": NAMESPACE,
             "uid": PREFLIGHT_UID,
-            "annotations": {PLAN_HASH_ANNOTATION: plan_hash(planned or make_job())},
+            "annotations": rendered["metadata"]["annotations"],
             "ownerReferences": [{"kind": "FineTuneJob", "name": "demo", "uid": owner_uid, "controller": True}],
         },
         "status": {"conditions": [{"type": c, "status": "True"} for c in conditions]},
@@ -204,6 +208,7 @@ def test_a_preflight_without_a_finished_pod_is_running():
         {"spec.training.maxSeqLength": 512},
         {"spec.method": {"type": "full"}},
         {"spec.objective": "pretrain"},
+        {"spec.evaluation": {"maxSamples": 7}},
         {"spec.resources.gpusPerNode": 2},
         {"spec.resources.nodes": 2},
         {"spec.template.nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}},
@@ -310,8 +315,6 @@ def test_a_stale_plan_takes_its_revision_with_it():
 
 # -- the shared model cache -----------------------------------------------------------------------
 
-CACHE_SETTINGS = Settings(default_output_uri="s3://models/out", preflight=True, cache=True, cache_max_bytes=5000)
-
 
 def _cache_volume(pod: dict[str, Any]) -> tuple[dict, dict, dict[str, str]]:
     (volume,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v and v["name"] == "shared-model-cache"]
@@ -373,9 +376,8 @@ def test_the_plan_carries_the_preflights_cache_counts_and_the_metrics_count_them
     counts = CacheCounts(hits=1, misses=1, bytes=2048, evictions=2, refills=1)
     report = PreflightReport(outcome="Planned", plan=PLAN.model_copy(update={"cache": counts})).to_message()
     status = FineTuneJobStatus()
-    apply_outcome(
-        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
-    )
+    planned = preflight_job("Complete", shared_cache=True)
+    apply_outcome(status, job, preflight_outcome(job, planned, [preflight_pod(0, report)]), NOW, _estimate)
     assert status.plan.cache == counts
     metrics = OperatorMetrics()
     metrics.cache_used(NAMESPACE, status.plan)
@@ -383,6 +385,36 @@ def test_the_plan_carries_the_preflights_cache_counts_and_the_metrics_count_them
     text = metrics.exposition().decode()
     assert f'finetune_operator_model_cache_bytes_total{{namespace="{NAMESPACE}"}} 4096.0' in text
     assert f'finetune_operator_model_cache_evictions_total{{namespace="{NAMESPACE}"}} 4.0' in text
+
+
+def test_cache_counts_from_a_preflight_that_was_not_given_the_cache_are_not_believed():
+    """The pod is the tenant's: a report may claim a cache the operator never mounted (cache off, or a claim of
+    that name that is not ours). Believed, it would mount that claim into the training pods and feed the counters."""
+    job = make_job()
+    forged = PLAN.model_copy(update={"cache": CacheCounts(hits=1000, bytes=2**62)})
+    report = PreflightReport(outcome="Planned", plan=forged).to_message()
+    outcome = preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)])
+    assert outcome.state == "Planned" and outcome.plan.cache is None
+    assert not plan_used_cache(job, outcome)
+    assert SHARED_CACHE_ANNOTATION not in render_preflight_job(job, CACHE_SETTINGS)["metadata"]["annotations"]
+
+
+def test_a_planned_dry_run_stays_planned_when_its_preflight_pod_is_gone():
+    """Pod GC (or a CPU node scaled away) deletes the finished pod: the plan is in status.plan already."""
+    job = make_job(**{"spec.suspend": True})
+    report = PreflightReport(outcome="Planned", plan=PLAN).to_message()
+    status = FineTuneJobStatus()
+    apply_outcome(
+        status, job, preflight_outcome(job, preflight_job("Complete"), [preflight_pod(0, report)]), NOW, _estimate
+    )
+    planned = make_job(**{"spec.suspend": True, "status": status.to_api()})
+
+    outcome = preflight_outcome(planned, preflight_job("Complete"), [])
+    later = planned.status.model_copy(deep=True)
+    apply_outcome(later, planned, outcome, NOW, _estimate)
+
+    assert outcome.state == "Planned" and later.phase == "Suspended" and later.plan == status.plan
+    assert preflight_outcome(make_job(), preflight_job("Complete"), []).state == "Failed", "never planned: unreadable"
 
 
 # -- the status ----------------------------------------------------------------------------------

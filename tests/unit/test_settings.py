@@ -244,3 +244,14 @@ def test_leader_election_durations_that_could_overlap_two_leaders_are_refused(ar
 @pytest.mark.parametrize("uri", ["s3://bucket//runs", "pvc://claim/../other"])
 def test_a_default_output_that_would_leave_its_bucket_or_claim_is_refused_at_start(uri):
     assert "segment" in error_from([f"--default-output-uri={uri}"])
+
+
+@pytest.mark.parametrize("size", ["1Gi", "150Gi", "0"])
+def test_a_cache_limit_that_does_not_fit_below_the_claims_size_is_refused_at_start(size):
+    assert "below cache_size" in error_from(
+        ["--cache=true", f"--cache-size={size}", f"--cache-max-bytes={150 * 2**30}"]
+    )
+
+
+def test_the_default_cache_limit_fits_its_claim():
+    assert settings_from(["--cache=true"]).cache_max_bytes < 200 * 2**30

@@ -15,7 +15,14 @@ from typing import Any
 
 from finetune_core.api import FineTuneJob
 
-from ..naming import PLAN_HASH_ANNOTATION, PREFLIGHT_ROLE_LABEL, TRAINER_CONTAINER, child_labels, preflight_job_name
+from ..naming import (
+    PLAN_HASH_ANNOTATION,
+    PREFLIGHT_ROLE_LABEL,
+    SHARED_CACHE_ANNOTATION,
+    TRAINER_CONTAINER,
+    child_labels,
+    preflight_job_name,
+)
 from ..settings import Settings
 from . import paths
 from .job import _pod_failure_policy, processes, render_pod_template
@@ -29,8 +36,9 @@ PREFLIGHT_BACKOFF_LIMIT = 1
 def plan_inputs(job: FineTuneJob) -> dict[str, Any]:
     """What the plan and its estimate are made of: the model and its revision, the data, the objective, the
     training settings, the method (the estimate's table row), the training processes and the node selector
-    (the accelerator of the estimate), and the image (its code validates and counts). Not suspend (a dry run is unsuspended onto its own plan), evaluation,
-    output, adapter, deadlines, or the rest of the pod template."""
+    (the accelerator of the estimate), evaluation.maxSamples (it caps the eval and general sets the plan
+    counts), and the image (its code validates and counts). Not suspend (a dry run is unsuspended onto its own
+    plan), the rest of evaluation, output, adapter, deadlines, or the rest of the pod template."""
     spec = job.spec
 
     def dumped(model) -> Any:
@@ -42,6 +50,7 @@ def plan_inputs(job: FineTuneJob) -> dict[str, Any]:
         "objective": spec.objective,
         "data": dumped(spec.data),
         "training": dumped(spec.training),
+        "evaluationMaxSamples": spec.evaluation.max_samples,
         "nodes": spec.resources.nodes,
         "gpusPerNode": spec.resources.gpus_per_node,
         "nodeSelector": dict(spec.template.node_selector),
@@ -109,7 +118,10 @@ def render_preflight_job(job: FineTuneJob, settings: Settings, shared_cache: boo
             "name": preflight_job_name(name),
             "namespace": job.metadata.namespace,
             "labels": labels,
-            "annotations": {PLAN_HASH_ANNOTATION: plan_hash(job)},
+            "annotations": {
+                PLAN_HASH_ANNOTATION: plan_hash(job),
+                **({SHARED_CACHE_ANNOTATION: "true"} if shared_cache else {}),
+            },
             "ownerReferences": [owner_reference(job)],
         },
         "spec": {

@@ -69,15 +69,16 @@ def net_changes(before: list[Condition], after: list[Condition], changes: list[C
     Several steps of one reconcile may set the same condition in turn (observe says the training Job is
     being created, then the preflight says it waits): only where the condition ends up counts. A condition
     that ends where it began changed nothing, is worth no Event, and keeps its lastTransitionTime; without
-    this a job waiting for its preflight sent two Events on every reconcile."""
+    this a job waiting for its preflight sent two Events on every reconcile. A status that ends where it began
+    keeps its lastTransitionTime even when its reason moved (a change, as set_condition has it)."""
     result = []
     for type_ in dict.fromkeys(change.condition.type for change in changes):
         old, new = get_condition(before, type_), get_condition(after, type_)
-        if new is None:
-            continue
-        if old is not None and (old.status, old.reason) == (new.status, new.reason):
+        if old is not None and old.status == new.status:
             if old.last_transition_time != new.last_transition_time:
-                after[after.index(new)] = new.model_copy(update={"last_transition_time": old.last_transition_time})
-            continue
+                index = after.index(new)
+                new = after[index] = new.model_copy(update={"last_transition_time": old.last_transition_time})
+            if old.reason == new.reason:
+                continue
         result.append(Change(new, old.status if old is not None else None))
     return result

@@ -16,7 +16,7 @@ from finetune_core.api import describe_exit_code as describe_code
 from finetune_core.api.finetunejob import ModelStatus
 from pydantic import ValidationError
 
-from ..naming import PLAN_HASH_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
+from ..naming import PLAN_HASH_ANNOTATION, SHARED_CACHE_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
 from ..render.preflight import plan_hash
 from .conditions import set_condition
 from .observe import REASON_BY_EXIT_CODE, job_condition, pods_of
@@ -28,7 +28,7 @@ State = Literal["Missing", "Stale", "Running", "Planned", "DataError", "Failed"]
 @dataclass(frozen=True)
 class Preflight:
     state: State
-    plan: PreflightPlan | None = None
+    plan: PreflightPlan | Plan | None = None  # a Plan: status.plan, read before its pod went
     origins: tuple[str, ...] = ()
     reason: str = ""
     message: str = ""
@@ -41,21 +41,26 @@ def plans_current_spec(job: FineTuneJob, preflight_job: dict[str, Any]) -> bool:
     return annotations.get(PLAN_HASH_ANNOTATION) == plan_hash(job)
 
 
-def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
-    """The model revision the training pods load: the one the current plan resolved. A job that waits for its
-    preflight has none until it is Planned; a job past it (its training Job exists) keeps the one in status.plan,
-    so its configuration stays the one its Job was created with; without a plan (no preflight) the spec's."""
+def starting_plan(job: FineTuneJob, outcome: Preflight | None) -> PreflightPlan | Plan | None:
+    """The plan the training pods start on. A job that waits for its preflight has none until it is Planned; a
+    job past it (its training Job exists) keeps status.plan, so its configuration stays the one its Job was
+    created with; without a preflight, none."""
     if outcome is not None:
-        return outcome.plan.model_revision if outcome.state == "Planned" and outcome.plan is not None else None
-    return job.status.plan.model_revision if job.status.plan is not None else None
+        return outcome.plan if outcome.state == "Planned" else None
+    return job.status.plan
+
+
+def pinned_revision(job: FineTuneJob, outcome: Preflight | None) -> str | None:
+    """The model revision the training pods load: the one their plan resolved (else the spec's)."""
+    plan = starting_plan(job, outcome)
+    return plan.model_revision if plan is not None else None
 
 
 def plan_used_cache(job: FineTuneJob, outcome: Preflight | None) -> bool:
-    """Whether the training pods read the model from the namespace's shared cache: exactly when the plan they
-    start on was made with it (the preflight that filled it reports its counts), decided as pinned_revision."""
-    if outcome is not None:
-        return outcome.state == "Planned" and outcome.plan is not None and outcome.plan.cache is not None
-    return job.status.plan is not None and job.status.plan.cache is not None
+    """Whether the training pods read the model from the namespace's shared cache: exactly when their plan was
+    made with it (the preflight that filled it reports its counts)."""
+    plan = starting_plan(job, outcome)
+    return plan is not None and plan.cache is not None
 
 
 def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, pods: list[dict[str, Any]]) -> Preflight:
@@ -68,9 +73,18 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
     name = preflight_job_name(job.metadata.name)
     if job_condition(preflight_job, "Complete") is not None:
         report = _report(mine, exit_code=0)
+        if report is None and job.status.plan is not None:
+            # Planned already (status.plan is cleared whenever its Job is stale or missing), and its pod gone
+            # since: a dry run outlives its preflight pod (pod GC, a CPU node scaled away, kubectl delete).
+            return Preflight("Planned", plan=job.status.plan)
         if report is None or report.outcome != "Planned" or report.plan is None:
             return Preflight("Failed", reason="PreflightUnreadable", message=f"Job {name} left no readable plan")
-        return Preflight("Planned", plan=report.plan)
+        plan = report.plan
+        if plan.cache is not None and not _given_cache(preflight_job):
+            # Counts of a cache the pod was not given (cache off, or no usable claim of ours): forged.
+            # Believed, they would mount that claim into the training pods and feed the cache counters.
+            plan = plan.model_copy(update={"cache": None})
+        return Preflight("Planned", plan=plan)
     failed = job_condition(preflight_job, "Failed") or job_condition(preflight_job, "FailureTarget")
     if failed is None:
         return Preflight("Running")
@@ -84,6 +98,11 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
     reason = REASON_BY_EXIT_CODE.get(code, "PreflightFailed") if code is not None else "PreflightFailed"
     why = f"exited with code {code} ({describe_code(code)})" if code is not None else failed.get("reason", "failed")
     return Preflight("Failed", reason=reason, message=f"the preflight Job {name} {why}: kubectl logs job/{name}")
+
+
+def _given_cache(preflight_job: dict[str, Any]) -> bool:
+    """Whether the operator mounted the namespace's shared cache into this preflight (render/preflight.py)."""
+    return (preflight_job.get("metadata", {}).get("annotations") or {}).get(SHARED_CACHE_ANNOTATION) == "true"
 
 
 def _finished(preflight_job: dict[str, Any]) -> bool:
