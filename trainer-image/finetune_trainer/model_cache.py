@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from finetune_core.api.manifest import file_sha256
+
 from . import log
 
 MANIFEST = "manifest.json"
@@ -47,7 +49,6 @@ LOCK_WAIT_SECONDS = 3600.0  # how long a pod waits for another's fill of the sam
 # An entry used this recently is not evicted: its job's training pods start after its preflight (queued in
 # Kueue, maybe longer: then they find the entry gone and download it themselves).
 EVICTION_GRACE_SECONDS = 1800.0
-HASH_CHUNK = 8 << 20
 
 
 class CacheBusy(Exception):
@@ -92,21 +93,13 @@ class EntryUse:
 # -- pure parts: the manifest, its check, the LRU choice -----------------------------------------------------
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest_of(files: Path, key: CacheKey, now: float) -> dict[str, Any]:
     """Sizes and sha256 of every regular file under ``files``; links and other kinds are not cached."""
     entries = {}
     for path in sorted(files.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
-        entries[path.relative_to(files).as_posix()] = {"size": path.stat().st_size, "sha256": file_digest(path)}
+        entries[path.relative_to(files).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     total = sum(f["size"] for f in entries.values())
     return {"uri": key.uri, "version": key.version, "files": entries, "bytes": total, "lastUsed": now}
 
@@ -131,7 +124,7 @@ def problems(entry: Path, key: CacheKey, *, hashes: bool) -> list[str]:
             found.append(f"{name}: missing")
         elif path.stat().st_size != expected.get("size"):
             found.append(f"{name}: {path.stat().st_size} bytes, the manifest says {expected.get('size')}")
-        elif hashes and file_digest(path) != expected.get("sha256"):
+        elif hashes and file_sha256(path) != expected.get("sha256"):
             found.append(f"{name}: sha256 differs from the manifest")
     return found
 
