@@ -257,6 +257,27 @@ def test_a_lock_left_by_a_killed_pod_is_taken_over_after_it_goes_stale(tmp_path)
     assert not lock.exists()
 
 
+@pytest.mark.parametrize("plant", ["fifo", "link"])
+def test_a_stale_lock_that_is_no_lock_file_is_taken_over_without_reading_it(tmp_path, plant):
+    lock = tmp_path / "k.lock"
+    if plant == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to("/dev/zero")
+    old = time.time() - 600
+    os.utime(lock, (old, old), follow_symlinks=False)
+    held = threading.Event()
+
+    def take() -> None:
+        with locked(lock, stale_after=120, wait=5, poll=0.05):
+            held.set()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(30)  # a bound for a busy machine: reading a FIFO or /dev/zero never ends
+    assert held.is_set() and not os.path.lexists(lock)
+
+
 def test_a_fresh_lock_is_not_taken_over(tmp_path):
     lock = tmp_path / "k.lock"
     lock.write_text("live-host:1:token")

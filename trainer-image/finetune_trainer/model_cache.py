@@ -56,6 +56,7 @@ EVICTION_GRACE_SECONDS = 1800.0
 # link, FIFO or device where a file should be. Reads are bounded and walks counted; nothing is followed.
 MAX_MANIFEST_BYTES = 16 << 20  # about 100,000 files' names, sizes and sha256
 MAX_ENTRY_NAMES = 100_000  # files and directories under one entry (a model has tens)
+MAX_LOCK_BYTES = 1024  # a token is host:pid:uuid; a lock file's content is compared, never trusted
 
 
 class CacheBusy(Exception):
@@ -273,20 +274,18 @@ def _try_create(path: Path, token: str) -> bool:
 
 
 def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
+    """A lock's token, or None (absent, a link, a FIFO, too large, not text): only ever compared."""
+    data = _read_regular(path, MAX_LOCK_BYTES)
+    return data.decode(errors="replace") if data is not None else None
 
 
 def _take_over_if_stale(path: Path, stale_after: float, clock: Callable[[], float]) -> None:
     """Move a stale lock aside by an atomic rename; should the one moved be another's fresh lock (it was
     replaced between the look and the rename), it is put back with link(), which never overwrites."""
-    try:
-        age = clock() - path.stat().st_mtime
-        judged = path.read_text()
-    except OSError:
+    facts = _lstat(path)
+    if facts is None:
         return
+    age, judged = clock() - facts.st_mtime, _read(path)
     if age <= stale_after:
         return
     aside = path.with_name(f"{path.name}.stale.{uuid.uuid4().hex}")
