@@ -17,7 +17,6 @@ from . import log
 from .errors import ConfigError
 from .model_cache import CacheKey, CacheStats, SharedCache, listing_version
 from .storage import (
-    HF_IGNORE_PATTERNS,
     FetchedModel,
     _s3_user_error,
     checked_name,
@@ -124,17 +123,7 @@ def _from_hub(cache: SharedCache, uri: str, revision: str) -> FetchedModel | Non
     _, commit = hf_snapshot(repo_id, revision, repo_type="model", uri=uri, allow_patterns=["config.json"])
 
     def download(directory: Path) -> None:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(
-            repo_id,
-            repo_type="model",
-            revision=commit,
-            local_dir=directory,
-            token=credentials_for("model").get("HF_TOKEN") or False,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            ignore_patterns=HF_IGNORE_PATTERNS,
-        )
+        hf_snapshot(repo_id, commit, repo_type="model", uri=uri, local_dir=directory)
 
     path = cache.get(CacheKey(uri, commit), download)
     log.info("model_from_shared_cache", uri=uri, commit=commit)

@@ -274,12 +274,19 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
 
 
 def hf_snapshot(
-    repo_id: str, revision: str, *, repo_type: str, uri: str, allow_patterns: list[str] | None = None
+    repo_id: str,
+    revision: str,
+    *,
+    repo_type: str,
+    uri: str,
+    allow_patterns: list[str] | None = None,
+    local_dir: Path | None = None,
 ) -> tuple[Path, str]:
     """Download (or find in the cache) a Hub repository at ``revision``; returns its path and commit.
 
     HF_ENDPOINT selects a mirror, HF_HUB_OFFLINE=1 uses only the local cache (HF_HOME / HF_HUB_CACHE),
-    and HF_TOKEN comes from the credentials of the purpose.
+    and HF_TOKEN comes from the credentials of the purpose. With ``local_dir`` the files are written there
+    instead of the Hub cache, and ``revision`` must already be the commit (the shared model cache's fill).
     """
     from huggingface_hub import errors as hf_errors
     from huggingface_hub import snapshot_download
@@ -304,6 +311,7 @@ def hf_snapshot(
             local_files_only=offline,
             ignore_patterns=HF_IGNORE_PATTERNS if repo_type == "model" else None,
             allow_patterns=allow_patterns,
+            local_dir=local_dir,
         )
     except hf_errors.GatedRepoError as error:
         raise ConfigError(
@@ -323,7 +331,7 @@ def hf_snapshot(
         raise TrainerError(f"{uri}@{revision}: the Hub is unreachable and nothing is cached: {error}") from error
     path = Path(path)
     # The cache layout is .../snapshots/<commit>: the directory name is the resolved commit.
-    commit = path.name
+    commit = revision if local_dir is not None else path.name
     log.info("hf_snapshot", uri=uri, revision=revision, commit=commit, offline=offline)
     return path, commit
 
