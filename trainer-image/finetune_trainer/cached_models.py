@@ -19,13 +19,13 @@ from .model_cache import CacheKey, CacheStats, SharedCache, listing_version
 from .storage import (
     FetchedModel,
     _s3_user_error,
-    checked_name,
     credentials_for,
     fetch_model,
     hf_snapshot,
     parse_uri,
     s3_client,
     s3_download,
+    s3_objects,
 )
 
 SHARED_CACHE_ENV = "FINETUNE_SHARED_CACHE_DIR"
@@ -99,15 +99,9 @@ def _from_s3(cache: SharedCache, uri: str) -> FetchedModel | None:
 
 def _listing(client, bucket: str, prefix: str) -> list[tuple[str, int, str]]:
     """(relative key, size, ETag) of every object under the prefix, as s3_download takes them."""
-    found = []
-    listing_prefix = f"{prefix}/" if prefix else ""
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(listing_prefix) :]
-            if relative and not relative.endswith("/"):
-                checked_name(relative, f"the object s3://{bucket}/{obj['Key']}")  # refused as s3_download would
-                found.append((relative, int(obj["Size"]), str(obj.get("ETag", ""))))
-    return found
+    return [
+        (relative, int(obj["Size"]), str(obj.get("ETag", ""))) for relative, obj in s3_objects(client, bucket, prefix)
+    ]
 
 
 def _from_hub(cache: SharedCache, uri: str, revision: str) -> FetchedModel | None:
