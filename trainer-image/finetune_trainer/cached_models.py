@@ -5,7 +5,8 @@ it resolves the model's version (an ``hf://`` commit, an ``s3://`` listing's key
 the entry once for all the namespace's jobs, checks every file's sha256, and evicts. Training pods mount it
 read-only (``FINETUNE_SHARED_CACHE_READONLY=1``): they take the entry of the same version when its sizes
 match, and otherwise download into their own disk exactly as without a cache. ``file://`` and ``pvc://``
-models are read in place either way.
+models are read in place either way, and so are ``hf://`` models with HF_HUB_OFFLINE (from the Hub cache:
+there is nothing to download).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .storage import (
     credentials_for,
     fetch_model,
     hf_snapshot,
+    hub_offline,
     parse_uri,
     s3_client,
     s3_download,
@@ -59,8 +61,8 @@ def _read_only() -> bool:
 def fetch_model_shared(uri: str, revision: str | None = None) -> FetchedModel:
     """fetch_model through the shared cache, when there is one."""
     cache, parsed = shared_cache(), parse_uri(uri)
-    if cache is None or parsed.scheme in ("file", "pvc"):
-        return fetch_model(uri, revision)
+    if cache is None or parsed.scheme in ("file", "pvc") or (parsed.scheme == "hf" and hub_offline()):
+        return fetch_model(uri, revision)  # read in place: a local path, or the Hub cache when offline
     found = _from_s3(cache, uri) if parsed.scheme == "s3" else _from_hub(cache, uri, revision or "main")
     if found is None:
         return fetch_model(uri, revision)

@@ -277,6 +277,12 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
     return local, count
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time: huggingface_hub reads it once, at import, before the trainer sets
+    anything up."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def hf_snapshot(
     repo_id: str,
     revision: str,
@@ -299,8 +305,7 @@ def hf_snapshot(
     disable_progress_bars()  # progress bars are not log lines
 
     purpose: Purpose = "model" if repo_type == "model" else "data"
-    # Read at call time: huggingface_hub reads these once, at import, before the trainer sets anything up.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     cache_dir = os.environ.get("HF_HUB_CACHE") or (
         Path(os.environ["HF_HOME"]) / "hub" if os.environ.get("HF_HOME") else None
     )
