@@ -9,7 +9,7 @@ import pytest
 from finetune_trainer.cached_models import cache_stats, fetch_model_shared, shared_cache
 from finetune_trainer.model_cache import MANIFEST
 from finetune_trainer.storage import credentials_for, s3_client
-from hub_mirror import HubMirror
+from hub_mirror import HubMirror, populate_hub_cache
 from test_s3 import bucket, minio, s3_secret, upload_tree  # noqa: F401 - fixtures
 
 pytestmark = pytest.mark.trainer
@@ -102,3 +102,17 @@ def test_a_hub_model_is_cached_by_its_resolved_commit_and_read_only_readers_find
     assert first.path == second.path == pinned.path and str(first.path).startswith(str(shared))
     assert len(weights) == 1, weights
     assert (pinned.path / "model.safetensors").read_bytes() == (tiny_model_dir / "model.safetensors").read_bytes()
+
+
+def test_an_offline_hub_model_is_read_from_the_hub_cache_and_never_asked_for_online(
+    shared, trainer_env, tiny_model_dir, monkeypatch
+):
+    snapshot = populate_hub_cache(trainer_env / "hf-cache", "org/tiny", tiny_model_dir, COMMIT)
+    monkeypatch.setenv("HF_HUB_CACHE", str(trainer_env / "hf-cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with HubMirror("org/tiny", tiny_model_dir, COMMIT) as mirror:
+        monkeypatch.setenv("HF_ENDPOINT", mirror.url)
+        fetched = fetch_model_shared("hf://org/tiny", "main")
+        assert mirror.requests == []
+    assert fetched.path == snapshot and fetched.revision == COMMIT
+    assert not (shared / "entries").exists()

@@ -19,6 +19,8 @@ from finetune_trainer.storage import (
     open_location,
     parse_uri,
     resolve_data,
+    s3_download,
+    s3_objects,
 )
 from hub_mirror import HubMirror, populate_hub_cache
 
@@ -289,3 +291,30 @@ def test_deleting_removes_the_marker_first_and_the_directory(trainer_env):
 def test_hf_uris_are_not_output_locations():
     with pytest.raises(ConfigError, match="outputs go to"):
         open_location("hf://org/name")
+
+
+class _Listing:
+    """A client whose bucket lists ``keys`` (a store other than MinIO may hold any key) and downloads nothing."""
+
+    def __init__(self, keys: list[str]):
+        self.keys, self.downloads = keys, []
+
+    def get_paginator(self, _operation: str):
+        return self
+
+    def paginate(self, Bucket: str, Prefix: str):
+        return [{"Contents": [{"Key": key, "Size": 1, "ETag": '"e"'} for key in self.keys if key.startswith(Prefix)]}]
+
+    def download_file(self, bucket: str, key: str, path: str) -> None:
+        self.downloads.append(key)
+        Path(path).write_bytes(b"x")
+
+
+@pytest.mark.parametrize("key", ["model/../../escape", "model//x", "model/./x"])
+def test_a_listed_key_that_would_leave_the_destination_is_refused_and_nothing_is_written_outside(tmp_path, key):
+    client = _Listing(["model/config.json", key])
+    with pytest.raises(DataError, match="segment"):
+        s3_download(client, "bucket", "model", tmp_path / "cache" / "dest")
+    with pytest.raises(DataError, match="segment"):
+        list(s3_objects(client, "bucket", "model"))  # the shared cache's listing: the same check
+    assert not (tmp_path / "escape").exists() and client.downloads == ["model/config.json"]

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from finetune_trainer import model_cache
 from finetune_trainer.model_cache import (
     MANIFEST,
     CacheBusy,
@@ -150,6 +151,92 @@ def test_concurrent_gets_of_one_key_download_it_once(tmp_path):
     assert len(calls) == 1
 
 
+# -- what another pod of the namespace may plant in the volume ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "manifest",
+    [
+        {"files": {"config.json": 2}},  # a file's facts that are not a mapping
+        {"files": {"config.json": {"size": "2", "sha256": "x"}}},
+        {"files": ["config.json"]},
+        {"bytes": -1},
+        {"lastUsed": "yesterday"},
+        [],
+    ],
+    ids=["facts", "size", "files", "bytes", "last-used", "list"],
+)
+def test_a_manifest_of_another_shape_is_refused_and_the_entry_filled_again(tmp_path, manifest):
+    cache, calls = SharedCache(tmp_path), []
+    cache.get(MODEL, writer(WEIGHTS, calls))
+    path = cache.entry(MODEL) / MANIFEST
+    written = json.loads(path.read_text())
+    path.write_text(json.dumps({**written, **manifest} if isinstance(manifest, dict) else manifest))
+    assert problems(cache.entry(MODEL), MODEL, hashes=False) == ["no readable manifest"]
+    assert cache.readable(MODEL) is None and cache.uses()[0].last_used == 0.0
+    cache.get(MODEL, writer(WEIGHTS, calls))
+    assert len(calls) == 2 and cache.stats.refills == 1
+
+
+def test_a_manifest_over_the_limit_is_not_read(tmp_path, monkeypatch):
+    cache = SharedCache(tmp_path)
+    cache.get(MODEL, writer(WEIGHTS))
+    assert not problems(cache.entry(MODEL), MODEL, hashes=False)
+    monkeypatch.setattr(model_cache, "MAX_MANIFEST_BYTES", (cache.entry(MODEL) / MANIFEST).stat().st_size - 1)
+    assert problems(cache.entry(MODEL), MODEL, hashes=False) == ["no readable manifest"]
+
+
+def test_a_fifo_for_a_manifest_is_never_waited_on(tmp_path):
+    cache = SharedCache(tmp_path)
+    cache.get(MODEL, writer(WEIGHTS))
+    (cache.entry(MODEL) / MANIFEST).unlink()
+    os.mkfifo(cache.entry(MODEL) / MANIFEST)
+    found = []
+    thread = threading.Thread(target=lambda: found.append(problems(cache.entry(MODEL), MODEL, hashes=True)))
+    thread.daemon = True
+    thread.start()
+    thread.join(30)  # a bound for a busy machine: opening a FIFO to read blocks until a writer comes, forever
+    assert found == [["no readable manifest"]]
+
+
+def test_a_linked_entry_is_not_read_where_it_points(tmp_path):
+    cache = SharedCache(tmp_path / "cache")
+    cache.get(MODEL, writer(WEIGHTS))
+    elsewhere = tmp_path / "elsewhere"
+    cache.entry(MODEL).rename(elsewhere)  # a whole, matching entry, outside the cache
+    cache.entry(MODEL).symlink_to(elsewhere)
+    assert problems(cache.entry(MODEL), MODEL, hashes=True) == ["not a directory of the cache"]
+    assert cache.readable(MODEL) is None
+    files = cache.get(MODEL, writer(WEIGHTS))
+    assert not files.parent.is_symlink() and cache.stats.refills == 1
+    assert (elsewhere / "files" / "model.safetensors").is_file()  # a link is removed, never what it points at
+    assert not list((tmp_path / "cache" / "trash").iterdir())
+
+
+def test_a_linked_directory_inside_an_entry_is_a_name_never_followed(tmp_path):
+    cache = SharedCache(tmp_path / "cache")
+    files = cache.get(MODEL, writer(WEIGHTS))
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "tokenizer.json").write_bytes(b"t" * 10)
+    (files / "tok" / "tokenizer.json").unlink()
+    (files / "tok").rmdir()
+    (files / "tok").symlink_to(tmp_path / "elsewhere")
+    assert problems(cache.entry(MODEL), MODEL, hashes=True) == [
+        "'tok': not in the manifest",
+        "'tok/tokenizer.json': missing",
+    ]
+
+
+def test_an_entry_with_more_names_than_the_limit_is_refused_without_walking_them_all(tmp_path, monkeypatch):
+    cache = SharedCache(tmp_path)
+    files = cache.get(MODEL, writer(WEIGHTS))
+    monkeypatch.setattr(model_cache, "MAX_ENTRY_NAMES", 10)
+    assert not problems(cache.entry(MODEL), MODEL, hashes=False)
+    for i in range(10):
+        (files / f"planted{i}").mkdir()
+    assert problems(cache.entry(MODEL), MODEL, hashes=False) == ["more than 10 names under the entry"]
+
+
 # -- the lock ---------------------------------------------------------------------------------------------------
 
 
@@ -168,6 +255,27 @@ def test_a_lock_left_by_a_killed_pod_is_taken_over_after_it_goes_stale(tmp_path)
     with locked(lock, stale_after=120, wait=5, poll=0.05):
         assert lock.read_text() != "dead-host:1:token"
     assert not lock.exists()
+
+
+@pytest.mark.parametrize("plant", ["fifo", "link"])
+def test_a_stale_lock_that_is_no_lock_file_is_taken_over_without_reading_it(tmp_path, plant):
+    lock = tmp_path / "k.lock"
+    if plant == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to("/dev/zero")
+    old = time.time() - 600
+    os.utime(lock, (old, old), follow_symlinks=False)
+    held = threading.Event()
+
+    def take() -> None:
+        with locked(lock, stale_after=120, wait=5, poll=0.05):
+            held.set()
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(30)  # a bound for a busy machine: reading a FIFO or /dev/zero never ends
+    assert held.is_set() and not os.path.lexists(lock)
 
 
 def test_a_fresh_lock_is_not_taken_over(tmp_path):

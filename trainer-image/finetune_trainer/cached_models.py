@@ -5,7 +5,8 @@ it resolves the model's version (an ``hf://`` commit, an ``s3://`` listing's key
 the entry once for all the namespace's jobs, checks every file's sha256, and evicts. Training pods mount it
 read-only (``FINETUNE_SHARED_CACHE_READONLY=1``): they take the entry of the same version when its sizes
 match, and otherwise download into their own disk exactly as without a cache. ``file://`` and ``pvc://``
-models are read in place either way.
+models are read in place either way, and so are ``hf://`` models with HF_HUB_OFFLINE (from the Hub cache:
+there is nothing to download).
 """
 
 from __future__ import annotations
@@ -17,16 +18,16 @@ from . import log
 from .errors import ConfigError
 from .model_cache import CacheKey, CacheStats, SharedCache, listing_version
 from .storage import (
-    HF_IGNORE_PATTERNS,
     FetchedModel,
     _s3_user_error,
-    checked_name,
     credentials_for,
     fetch_model,
     hf_snapshot,
+    hub_offline,
     parse_uri,
     s3_client,
     s3_download,
+    s3_objects,
 )
 
 SHARED_CACHE_ENV = "FINETUNE_SHARED_CACHE_DIR"
@@ -60,8 +61,8 @@ def _read_only() -> bool:
 def fetch_model_shared(uri: str, revision: str | None = None) -> FetchedModel:
     """fetch_model through the shared cache, when there is one."""
     cache, parsed = shared_cache(), parse_uri(uri)
-    if cache is None or parsed.scheme in ("file", "pvc"):
-        return fetch_model(uri, revision)
+    if cache is None or parsed.scheme in ("file", "pvc") or (parsed.scheme == "hf" and hub_offline()):
+        return fetch_model(uri, revision)  # read in place: a local path, or the Hub cache when offline
     found = _from_s3(cache, uri) if parsed.scheme == "s3" else _from_hub(cache, uri, revision or "main")
     if found is None:
         return fetch_model(uri, revision)
@@ -100,15 +101,9 @@ def _from_s3(cache: SharedCache, uri: str) -> FetchedModel | None:
 
 def _listing(client, bucket: str, prefix: str) -> list[tuple[str, int, str]]:
     """(relative key, size, ETag) of every object under the prefix, as s3_download takes them."""
-    found = []
-    listing_prefix = f"{prefix}/" if prefix else ""
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(listing_prefix) :]
-            if relative and not relative.endswith("/"):
-                checked_name(relative, f"the object s3://{bucket}/{obj['Key']}")  # refused as s3_download would
-                found.append((relative, int(obj["Size"]), str(obj.get("ETag", ""))))
-    return found
+    return [
+        (relative, int(obj["Size"]), str(obj.get("ETag", ""))) for relative, obj in s3_objects(client, bucket, prefix)
+    ]
 
 
 def _from_hub(cache: SharedCache, uri: str, revision: str) -> FetchedModel | None:
@@ -124,17 +119,7 @@ def _from_hub(cache: SharedCache, uri: str, revision: str) -> FetchedModel | Non
     _, commit = hf_snapshot(repo_id, revision, repo_type="model", uri=uri, allow_patterns=["config.json"])
 
     def download(directory: Path) -> None:
-        from huggingface_hub import snapshot_download
-
-        snapshot_download(
-            repo_id,
-            repo_type="model",
-            revision=commit,
-            local_dir=directory,
-            token=credentials_for("model").get("HF_TOKEN") or False,
-            endpoint=os.environ.get("HF_ENDPOINT") or None,
-            ignore_patterns=HF_IGNORE_PATTERNS,
-        )
+        hf_snapshot(repo_id, commit, repo_type="model", uri=uri, local_dir=directory)
 
     path = cache.get(CacheKey(uri, commit), download)
     log.info("model_from_shared_cache", uri=uri, commit=commit)

@@ -27,9 +27,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import socket
+import stat
 import threading
 import time
 import uuid
@@ -37,6 +39,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from finetune_core.api.manifest import file_sha256
+from finetune_core.uri import shown
 
 from . import log
 
@@ -47,7 +52,11 @@ LOCK_WAIT_SECONDS = 3600.0  # how long a pod waits for another's fill of the sam
 # An entry used this recently is not evicted: its job's training pods start after its preflight (queued in
 # Kueue, maybe longer: then they find the entry gone and download it themselves).
 EVICTION_GRACE_SECONDS = 1800.0
-HASH_CHUNK = 8 << 20
+# The volume is the namespace's: any of its pods may plant a huge manifest, a tree of millions of names, or a
+# link, FIFO or device where a file should be. Reads are bounded and walks counted; nothing is followed.
+MAX_MANIFEST_BYTES = 16 << 20  # about 100,000 files' names, sizes and sha256
+MAX_ENTRY_NAMES = 100_000  # files and directories under one entry (a model has tens)
+MAX_LOCK_BYTES = 1024  # a token is host:pid:uuid; a lock file's content is compared, never trusted
 
 
 class CacheBusy(Exception):
@@ -92,48 +101,113 @@ class EntryUse:
 # -- pure parts: the manifest, its check, the LRU choice -----------------------------------------------------
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while chunk := stream.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def manifest_of(files: Path, key: CacheKey, now: float) -> dict[str, Any]:
     """Sizes and sha256 of every regular file under ``files``; links and other kinds are not cached."""
     entries = {}
     for path in sorted(files.rglob("*")):
         if path.is_symlink() or not path.is_file():
             continue
-        entries[path.relative_to(files).as_posix()] = {"size": path.stat().st_size, "sha256": file_digest(path)}
+        entries[path.relative_to(files).as_posix()] = {"size": path.stat().st_size, "sha256": file_sha256(path)}
     total = sum(f["size"] for f in entries.values())
     return {"uri": key.uri, "version": key.version, "files": entries, "bytes": total, "lastUsed": now}
 
 
+def read_manifest(entry: Path) -> dict[str, Any] | None:
+    """The entry's manifest when it has the shape this module writes, else None (absent, too large, a link,
+    not JSON, or a value of the wrong type)."""
+    data = _read_regular(entry / MANIFEST, MAX_MANIFEST_BYTES)
+    try:
+        manifest = json.loads(data) if data is not None else None
+    except ValueError:
+        return None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return None
+    files, last_used = manifest["files"], manifest.get("lastUsed")
+    well_formed = (
+        isinstance(manifest.get("uri"), str)
+        and isinstance(manifest.get("version"), str)
+        and _natural(manifest.get("bytes"))
+        and isinstance(last_used, int | float)
+        and not isinstance(last_used, bool)
+        and math.isfinite(last_used)
+        and len(files) <= MAX_ENTRY_NAMES
+        and all(
+            isinstance(f, dict) and _natural(f.get("size")) and isinstance(f.get("sha256"), str) for f in files.values()
+        )
+    )
+    return manifest if well_formed else None
+
+
 def problems(entry: Path, key: CacheKey, *, hashes: bool) -> list[str]:
     """What is wrong with the entry at ``entry`` (nothing: it may be used). ``hashes``: sha256 too, not sizes only."""
-    try:
-        manifest = json.loads((entry / MANIFEST).read_text())
-        files = manifest["files"]
-        if manifest.get("uri") != key.uri or manifest.get("version") != key.version or not isinstance(files, dict):
-            return ["the manifest is of another download"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return ["no readable manifest"]
-    found = []
     root = entry / FILES
-    listed = {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink()}
-    for extra in sorted(listed - set(files)):
-        found.append(f"{extra}: not in the manifest")
+    if not (_is_real_directory(entry) and _is_real_directory(root)):
+        return ["not a directory of the cache"]  # a planted link would be read wherever it points
+    manifest = read_manifest(entry)
+    if manifest is None:
+        return ["no readable manifest"]
+    files = manifest["files"]
+    if manifest["uri"] != key.uri or manifest["version"] != key.version:
+        return ["the manifest is of another download"]
+    listed = _names_below(root)
+    if listed is None:
+        return [f"more than {MAX_ENTRY_NAMES} names under the entry"]
+    found = [f"{shown(extra)}: not in the manifest" for extra in sorted(listed - set(files))]
     for name, expected in files.items():
-        path = root / name
-        if name not in listed or path.is_symlink():
-            found.append(f"{name}: missing")
-        elif path.stat().st_size != expected.get("size"):
-            found.append(f"{name}: {path.stat().st_size} bytes, the manifest says {expected.get('size')}")
-        elif hashes and file_digest(path) != expected.get("sha256"):
-            found.append(f"{name}: sha256 differs from the manifest")
+        path = root / name  # only a name the walk found is looked at: it is below root
+        facts = _lstat(path) if name in listed else None
+        if facts is None or not stat.S_ISREG(facts.st_mode):
+            found.append(f"{shown(name)}: missing")
+        elif facts.st_size != expected["size"]:
+            found.append(f"{shown(name)}: {facts.st_size} bytes, the manifest says {expected['size']}")
+        elif hashes and file_sha256(path) != expected["sha256"]:
+            found.append(f"{shown(name)}: sha256 differs from the manifest")
     return found
+
+
+def _natural(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _lstat(path: Path) -> os.stat_result | None:
+    try:
+        return path.lstat()
+    except OSError:
+        return None
+
+
+def _is_real_directory(path: Path) -> bool:
+    facts = _lstat(path)
+    return facts is not None and stat.S_ISDIR(facts.st_mode)
+
+
+def _names_below(root: Path) -> set[str] | None:
+    """The relative names of everything but directories below ``root`` (links listed, never followed), or
+    None past MAX_ENTRY_NAMES names of any kind."""
+    found: set[str] = set()
+    seen = 0
+    for directory, subdirectories, names in os.walk(root):  # followlinks=False: a linked directory is a name
+        seen += len(subdirectories) + len(names)
+        if seen > MAX_ENTRY_NAMES:
+            return None
+        here = Path(directory)
+        linked = [d for d in subdirectories if (here / d).is_symlink()]
+        found.update((here / name).relative_to(root).as_posix() for name in names + linked)
+    return found
+
+
+def _read_regular(path: Path, limit: int) -> bytes | None:
+    """The content of the regular file ``path`` when it holds at most ``limit`` bytes, else None. Opened
+    without following a link and without blocking, so a planted FIFO or device is never waited on or read."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    with os.fdopen(descriptor, "rb") as stream:
+        if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+            return None
+        data = stream.read(limit + 1)
+    return data if len(data) <= limit else None
 
 
 def evictions(
@@ -200,20 +274,18 @@ def _try_create(path: Path, token: str) -> bool:
 
 
 def _read(path: Path) -> str | None:
-    try:
-        return path.read_text()
-    except OSError:
-        return None
+    """A lock's token, or None (absent, a link, a FIFO, too large, not text): only ever compared."""
+    data = _read_regular(path, MAX_LOCK_BYTES)
+    return data.decode(errors="replace") if data is not None else None
 
 
 def _take_over_if_stale(path: Path, stale_after: float, clock: Callable[[], float]) -> None:
     """Move a stale lock aside by an atomic rename; should the one moved be another's fresh lock (it was
     replaced between the look and the rename), it is put back with link(), which never overwrites."""
-    try:
-        age = clock() - path.stat().st_mtime
-        judged = path.read_text()
-    except OSError:
+    facts = _lstat(path)
+    if facts is None:
         return
+    age, judged = clock() - facts.st_mtime, _read(path)
     if age <= stale_after:
         return
     aside = path.with_name(f"{path.name}.stale.{uuid.uuid4().hex}")
@@ -269,7 +341,7 @@ class SharedCache:
         if entry.is_dir() and not problems(entry, key, hashes=True):
             return self._hit(key)
         with locked(self.root / "locks" / f"{key.name}.lock", stale_after=self.stale_after, wait=self.wait):
-            if entry.is_dir():
+            if os.path.lexists(entry):  # a planted link or file too: the new entry is renamed onto its name
                 found = problems(entry, key, hashes=True)
                 if not found:
                     return self._hit(key)  # filled by another pod while this one waited
@@ -304,7 +376,9 @@ class SharedCache:
     def _touch(self, entry: Path) -> None:
         """lastUsed, written as a whole new manifest (rename): a concurrent reader reads the old or the new."""
         try:
-            manifest = json.loads((entry / MANIFEST).read_text())
+            manifest = read_manifest(entry)
+            if manifest is None:
+                raise ValueError(entry)
             manifest["lastUsed"] = self.clock()
             written = entry / f".{MANIFEST}.{uuid.uuid4().hex}"
             written.write_text(json.dumps(manifest, sort_keys=True))
@@ -318,10 +392,11 @@ class SharedCache:
         found = []
         entries = self.root / "entries"
         for entry in sorted(entries.iterdir()) if entries.is_dir() else []:
-            try:
-                manifest = json.loads((entry / MANIFEST).read_text())
-                found.append(EntryUse(entry.name, int(manifest["bytes"]), float(manifest["lastUsed"])))
-            except (OSError, ValueError, KeyError, TypeError):
+            if not _is_real_directory(entry):
+                found.append(EntryUse(entry.name, 0, 0.0))  # a planted link or file: the first to go
+            elif (manifest := read_manifest(entry)) is not None:
+                found.append(EntryUse(entry.name, manifest["bytes"], float(manifest["lastUsed"])))
+            else:
                 found.append(EntryUse(entry.name, _size(entry), 0.0))  # unreadable: the first to go
         return found
 
@@ -342,8 +417,22 @@ class SharedCache:
             directory.rename(trash)
         except FileNotFoundError:
             return  # another pod removed it
-        shutil.rmtree(trash, ignore_errors=True)
+        if trash.is_symlink() or not trash.is_dir():
+            trash.unlink(missing_ok=True)  # rmtree refuses a link, and would leave it in trash/
+        else:
+            shutil.rmtree(trash, ignore_errors=True)
 
 
 def _size(directory: Path) -> int:
-    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file() and not p.is_symlink())
+    """The bytes of the regular files below ``directory`` (a link counts nothing), the first MAX_ENTRY_NAMES
+    names only."""
+    total, seen = 0, 0
+    for here, subdirectories, names in os.walk(directory):
+        seen += len(subdirectories) + len(names)
+        if seen > MAX_ENTRY_NAMES:
+            break
+        for name in names:
+            with contextlib.suppress(OSError):
+                facts = os.lstat(os.path.join(here, name))
+                total += facts.st_size if stat.S_ISREG(facts.st_mode) else 0
+    return total

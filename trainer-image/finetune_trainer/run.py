@@ -114,10 +114,8 @@ class _Recipe:
     """
 
     # What each step sets up, in order.
-    accelerator: Any  # _setup_device
-    dist: Distributed
+    dist: Distributed  # _setup_device; its accelerator is the run's
     placement: Placement
-    dpo: bool
     layout: BatchLayout
     target: ArtifactTarget  # setup
     fetched: FetchedModel  # _setup_data
@@ -142,6 +140,10 @@ class _Recipe:
         self.config: TrainerConfig = loaded.config
         self.extra_hooks = extra_hooks
         self.stop = stop
+
+    @property
+    def dpo(self) -> bool:
+        return self.config.objective == "dpo"
 
     def setup(self) -> bool:
         """Everything before the first step; False when this job's artifact is already published."""
@@ -170,12 +172,10 @@ class _Recipe:
     def _setup_device(self) -> None:
         """The processes, where the model runs and in which precision, and how micro-batches are laid out."""
         config = self.config
-        self.accelerator = make_accelerator(config)
-        self.dist = dist = Distributed(self.accelerator)
+        self.dist = dist = Distributed(make_accelerator(config))
         log.route_transformers_logging()
         self.placement = placement_for(config.training, dist.device, fsdp_shards=dist.world_size if dist.fsdp else 1)
         check_method_supported(config.method, self.placement)  # before any download: QLoRA on CPU fails fast
-        self.dpo = config.objective == "dpo"
         self.layout = choose_layout(
             config.training,
             attention_implementation(self.placement),
@@ -187,7 +187,7 @@ class _Recipe:
     def _setup_data(self) -> None:
         """The base model's files and tokenizer, the data tokenized with it, and the plan of every epoch."""
         config, layout = self.config, self.layout
-        with self.accelerator.local_main_process_first():  # one download per node; the others find it cached
+        with self.dist.accelerator.local_main_process_first():  # one download per node; the others find it cached
             self.fetched = fetch_model_shared(config.model.uri, config.model.revision)
             self.tokenizer = load_tokenizer(self.fetched.path)
             self.bundle = load_data(config, self.tokenizer, resolve_data, store_root=token_store_root())
@@ -216,7 +216,7 @@ class _Recipe:
         )
         reference = None
         if self.dpo and not self.trainable.is_adapter:
-            reference = self.accelerator.prepare_model(
+            reference = self.dist.accelerator.prepare_model(
                 frozen_reference(self.trainable.model, self.placement), evaluation_mode=True
             )
         self.objective = DirectPreference(config.training.dpo.beta, reference) if self.dpo else LanguageModelling()
@@ -226,7 +226,7 @@ class _Recipe:
         training = self.config.training
         optimizer = build_optimizer(self.trainable.model, training)
         self.scheduler = build_scheduler(optimizer, training, self.total_steps)
-        self.model, self.optimizer = self.accelerator.prepare(self.trainable.model, optimizer)
+        self.model, self.optimizer = self.dist.accelerator.prepare(self.trainable.model, optimizer)
 
     def _setup_reporting(self) -> None:
         """The evaluator, the metrics file and the hooks that report progress (on the main process only)."""

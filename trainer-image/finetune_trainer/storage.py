@@ -24,7 +24,7 @@ import shutil
 import socket
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -178,6 +178,17 @@ def _s3_key(prefix: str, name: str) -> str:
     return f"{prefix}/{name}" if prefix else name
 
 
+def s3_objects(client, bucket: str, prefix: str) -> Iterator[tuple[str, dict]]:
+    """(key relative to ``prefix/``, the listing's object) of every object under the prefix, "directory"
+    markers left out. A tenant's bucket may hold "../x" or "/x": DataError, never a name to join onto a path."""
+    listing_prefix = f"{prefix}/" if prefix else ""
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=listing_prefix):
+        for obj in page.get("Contents", []):
+            relative = obj["Key"][len(listing_prefix) :]
+            if relative and not relative.endswith("/"):
+                yield checked_name(relative, f"the object s3://{bucket}/{obj['Key']}"), obj
+
+
 def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
     """Download every object under ``prefix/`` (or the object ``prefix`` itself) into ``dest``; returns files.
 
@@ -189,29 +200,22 @@ def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
     count = 0
     listed: set[Path] = set()
     etags = dest.with_name(f".{dest.name}.etags")
-    paginator = client.get_paginator("list_objects_v2")
-    listing_prefix = f"{prefix}/" if prefix else ""
-    for page in paginator.paginate(Bucket=bucket, Prefix=listing_prefix):
-        for obj in page.get("Contents", []):
-            relative = obj["Key"][len(listing_prefix) :]
-            if not relative or relative.endswith("/"):
-                continue
-            # A tenant's bucket may hold "../x" or "/x": refused, never written outside dest (or etags).
-            target = join_below(dest, relative, f"the object s3://{bucket}/{obj['Key']}")
-            etag = etags / f"{relative}.etag"
-            listed.add(target)
-            etag_value = str(obj.get("ETag", ""))
-            current = etag.is_file() and etag.read_text() == etag_value
-            if current and target.is_file() and target.stat().st_size == obj["Size"]:
-                count += 1
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            partial = target.with_name(f".{target.name}.partial")
-            client.download_file(bucket, obj["Key"], str(partial))
-            partial.replace(target)
-            etag.parent.mkdir(parents=True, exist_ok=True)
-            etag.write_text(etag_value)
+    for relative, obj in s3_objects(client, bucket, prefix):  # checked: never written outside dest (or etags)
+        target = dest / relative
+        etag = etags / f"{relative}.etag"
+        listed.add(target)
+        etag_value = str(obj.get("ETag", ""))
+        current = etag.is_file() and etag.read_text() == etag_value
+        if current and target.is_file() and target.stat().st_size == obj["Size"]:
             count += 1
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        client.download_file(bucket, obj["Key"], str(partial))
+        partial.replace(target)
+        etag.parent.mkdir(parents=True, exist_ok=True)
+        etag.write_text(etag_value)
+        count += 1
     if count and dest.is_dir():
         hidden = lambda path: any(part.startswith(".") for part in path.relative_to(dest).parts)  # noqa: E731
         for stale in [p for p in dest.rglob("*") if p.is_file() and not hidden(p) and p not in listed]:
@@ -273,13 +277,26 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
     return local, count
 
 
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE, read at call time: huggingface_hub reads it once, at import, before the trainer sets
+    anything up."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def hf_snapshot(
-    repo_id: str, revision: str, *, repo_type: str, uri: str, allow_patterns: list[str] | None = None
+    repo_id: str,
+    revision: str,
+    *,
+    repo_type: str,
+    uri: str,
+    allow_patterns: list[str] | None = None,
+    local_dir: Path | None = None,
 ) -> tuple[Path, str]:
     """Download (or find in the cache) a Hub repository at ``revision``; returns its path and commit.
 
     HF_ENDPOINT selects a mirror, HF_HUB_OFFLINE=1 uses only the local cache (HF_HOME / HF_HUB_CACHE),
-    and HF_TOKEN comes from the credentials of the purpose.
+    and HF_TOKEN comes from the credentials of the purpose. With ``local_dir`` the files are written there
+    instead of the Hub cache, and ``revision`` must already be the commit (the shared model cache's fill).
     """
     from huggingface_hub import errors as hf_errors
     from huggingface_hub import snapshot_download
@@ -288,8 +305,7 @@ def hf_snapshot(
     disable_progress_bars()  # progress bars are not log lines
 
     purpose: Purpose = "model" if repo_type == "model" else "data"
-    # Read at call time: huggingface_hub reads these once, at import, before the trainer sets anything up.
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    offline = hub_offline()
     cache_dir = os.environ.get("HF_HUB_CACHE") or (
         Path(os.environ["HF_HOME"]) / "hub" if os.environ.get("HF_HOME") else None
     )
@@ -304,6 +320,7 @@ def hf_snapshot(
             local_files_only=offline,
             ignore_patterns=HF_IGNORE_PATTERNS if repo_type == "model" else None,
             allow_patterns=allow_patterns,
+            local_dir=local_dir,
         )
     except hf_errors.GatedRepoError as error:
         raise ConfigError(
@@ -323,7 +340,7 @@ def hf_snapshot(
         raise TrainerError(f"{uri}@{revision}: the Hub is unreachable and nothing is cached: {error}") from error
     path = Path(path)
     # The cache layout is .../snapshots/<commit>: the directory name is the resolved commit.
-    commit = path.name
+    commit = revision if local_dir is not None else path.name
     log.info("hf_snapshot", uri=uri, revision=revision, commit=commit, offline=offline)
     return path, commit
 

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from finetune_core.api.manifest import file_sha256
 
 from .sources import MAX_INVALID_EXAMPLES
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
@@ -44,7 +45,6 @@ FILES = ("ids.bin", "mask.bin", "seq_offsets.bin", "seq_trained.bin", "row_offse
 COUNTS = ("rows", "examples", "sequences", "tokens")
 # The only id types a store is written with (id_dtype): unsigned, so no stored id can be negative.
 ID_DTYPES = (np.dtype(np.uint16).str, np.dtype(np.uint32).str)
-HASH_BLOCK = 8 << 20
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -55,14 +55,6 @@ class StoreCorrupt(Exception):
 def id_dtype(vocab_size: int) -> np.dtype:
     """The narrowest type that holds every id: half the disk and page cache for vocabularies under 65,536."""
     return np.dtype(np.uint16) if vocab_size <= 1 << 16 else np.dtype(np.uint32)
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        while block := stream.read(HASH_BLOCK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _seal(manifest: dict[str, Any]) -> str:
