@@ -364,7 +364,10 @@ def test_the_volumes_and_mount_paths_the_operator_uses_are_the_ones_the_api_rese
         }
     )
     settings = Settings(default_output_uri="s3://models/out", progress_url="https://operator:8443")
-    spec = pod_spec(job, settings)
+    # With the shared model cache mounted too (render/shared_cache.py): a tenant's volume of that name or path
+    # would make the API server refuse the training Job.
+    spec = render_job(job, settings, "hash", shared_cache=True)["spec"]["template"]["spec"]
+    assert any(v.get("persistentVolumeClaim") for v in spec["volumes"])
     for volume in spec["volumes"]:
         name = volume["name"]
         assert name in RESERVED_VOLUME_NAMES or name.startswith(RESERVED_VOLUME_PREFIXES), name

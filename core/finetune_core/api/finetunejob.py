@@ -470,9 +470,16 @@ class EnvVar(ApiModel):
 
 
 # What the operator itself mounts into the trainer (render/job.py; a unit test keeps the two in step).
-RESERVED_VOLUME_NAMES = ("config", "scratch", "shm", "progress-token")
+RESERVED_VOLUME_NAMES = ("config", "scratch", "shm", "progress-token", "shared-model-cache")
 RESERVED_VOLUME_PREFIXES = ("credentials-", "pvc-")
-RESERVED_MOUNT_PATHS = ("/etc/finetune", "/scratch", "/dev/shm", "/var/run/finetune", "/mnt/pvc")  # noqa: S108 a path the operator reserves in the pod, not a temporary file
+RESERVED_MOUNT_PATHS = (
+    "/etc/finetune",
+    "/scratch",
+    "/dev/shm",  # noqa: S108 a path the operator reserves in the pod, not a temporary file
+    "/var/run/finetune",
+    "/mnt/pvc",
+    "/var/cache/finetune-shared",
+)
 
 # The volume types the restricted Pod Security Standard allows, by their core/v1 Volume field names:
 # none of them reaches the node's filesystem, devices or another namespace.
