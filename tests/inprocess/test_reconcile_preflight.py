@@ -176,7 +176,7 @@ def test_a_namespace_whose_quota_refuses_the_cache_claim_plans_without_the_cache
 
 def test_a_cache_claim_being_deleted_is_not_mounted_and_the_next_preflight_makes_a_new_one(harness):
     """security.md: delete the claim to free its space. Its pvc-protection finalizer keeps it while pods use it."""
-    harness.configure(cache=True)
+    harness.configure(preflight=True, cache=True)
     claim = render_cache_claim(harness.namespace, harness.context.settings)
     claim["metadata"]["finalizers"] = ["test.finetune.dev/in-use"]  # as pvc-protection holds a claim pods mount
     harness.create(claim)

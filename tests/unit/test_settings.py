@@ -249,9 +249,13 @@ def test_a_default_output_that_would_leave_its_bucket_or_claim_is_refused_at_sta
 @pytest.mark.parametrize("size", ["1Gi", "150Gi", "0"])
 def test_a_cache_limit_that_does_not_fit_below_the_claims_size_is_refused_at_start(size):
     assert "below cache_size" in error_from(
-        ["--cache=true", f"--cache-size={size}", f"--cache-max-bytes={150 * 2**30}"]
+        ["--preflight=true", "--cache=true", f"--cache-size={size}", f"--cache-max-bytes={150 * 2**30}"]
     )
 
 
 def test_the_default_cache_limit_fits_its_claim():
-    assert settings_from(["--cache=true"]).cache_max_bytes < 200 * 2**30
+    assert settings_from(["--preflight=true", "--cache=true"]).cache_max_bytes < 200 * 2**30
+
+
+def test_a_cache_without_the_preflight_that_fills_it_is_refused_at_start():
+    assert "cache needs preflight" in error_from(["--cache=true"])
