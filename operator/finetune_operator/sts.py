@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 
 from finetune_core.api import FineTuneJob
+from finetune_core.s3 import DEFAULT_REGION
 
 from .kube import SECRETS, Kube
 from .render.session_policy import check_in_namespace, policy_text, read_policy, uses_minted_credentials
@@ -25,7 +26,6 @@ log = logging.getLogger(__name__)
 
 # Stores that ignore the role (MinIO: the session inherits the identity's policy) still want a well-formed one.
 PLACEHOLDER_ROLE_ARN = "arn:aws:iam::000000000000:role/finetune-operator"
-DEFAULT_REGION = "us-east-1"
 
 
 def minting_identity(kube: Kube, settings: Settings) -> dict[str, str]:
