@@ -1,17 +1,13 @@
 """Real TCP servers between the operator and a store, for the tiers that test what a tenant's store can make
 the operator do (e2e, in-process): a relay in front of MinIO that counts (or drips) what it sends back, and
-a listener that records connections; and a small valid artifact to put behind them."""
+a listener that records connections."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
-from pathlib import Path
-
-from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 
 class Relay:
@@ -78,21 +74,3 @@ class Listener:
     def close(self) -> None:
         self.server.close()
 
-
-def write_artifact(directory: Path) -> str:
-    """A small valid LoRA artifact of a Llama, as the trainer writes one; returns its digest."""
-    directory.mkdir(parents=True)
-    config = {
-        "peft_type": "LORA",
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"],
-        "bias": "none",
-        "base_model_name_or_path": "hf://example/tiny-llama",
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    (directory / "base_model_config.json").write_text(json.dumps({"model_type": "llama"}))
-    (directory / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
-    manifest = manifest_of_directory(directory)
-    (directory / MANIFEST_FILE_NAME).write_text(manifest.model_dump_json(by_alias=True))
-    return manifest.digest

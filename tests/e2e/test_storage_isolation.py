@@ -190,9 +190,7 @@ def test_an_adapter_naming_another_tenants_artifact_is_refused_without_a_read(
 ):
     config_a, _ = start(cluster, tenants["a"], job(tenants["a"], "alpha", stores))
     uri = upload(minio, adapter_dir, stores["shared"], key_of(config_a.output.artifact_uri).rstrip("/"))
-    manifest = model_adapter("borrowed", tenants["b"], uri, manifest_digest(adapter_dir))
-    del manifest["spec"]["artifact"]["credentialsSecretRef"]
-    apply(cluster, manifest)
+    apply(cluster, model_adapter("borrowed", tenants["b"], uri, manifest_digest(adapter_dir), keys_in=None))
 
     ready = wait_for("Ready=False", condition_is(cluster, tenants["b"], "borrowed", "Ready", "False", kind="ftadapter"))
     assert ready["reason"] == "ArtifactOutsideNamespace" and "spec.artifact.uri" in ready["message"]
