@@ -26,12 +26,18 @@ def items(cluster, kind: str, namespace: str, selector: str | None = None) -> li
     return json.loads(cluster.run_kubectl(*args).stdout)["items"]
 
 
+class Hopeless(AssertionError):
+    """Raised by a probe when what is waited for can no longer come: it ends wait_for at once."""
+
+
 def wait_for(what: str, probe: Callable[[], T], timeout: float = 60.0, interval: float = 0.3) -> T:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = probe()
+        except Hopeless:
+            raise
         except Exception as error:  # probes may fail while things settle
             last = error
         else:
@@ -46,6 +52,16 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
         if found["type"] == type_:
             return found
     return None
+
+
+def unless_failed(cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The FineTuneJob ``name`` ({} while there is none) for a probe; once it has Failed, nothing a probe waits
+    for will come: Hopeless, with the condition."""
+    ftj = get(cluster, "ftj", namespace, name) or {}
+    failed = condition(ftj, "Failed")
+    if failed and failed["status"] == "True":
+        raise Hopeless(f"{name} failed: {failed}")
+    return ftj
 
 
 def condition_is(cluster, namespace: str, name: str, type_: str, status: str = "True", kind: str = "ftj"):
