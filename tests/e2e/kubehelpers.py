@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kubelet import finished_pod_status
+
 T = TypeVar("T")
 
 
@@ -72,33 +74,9 @@ def condition_is(cluster, namespace: str, name: str, type_: str, status: str = "
     return probe
 
 
-def patch_pod_status(cluster, namespace: str, pod: str, phase: str, exit_code: int, message: str = "") -> None:
+def patch_pod_status(cluster, namespace: str, pod: str, exit_code: int, message: str = "") -> None:
     """Write a pod's final status as its kubelet would."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    terminated = {
-        "exitCode": exit_code,
-        "reason": "Error" if exit_code else "Completed",
-        "message": message,
-        "startedAt": now,
-        "finishedAt": now,
-    }
-    patch = {
-        "status": {
-            "phase": phase,
-            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "trainer",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "started": False,
-                    "state": {"terminated": terminated},
-                }
-            ],
-        }
-    }
+    patch = {"status": finished_pod_status("trainer", exit_code, message)}
     cluster.run_kubectl(
         "patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
     )

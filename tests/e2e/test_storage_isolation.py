@@ -217,7 +217,7 @@ def test_the_operator_reads_and_publishes_a_tenants_own_output_with_a_read_only_
     key = f"{key_of(config.output.checkpoints_uri)}{REPORT_FILE_NAME}"
     minio.client().put_object(Bucket=stores["shared"], Key=key, Body=json.dumps(report).encode())
     pod = wait_for("a running pod", lambda: items(cluster, "pods", namespace, "finetune.dev/job=alpha"))[0]
-    patch_pod_status(cluster, namespace, pod["metadata"]["name"], "Succeeded", 0)
+    patch_pod_status(cluster, namespace, pod["metadata"]["name"], 0)
 
     wait_for("Published", condition_is(cluster, namespace, "alpha", "Published"), timeout=90)
     verified = wait_for(
