@@ -47,6 +47,23 @@ def write_manifest(directory: Path) -> str:
     return manifest.digest
 
 
+def write_artifact(directory: Path) -> str:
+    """A small valid LoRA artifact of a Llama (no weights worth the name), with its manifest; returns its digest."""
+    directory.mkdir(parents=True)
+    config = {
+        "peft_type": "LORA",
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "v_proj"],
+        "bias": "none",
+        "base_model_name_or_path": "hf://example/tiny-llama",
+    }
+    (directory / "adapter_config.json").write_text(json.dumps(config))
+    (directory / "base_model_config.json").write_text(json.dumps({"model_type": "llama"}))
+    (directory / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
+    return write_manifest(directory)
+
+
 def upload(minio, directory: Path, bucket: str, prefix: str) -> str:
     client = minio.client()
     for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST_FILE_NAME):
@@ -56,7 +73,10 @@ def upload(minio, directory: Path, bucket: str, prefix: str) -> str:
     return f"s3://{bucket}/{prefix}/"
 
 
-def model_adapter(name: str, namespace: str, uri: str, digest: str | None = None, **spec) -> dict:
+def model_adapter(
+    name: str, namespace: str, uri: str, digest: str | None = None, keys_in: str | None = "s3-creds", **spec
+) -> dict:
+    """A ModelAdapter of ``uri``, read with the keys of the Secret ``keys_in`` (None: no Secret named)."""
     manifest = {
         "apiVersion": "finetune.dev/v1alpha1",
         "kind": "ModelAdapter",
@@ -64,10 +84,12 @@ def model_adapter(name: str, namespace: str, uri: str, digest: str | None = None
         "spec": {
             "baseModel": {"uri": "hf://example/tiny-llama", "servedName": "tiny-llama"},
             "format": "peft-lora",
-            "artifact": {"uri": uri, "credentialsSecretRef": {"name": "s3-creds"}},
+            "artifact": {"uri": uri},
             **spec,
         },
     }
+    if keys_in:
+        manifest["spec"]["artifact"]["credentialsSecretRef"] = {"name": keys_in}
     if digest:
         manifest["spec"]["artifact"]["digest"] = digest
     return manifest

@@ -1,41 +1,53 @@
 """Real TCP servers between the operator and a store, for the tiers that test what a tenant's store can make
 the operator do (e2e, in-process): a relay in front of MinIO that counts (or drips) what it sends back, and
-a listener that records connections; and a small valid artifact to put behind them."""
+a listener that records connections."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import socket
 import threading
 import time
-from pathlib import Path
-
-from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
 
 
-class Relay:
+class _Server:
+    """A TCP server on a free local port that hands each connection to ``handle`` until it is closed."""
+
+    def __init__(self):
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                connection, _ = self.server.accept()
+            except OSError:
+                return
+            self.handle(connection)
+
+    def handle(self, connection: socket.socket) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.server.close()
+
+
+class Relay(_Server):
     """A TCP relay in front of MinIO that counts what MinIO sends back: what the operator downloaded.
     With ``drip``, it passes MinIO's answers on 1 KiB at a time, ``drip`` seconds apart: a slow server."""
 
     def __init__(self, target_port: int, drip: float = 0.0):
         self.target_port = target_port
         self.drip = drip
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.received = 0
         self._lock = threading.Lock()
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+    def handle(self, connection: socket.socket) -> None:
+        upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        threading.Thread(target=self._pipe, args=(connection, upstream, False), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(upstream, connection, True), daemon=True).start()
 
     def _pipe(self, source: socket.socket, sink: socket.socket, counted: bool) -> None:
         try:
@@ -53,46 +65,14 @@ class Relay:
                 with contextlib.suppress(OSError):
                     end.shutdown(socket.SHUT_RDWR)
 
-    def close(self) -> None:
-        self.server.close()
 
-
-class Listener:
+class Listener(_Server):
     """A TCP listener that records every connection made to it (and answers none)."""
 
     def __init__(self):
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.endpoint = f"http://127.0.0.1:{self.server.getsockname()[1]}"
         self.connections = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                connection, _ = self.server.accept()
-            except OSError:
-                return
-            self.connections += 1
-            connection.close()
-
-    def close(self) -> None:
-        self.server.close()
-
-
-def write_artifact(directory: Path) -> str:
-    """A small valid LoRA artifact of a Llama, as the trainer writes one; returns its digest."""
-    directory.mkdir(parents=True)
-    config = {
-        "peft_type": "LORA",
-        "r": 8,
-        "lora_alpha": 16,
-        "target_modules": ["q_proj", "v_proj"],
-        "bias": "none",
-        "base_model_name_or_path": "hf://example/tiny-llama",
-    }
-    (directory / "adapter_config.json").write_text(json.dumps(config))
-    (directory / "base_model_config.json").write_text(json.dumps({"model_type": "llama"}))
-    (directory / "adapter_model.safetensors").write_bytes(b"\0" * 4096)
-    manifest = manifest_of_directory(directory)
-    (directory / MANIFEST_FILE_NAME).write_text(manifest.model_dump_json(by_alias=True))
-    return manifest.digest
+    def handle(self, connection: socket.socket) -> None:
+        self.connections += 1
+        connection.close()

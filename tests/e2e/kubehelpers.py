@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from kubelet import finished_pod_status
+
 T = TypeVar("T")
 
 
@@ -26,12 +28,18 @@ def items(cluster, kind: str, namespace: str, selector: str | None = None) -> li
     return json.loads(cluster.run_kubectl(*args).stdout)["items"]
 
 
+class Hopeless(AssertionError):
+    """Raised by a probe when what is waited for can no longer come: it ends wait_for at once."""
+
+
 def wait_for(what: str, probe: Callable[[], T], timeout: float = 60.0, interval: float = 0.3) -> T:
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
         try:
             last = probe()
+        except Hopeless:
+            raise
         except Exception as error:  # probes may fail while things settle
             last = error
         else:
@@ -48,6 +56,16 @@ def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
     return None
 
 
+def unless_failed(cluster, namespace: str, name: str) -> dict[str, Any]:
+    """The FineTuneJob ``name`` ({} while there is none) for a probe; once it has Failed, nothing a probe waits
+    for will come: Hopeless, with the condition."""
+    ftj = get(cluster, "ftj", namespace, name) or {}
+    failed = condition(ftj, "Failed")
+    if failed and failed["status"] == "True":
+        raise Hopeless(f"{name} failed: {failed}")
+    return ftj
+
+
 def condition_is(cluster, namespace: str, name: str, type_: str, status: str = "True", kind: str = "ftj"):
     def probe():
         found = condition(get(cluster, kind, namespace, name), type_)
@@ -56,33 +74,9 @@ def condition_is(cluster, namespace: str, name: str, type_: str, status: str = "
     return probe
 
 
-def patch_pod_status(cluster, namespace: str, pod: str, phase: str, exit_code: int, message: str = "") -> None:
+def patch_pod_status(cluster, namespace: str, pod: str, exit_code: int, message: str = "") -> None:
     """Write a pod's final status as its kubelet would."""
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    terminated = {
-        "exitCode": exit_code,
-        "reason": "Error" if exit_code else "Completed",
-        "message": message,
-        "startedAt": now,
-        "finishedAt": now,
-    }
-    patch = {
-        "status": {
-            "phase": phase,
-            "conditions": [{"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}],
-            "containerStatuses": [
-                {
-                    "name": "trainer",
-                    "image": "trainer",
-                    "imageID": "",
-                    "ready": False,
-                    "restartCount": 0,
-                    "started": False,
-                    "state": {"terminated": terminated},
-                }
-            ],
-        }
-    }
+    patch = {"status": finished_pod_status("trainer", exit_code, message)}
     cluster.run_kubectl(
         "patch", "pod", pod, "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(patch)
     )

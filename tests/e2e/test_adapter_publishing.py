@@ -34,9 +34,7 @@ def volume_operator(start_operator, local_node):
 
 
 def on_volume(name: str, namespace: str, path: str, digest: str | None = None) -> dict:
-    manifest = model_adapter(name, namespace, f"pvc://adapters/{path}/", digest)
-    del manifest["spec"]["artifact"]["credentialsSecretRef"]
-    return manifest
+    return model_adapter(name, namespace, f"pvc://adapters/{path}/", digest, keys_in=None)
 
 
 def verdict(cluster, namespace: str, name: str):

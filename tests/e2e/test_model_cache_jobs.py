@@ -9,7 +9,7 @@ import json
 
 import pytest
 from finetune_operator.render.shared_cache import CACHE_CLAIM, CACHE_LABEL
-from kubehelpers import apply, condition, get, items, wait_for
+from kubehelpers import Hopeless, apply, condition, get, items, unless_failed, wait_for
 from test_real_training import DATA, base_model, quickstart, stores  # noqa: F401 - fixtures
 
 from hack.localcluster import free_port
@@ -46,11 +46,9 @@ def caching_operator(start_operator, namespace):
 
 
 def _plan(cluster, namespace: str, name: str) -> dict | None:
-    ftj = get(cluster, "ftj", namespace, name) or {}
-    failed = condition(ftj, "Failed")
-    assert not (failed and failed["status"] == "True"), failed
-    plan = (ftj.get("status") or {}).get("plan") or {}
-    assert not plan or plan.get("cache") is not None, f"planned without the cache: {plan}"
+    plan = (unless_failed(cluster, namespace, name).get("status") or {}).get("plan") or {}
+    if plan and plan.get("cache") is None:
+        raise Hopeless(f"planned without the cache: {plan}")
     return plan or None
 
 
@@ -84,10 +82,7 @@ def test_jobs_of_one_model_download_it_once_and_a_corrupted_entry_is_refilled(
     assert claim["metadata"]["labels"][CACHE_LABEL] == "true" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
 
     def trained():
-        ftj = get(cluster, "ftj", namespace, "first")
-        failed = condition(ftj, "Failed")
-        assert not (failed and failed["status"] == "True"), failed
-        succeeded = condition(ftj, "Succeeded")
+        succeeded = condition(unless_failed(cluster, namespace, "first"), "Succeeded")
         return succeeded if succeeded and succeeded["status"] == "True" else None
 
     wait_for("the first job to train", trained, timeout=600, interval=1.0)

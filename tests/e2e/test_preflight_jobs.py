@@ -7,7 +7,7 @@ import json
 import time
 
 import pytest
-from kubehelpers import apply, condition, get, wait_for
+from kubehelpers import apply, condition, get, unless_failed, wait_for
 from test_real_training import DATA, base_model, quickstart, stores  # noqa: F401 - fixtures
 
 from hack.localcluster import free_port
@@ -110,10 +110,7 @@ def test_a_finished_jobs_measured_throughput_is_the_next_identical_jobs_estimate
         apply(cluster, manifest)
 
         def measured():
-            ftj = get(cluster, "ftj", namespace, name) or {}
-            failed = condition(ftj, "Failed")
-            assert not (failed and failed["status"] == "True"), failed
-            plan = (ftj.get("status") or {}).get("plan") or {}
+            plan = (unless_failed(cluster, namespace, name).get("status") or {}).get("plan") or {}
             return plan if plan.get("actualSeconds") else None
 
         return wait_for(f"{name} to train and record its throughput", measured, timeout=600, interval=1.0)
@@ -213,10 +210,7 @@ def test_training_loads_the_revision_the_preflight_resolved_even_after_the_branc
         apply(cluster, manifest)
 
         def published():
-            ftj = get(cluster, "ftj", namespace, "pinned")
-            failed = condition(ftj, "Failed")
-            assert not (failed and failed["status"] == "True"), failed
-            found = condition(ftj, "Published")
+            found = condition(unless_failed(cluster, namespace, "pinned"), "Published")
             return found if found and found["status"] == "True" else None
 
         wait_for("the job to train and publish", published, timeout=600, interval=1.0)

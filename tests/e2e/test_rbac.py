@@ -511,13 +511,13 @@ def finish_preflight(run: Run, name: str) -> None:
         parameters=494_000_000, total_steps=400, steps_per_epoch=400, epochs=1.0, trained_tokens=PLANNED_TOKENS
     )
     report = PreflightReport(outcome="Planned", plan=plan)
-    patch_pod_status(run.cluster, ns, pods[0]["metadata"]["name"], "Succeeded", 0, report.to_message())
+    patch_pod_status(run.cluster, ns, pods[0]["metadata"]["name"], 0, report.to_message())
 
 
 def succeed(run: Run, pod: dict, artifact: dict) -> None:
     """The trainer exits 0 with its final summary: the artifact and the seconds of its optimizer steps."""
     summary = FinalSummary(artifact=ArtifactReport.model_validate(artifact), train_seconds=TRAIN_SECONDS)
-    patch_pod_status(run.cluster, run.workload, pod["metadata"]["name"], "Succeeded", 0, summary.to_message())
+    patch_pod_status(run.cluster, run.workload, pod["metadata"]["name"], 0, summary.to_message())
 
 
 def throughput_row(run: Run) -> list[float]:
@@ -989,7 +989,7 @@ def test_an_unreadable_throughput_table_leaves_the_default_estimate_and_the_job_
         )
         plan = PreflightPlan(parameters=494_000_000, total_steps=400, trained_tokens=PLANNED_TOKENS)
         report = PreflightReport(outcome="Planned", plan=plan).to_message()
-        patch_pod_status(run.cluster, run.workload, pods[0]["metadata"]["name"], "Succeeded", 0, report)
+        patch_pod_status(run.cluster, run.workload, pods[0]["metadata"]["name"], 0, report)
 
         def planned():
             ftj = get(run.cluster, "ftj", run.workload, "alpha")

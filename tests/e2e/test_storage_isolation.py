@@ -190,9 +190,7 @@ def test_an_adapter_naming_another_tenants_artifact_is_refused_without_a_read(
 ):
     config_a, _ = start(cluster, tenants["a"], job(tenants["a"], "alpha", stores))
     uri = upload(minio, adapter_dir, stores["shared"], key_of(config_a.output.artifact_uri).rstrip("/"))
-    manifest = model_adapter("borrowed", tenants["b"], uri, manifest_digest(adapter_dir))
-    del manifest["spec"]["artifact"]["credentialsSecretRef"]
-    apply(cluster, manifest)
+    apply(cluster, model_adapter("borrowed", tenants["b"], uri, manifest_digest(adapter_dir), keys_in=None))
 
     ready = wait_for("Ready=False", condition_is(cluster, tenants["b"], "borrowed", "Ready", "False", kind="ftadapter"))
     assert ready["reason"] == "ArtifactOutsideNamespace" and "spec.artifact.uri" in ready["message"]
@@ -219,7 +217,7 @@ def test_the_operator_reads_and_publishes_a_tenants_own_output_with_a_read_only_
     key = f"{key_of(config.output.checkpoints_uri)}{REPORT_FILE_NAME}"
     minio.client().put_object(Bucket=stores["shared"], Key=key, Body=json.dumps(report).encode())
     pod = wait_for("a running pod", lambda: items(cluster, "pods", namespace, "finetune.dev/job=alpha"))[0]
-    patch_pod_status(cluster, namespace, pod["metadata"]["name"], "Succeeded", 0)
+    patch_pod_status(cluster, namespace, pod["metadata"]["name"], 0)
 
     wait_for("Published", condition_is(cluster, namespace, "alpha", "Published"), timeout=90)
     verified = wait_for(

@@ -8,9 +8,9 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import pytest
+from adapter_artifacts import model_adapter
 from finetune_core.api import MANIFEST_FILE_NAME, ManifestEntry, build_manifest
 from kubehelpers import apply, condition_is, wait_for
 from storage_servers import Relay
@@ -50,27 +50,9 @@ class PeakRss:
         return self.peak
 
 
-def upload(client, directory: Path, bucket: str, prefix: str) -> str:
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
-    return f"s3://{bucket}/{prefix}/"
-
-
 def create_secret(cluster, namespace: str, name: str, values: dict[str, str]) -> None:
     args = [f"--from-literal={key}={value}" for key, value in values.items()]
     cluster.run_kubectl("create", "secret", "generic", name, "-n", namespace, *args)
-
-
-def model_adapter(name: str, namespace: str, uri: str, keys_in: str | None = "s3-creds") -> dict:
-    artifact: dict = {"uri": uri}
-    if keys_in:
-        artifact["credentialsSecretRef"] = {"name": keys_in}
-    return {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "ModelAdapter",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"baseModel": {"uri": "hf://example/tiny-llama"}, "format": "peft-lora", "artifact": artifact},
-    }
 
 
 def failed(cluster, namespace: str, name: str) -> dict:

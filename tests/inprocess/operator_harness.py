@@ -36,6 +36,7 @@ from finetune_operator.naming import JOB_LABEL
 from finetune_operator.progress.server import ProgressService
 from finetune_operator.reconcile import reconcile
 from finetune_operator.settings import PROGRESS_AUDIENCE, Settings
+from kubelet import finished_pod_status
 
 TIER_LABEL = "finetune.dev/inprocess-tier"
 NO_SCHEDULER = "inprocess-tests"  # no scheduler of that name runs: the pods the tests create stay where put
@@ -263,29 +264,7 @@ class Harness:
 
     def finish_pod(self, pod: str, exit_code: int, message: str = "", conditions: list | None = None) -> dict:
         """The trainer container exited: the pod's final status, as its kubelet writes it."""
-        now = timestamp()
-        terminated = {
-            "exitCode": exit_code,
-            "reason": "Error" if exit_code else "Completed",
-            "message": message,
-            "startedAt": now,
-            "finishedAt": now,
-        }
-        container = {
-            "name": self._container(pod),
-            "image": "trainer",
-            "imageID": "",
-            "ready": False,
-            "restartCount": 0,
-            "started": False,
-            "state": {"terminated": terminated},
-        }
-        ready = {"type": "Ready", "status": "False", "reason": "PodCompleted", "lastTransitionTime": now}
-        status = {
-            "phase": "Failed" if exit_code else "Succeeded",
-            "conditions": [ready, *(conditions or [])],
-            "containerStatuses": [container],
-        }
+        status = finished_pod_status(self._container(pod), exit_code, message, conditions)
         return self.patch(PODS, pod, {"status": status}, "status")
 
     def complete_job(self, name: str, finished: dt.timedelta = dt.timedelta()) -> dict[str, Any]:

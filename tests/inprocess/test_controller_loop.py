@@ -29,6 +29,17 @@ def controller_of(harness, reconciler) -> Controller:
     )
 
 
+def run_until(controller: Controller, done: threading.Event, what: str, *enqueued: tuple[str, str]) -> None:
+    """The controller's workers running until ``done`` is set (``what`` it waits for), ``enqueued`` queued."""
+    controller.start()
+    try:
+        for namespace, name in enqueued:
+            controller.enqueue(namespace, name)
+        assert done.wait(timeout=60), f"waited 60 s for {what}"
+    finally:
+        controller.stop()
+
+
 def sample(harness, metric: str, **labels: str) -> float | None:
     return harness.metrics.registry.get_sample_value(f"{PREFIX}_{metric}", labels)
 
@@ -43,13 +54,7 @@ def test_a_queued_job_is_reconciled_by_a_worker_and_its_phase_counted(harness):
         done.set()
         return outcome
 
-    controller = controller_of(harness, reconciler)
-    controller.start()
-    try:
-        controller.enqueue(harness.namespace, "queued")
-        assert done.wait(timeout=60), "the worker never reconciled the queued key"
-    finally:
-        controller.stop()
+    run_until(controller_of(harness, reconciler), done, "the worker reconciling the key", (harness.namespace, "queued"))
 
     assert harness.ftj("queued")["status"]["phase"] == "Pending"
     assert sample(harness, "reconcile_total", controller="finetunejob", result="success") == 1
@@ -70,13 +75,7 @@ def test_a_failed_reconcile_is_retried_with_backoff_and_counted(harness):
         done.set()
         return outcome
 
-    controller = controller_of(harness, reconciler)
-    controller.start()
-    try:
-        controller.enqueue(harness.namespace, "flaky")
-        assert done.wait(timeout=60), "the failed key was never retried"
-    finally:
-        controller.stop()
+    run_until(controller_of(harness, reconciler), done, "the failed key retried", (harness.namespace, "flaky"))
 
     assert calls == ["flaky", "flaky"]
     assert sample(harness, "reconcile_errors_total", controller="finetunejob") == 1
@@ -105,10 +104,6 @@ def test_the_resync_looks_again_at_unsettled_jobs_only(harness):
 
     controller = controller_of(harness, reconciler)
     assert controller.due_keys() == [(harness.namespace, "waiting")], "a failed job is settled"
-    controller.start()
-    try:
-        assert done.wait(timeout=60), "the resync never enqueued the waiting job"
-    finally:
-        controller.stop()
+    run_until(controller, done, "the resync enqueueing the waiting job")
 
     assert set(resynced) == {"waiting"}

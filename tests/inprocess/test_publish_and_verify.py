@@ -354,9 +354,8 @@ def test_a_verification_pod_that_says_nothing_fails_the_adapter_and_a_missing_cl
     }
     harness.create(claim)
     on_volume = model_adapter(
-        "unplaced", harness.namespace, "pvc://adapters/team-a/unplaced/v1/", "sha256:" + "ab" * 32
+        "unplaced", harness.namespace, "pvc://adapters/team-a/unplaced/v1/", "sha256:" + "ab" * 32, keys_in=None
     )
-    del on_volume["spec"]["artifact"]["credentialsSecretRef"]
     harness.create(on_volume)
     elsewhere = {**on_volume, "metadata": {"name": "elsewhere"}}
     elsewhere["spec"] = {**on_volume["spec"], "artifact": {"uri": "pvc://no-such-claim/x/v1/"}}

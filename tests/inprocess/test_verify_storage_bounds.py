@@ -7,34 +7,16 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from finetune_core.api import MANIFEST_FILE_NAME, manifest_of_directory
+from adapter_artifacts import model_adapter, upload, write_artifact, write_manifest
 from finetune_operator.kube import MODELADAPTERS
 from operator_harness import condition
-from storage_servers import Listener, Relay, write_artifact
+from storage_servers import Listener, Relay
 
 pytestmark = pytest.mark.s3
 
 
-def upload(minio, directory, bucket: str, prefix: str) -> str:
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        minio.client().upload_file(str(path), bucket, f"{prefix}/{path.relative_to(directory).as_posix()}")
-    return f"s3://{bucket}/{prefix}/"
-
-
 def secret(harness, name: str, values: dict[str, str]) -> None:
     harness.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name}, "stringData": values})
-
-
-def model_adapter(name: str, uri: str, keys_in: str | None = "s3-creds") -> dict:
-    artifact: dict = {"uri": uri}
-    if keys_in:
-        artifact["credentialsSecretRef"] = {"name": keys_in}
-    return {
-        "apiVersion": "finetune.dev/v1alpha1",
-        "kind": "ModelAdapter",
-        "metadata": {"name": name},
-        "spec": {"baseModel": {"uri": "hf://example/tiny-llama"}, "format": "peft-lora", "artifact": artifact},
-    }
 
 
 def ready(harness, name: str) -> dict:
@@ -45,14 +27,14 @@ def test_a_slow_store_cannot_hold_a_verification_past_its_deadline(harness, mini
     directory = tmp_path / "artifact"
     write_artifact(directory)
     (directory / "adapter_model.safetensors").write_bytes(b"\0" * (1 << 20))  # 1024 drips: minutes
-    (directory / MANIFEST_FILE_NAME).write_text(manifest_of_directory(directory).model_dump_json(by_alias=True))
+    write_manifest(directory)
     bucket = minio.create_bucket(f"slow-{uuid.uuid4().hex[:10]}")
     uri = upload(minio, directory, bucket, "team-a/v1")
     slow = Relay(minio.port, drip=0.1)
     try:
         secret(harness, "s3-creds", {**minio.credentials, "AWS_ENDPOINT_URL": slow.endpoint})
         harness.configure(s3_endpoint=slow.endpoint, verification_timeout_seconds=5)
-        harness.create(model_adapter("slow", uri))
+        harness.create(model_adapter("slow", harness.namespace, uri))
 
         assert harness.reconcile_adapter("slow").phase == "Failed"
     finally:
@@ -67,7 +49,7 @@ def test_an_endpoint_outside_the_allowlist_gets_no_request(harness, minio):
     listener = Listener()
     try:
         secret(harness, "elsewhere", {**minio.credentials, "AWS_ENDPOINT_URL": listener.endpoint})
-        harness.create(model_adapter("elsewhere", "s3://adapters/team-a/v1/", keys_in="elsewhere"))
+        harness.create(model_adapter("elsewhere", harness.namespace, "s3://adapters/team-a/v1/", keys_in="elsewhere"))
 
         harness.reconcile_adapter("elsewhere")
 
@@ -91,9 +73,9 @@ def test_the_operators_own_keys_never_stand_in_for_a_secrets(harness, minio, tmp
     monkeypatch.setenv("AWS_REGION", "us-east-1")
     secret(harness, "no-keys", {"AWS_ENDPOINT_URL": minio.endpoint, "AWS_REGION": "us-east-1"})
     secret(harness, "s3-creds", dict(minio.credentials))
-    harness.create(model_adapter("no-keys", uri, keys_in="no-keys"))
-    harness.create(model_adapter("no-secret", uri, keys_in=None))
-    harness.create(model_adapter("with-keys", uri))  # the same artifact, with a Secret's keys: fine
+    harness.create(model_adapter("no-keys", harness.namespace, uri, keys_in="no-keys"))
+    harness.create(model_adapter("no-secret", harness.namespace, uri, keys_in=None))
+    harness.create(model_adapter("with-keys", harness.namespace, uri))  # the same artifact, with a Secret's keys: fine
 
     assert harness.reconcile_adapter("with-keys").phase == "Ready"
     for name in ("no-keys", "no-secret"):
@@ -103,7 +85,7 @@ def test_the_operators_own_keys_never_stand_in_for_a_secrets(harness, minio, tmp
 
 def test_a_file_artifact_is_refused_unless_the_operator_runs_in_local_mode(harness, tmp_path):
     digest = write_artifact(tmp_path / "artifact")
-    harness.create(model_adapter("local", f"file://{tmp_path / 'artifact'}/", keys_in=None))
+    harness.create(model_adapter("local", harness.namespace, f"file://{tmp_path / 'artifact'}/", keys_in=None))
 
     assert harness.reconcile_adapter("local").phase == "Failed"
     failed = ready(harness, "local")

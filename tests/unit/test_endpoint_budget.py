@@ -60,6 +60,35 @@ async def started(app) -> TestClient:
 PROGRESS = "/v1/namespaces/{namespace}/finetunejobs/{name}/progress"
 
 
+def answers(
+    service: ProgressService,
+    token: str,
+    namespace: str = "tenant-a",
+    name: str = "job",
+    data: bytes = b'{"step": 1}',
+    times: int = 1,
+) -> list[tuple[int, str | None]]:
+    """What the progress endpoint answers ``times`` reports of ``data`` sent with ``token``: (status, error)."""
+
+    async def scenario():
+        test_client = await started(build_app(service))
+        try:
+            found = []
+            for _ in range(times):
+                response = await test_client.post(
+                    PROGRESS.format(namespace=namespace, name=name),
+                    data=data,
+                    headers={"Authorization": f"Bearer {token}"},
+                )
+                body = await response.json() if response.content_type == "application/json" else {}
+                found.append((response.status, body.get("error")))
+            return found
+        finally:
+            await test_client.close()
+
+    return asyncio.run(asyncio.wait_for(scenario(), GUARD_SECONDS))
+
+
 @pytest.mark.parametrize(
     "namespace, name",
     [
@@ -77,19 +106,9 @@ PROGRESS = "/v1/namespaces/{namespace}/finetunejobs/{name}/progress"
 def test_a_name_that_is_not_a_dns_label_is_not_found_before_any_token_review(namespace, name):
     service = progress_service()
 
-    async def scenario():
-        test_client = await started(build_app(service))
-        try:
-            response = await test_client.post(
-                PROGRESS.format(namespace=namespace, name=name),
-                data=b'{"step": 1}',
-                headers={"Authorization": "Bearer some-token"},
-            )
-            assert response.status == 404
-        finally:
-            await test_client.close()
+    ((status, _),) = answers(service, "some-token", namespace, name)
 
-    run(scenario)
+    assert status == 404
     assert token_reviews(service.metrics) == 0
 
 
@@ -142,19 +161,9 @@ def test_a_client_over_its_budget_is_refused_before_its_token_is_looked_at():
 def test_a_report_announced_too_large_is_refused_before_any_token_review():
     service = progress_service()
 
-    async def scenario():
-        test_client = await started(build_app(service))
-        try:
-            response = await test_client.post(
-                PROGRESS.format(namespace="tenant-a", name="job"),
-                data=b" " * (MAX_BODY + 1),
-                headers={"Authorization": "Bearer some-token"},
-            )
-            assert response.status == 413
-        finally:
-            await test_client.close()
+    ((status, _),) = answers(service, "some-token", data=b" " * (MAX_BODY + 1))
 
-    run(scenario)
+    assert status == 413
     assert token_reviews(service.metrics) == 0
 
 
@@ -220,20 +229,7 @@ def test_the_development_setting_serves_metrics_to_anyone_who_reaches_the_port()
 def test_an_api_server_out_of_reach_is_a_503_to_retry_not_a_500():
     service = progress_service()
 
-    async def scenario():
-        test_client = await started(build_app(service))
-        try:
-            response = await test_client.post(
-                PROGRESS.format(namespace="tenant-a", name="job"),
-                data=b'{"step": 1}',
-                headers={"Authorization": "Bearer some-token"},
-            )
-            assert response.status == 503
-            assert (await response.json())["error"] == "api_unavailable"
-        finally:
-            await test_client.close()
-
-    run(scenario)
+    assert answers(service, "some-token") == [(503, "api_unavailable")]
     assert token_reviews(service.metrics) == 1  # tried, and counted as an error
 
 
@@ -253,21 +249,7 @@ def test_a_report_while_the_caches_fill_is_a_503_to_retry_and_its_retry_costs_no
     service = progress_service(caches_filled=False)
     reviewed_as_a_pod(service, "good-token", "tenant-a")
 
-    async def scenario():
-        test_client = await started(build_app(service))
-        try:
-            for _ in range(3):
-                response = await test_client.post(
-                    PROGRESS.format(namespace="tenant-a", name="job"),
-                    data=b'{"step": 1}',
-                    headers={"Authorization": "Bearer good-token"},
-                )
-                assert response.status == 503
-                assert (await response.json())["error"] == "starting"
-        finally:
-            await test_client.close()
-
-    run(scenario)
+    assert answers(service, "good-token", times=3) == [(503, "starting")] * 3
     assert token_reviews(service.metrics) == 0  # answered from the review cache: the API server is nowhere
 
 
@@ -277,17 +259,4 @@ def test_a_bad_token_while_the_caches_fill_is_401_not_a_hint_about_the_operator(
     service = progress_service(caches_filled=False)
     service._reviews.put("bad-token", {"authenticated": False}, 60)
 
-    async def scenario():
-        test_client = await started(build_app(service))
-        try:
-            response = await test_client.post(
-                PROGRESS.format(namespace="tenant-a", name="job"),
-                data=b'{"step": 1}',
-                headers={"Authorization": "Bearer bad-token"},
-            )
-            assert response.status == 401
-            assert (await response.json())["error"] == "invalid_token"
-        finally:
-            await test_client.close()
-
-    run(scenario)
+    assert answers(service, "bad-token") == [(401, "invalid_token")]
