@@ -7,6 +7,7 @@ segments of letters, digits, '-' and '.', so no query, percent escape or dot seg
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import threading
@@ -97,7 +98,10 @@ class RestClient:
     def close(self) -> None:
         with self._lock:
             for response in list(self._streams):
-                response.shutdown()  # a watch blocked in a read ends now
+                # A watch blocked in a read ends now. One the server ended while its reader was elsewhere has
+                # its socket closed or back in the pool already: ended, which is all close() is for.
+                with contextlib.suppress(OSError, RuntimeError, ValueError):
+                    response.shutdown()
         self._pool.clear()
 
     def request(

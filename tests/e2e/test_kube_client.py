@@ -4,6 +4,7 @@ metadata-only lists, optimistic replace, 404s, and every kind of credential a ku
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import json
 import time
@@ -116,6 +117,37 @@ def test_a_quiet_watch_lasts_until_the_server_ends_it(cluster, namespace):
     seconds = int(CONNECT_SECONDS) + 5
     events = list(kube.rest.watch(CONFIGMAPS.path(namespace), [("fieldSelector", "metadata.name=none")], seconds))
     assert all(event["type"] == "BOOKMARK" for event in events), events
+
+
+def end_under_its_reader(response) -> None:
+    """What urllib3 does when the server ends a response while its reader is elsewhere: the body is closed,
+    then the socket (its fd really closes only once the body's reference is gone)."""
+    connection = response.connection
+    response._fp.close()
+    connection.sock.close()
+
+
+@pytest.mark.parametrize(
+    "end", [end_under_its_reader, lambda response: response.release_conn()], ids=["socket-closed", "released"]
+)
+def test_closing_the_client_ends_its_watches_even_one_whose_connection_is_already_gone(cluster, namespace, end):
+    """close() ends every open watch; a watch whose connection was closed meanwhile (the server ended it while
+    its reader was elsewhere) is already ended, not an error (it once made the node agent exit 1 on SIGTERM)."""
+    kube, _ = counting_kube(cluster.kubeconfig)
+    kube.rest.request("POST", CONFIGMAPS.path(namespace), config_map(namespace, "watched"))
+    query = [("fieldSelector", "metadata.name=watched")]
+    ended = kube.rest.watch(CONFIGMAPS.path(namespace), query, 60)
+    assert next(ended)["type"] == "ADDED"
+    [response] = kube.rest._streams
+    blocked = kube.rest.watch(CONFIGMAPS.path(namespace), query, 60)
+    assert next(blocked)["type"] == "ADDED"
+    end(response)
+
+    kube.rest.close()  # raised from the ended stream (EBADF, or released to the pool)
+
+    with contextlib.suppress(KubeError):
+        list(blocked)  # ends now, not after its 60 s
+    ended.close()
 
 
 def test_replace_writes_over_the_version_it_read_and_a_stale_version_is_a_conflict(cluster, namespace):
