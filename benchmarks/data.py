@@ -45,6 +45,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=Path("/tmp/bench-data"), help="corpora, model and runs")  # noqa: S108 scratch for generated corpora
     parser.add_argument("--out", type=Path, default=Path("bench-results/data.json"))
     parser.add_argument("--skip-write-speed", action="store_true")
+    parser.add_argument(
+        "--memory-up-to-mb",
+        type=int,
+        default=500,
+        help="run the in-memory baseline only for corpora up to this size (it holds ~5 bytes per byte of text)",
+    )
     args = parser.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)
@@ -54,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [int(size) for size in args.sizes.split(",") if size]
     for size in sizes:
         corpus = _text_corpus(args.work / f"text-{size}mb.jsonl", size * 1_000_000, language)
-        entry = {"corpus_mb": size, **_three_runs(args.work, model, corpus, "pretrain", f"text{size}")}
+        in_memory = size <= args.memory_up_to_mb
+        entry = {"corpus_mb": size, **_three_runs(args.work, model, corpus, "pretrain", f"text{size}", in_memory)}
         results["text"].append(entry)
         _save(args.out, results)
         _print(entry)
@@ -71,11 +78,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _three_runs(work: Path, model: Path, corpus: Path, objective: str, name: str) -> dict[str, Any]:
+def _three_runs(
+    work: Path, model: Path, corpus: Path, objective: str, name: str, in_memory: bool = True
+) -> dict[str, Any]:
     cache = work / f"cache-{name}"
     shutil.rmtree(cache, ignore_errors=True)
-    runs = {}
+    runs: dict[str, Any] = {} if in_memory else {"memory": "skipped (--memory-up-to-mb)"}
     for label, store in (("memory", "off"), ("store_built", "on"), ("store_present", "on")):
+        if label in runs:
+            continue
         runs[label] = _run_trainer(work / "runs" / f"{name}-{label}", model, corpus, objective, cache, store)
     runs["store_bytes"] = sum(path.stat().st_size for path in cache.rglob("*") if path.is_file())
     shutil.rmtree(cache, ignore_errors=True)

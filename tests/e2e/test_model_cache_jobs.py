@@ -64,7 +64,7 @@ def _sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_jobs_of_one_model_download_it_once_and_a_corrupted_entry_is_refilled(
+def test_jobs_of_one_model_download_it_once_their_data_is_tokenized_once_and_a_corrupted_entry_is_refilled(
     cluster,
     namespace,
     local_node,
@@ -91,6 +91,9 @@ def test_jobs_of_one_model_download_it_once_and_a_corrupted_entry_is_refilled(
     assert mount["readOnly"] is True
     training_log = local_node.log_path(namespace, pod["metadata"]["name"], "trainer").read_text()
     assert '"model_from_shared_cache"' in training_log
+    # Its data too: the preflight tokenized it into the cache, and training tokenized nothing.
+    assert '"token_store_from_shared_cache"' in training_log and '"token_store_built"' not in training_log
+    assert list(cache_directory.glob("entries/*/files/store/ids.bin"))
 
     # The second job of the same model (a dry run: its preflight is what fills or reads the cache) downloads nothing.
     _submit(cluster, namespace, stores, "second", suspend=True)

@@ -35,6 +35,7 @@ MAX_BYTES_ENV = "FINETUNE_SHARED_CACHE_MAX_BYTES"
 READONLY_ENV = "FINETUNE_SHARED_CACHE_READONLY"
 
 _cache: SharedCache | None = None
+_store_cache: SharedCache | None = None
 
 
 def shared_cache() -> SharedCache | None:
@@ -47,6 +48,23 @@ def shared_cache() -> SharedCache | None:
         limit = os.environ.get(MAX_BYTES_ENV)
         _cache = SharedCache(Path(root), max_bytes=int(limit) if limit else None)
     return _cache
+
+
+def shared_store_cache() -> SharedCache | None:
+    """The mounted cache as the token stores use it: the same entries, locks and eviction as the models, its
+    own counters (status.plan.cache and the operator's model-cache metrics count models only)."""
+    global _store_cache
+    models = shared_cache()
+    if models is None:
+        return None
+    if _store_cache is None or _store_cache.root != models.root:
+        _store_cache = SharedCache(models.root, max_bytes=models.max_bytes)
+    return _store_cache
+
+
+def shared_cache_read_only() -> bool:
+    """A training pod's mount: it reads entries, and fills and evicts none (the preflight does)."""
+    return _read_only()
 
 
 def cache_stats() -> CacheStats | None:

@@ -254,6 +254,11 @@ def fetch_model(uri: str, revision: str | None = None) -> FetchedModel:
     return FetchedModel(path=dest, revision=None)
 
 
+def single_object_etag(local: Path) -> Path:
+    """Where the ETag of an object downloaded alone to ``local`` is kept: beside it, never inside a prefix's tree."""
+    return local.with_name(f".{local.name}.etag")
+
+
 def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Purpose, uri: str) -> tuple[Path, int]:
     """Mirror the prefix (or the single object) of ``parsed`` under ``cache/<bucket>/<key>``; returns it and its files.
 
@@ -265,11 +270,18 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
         client = s3_client(credentials)
         count = s3_download(client, parsed.authority, parsed.path, local)
         if count == 0 and parsed.path:
-            # The URI may name one object rather than a prefix.
-            local.parent.mkdir(parents=True, exist_ok=True)
-            partial = local.with_name(f".{local.name}.partial")
-            client.download_file(parsed.authority, parsed.path, str(partial))
-            partial.replace(local)
+            # The URI may name one object rather than a prefix. Kept, like a prefix's files, while its size
+            # and ETag are the object's: a retried pod does not download it again, and its token store's key
+            # (the ETag, not the download's time) is the one the preflight's pod computed.
+            head = client.head_object(Bucket=parsed.authority, Key=parsed.path)
+            etag, etag_value = single_object_etag(local), str(head.get("ETag", ""))
+            current = etag.is_file() and etag.read_text() == etag_value
+            if not (current and local.is_file() and local.stat().st_size == head.get("ContentLength")):
+                local.parent.mkdir(parents=True, exist_ok=True)
+                partial = local.with_name(f".{local.name}.partial")
+                client.download_file(parsed.authority, parsed.path, str(partial))
+                partial.replace(local)
+                etag.write_text(etag_value)
             count = 1
     except Exception as error:
         raise _s3_user_error(error, uri, purpose) from error

@@ -1,13 +1,18 @@
 """Where token stores live, what they are keyed by, and building one only when it is missing or broken.
 
-Stores go under ``<cache>/token-stores/<sha256 of the key>``: the trainer's cache directory, which
-the operator makes the pod's own emptyDir, so the ranks of a pod share a store and a store is never
-read by another tenant's job. Trainer pods are not restarted in place (restartPolicy Never): a retry
-or a resume is a new pod that builds its stores again, unless the cache is a volume that outlives the
-pod (none the operator mounts today). The key is every
-input that changes the tokens: the source's URI and its files (relative path, size, modification
-time), the declared format, the objective's kind of row, the tokenizer (its serialised vocabulary
-and merges, special tokens), the chat template, maxSeqLength and overlongRows.
+With the namespace's shared cache mounted (cached_models.py) a store is an entry of that cache, keyed by
+the sha256 of its key: the CPU preflight builds it there once (or finds it, every file's sha256 checked), and
+the training pods, which mount the cache read-only, open it from there and tokenize nothing; so do their
+retries and resumes, and every later job of the namespace with the same data and tokenizer. The cache's
+lock, whole-entry rename and LRU eviction are the models'. A training pod that finds no sound entry builds
+the store itself, as without a cache. Without a shared cache stores go under
+``<cache>/token-stores/<sha256 of the key>``: the trainer's cache directory, which the operator makes the
+pod's own emptyDir, so the ranks of a pod share a store and a retry or resume, a new pod, builds it again.
+
+The key is every input that changes the tokens: the source's URI and its files (relative path, size, and
+the S3 object's ETag beside a download, otherwise the modification time, which differs between two pods'
+downloads of one object), the declared format, the objective's kind of row, the tokenizer (its serialised
+vocabulary and merges, special tokens), the chat template, maxSeqLength and overlongRows.
 
 Ranks: run.py loads the data with the node's local main process first, so it builds the store
 while the others wait, and they find it built. A store is renamed into place whole, so a reader
@@ -27,12 +32,15 @@ from typing import Any
 
 from .. import log
 from ..errors import ConfigError
+from ..model_cache import CacheKey
 from .readers import source_files
 from .store import STORE_VERSION, StoreCorrupt, TokenStore
 from .store_build import build_store, worker_count
 from .tokenize import ExampleBuilder
 
 STORES_DIR = "token-stores"
+SHARED_STORE_DIR = "store"  # inside a shared cache entry's files/
+MAX_ETAG_BYTES = 1024
 
 
 def token_store_root() -> Path | None:
@@ -82,6 +90,9 @@ def tokenizer_fingerprint(tokenizer: Any) -> dict[str, Any]:
 def open_or_build(root: Path, key: dict[str, Any], *, workers: int | None = None, **build: Any) -> TokenStore:
     """The store for ``key`` under ``root``: opened when it is there and sound, else (re)built first."""
     digest = _sha256(json.dumps(key, sort_keys=True))
+    shared = _through_shared_cache(key, digest, workers, build)
+    if shared is not None:
+        return shared
     directory = Path(root) / STORES_DIR / digest
     if directory.exists():
         try:
@@ -103,13 +114,65 @@ def open_or_build(root: Path, key: dict[str, Any], *, workers: int | None = None
     return TokenStore(directory, expected_key=key)
 
 
+def _through_shared_cache(
+    key: dict[str, Any], digest: str, workers: int | None, build: dict[str, Any]
+) -> TokenStore | None:
+    """The store as an entry of the namespace's shared cache; None without one, or when a read-only pod finds
+    no sound entry (it then builds its own)."""
+    from ..cached_models import shared_cache_read_only, shared_store_cache  # imports storage, as above
+
+    cache = shared_store_cache()
+    if cache is None:
+        return None
+    cache_key = CacheKey(f"token-store:{key['uri']}", digest)
+    if shared_cache_read_only():
+        found = cache.readable(cache_key)
+        if found is None:
+            return None
+        try:
+            store = TokenStore(found / SHARED_STORE_DIR, expected_key=key)
+        except (StoreCorrupt, OSError) as error:
+            log.warning("token_store_unusable", uri=key["uri"], reason=str(error)[:300])
+            return None
+        log.info("token_store_from_shared_cache", uri=key["uri"], read_only=True)
+        return store
+
+    def fill(directory: Path) -> None:
+        build_store(directory / SHARED_STORE_DIR, key=key, workers=workers or worker_count(), **build)
+
+    found = cache.get(cache_key, fill)
+    log.info("token_store_from_shared_cache", uri=key["uri"], read_only=False)
+    return TokenStore(found / SHARED_STORE_DIR, expected_key=key)
+
+
 def _fingerprint(path: Path) -> list[list[Any]]:
-    files = source_files(path) if path.is_dir() else [(path, path.name)]
+    """(relative path, size, version) of each file: the version is the ETag an S3 download left beside it, so
+    that two pods' downloads of one object agree, else the modification time."""
+    from ..storage import single_object_etag  # storage imports data.readers, as above
+
+    if path.is_dir():
+        files = source_files(path)
+        etags = path.with_name(f".{path.name}.etags")
+        etag_files = [etags / f"{relative}.etag" for _, relative in files]
+    else:
+        files = [(path, path.name)]
+        etag_files = [single_object_etag(path)]
     facts = []
-    for file, relative in files:
+    for (file, relative), etag_file in zip(files, etag_files, strict=True):
         stat = file.stat()
-        facts.append([relative, stat.st_size, stat.st_mtime_ns])
+        etag = _small_text(etag_file)
+        facts.append([relative, stat.st_size, f"etag:{etag}" if etag else stat.st_mtime_ns])
     return facts
+
+
+def _small_text(path: Path) -> str | None:
+    """A sidecar's text (an ETag is tens of bytes); None when absent, unreadable or not a plain small file."""
+    try:
+        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_ETAG_BYTES:
+            return None
+        return path.read_text(errors="replace").strip() or None
+    except OSError:
+        return None
 
 
 def _chat_template(builder: ExampleBuilder) -> str:

@@ -1,0 +1,143 @@
+"""Token stores through the namespace's shared cache, against a real MinIO: the preflight tokenizes once, the
+training pods (read-only, with their own downloads of the same objects) tokenize nothing, a corrupted store
+is never trained on, and an object downloaded alone is not downloaded again while its ETag holds."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from finetune_trainer.model_cache import MANIFEST
+from finetune_trainer.preflight import TrainingTopology, preflight
+from finetune_trainer.run import run
+from finetune_trainer.storage import credentials_for, resolve_data, s3_client
+from test_s3 import bucket, minio, s3_secret  # noqa: F401 - fixtures
+from trainer_data import general_rows, sft_rows, step_losses, write_jsonl
+
+pytestmark = [pytest.mark.trainer, pytest.mark.s3]
+
+CPU = TrainingTopology(processes=1, on_gpu=False)
+TRAINING = {"maxSteps": 6, "checkpointEverySteps": 3}
+
+
+@pytest.fixture
+def s3_job(make_job, bucket, trainer_env):  # noqa: F811 - the fixture imported above
+    """A job whose training data is one S3 object and whose general data is an S3 prefix."""
+    client = s3_client(credentials_for("data"))
+    client.upload_file(str(write_jsonl(trainer_env / "up" / "train.jsonl", sft_rows(60))), bucket, "task/train.jsonl")
+    general = write_jsonl(trainer_env / "up" / "general.jsonl", general_rows(12))
+    client.upload_file(str(general), bucket, "general/part-0.jsonl")
+    data = {"train": [{"uri": f"s3://{bucket}/task/train.jsonl"}], "general": {"uri": f"s3://{bucket}/general"}}
+    return lambda name: make_job(name=name, data=data, training=TRAINING)
+
+
+def as_preflight(monkeypatch, shared: Path) -> None:
+    monkeypatch.setenv("FINETUNE_SHARED_CACHE_DIR", str(shared))
+    monkeypatch.delenv("FINETUNE_SHARED_CACHE_READONLY", raising=False)
+
+
+def as_training_pod(monkeypatch, shared: Path | None, own_cache: Path) -> None:
+    """Another pod: its own cache directory (so its own downloads, with their own modification times)."""
+    monkeypatch.setenv("FINETUNE_CACHE_DIR", str(own_cache))
+    if shared is None:
+        monkeypatch.delenv("FINETUNE_SHARED_CACHE_DIR", raising=False)
+    else:
+        monkeypatch.setenv("FINETUNE_SHARED_CACHE_DIR", str(shared))
+        monkeypatch.setenv("FINETUNE_SHARED_CACHE_READONLY", "1")
+
+
+def store_entries(shared: Path) -> dict[str, Path]:
+    """uri -> the store directory of every token-store entry in the shared cache."""
+    found = {}
+    for manifest in sorted((shared / "entries").glob(f"*/{MANIFEST}")):
+        uri = json.loads(manifest.read_text())["uri"]
+        if uri.startswith("token-store:"):
+            found[uri.removeprefix("token-store:")] = manifest.parent / "files" / "store"
+    return found
+
+
+class Recorder(logging.Handler):
+    """The trainer's log events (its logger does not propagate, and writes to the stderr it was set up with)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def take(self, name: str) -> list[dict]:
+        return [getattr(record, "fields", {}) for record in self.records if record.getMessage() == name]
+
+
+@pytest.fixture
+def trainer_log():
+    recorder, logger = Recorder(), logging.getLogger("finetune_trainer")
+    logger.addHandler(recorder)
+    previous = logger.level
+    logger.setLevel(logging.INFO)
+    yield recorder
+    logger.removeHandler(recorder)
+    logger.setLevel(previous)
+
+
+def test_the_preflight_tokenizes_into_the_shared_cache_and_training_pods_tokenize_nothing(
+    s3_job, trainer_env, monkeypatch, trainer_log
+):
+    shared = trainer_env / "shared"
+    config = s3_job("shared")
+    as_preflight(monkeypatch, shared)
+    preflight(config, CPU)
+    assert [fields["read_only"] for fields in trainer_log.take("token_store_from_shared_cache")] == [False, False]
+    assert trainer_log.take("token_store_built") == []  # built as cache fills, not into the pod's own cache
+    data = json.loads(config.read_text())["data"]
+    assert sorted(store_entries(shared)) == sorted([data["train"][0]["uri"], data["general"]["uri"]])
+
+    as_training_pod(monkeypatch, shared, trainer_env / "pod-cache")
+    trainer_log.records.clear()
+    run(config)
+    taken = trainer_log.take("token_store_from_shared_cache")
+    assert [record["read_only"] for record in taken] == [True, True]
+    assert not (trainer_env / "pod-cache" / "token-stores").exists()  # downloaded, never tokenized
+
+    as_training_pod(monkeypatch, None, trainer_env / "lone-cache")  # no shared cache: tokenized by the pod
+    alone = s3_job("alone")
+    run(alone)
+    assert (trainer_env / "lone-cache" / "token-stores").is_dir()
+    assert step_losses(config) == step_losses(alone)
+
+
+def test_a_corrupted_shared_store_is_never_trained_on_and_the_next_preflight_refills_it(
+    s3_job, trainer_env, monkeypatch, trainer_log
+):
+    shared = trainer_env / "shared"
+    config = s3_job("corrupt")
+    as_preflight(monkeypatch, shared)
+    preflight(config, CPU)
+    stores = store_entries(shared)
+    ids = next(iter(stores.values())) / "ids.bin"
+    original = ids.read_bytes()
+    ids.write_bytes(b"\0" * len(original))  # same size: only the checksums tell
+
+    as_training_pod(monkeypatch, shared, trainer_env / "pod-cache")
+    trainer_log.records.clear()
+    run(config)
+    assert len(trainer_log.take("token_store_built")) == 1  # the pod tokenized that source itself
+    assert (trainer_env / "pod-cache" / "token-stores").is_dir()
+
+    as_preflight(monkeypatch, shared)
+    preflight(config, CPU)
+    assert ids.read_bytes() == original
+
+
+def test_an_object_downloaded_alone_is_kept_while_its_etag_holds(bucket, trainer_env):  # noqa: F811
+    client = s3_client(credentials_for("data"))
+    client.put_object(Bucket=bucket, Key="one/rows.jsonl", Body=b'{"text": "a"}\n')
+    first = resolve_data(f"s3://{bucket}/one/rows.jsonl")
+    downloaded_at = first.stat().st_mtime_ns
+    assert resolve_data(f"s3://{bucket}/one/rows.jsonl").stat().st_mtime_ns == downloaded_at
+
+    client.put_object(Bucket=bucket, Key="one/rows.jsonl", Body=b'{"text": "b"}\n')  # same size, new ETag
+    assert resolve_data(f"s3://{bucket}/one/rows.jsonl").read_bytes() == b'{"text": "b"}\n'
