@@ -17,14 +17,14 @@ from finetune_core.api import FineTuneJob, FineTuneJobStatus
 
 from .context import Context
 from .kube import CONFIGMAPS, JOBS, PODS, PVCS, KubeError
-from .naming import MANAGED_BY, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels
+from .naming import MANAGED_BY, SHARED_CACHE_ANNOTATION, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels
 from .planner import estimate, plausible, recorded, training_processes
 from .render.owner import controlled_by
 from .render.preflight import render_preflight_job
 from .render.shared_cache import CACHE_CLAIM, is_ours, render_cache_claim
 from .status.conditions import is_true
 from .status.observe import final_summary, pods_of
-from .status.plan import Preflight, apply_outcome, preflight_outcome
+from .status.plan import Preflight, apply_outcome, plan_used_cache, preflight_outcome
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,37 @@ def cache_claim_is_ours(context: Context, namespace: str) -> bool:
                 "%s/%s was refused (%s): jobs there run without the shared cache", namespace, CACHE_CLAIM, error
             )
             return False
+    return _usable(claim, namespace, "this preflight")
+
+
+def training_reads_cache(
+    context: Context, job: FineTuneJob, outcome: Preflight | None, training_job: dict[str, Any] | None, create: bool
+) -> bool:
+    """Whether the training pods mount the namespace's cache: when their plan was made with it and the claim is
+    still there for them. An existing Job keeps what it was made with (its pods and their retries read alike);
+    a new one asks the API server once, as it is created: a claim deleted since the plan would leave its pods
+    Pending for a volume that never comes, so they then train without the cache (downloading and tokenizing
+    themselves)."""
+    if not plan_used_cache(job, outcome):
+        return False
+    if training_job is not None:
+        return (training_job["metadata"].get("annotations") or {}).get(SHARED_CACHE_ANNOTATION) == "true"
+    if not create:
+        return True  # nothing is created: what would be rendered is never sent
+    namespace = job.metadata.namespace
+    return _usable(context.kube.get(PVCS, namespace, CACHE_CLAIM), namespace, "its training")
+
+
+def _usable(claim: dict[str, Any] | None, namespace: str, who: str) -> bool:
+    if claim is None:
+        log.warning("%s/%s is gone: %s runs without the shared cache", namespace, CACHE_CLAIM, who)
+        return False
     if not is_ours(claim):
         log.warning("%s/%s is not the operator's: jobs there run without the shared cache", namespace, CACHE_CLAIM)
         return False
     if claim["metadata"].get("deletionTimestamp"):
         # Deleted to free its space, held by the pods that still mount it: a new pod would wait for it in vain.
-        log.info("%s/%s is being deleted: this preflight runs without the shared cache", namespace, CACHE_CLAIM)
+        log.info("%s/%s is being deleted: %s runs without the shared cache", namespace, CACHE_CLAIM, who)
         return False
     return True
 

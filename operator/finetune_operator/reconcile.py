@@ -68,7 +68,7 @@ from .render.session_policy import ForeignPrefix, job_policy, policy_text, uses_
 from .render.storage_secret import mint_due_in, render_storage_secret
 from .status.conditions import get_condition, is_true, net_changes, set_condition
 from .status.observe import Blocker, Observation, compute_status, is_finished, is_settled, references_settled
-from .status.plan import pinned_revision, plan_used_cache
+from .status.plan import pinned_revision
 from .storage import StorageUnreachable
 from .sts import mint
 
@@ -154,8 +154,9 @@ def reconcile(context: Context, namespace: str, name: str) -> Outcome:
         elif not blockers and config is not None:
             try:
                 allowed = planning.allows_training(job, preflight)
+                shared_cache = planning.training_reads_cache(context, job, preflight, training_job, allowed)
                 training_job, spec_pending = _converge_children(
-                    context, job, config, training_job, allowed, plan_used_cache(job, preflight)
+                    context, job, config, training_job, allowed, shared_cache
                 )
                 planning.converge(context, job, preflight)
             except KubeError as error:

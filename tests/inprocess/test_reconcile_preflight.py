@@ -139,16 +139,22 @@ def test_a_spec_change_after_the_plan_deletes_the_preflight_job_once_and_plans_a
     assert harness.get(JOBS, preflight)["metadata"]["uid"] == second and harness.get(JOBS, "edited") is None
 
 
-def test_the_cache_claim_is_read_once_per_preflight_and_each_plan_is_counted_once(harness):
+def claim_requests(harness) -> list[tuple]:
+    return [request for request in harness.sent() if request[1] == "persistentvolumeclaims"]
+
+
+def test_the_cache_claim_is_read_once_per_preflight_and_once_for_training_and_each_plan_is_counted_once(harness):
     preflight = preflight_job(harness, "cached", cache=True)
-    claims = [request for request in harness.sent() if request[1] == "persistentvolumeclaims"]
+    claims = claim_requests(harness)
     assert claims == [("get", "persistentvolumeclaims", "404"), ("create", "persistentvolumeclaims", "201")]
     record = job_metrics_recorder(harness.metrics)
     planned(harness, preflight, cache={"misses": 1, "bytes": 4096})
 
-    for _ in range(3):
+    record(harness.namespace, "cached", harness.reconcile("cached"))
+    assert claim_requests(harness) == [("get", "persistentvolumeclaims", "200")], "as the training Job is created"
+    for _ in range(2):
         record(harness.namespace, "cached", harness.reconcile("cached"))
-        assert [r for r in harness.sent() if r[1] == "persistentvolumeclaims"] == []
+        assert claim_requests(harness) == []
 
     text = harness.metrics.exposition().decode()
     assert f'finetune_operator_model_cache_bytes_total{{namespace="{harness.namespace}"}} 4096.0' in text
@@ -192,3 +198,18 @@ def test_a_cache_claim_being_deleted_is_not_mounted_and_the_next_preflight_makes
     harness.reconcile("freeing")
     assert ("create", "persistentvolumeclaims", "201") in harness.sent(), "the next preflight makes a new claim"
     assert harness.get(JOBS, preflight)["metadata"]["annotations"][SHARED_CACHE_ANNOTATION] == "true"
+
+
+def test_a_claim_deleted_after_the_plan_is_not_mounted_by_training_which_runs_without_the_cache(harness):
+    """Deleting the claim is how a tenant frees its space (security.md); its plan's pods must not wait for it."""
+    preflight = preflight_job(harness, "orphaned", cache=True)
+    planned(harness, preflight, cache={"misses": 1, "bytes": 4096})
+    harness.admin.delete(PVCS, harness.namespace, CACHE_CLAIM)
+
+    harness.reconcile("orphaned")
+
+    volumes = harness.get(JOBS, "orphaned")["spec"]["template"]["spec"]["volumes"]
+    assert "finetune-model-cache" not in [(v.get("persistentVolumeClaim") or {}).get("claimName") for v in volumes]
+    assert harness.get(PVCS, CACHE_CLAIM) is None, "training makes no claim: the next preflight does"
+    harness.reconcile("orphaned")
+    assert claim_requests(harness) == [], "the Job, once made, says whether its pods read the cache"

@@ -20,6 +20,7 @@ from finetune_core.api.quantity import parse_quantity
 from ..naming import (
     CONFIG_HASH_ANNOTATION,
     KUEUE_LABELS,
+    SHARED_CACHE_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     TRAINER_CONTAINER,
     child_labels,
@@ -326,7 +327,10 @@ def render_job(job: FineTuneJob, settings: Settings, config_hash: str, shared_ca
             "name": training_job_name(name),
             "namespace": job.metadata.namespace,
             "labels": labels,
-            "annotations": {CONFIG_HASH_ANNOTATION: config_hash},
+            "annotations": {
+                CONFIG_HASH_ANNOTATION: config_hash,
+                **({SHARED_CACHE_ANNOTATION: "true"} if shared_cache else {}),
+            },
             "ownerReferences": [owner_reference(job)],
         },
         "spec": spec,
