@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def run(args: argparse.Namespace, settings: Settings) -> int:
-    """Serve health at once; wait to be elected; only then start what reads and writes (kopf's watches and
-    handlers, the controllers, the progress and metrics endpoints)."""
+    """Serve health and start the watches at once (a standby's caches fill while it waits); once elected, start
+    what writes and serves (the controllers' workers, the progress and metrics endpoints)."""
     import kopf
 
     from .adapters.reconcile import reconcile_adapter
@@ -81,6 +81,11 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
     elector = None
     role = None
+    elected = asyncio.Event()
+    election: asyncio.Task | None = None
+    leading: asyncio.Task | None = None
+    # Events are sent by reconciles only, which run once elected (leading_only): a standby records nothing.
+    context.events = EventRecorder(context.kube.create_event).start()
     if settings.elects_leader:
         elector = LeaderElector(context.kube, ElectionConfig.from_settings(settings))
         config = elector.config
@@ -88,24 +93,36 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
             # Unmarked first: a container restarted after losing the Lease is the same pod, still marked.
             role = PodRole(context.kube, config.namespace, settings.pod_name, config.retry_period)
             role.want(False)
-        log.info("standby as %s: waiting for the Lease %s/%s", config.identity, config.namespace, config.name)
-        if not await acquire(elector, stop) or stop.is_set():
-            await asyncio.to_thread(elector.release)
-            if role is not None:
-                await role.stop(timeout=config.retry_period)
-            return 0
-        log.info("elected leader as %s", config.identity)
-        health.lead(Role.LEADER)
-        leading = asyncio.create_task(keep_leading(elector))
+        log.info(
+            "standby as %s: watching (its caches fill) while waiting for the Lease %s/%s",
+            config.identity,
+            config.namespace,
+            config.name,
+        )
+
+        async def elect() -> None:
+            if not await acquire(elector, stop):
+                return
+            # What the watches brought while standing by is reconciled from the caches, not listed again.
+            cached = sum(len(context.caches[watched.kind]) for watched in context.caches.watched)
+            log.info("elected leader as %s, %d objects already cached", config.identity, cached)
+            health.lead(Role.LEADER)
+            elected.set()
+
+        async def renew_once_elected() -> None:
+            await elected.wait()
+            await keep_leading(elector)
+
+        # Both made before kopf starts: kopf gives every task made after its start 5 s to end when it stops.
+        election = asyncio.create_task(elect())
+        leading = asyncio.create_task(renew_once_elected())
         leading.add_done_callback(exit_when_lost)
     else:
         if settings.leader_election:
             log.warning("leader election off: no operator namespace to keep the Lease in; run one copy only")
         health.lead(Role.SINGLE)
-        leading = None
+        elected.set()
 
-    # Only now, elected: a standby records nothing.
-    context.events = EventRecorder(context.kube.create_event).start()
     jobs = Controller(
         "finetunejob",
         FINETUNEJOBS,
@@ -123,19 +140,25 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
         "watching %s", "all namespaces" if settings.clusterwide else "namespaces " + ", ".join(settings.namespaces)
     )
     marking = asyncio.create_task(mark_when_serving(health, role)) if role is not None else None
+    registry = build_registry(
+        jobs, adapters, leading=elector.holds_lease if elector else None, elected=elected, serving=health.started
+    )
     try:
         await kopf.operator(
-            registry=build_registry(jobs, adapters, leading=elector.holds_lease if elector else None),
+            registry=registry,
             standalone=True,
             clusterwide=settings.clusterwide,
             namespaces=settings.namespaces,
-            ready_flag=health.started,
         )
     finally:
         # kopf has stopped the controllers (its cleanup handler): once the Events they queued are sent,
         # nothing writes any more, so the Lease can go to a standby at once. The mark goes first: the
         # Service drops this pod before a standby is elected and marks its own.
         await asyncio.to_thread(context.events.stop)
+        if election is not None:
+            election.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await election
         if marking is not None:
             marking.cancel()
         if role is not None:
@@ -153,8 +176,8 @@ async def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def mark_when_serving(health: Health, role: PodRole) -> None:
-    """Mark our pod as the leader's once the handlers have started: the progress and metrics endpoints listen,
-    so the Service never sends a connection to a port nobody serves yet."""
+    """Mark our pod as the leader's once it serves (elected, the progress and metrics endpoints listening), so the
+    Service never sends a connection to a port nobody serves yet, nor to a standby."""
     await health.started.wait()
     role.want(True)
 

@@ -32,6 +32,8 @@ from .progress.server import ProgressService, build_app
 from .progress.tls import ServingTLS, load_serving_tls, refreshed_tls
 from .render.verifier import ADAPTER_LABEL, adapter_of
 
+LEAD_RETRY_SECONDS = 10
+
 
 async def _serve(
     app: web.Application,
@@ -111,10 +113,19 @@ def connection_info(connection: Connection) -> kopf.ConnectionInfo:
 
 
 def build_registry(
-    jobs: Controller, adapters: Controller, leading: Callable[[], bool] | None = None
+    jobs: Controller,
+    adapters: Controller,
+    leading: Callable[[], bool] | None = None,
+    elected: asyncio.Event | None = None,
+    serving: asyncio.Event | None = None,
 ) -> kopf.OperatorRegistry:
     """``leading``: whether this replica holds the Lease now (leader.py LeaderElector.holds_lease), checked by the
-    progress endpoint before each write; None without leader election (the only copy always leads)."""
+    progress endpoint before each write; None without leader election (the only copy always leads).
+
+    The watches start at once, a standby's too: its caches fill from them while it waits, so once elected it
+    reconciles what they hold at once instead of listing everything first. What writes or serves (the TLS
+    Secret, the progress and metrics endpoints, the controllers' workers) starts only once ``elected`` is set
+    (None: at once); ``serving`` is set then."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.login(registry=registry)
@@ -124,9 +135,8 @@ def build_registry(
     runners: list[web.AppRunner] = []
     tasks: list[asyncio.Task] = []
 
-    @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
-        configure_kopf(settings, jobs.context.caches)
+    async def start_leading(logger: logging.Logger) -> None:
+        """The TLS Secret (which may be written), the endpoints, the workers: once, a failed start retried whole."""
         context = jobs.context
         own = context.settings
         secure_metrics = bool(own.metrics_port) and own.metrics_secure
@@ -156,6 +166,31 @@ def build_registry(
                 logger.warning("metrics on 127.0.0.1:%d/metrics, plain HTTP: local development only", own.metrics_port)
         jobs.start()
         adapters.start()
+
+    async def lead(logger: logging.Logger) -> None:
+        if elected is not None:
+            await elected.wait()
+        while True:
+            try:
+                await start_leading(logger)
+                break
+            except Exception:  # the API server away for a moment (the TLS Secret): as kopf retried startup
+                logger.exception("starting the endpoints failed: retrying in %d s", LEAD_RETRY_SECONDS)
+                for task in tasks[1:]:  # tasks[0] is this one
+                    task.cancel()
+                del tasks[1:]
+                for runner in runners:
+                    await runner.cleanup()
+                runners.clear()
+                await asyncio.sleep(LEAD_RETRY_SECONDS)
+        if serving is not None:
+            serving.set()
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
+        configure_kopf(settings, jobs.context.caches)
+        # Not awaited: kopf starts its watches only once the startup handlers have returned.
+        tasks.insert(0, asyncio.create_task(lead(logger)))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_) -> None:

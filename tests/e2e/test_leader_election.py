@@ -12,6 +12,7 @@ measurements, not assertions: the bound asserted is only the one that tells a wo
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from datetime import UTC, datetime
@@ -129,7 +130,7 @@ def test_the_first_replica_holds_the_lease_and_the_standby_writes_nothing(cluste
 
 
 def test_a_killed_leader_is_replaced_once_its_lease_runs_out(cluster, namespace, start_operator):
-    leader, _ = two_replicas(cluster, namespace, start_operator)
+    leader, standby = two_replicas(cluster, namespace, start_operator)
     apply(cluster, training_job("before", namespace))
     wait_for_job(cluster, namespace, "before")
 
@@ -149,6 +150,9 @@ def test_a_killed_leader_is_replaced_once_its_lease_runs_out(cluster, namespace,
 
     assert holder(cluster, namespace) == "op-b"
     assert failover > LEASE_DURATION - 2.5, "the standby took over while the lease was still valid"
+    # The standby watched while it waited: elected, it had "before" and its children cached already.
+    (cached,) = re.findall(r"elected leader as op-b, (\d+) objects already cached", standby.log_path.read_text())
+    assert int(cached) >= 4, "the FineTuneJob, its Job, ConfigMap and Service at least"
     # The dead leader's pod keeps its label: harmless, a pod whose process died is not ready (no endpoint).
     wait_marked(cluster, namespace, ["op-a", "op-b"])
     for name in ("before", "after"):
