@@ -167,8 +167,8 @@ class Settings(BaseModel):
     )
     cache: bool = Field(
         False,
-        description="A shared model cache per tenant namespace (a ReadWriteMany claim the operator creates), filled "
-        "by the preflight and read by the training pods; needs preflight.",
+        description="A shared cache of models and token stores per tenant namespace (a ReadWriteMany claim the "
+        "operator creates), filled by the preflight and read by the training pods; needs preflight.",
     )
     cache_storage_class: str | None = Field(
         None, max_length=253, description="storageClassName of the cache claims (unset: the cluster's default)."

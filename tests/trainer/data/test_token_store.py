@@ -12,9 +12,11 @@ import gzip
 import json
 import os
 import random
+import threading
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 from finetune_trainer.batching import plan_steps
 from finetune_trainer.data import load_data, store_build, store_cache
@@ -220,6 +222,39 @@ def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, token
         checksums.append(TokenStore(target).manifest["files"])
     assert checksums[0] == checksums[1]
     assert len(store_build.chunks_of(path, "x", store_build.CHUNK_BYTES)) > 2
+
+
+def test_builds_under_the_trainers_stop_handler_end_and_leave_no_worker(tmp_path, tokenizer):
+    """The trainer builds under its StopRequest (SIGTERM and SIGINT only set a flag). Forked workers inherited
+    it, so Pool.terminate() could not end them and a build could hang at its very end; the pool now ends
+    through its sentinels, and workers keep SIGTERM's default for terminate() after an error."""
+    from finetune_trainer.data.tokenize import ExampleBuilder
+    from finetune_trainer.signals import StopRequest
+
+    path = write_rows(tmp_path / "train.jsonl", rows_of("text"))
+    built: list[int] = []
+
+    def build_many() -> None:
+        for number in range(20):
+            store_build.build_store(
+                tmp_path / f"store-{number}",
+                key={"tokenizer": {"vocab_size": len(tokenizer)}},
+                uri="file://train.jsonl",
+                local_path=path,
+                format_name="text",
+                builder=ExampleBuilder(tokenizer, max_seq_length=16),
+                pairs=False,
+                vocab_size=len(tokenizer),
+                workers=2,
+            )
+            built.append(number)
+
+    with StopRequest.installed():  # process-wide handlers: the builds' forked workers inherit them
+        builder = threading.Thread(target=build_many, daemon=True)
+        builder.start()
+        builder.join(timeout=180)
+    assert len(built) == 20, f"build {len(built)} of 20 never ended"
+    assert psutil.Process().children() == []
 
 
 def test_a_chunk_reports_at_most_ten_invalid_rows_however_many_it_has(tmp_path, tokenizer):
