@@ -233,6 +233,7 @@ def test_builds_under_the_trainers_stop_handler_end_and_leave_no_worker(tmp_path
 
     path = write_rows(tmp_path / "train.jsonl", rows_of("text"))
     built: list[int] = []
+    others = {child.pid for child in psutil.Process().children()}  # the suite's control plane, say
 
     def build_many() -> None:
         for number in range(20):
@@ -254,7 +255,7 @@ def test_builds_under_the_trainers_stop_handler_end_and_leave_no_worker(tmp_path
         builder.start()
         builder.join(timeout=180)
     assert len(built) == 20, f"build {len(built)} of 20 never ended"
-    assert psutil.Process().children() == []
+    assert [child for child in psutil.Process().children() if child.pid not in others] == []
 
 
 def test_a_chunk_reports_at_most_ten_invalid_rows_however_many_it_has(tmp_path, tokenizer):
