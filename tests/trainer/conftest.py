@@ -7,7 +7,8 @@ Everything runs on the CPU without network: the model and tokenizer are built lo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -146,3 +147,29 @@ def make_job(tiny_model_dir: Path, trainer_env: Path) -> Callable[..., Path]:
         return path
 
     return make
+
+
+class TrainerLog(logging.Handler):
+    """Every record of the trainer's log, whether or not log.configure() stopped it propagating."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def fields_of(self, event: str) -> list[dict[str, Any]]:
+        """The fields of each record of ``event``, in order."""
+        return [getattr(record, "fields", {}) for record in self.records if record.getMessage() == event]
+
+
+@pytest.fixture
+def trainer_log() -> Iterator[TrainerLog]:
+    logger = logging.getLogger("finetune_trainer")
+    level, records = logger.level, TrainerLog()
+    logger.addHandler(records)
+    logger.setLevel(logging.DEBUG)
+    yield records
+    logger.removeHandler(records)
+    logger.setLevel(level)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import logging
 
 import pytest
 import torch
@@ -60,24 +59,6 @@ def out_of_range(monkeypatch, name: str) -> None:
     """The patch ``name`` as if written for releases long past: the installed library is outside its range."""
     patch = patches.LIBRARY_PATCHES[name]
     monkeypatch.setitem(patches.LIBRARY_PATCHES, name, dataclasses.replace(patch, lowest=(0, 0), below=(0, 1)))
-
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__()
-        self.events: list[tuple[str, dict]] = []
-
-    def emit(self, record):
-        self.events.append((record.getMessage(), getattr(record, "fields", {})))
-
-
-@pytest.fixture
-def trainer_log():
-    records = Records()
-    logger = logging.getLogger("finetune_trainer")
-    logger.addHandler(records)
-    yield records
-    logger.removeHandler(records)
 
 
 @pytest.mark.parametrize("name", sorted(patches.LIBRARY_PATCHES))
@@ -165,7 +146,7 @@ def test_outside_the_written_for_peft_the_lora_layers_stay_pefts_own(tiny_model_
     out_of_range(monkeypatch, "fused_lora")
     model = load(tiny_model_dir)
     assert not [m for m in model.modules() if type(m).__name__ == "FusedLoraLinear"]
-    (skipped,) = [fields for event, fields in trainer_log.events if event == "library_patch_skipped"]
+    (skipped,) = trainer_log.fields_of("library_patch_skipped")
     assert skipped["patch"] == "fused_lora" and skipped["package"] == "peft" and skipped["written_for"] == ">=0.0,<0.1"
 
 
@@ -176,5 +157,5 @@ def test_outside_the_written_for_transformers_the_loss_takes_the_full_logits(tin
     first = losses.token_nll(model, batch)
     losses.token_nll(model, batch)
     assert first.grad_fn.name() != "ChunkedTokenNllBackward"
-    skipped = [fields["patch"] for event, fields in trainer_log.events if event == "library_patch_skipped"]
+    skipped = [fields["patch"] for fields in trainer_log.fields_of("library_patch_skipped")]
     assert skipped == ["chunked_loss"], "logged once per process, not once per micro-batch"

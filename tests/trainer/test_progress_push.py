@@ -7,7 +7,6 @@ every request, and waits are generous joins and arrivals.
 from __future__ import annotations
 
 import json
-import logging
 import socket
 import ssl
 import threading
@@ -230,27 +229,6 @@ def test_a_server_error_or_rate_limit_is_retried_until_delivered(operator, make_
     pusher.close(timeout=WAIT)
     assert reports[0] == reports[1] == reports[2]
     assert (pusher.counters.sent, pusher.counters.retries, pusher.counters.failed) == (1, 2, 0)
-
-
-class Records(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
-@pytest.fixture
-def trainer_log() -> Iterator[Records]:
-    """Every record of the trainer's log, whether or not log.configure() stopped it propagating."""
-    logger = logging.getLogger("finetune_trainer")
-    level, records = logger.level, Records()
-    logger.addHandler(records)
-    logger.setLevel(logging.DEBUG)
-    yield records
-    logger.removeHandler(records)
-    logger.setLevel(level)
 
 
 def test_a_refused_report_is_logged_once_with_the_servers_message_and_not_retried(operator, make_pusher, trainer_log):

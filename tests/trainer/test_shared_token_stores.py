@@ -4,8 +4,8 @@ is never trained on, and an object downloaded alone is not downloaded again whil
 
 from __future__ import annotations
 
+import hashlib
 import json
-import logging
 from pathlib import Path
 
 import pytest
@@ -48,6 +48,10 @@ def as_training_pod(monkeypatch, shared: Path | None, own_cache: Path) -> None:
         monkeypatch.setenv("FINETUNE_SHARED_CACHE_READONLY", "1")
 
 
+def store_uri(shared: Path, store: Path) -> str:
+    return next(uri for uri, found in store_entries(shared).items() if found == store)
+
+
 def store_entries(shared: Path) -> dict[str, Path]:
     """uri -> the store directory of every token-store entry in the shared cache."""
     found = {}
@@ -58,47 +62,27 @@ def store_entries(shared: Path) -> dict[str, Path]:
     return found
 
 
-class Recorder(logging.Handler):
-    """The trainer's log events (its logger does not propagate, and writes to the stderr it was set up with)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-    def take(self, name: str) -> list[dict]:
-        return [getattr(record, "fields", {}) for record in self.records if record.getMessage() == name]
-
-
-@pytest.fixture
-def trainer_log():
-    recorder, logger = Recorder(), logging.getLogger("finetune_trainer")
-    logger.addHandler(recorder)
-    previous = logger.level
-    logger.setLevel(logging.INFO)
-    yield recorder
-    logger.removeHandler(recorder)
-    logger.setLevel(previous)
+def planned(s3_job, trainer_env: Path, monkeypatch, name: str) -> tuple[Path, Path]:
+    """A job of that name planned by its preflight with the shared cache: (the cache, the job's config)."""
+    shared, config = trainer_env / "shared", s3_job(name)
+    as_preflight(monkeypatch, shared)
+    preflight(config, CPU)
+    return shared, config
 
 
 def test_the_preflight_tokenizes_into_the_shared_cache_and_training_pods_tokenize_nothing(
     s3_job, trainer_env, monkeypatch, trainer_log
 ):
-    shared = trainer_env / "shared"
-    config = s3_job("shared")
-    as_preflight(monkeypatch, shared)
-    preflight(config, CPU)
-    assert [fields["read_only"] for fields in trainer_log.take("token_store_from_shared_cache")] == [False, False]
-    assert trainer_log.take("token_store_built") == []  # built as cache fills, not into the pod's own cache
+    shared, config = planned(s3_job, trainer_env, monkeypatch, "shared")
+    assert [fields["read_only"] for fields in trainer_log.fields_of("token_store_from_shared_cache")] == [False, False]
+    assert trainer_log.fields_of("token_store_built") == []  # built as cache fills, not into the pod's own cache
     data = json.loads(config.read_text())["data"]
     assert sorted(store_entries(shared)) == sorted([data["train"][0]["uri"], data["general"]["uri"]])
 
     as_training_pod(monkeypatch, shared, trainer_env / "pod-cache")
     trainer_log.records.clear()
     run(config)
-    taken = trainer_log.take("token_store_from_shared_cache")
+    taken = trainer_log.fields_of("token_store_from_shared_cache")
     assert [record["read_only"] for record in taken] == [True, True]
     assert not (trainer_env / "pod-cache" / "token-stores").exists()  # downloaded, never tokenized
 
@@ -112,10 +96,7 @@ def test_the_preflight_tokenizes_into_the_shared_cache_and_training_pods_tokeniz
 def test_a_corrupted_shared_store_is_never_trained_on_and_the_next_preflight_refills_it(
     s3_job, trainer_env, monkeypatch, trainer_log
 ):
-    shared = trainer_env / "shared"
-    config = s3_job("corrupt")
-    as_preflight(monkeypatch, shared)
-    preflight(config, CPU)
+    shared, config = planned(s3_job, trainer_env, monkeypatch, "corrupt")
     stores = store_entries(shared)
     ids = next(iter(stores.values())) / "ids.bin"
     original = ids.read_bytes()
@@ -124,12 +105,32 @@ def test_a_corrupted_shared_store_is_never_trained_on_and_the_next_preflight_ref
     as_training_pod(monkeypatch, shared, trainer_env / "pod-cache")
     trainer_log.records.clear()
     run(config)
-    assert len(trainer_log.take("token_store_built")) == 1  # the pod tokenized that source itself
+    assert len(trainer_log.fields_of("token_store_built")) == 1  # the pod tokenized that source itself
     assert (trainer_env / "pod-cache" / "token-stores").is_dir()
 
     as_preflight(monkeypatch, shared)
     preflight(config, CPU)
     assert ids.read_bytes() == original
+
+
+def test_a_store_forged_with_its_cache_manifest_is_not_used_by_the_preflight_either(
+    s3_job, trainer_env, monkeypatch, trainer_log
+):
+    """A pod of the namespace that rewrites a store and its cache manifest passes the cache's checks; the store's
+    own checks refuse it, and the preflight tokenizes that source itself instead of failing."""
+    shared, config = planned(s3_job, trainer_env, monkeypatch, "forged")
+    store = next(iter(store_entries(shared).values()))
+    ids = store / "ids.bin"
+    ids.write_bytes(b"\0" * ids.stat().st_size)
+    manifest_path = store.parent.parent / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["files"]["store/ids.bin"]["sha256"] = hashlib.sha256(ids.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+
+    trainer_log.records.clear()
+    preflight(config, CPU)
+    assert [fields["uri"] for fields in trainer_log.fields_of("token_store_unusable")] == [store_uri(shared, store)]
+    assert len(trainer_log.fields_of("token_store_built")) == 1
 
 
 def test_an_object_downloaded_alone_is_kept_while_its_etag_holds(bucket, trainer_env):  # noqa: F811

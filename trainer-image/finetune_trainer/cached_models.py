@@ -62,17 +62,13 @@ def shared_store_cache() -> SharedCache | None:
     return _store_cache
 
 
-def shared_cache_read_only() -> bool:
-    """A training pod's mount: it reads entries, and fills and evicts none (the preflight does)."""
-    return _read_only()
-
-
 def cache_stats() -> CacheStats | None:
     cache = shared_cache()
     return cache.stats if cache is not None else None
 
 
-def _read_only() -> bool:
+def read_only() -> bool:
+    """A training pod's mount: it reads entries, and fills and evicts none (the preflight does)."""
     return os.environ.get(READONLY_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
@@ -100,7 +96,7 @@ def _from_s3(cache: SharedCache, uri: str) -> FetchedModel | None:
     if not objects:
         return None  # a single object, or nothing: fetch_model says which
     key = CacheKey(uri, listing_version(objects))
-    if _read_only():
+    if read_only():
         path = cache.readable(key)
         if path is None:
             return None
@@ -127,7 +123,7 @@ def _listing(client, bucket: str, prefix: str) -> list[tuple[str, int, str]]:
 def _from_hub(cache: SharedCache, uri: str, revision: str) -> FetchedModel | None:
     parsed = parse_uri(uri)
     repo_id = f"{parsed.authority}/{parsed.path}" if parsed.path else parsed.authority
-    if _read_only():
+    if read_only():
         # The training pods' revision is the commit the preflight pinned (status.plan): the entry's version.
         path = cache.readable(CacheKey(uri, revision))
         if path is None:

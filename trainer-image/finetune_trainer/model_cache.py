@@ -115,7 +115,7 @@ def manifest_of(files: Path, key: CacheKey, now: float) -> dict[str, Any]:
 def read_manifest(entry: Path) -> dict[str, Any] | None:
     """The entry's manifest when it has the shape this module writes, else None (absent, too large, a link,
     not JSON, or a value of the wrong type)."""
-    data = _read_regular(entry / MANIFEST, MAX_MANIFEST_BYTES)
+    data = read_regular(entry / MANIFEST, MAX_MANIFEST_BYTES)
     try:
         manifest = json.loads(data) if data is not None else None
     except ValueError:
@@ -196,7 +196,7 @@ def _names_below(root: Path) -> set[str] | None:
     return found
 
 
-def _read_regular(path: Path, limit: int) -> bytes | None:
+def read_regular(path: Path, limit: int) -> bytes | None:
     """The content of the regular file ``path`` when it holds at most ``limit`` bytes, else None. Opened
     without following a link and without blocking, so a planted FIFO or device is never waited on or read."""
     try:
@@ -275,7 +275,7 @@ def _try_create(path: Path, token: str) -> bool:
 
 def _read(path: Path) -> str | None:
     """A lock's token, or None (absent, a link, a FIFO, too large, not text): only ever compared."""
-    data = _read_regular(path, MAX_LOCK_BYTES)
+    data = read_regular(path, MAX_LOCK_BYTES)
     return data.decode(errors="replace") if data is not None else None
 
 

@@ -199,28 +199,17 @@ def s3_download(client, bucket: str, prefix: str, dest: Path) -> int:
     """
     count = 0
     listed: set[Path] = set()
-    etags = dest.with_name(f".{dest.name}.etags")
     for relative, obj in s3_objects(client, bucket, prefix):  # checked: never written outside dest (or etags)
         target = dest / relative
-        etag = etags / f"{relative}.etag"
         listed.add(target)
-        etag_value = str(obj.get("ETag", ""))
-        current = etag.is_file() and etag.read_text() == etag_value
-        if current and target.is_file() and target.stat().st_size == obj["Size"]:
-            count += 1
-            continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        partial = target.with_name(f".{target.name}.partial")
-        client.download_file(bucket, obj["Key"], str(partial))
-        partial.replace(target)
-        etag.parent.mkdir(parents=True, exist_ok=True)
-        etag.write_text(etag_value)
+        version = (obj["Size"], str(obj.get("ETag", "")))
+        _fetch_unless_current(client, bucket, obj["Key"], target, etag_sidecar(dest, relative), version)
         count += 1
     if count and dest.is_dir():
         hidden = lambda path: any(part.startswith(".") for part in path.relative_to(dest).parts)  # noqa: E731
         for stale in [p for p in dest.rglob("*") if p.is_file() and not hidden(p) and p not in listed]:
             stale.unlink()
-            (etags / f"{stale.relative_to(dest).as_posix()}.etag").unlink(missing_ok=True)
+            etag_sidecar(dest, stale.relative_to(dest).as_posix()).unlink(missing_ok=True)
     return count
 
 
@@ -254,9 +243,27 @@ def fetch_model(uri: str, revision: str | None = None) -> FetchedModel:
     return FetchedModel(path=dest, revision=None)
 
 
-def single_object_etag(local: Path) -> Path:
-    """Where the ETag of an object downloaded alone to ``local`` is kept: beside it, never inside a prefix's tree."""
-    return local.with_name(f".{local.name}.etag")
+def etag_sidecar(local: Path, relative: str | None = None) -> Path:
+    """Where the ETag of a download is kept, beside what was downloaded, never inside it (what is downloaded is
+    exactly what is stored): ``relative`` under the prefix mirrored at ``local``, or the object ``local`` itself."""
+    if relative is None:
+        return local.with_name(f".{local.name}.etag")
+    return local.with_name(f".{local.name}.etags") / f"{relative}.etag"
+
+
+def _fetch_unless_current(client, bucket: str, key: str, target: Path, etag: Path, version: tuple[int, str]) -> None:
+    """Download ``key`` to ``target`` unless the file there has the object's size and recorded ETag: a retried
+    pod resumes a large download, and two pods' downloads of one object record the same version."""
+    size, etag_value = version  # the object's, as the listing or a HEAD gives them
+    current = etag.is_file() and etag.read_text() == etag_value
+    if current and target.is_file() and target.stat().st_size == size:
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    client.download_file(bucket, key, str(partial))
+    partial.replace(target)
+    etag.parent.mkdir(parents=True, exist_ok=True)
+    etag.write_text(etag_value)
 
 
 def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Purpose, uri: str) -> tuple[Path, int]:
@@ -270,18 +277,10 @@ def download_s3(parsed: Uri, cache: Path, credentials: Credentials, purpose: Pur
         client = s3_client(credentials)
         count = s3_download(client, parsed.authority, parsed.path, local)
         if count == 0 and parsed.path:
-            # The URI may name one object rather than a prefix. Kept, like a prefix's files, while its size
-            # and ETag are the object's: a retried pod does not download it again, and its token store's key
-            # (the ETag, not the download's time) is the one the preflight's pod computed.
+            # The URI may name one object rather than a prefix: kept like a prefix's files.
             head = client.head_object(Bucket=parsed.authority, Key=parsed.path)
-            etag, etag_value = single_object_etag(local), str(head.get("ETag", ""))
-            current = etag.is_file() and etag.read_text() == etag_value
-            if not (current and local.is_file() and local.stat().st_size == head.get("ContentLength")):
-                local.parent.mkdir(parents=True, exist_ok=True)
-                partial = local.with_name(f".{local.name}.partial")
-                client.download_file(parsed.authority, parsed.path, str(partial))
-                partial.replace(local)
-                etag.write_text(etag_value)
+            version = (head["ContentLength"], str(head.get("ETag", "")))
+            _fetch_unless_current(client, parsed.authority, parsed.path, local, etag_sidecar(local), version)
             count = 1
     except Exception as error:
         raise _s3_user_error(error, uri, purpose) from error

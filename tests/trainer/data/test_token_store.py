@@ -201,25 +201,28 @@ def test_an_unusable_chat_template_fails_the_same_way(tmp_path, make_config, tok
     assert str(stored.value) == str(memory.value)
 
 
-def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, tokenizer):
+def build_text_store(target: Path, path: Path, tokenizer, workers: int) -> None:
     from finetune_trainer.data.tokenize import ExampleBuilder
 
+    store_build.build_store(
+        target,
+        key={"tokenizer": {"vocab_size": len(tokenizer)}},
+        uri="file://train.jsonl",
+        local_path=path,
+        format_name="text",
+        builder=ExampleBuilder(tokenizer, max_seq_length=16),
+        pairs=False,
+        vocab_size=len(tokenizer),
+        workers=workers,
+    )
+
+
+def test_parallel_and_single_process_builds_write_the_same_files(tmp_path, tokenizer):
     path = write_rows(tmp_path / "train.jsonl", rows_of("text"))
     checksums = []
     for workers in (1, 2):
-        target = tmp_path / f"store-{workers}"
-        store_build.build_store(
-            target,
-            key={"tokenizer": {"vocab_size": len(tokenizer)}},
-            uri="file://train.jsonl",
-            local_path=path,
-            format_name="text",
-            builder=ExampleBuilder(tokenizer, max_seq_length=16),
-            pairs=False,
-            vocab_size=len(tokenizer),
-            workers=workers,
-        )
-        checksums.append(TokenStore(target).manifest["files"])
+        build_text_store(tmp_path / f"store-{workers}", path, tokenizer, workers)
+        checksums.append(TokenStore(tmp_path / f"store-{workers}").manifest["files"])
     assert checksums[0] == checksums[1]
     assert len(store_build.chunks_of(path, "x", store_build.CHUNK_BYTES)) > 2
 
@@ -228,7 +231,6 @@ def test_builds_under_the_trainers_stop_handler_end_and_leave_no_worker(tmp_path
     """The trainer builds under its StopRequest (SIGTERM and SIGINT only set a flag). Forked workers inherited
     it, so Pool.terminate() could not end them and a build could hang at its very end; the pool now ends
     through its sentinels, and workers keep SIGTERM's default for terminate() after an error."""
-    from finetune_trainer.data.tokenize import ExampleBuilder
     from finetune_trainer.signals import StopRequest
 
     path = write_rows(tmp_path / "train.jsonl", rows_of("text"))
@@ -237,17 +239,7 @@ def test_builds_under_the_trainers_stop_handler_end_and_leave_no_worker(tmp_path
 
     def build_many() -> None:
         for number in range(20):
-            store_build.build_store(
-                tmp_path / f"store-{number}",
-                key={"tokenizer": {"vocab_size": len(tokenizer)}},
-                uri="file://train.jsonl",
-                local_path=path,
-                format_name="text",
-                builder=ExampleBuilder(tokenizer, max_seq_length=16),
-                pairs=False,
-                vocab_size=len(tokenizer),
-                workers=2,
-            )
+            build_text_store(tmp_path / f"store-{number}", path, tokenizer, workers=2)
             built.append(number)
 
     with StopRequest.installed():  # process-wide handlers: the builds' forked workers inherit them
@@ -256,6 +248,27 @@ def test_builds_under_the_trainers_stop_handler_end_and_leave_no_worker(tmp_path
         builder.join(timeout=180)
     assert len(built) == 20, f"build {len(built)} of 20 never ended"
     assert [child for child in psutil.Process().children() if child.pid not in others] == []
+
+
+def test_an_etag_beside_a_local_file_is_not_taken_as_its_version(tmp_path, tokenizer):
+    """Only an S3 download's own sidecar names a version: one a tenant puts beside a pvc:// or file:// file
+    would otherwise keep a store for bytes that changed under it."""
+    from finetune_trainer.data.tokenize import ExampleBuilder
+    from finetune_trainer.storage import etag_sidecar
+
+    path = write_rows(tmp_path / "train.jsonl", rows_of("text"))
+    etag_sidecar(path).write_text('"always-the-same"')
+
+    def key() -> dict:
+        builder = ExampleBuilder(tokenizer, max_seq_length=16)
+        facts = {"format_name": "text", "pairs": False, "tokenizer": tokenizer, "builder": builder}
+        return store_cache.store_key(
+            uri=f"file://{path}", local_path=path, **facts, max_seq_length=16, overlong="truncate"
+        )
+
+    before = key()
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # rewritten in place
+    assert key()["files"] != before["files"]
 
 
 def test_a_chunk_reports_at_most_ten_invalid_rows_however_many_it_has(tmp_path, tokenizer):

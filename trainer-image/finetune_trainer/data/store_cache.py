@@ -32,7 +32,7 @@ from typing import Any
 
 from .. import log
 from ..errors import ConfigError
-from ..model_cache import CacheKey
+from ..model_cache import CacheKey, read_regular
 from .readers import source_files
 from .store import STORE_VERSION, StoreCorrupt, TokenStore
 from .store_build import build_store, worker_count
@@ -67,7 +67,7 @@ def store_key(
     return {
         "version": STORE_VERSION,
         "uri": uri,
-        "files": _fingerprint(Path(local_path)),
+        "files": _fingerprint(uri, Path(local_path)),
         "format": format_name,
         "pairs": pairs,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -117,62 +117,56 @@ def open_or_build(root: Path, key: dict[str, Any], *, workers: int | None = None
 def _through_shared_cache(
     key: dict[str, Any], digest: str, workers: int | None, build: dict[str, Any]
 ) -> TokenStore | None:
-    """The store as an entry of the namespace's shared cache; None without one, or when a read-only pod finds
-    no sound entry (it then builds its own)."""
-    from ..cached_models import shared_cache_read_only, shared_store_cache  # imports storage, as above
+    """The store as an entry of the namespace's shared cache: filled by the preflight, read by the training pods.
+    None without a cache, or when no entry that passes the store's own checks is found (a read-only pod finds
+    none, or a tenant planted one that matches its cache manifest only): the pod then builds its own."""
+    from ..cached_models import read_only, shared_store_cache  # imports storage, as above
 
     cache = shared_store_cache()
     if cache is None:
         return None
     cache_key = CacheKey(f"token-store:{key['uri']}", digest)
-    if shared_cache_read_only():
-        found = cache.readable(cache_key)
-        if found is None:
-            return None
-        try:
-            store = TokenStore(found / SHARED_STORE_DIR, expected_key=key)
-        except (StoreCorrupt, OSError) as error:
-            log.warning("token_store_unusable", uri=key["uri"], reason=str(error)[:300])
-            return None
-        log.info("token_store_from_shared_cache", uri=key["uri"], read_only=True)
-        return store
+    reading = read_only()
 
     def fill(directory: Path) -> None:
         build_store(directory / SHARED_STORE_DIR, key=key, workers=workers or worker_count(), **build)
 
-    found = cache.get(cache_key, fill)
-    log.info("token_store_from_shared_cache", uri=key["uri"], read_only=False)
-    return TokenStore(found / SHARED_STORE_DIR, expected_key=key)
+    found = cache.readable(cache_key) if reading else cache.get(cache_key, fill)
+    if found is None:
+        return None
+    try:
+        store = TokenStore(found / SHARED_STORE_DIR, expected_key=key)
+    except (StoreCorrupt, OSError) as error:
+        log.warning("token_store_unusable", uri=key["uri"], reason=str(error)[:300])
+        return None
+    log.info("token_store_from_shared_cache", uri=key["uri"], read_only=reading)
+    return store
 
 
-def _fingerprint(path: Path) -> list[list[Any]]:
-    """(relative path, size, version) of each file: the version is the ETag an S3 download left beside it, so
-    that two pods' downloads of one object agree, else the modification time."""
-    from ..storage import single_object_etag  # storage imports data.readers, as above
+def _fingerprint(uri: str, path: Path) -> list[list[Any]]:
+    """(relative path, size, version) of each file. For an S3 source the version is the ETag its download
+    recorded (storage.etag_sidecar), so that two pods' downloads of one object agree; for any other source,
+    whose files may sit beside anything the tenant put there, the modification time."""
+    from ..storage import etag_sidecar, parse_uri  # storage imports data.readers, as above
 
     if path.is_dir():
-        files = source_files(path)
-        etags = path.with_name(f".{path.name}.etags")
-        etag_files = [etags / f"{relative}.etag" for _, relative in files]
+        files = [(file, relative, etag_sidecar(path, relative)) for file, relative in source_files(path)]
     else:
-        files = [(path, path.name)]
-        etag_files = [single_object_etag(path)]
+        files = [(path, path.name, etag_sidecar(path))]
+    from_s3 = parse_uri(uri).scheme == "s3"
     facts = []
-    for (file, relative), etag_file in zip(files, etag_files, strict=True):
+    for file, relative, sidecar in files:
         stat = file.stat()
-        etag = _small_text(etag_file)
+        etag = _recorded_etag(sidecar) if from_s3 else None
         facts.append([relative, stat.st_size, f"etag:{etag}" if etag else stat.st_mtime_ns])
     return facts
 
 
-def _small_text(path: Path) -> str | None:
-    """A sidecar's text (an ETag is tens of bytes); None when absent, unreadable or not a plain small file."""
-    try:
-        if not path.is_file() or path.is_symlink() or path.stat().st_size > MAX_ETAG_BYTES:
-            return None
-        return path.read_text(errors="replace").strip() or None
-    except OSError:
+def _recorded_etag(sidecar: Path) -> str | None:
+    data = read_regular(sidecar, MAX_ETAG_BYTES)  # bounded, no link followed
+    if data is None:
         return None
+    return data.decode(errors="replace").strip() or None
 
 
 def _chat_template(builder: ExampleBuilder) -> str:
