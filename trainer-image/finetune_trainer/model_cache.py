@@ -181,18 +181,31 @@ def _is_real_directory(path: Path) -> bool:
     return facts is not None and stat.S_ISDIR(facts.st_mode)
 
 
-def _names_below(root: Path) -> set[str] | None:
-    """The relative names of everything but directories below ``root`` (links listed, never followed), or
-    None past MAX_ENTRY_NAMES names of any kind."""
-    found: set[str] = set()
+class _TooManyNames(Exception):
+    pass
+
+
+def _walk(root: Path) -> Iterator[tuple[Path, list[str], list[str]]]:
+    """os.walk below ``root``, links never followed (a linked directory is a name), raising _TooManyNames past
+    MAX_ENTRY_NAMES names of any kind: a tenant's pod may plant millions."""
     seen = 0
-    for directory, subdirectories, names in os.walk(root):  # followlinks=False: a linked directory is a name
+    for directory, subdirectories, names in os.walk(root):
         seen += len(subdirectories) + len(names)
         if seen > MAX_ENTRY_NAMES:
-            return None
-        here = Path(directory)
-        linked = [d for d in subdirectories if (here / d).is_symlink()]
-        found.update((here / name).relative_to(root).as_posix() for name in names + linked)
+            raise _TooManyNames
+        yield Path(directory), subdirectories, names
+
+
+def _names_below(root: Path) -> set[str] | None:
+    """The relative names of everything but directories below ``root`` (links listed, never followed), or
+    None past MAX_ENTRY_NAMES names."""
+    found: set[str] = set()
+    try:
+        for here, subdirectories, names in _walk(root):
+            linked = [d for d in subdirectories if (here / d).is_symlink()]
+            found.update((here / name).relative_to(root).as_posix() for name in names + linked)
+    except _TooManyNames:
+        return None
     return found
 
 
@@ -426,13 +439,11 @@ class SharedCache:
 def _size(directory: Path) -> int:
     """The bytes of the regular files below ``directory`` (a link counts nothing), the first MAX_ENTRY_NAMES
     names only."""
-    total, seen = 0, 0
-    for here, subdirectories, names in os.walk(directory):
-        seen += len(subdirectories) + len(names)
-        if seen > MAX_ENTRY_NAMES:
-            break
-        for name in names:
-            with contextlib.suppress(OSError):
-                facts = os.lstat(os.path.join(here, name))
-                total += facts.st_size if stat.S_ISREG(facts.st_mode) else 0
+    total = 0
+    with contextlib.suppress(_TooManyNames):
+        for here, _, names in _walk(directory):
+            for name in names:
+                with contextlib.suppress(OSError):
+                    facts = (here / name).lstat()
+                    total += facts.st_size if stat.S_ISREG(facts.st_mode) else 0
     return total
