@@ -176,9 +176,11 @@ def build_registry(
                 break
             except Exception:  # the API server away for a moment (the TLS Secret): as kopf retried startup
                 logger.exception("starting the endpoints failed: retrying in %d s", LEAD_RETRY_SECONDS)
-                for task in tasks[1:]:  # tasks[0] is this one
-                    task.cancel()
-                del tasks[1:]
+                this = asyncio.current_task()
+                for task in tasks:  # what the failed start began (the TLS refresher), not this task
+                    if task is not this:
+                        task.cancel()
+                tasks[:] = [this]
                 for runner in runners:
                     await runner.cleanup()
                 runners.clear()
@@ -190,7 +192,7 @@ def build_registry(
     async def startup(settings: kopf.OperatorSettings, logger: logging.Logger, **_) -> None:
         configure_kopf(settings, jobs.context.caches)
         # Not awaited: kopf starts its watches only once the startup handlers have returned.
-        tasks.insert(0, asyncio.create_task(lead(logger)))
+        tasks.append(asyncio.create_task(lead(logger)))
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_) -> None:

@@ -17,11 +17,11 @@ from finetune_core.api import FineTuneJob, FineTuneJobStatus
 
 from .context import Context
 from .kube import CONFIGMAPS, JOBS, PODS, PVCS, KubeError
-from .naming import MANAGED_BY, SHARED_CACHE_ANNOTATION, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels
+from .naming import MANAGED_BY, THROUGHPUT_CONFIG_MAP, preflight_job_name, selector_labels
 from .planner import estimate, plausible, recorded, training_processes
 from .render.owner import controlled_by
 from .render.preflight import render_preflight_job
-from .render.shared_cache import CACHE_CLAIM, is_ours, render_cache_claim
+from .render.shared_cache import CACHE_CLAIM, is_ours, mounts_cache, render_cache_claim
 from .status.conditions import is_true
 from .status.observe import final_summary, pods_of
 from .status.plan import Preflight, apply_outcome, plan_used_cache, preflight_outcome
@@ -94,7 +94,7 @@ def training_reads_cache(
     if not plan_used_cache(job, outcome):
         return False
     if training_job is not None:
-        return (training_job["metadata"].get("annotations") or {}).get(SHARED_CACHE_ANNOTATION) == "true"
+        return mounts_cache(training_job)
     if not create:
         return True  # nothing is created: what would be rendered is never sent
     namespace = job.metadata.namespace

@@ -262,12 +262,12 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _cache_fits(self) -> Settings:
-        # The preflight evicts only beyond cache_max_bytes, and a fill stages its copy on the same volume: a limit
-        # at or above the claim's size lets the volume fill up (every later fill failing) before any eviction.
         if self.cache and not self.preflight:
             # Only the preflight fills the cache and only a plan made with it mounts it: a cache without the
             # preflight would be a setting that silently does nothing (the chart turns both on together).
             raise ValueError("cache needs preflight: the preflight fills the shared cache")
+        # The preflight evicts only beyond cache_max_bytes, and a fill stages its copy on the same volume: a limit
+        # at or above the claim's size lets the volume fill up (every later fill failing) before any eviction.
         if self.cache and self.cache_max_bytes >= parse_quantity(self.cache_size):
             raise ValueError(f"cache_max_bytes must be below cache_size ({self.cache_size}), with room for a fill")
         return self

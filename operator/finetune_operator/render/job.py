@@ -20,7 +20,6 @@ from finetune_core.api.quantity import parse_quantity
 from ..naming import (
     CONFIG_HASH_ANNOTATION,
     KUEUE_LABELS,
-    SHARED_CACHE_ANNOTATION,
     SPEC_HASH_ANNOTATION,
     TRAINER_CONTAINER,
     child_labels,
@@ -35,7 +34,7 @@ from ..settings import Settings
 from . import paths
 from .owner import owner_reference
 from .references import claims, credential_secrets
-from .shared_cache import mount_cache
+from .shared_cache import cache_annotation, mount_cache
 
 MACHINE_RANK_ENV = "MACHINE_RANK"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -329,7 +328,7 @@ def render_job(job: FineTuneJob, settings: Settings, config_hash: str, shared_ca
             "labels": labels,
             "annotations": {
                 CONFIG_HASH_ANNOTATION: config_hash,
-                **({SHARED_CACHE_ANNOTATION: "true"} if shared_cache else {}),
+                **cache_annotation(shared_cache),
             },
             "ownerReferences": [owner_reference(job)],
         },

@@ -18,7 +18,6 @@ from finetune_core.api import FineTuneJob
 from ..naming import (
     PLAN_HASH_ANNOTATION,
     PREFLIGHT_ROLE_LABEL,
-    SHARED_CACHE_ANNOTATION,
     TRAINER_CONTAINER,
     child_labels,
     preflight_job_name,
@@ -27,7 +26,7 @@ from ..settings import Settings
 from . import paths
 from .job import _pod_failure_policy, processes, render_pod_template
 from .owner import owner_reference
-from .shared_cache import mount_cache
+from .shared_cache import cache_annotation, mount_cache
 
 # Transient failures (a store that blinked) get one more try; data and configuration errors none (podFailurePolicy).
 PREFLIGHT_BACKOFF_LIMIT = 1
@@ -120,7 +119,7 @@ def render_preflight_job(job: FineTuneJob, settings: Settings, shared_cache: boo
             "labels": labels,
             "annotations": {
                 PLAN_HASH_ANNOTATION: plan_hash(job),
-                **({SHARED_CACHE_ANNOTATION: "true"} if shared_cache else {}),
+                **cache_annotation(shared_cache),
             },
             "ownerReferences": [owner_reference(job)],
         },

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..naming import MANAGED_BY
+from ..naming import MANAGED_BY, SHARED_CACHE_ANNOTATION
 from ..settings import Settings
 
 CACHE_CLAIM = "finetune-model-cache"
@@ -42,6 +42,17 @@ def render_cache_claim(namespace: str, settings: Settings) -> dict[str, Any]:
 def is_ours(claim: dict[str, Any] | None) -> bool:
     labels = (claim or {}).get("metadata", {}).get("labels") or {}
     return labels.get(CACHE_LABEL) == "true" and labels.get("app.kubernetes.io/managed-by") == MANAGED_BY
+
+
+def cache_annotation(shared_cache: bool) -> dict[str, str]:
+    """Said on a preflight or training Job that mounts the cache: what a later reconcile reads back (the Jobs'
+    cache keeps no pod template)."""
+    return {SHARED_CACHE_ANNOTATION: "true"} if shared_cache else {}
+
+
+def mounts_cache(job_manifest: dict[str, Any]) -> bool:
+    """Whether the operator made this Job with the namespace's cache mounted (cache_annotation)."""
+    return (job_manifest.get("metadata", {}).get("annotations") or {}).get(SHARED_CACHE_ANNOTATION) == "true"
 
 
 def mount_cache(pod: dict[str, Any], settings: Settings, *, writable: bool) -> None:

@@ -16,8 +16,9 @@ from finetune_core.api import describe_exit_code as describe_code
 from finetune_core.api.finetunejob import ModelStatus
 from pydantic import ValidationError
 
-from ..naming import PLAN_HASH_ANNOTATION, SHARED_CACHE_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
+from ..naming import PLAN_HASH_ANNOTATION, TRAINER_CONTAINER, preflight_job_name
 from ..render.preflight import plan_hash
+from ..render.shared_cache import mounts_cache
 from .conditions import set_condition
 from .observe import REASON_BY_EXIT_CODE, job_condition, pods_of
 
@@ -80,7 +81,7 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
         if report is None or report.outcome != "Planned" or report.plan is None:
             return Preflight("Failed", reason="PreflightUnreadable", message=f"Job {name} left no readable plan")
         plan = report.plan
-        if plan.cache is not None and not _given_cache(preflight_job):
+        if plan.cache is not None and not mounts_cache(preflight_job):
             # Counts of a cache the pod was not given (cache off, or no usable claim of ours): forged.
             # Believed, they would mount that claim into the training pods and feed the cache counters.
             plan = plan.model_copy(update={"cache": None})
@@ -98,11 +99,6 @@ def preflight_outcome(job: FineTuneJob, preflight_job: dict[str, Any] | None, po
     reason = REASON_BY_EXIT_CODE.get(code, "PreflightFailed") if code is not None else "PreflightFailed"
     why = f"exited with code {code} ({describe_code(code)})" if code is not None else failed.get("reason", "failed")
     return Preflight("Failed", reason=reason, message=f"the preflight Job {name} {why}: kubectl logs job/{name}")
-
-
-def _given_cache(preflight_job: dict[str, Any]) -> bool:
-    """Whether the operator mounted the namespace's shared cache into this preflight (render/preflight.py)."""
-    return (preflight_job.get("metadata", {}).get("annotations") or {}).get(SHARED_CACHE_ANNOTATION) == "true"
 
 
 def _finished(preflight_job: dict[str, Any]) -> bool:
