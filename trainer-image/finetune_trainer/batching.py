@@ -26,12 +26,16 @@ maxSeqLength tokens (twice that for DPO pairs when packing) to avoid it.
 from __future__ import annotations
 
 import bisect
+import copy
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from finetune_trainer.data.seeding import seeded_rng
+import numpy as np
+
+from finetune_trainer.data.seeding import seeded_permutation
 from finetune_trainer.data.types import IGNORE_INDEX, Batch, Example, PreferenceExample
-from finetune_trainer.data.views import Measures, Subset, measure, trained_in
+from finetune_trainer.data.views import Measures, Subset, expand_ranges, measure, trained_in
 
 Item = Example | PreferenceExample
 MicroBatch = list[int]  # indices into the examples
@@ -59,6 +63,73 @@ class Step:
         return [list(micro_batch) for micro_batch in self.micro_batches[rank]]
 
 
+class EpochPlan(Sequence[Step]):
+    """One epoch's optimizer steps as a few flat arrays; a :class:`Step` is built only when it is asked for.
+
+    Micro-batch ``k`` is ``positions[batch_bounds[k]:batch_bounds[k + 1]]`` and step ``s`` is micro-batches
+    ``step_bounds[s]`` up to ``step_bounds[s + 1]``, dealt to the ranks in turn. Eight bytes per example
+    and a few per micro-batch and step: an epoch of ten million examples is a hundred-odd megabytes,
+    where a Python object per index would be gigabytes.
+    """
+
+    def __init__(
+        self,
+        positions: np.ndarray,
+        batch_bounds: np.ndarray,
+        step_bounds: np.ndarray,
+        measures: Measures,
+        world_size: int,
+    ) -> None:
+        self.positions, self.batch_bounds, self.step_bounds = positions, batch_bounds, step_bounds
+        self.world_size = world_size
+        # Per step, from the examples' measures summed over the step's slice of ``positions``.
+        ends = batch_bounds[step_bounds]
+        self.real_tokens = _sums(measures.tokens[positions], ends)
+        self.trained_tokens = _sums(measures.trained[positions], ends)
+        self.examples = np.diff(ends)
+
+    def __len__(self) -> int:
+        return len(self.step_bounds) - 1
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if not -len(self) <= index < len(self):
+            raise IndexError(index)
+        index %= len(self)
+        first, last = int(self.step_bounds[index]), int(self.step_bounds[index + 1])
+        bounds = self.batch_bounds[first : last + 1].tolist()
+        flat = self.positions[bounds[0] : bounds[-1]].tolist()
+        batches = [tuple(flat[start - bounds[0] : end - bounds[0]]) for start, end in itertools.pairwise(bounds)]
+        return Step(
+            micro_batches=tuple(tuple(batches[rank :: self.world_size]) for rank in range(self.world_size)),
+            real_tokens=int(self.real_tokens[index]),
+            trained_tokens=int(self.trained_tokens[index]),
+            examples=int(self.examples[index]),
+        )
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, EpochPlan):
+            mine = (self.positions, self.batch_bounds, self.step_bounds, self.real_tokens, self.trained_tokens)
+            theirs = (other.positions, other.batch_bounds, other.step_bounds, other.real_tokens, other.trained_tokens)
+            return self.world_size == other.world_size and all(map(np.array_equal, mine, theirs))
+        if isinstance(other, Sequence):
+            return list(self) == list(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def trained_positions(self, steps: int) -> np.ndarray:
+        """The positions of every example the first ``steps`` steps (at most all of them) train on."""
+        return self.positions[: self.batch_bounds[self.step_bounds[min(steps, len(self))]]]
+
+    def mapped(self, subset: np.ndarray) -> EpochPlan:
+        """The same plan over ``subset[i]`` instead of ``i`` (a plan made on a Subset, in the base's positions)."""
+        plan = copy.copy(self)
+        plan.positions = subset[self.positions]
+        return plan
+
+
 def plan_epoch(
     examples: Sequence[Item],
     micro_batch_tokens: int,
@@ -72,18 +143,9 @@ def plan_epoch(
 
     Only the items' lengths are read (:func:`views.measure`): a token store's examples are not built.
     """
-    measures = measure(examples)
-    order = list(range(len(examples)))
-    seeded_rng(seed, "epoch", epoch).shuffle(order)
-    micro_batches: list[MicroBatch] = []
-    for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        if packing:
-            micro_batches.extend(_pack(chunk, [measures.tokens[i] for i in chunk], micro_batch_tokens))
-        else:
-            micro_batches.extend(_bucket(chunk, measures, micro_batch_tokens))
-    seeded_rng(seed, "micro-batch-order", epoch).shuffle(micro_batches)
-    return micro_batches
+    positions, bounds = _micro_batches(measure(examples), micro_batch_tokens, packing, seed, epoch, window)
+    flat = positions.tolist()
+    return [flat[start:end] for start, end in itertools.pairwise(bounds.tolist())]
 
 
 def plan_steps(
@@ -96,24 +158,25 @@ def plan_steps(
     epoch: int,
     world_size: int = 1,
     window: int = DEFAULT_WINDOW,
-) -> list[Step]:
+) -> EpochPlan:
     """The optimizer steps of one epoch (see :func:`plan_epoch` and :func:`group_into_steps`)."""
-    micro_batches = plan_epoch(examples, micro_batch_tokens, packing=packing, seed=seed, epoch=epoch, window=window)
-    return group_into_steps(micro_batches, measure(examples), batch_tokens=batch_tokens, world_size=world_size)
+    measures = measure(examples)
+    positions, bounds = _micro_batches(measures, micro_batch_tokens, packing, seed, epoch, window)
+    return _grouped(positions, bounds, measures, batch_tokens=batch_tokens, world_size=world_size)
 
 
 def plan_steps_after(
     examples: Sequence[Item],
     done: Sequence[dict],
     *,
-    subset: Sequence[int] | None = None,
+    subset: Sequence[int] | np.ndarray | None = None,
     micro_batch_tokens: int,
     batch_tokens: int,
     packing: bool,
     seed: int,
     epoch: int,
     world_size: int = 1,
-) -> list[Step]:
+) -> EpochPlan:
     """The rest of an epoch begun under other layouts (a resume with more or fewer processes, say).
 
     ``done`` lists those layouts in order, each a dict of world_size, micro_batch_tokens and packing
@@ -122,12 +185,15 @@ def plan_steps_after(
     ``subset``: the positions of the epoch's examples in ``examples`` (None: all of them).
     """
     epoch_settings = {"batch_tokens": batch_tokens, "seed": seed, "epoch": epoch}
-    remaining: list[int] | None = None if subset is None else [int(i) for i in subset]  # None: every example
+    remaining = None if subset is None else np.asarray(subset, dtype=np.int64)  # None: every example
     for segment in done:
         layout = {key: segment[key] for key in ("micro_batch_tokens", "packing", "world_size")}
-        steps = _plan_subset(examples, remaining, **layout, **epoch_settings)
-        used = {i for step in steps[: segment["steps"]] for rank in step.micro_batches for batch in rank for i in batch}
-        remaining = [i for i in (range(len(examples)) if remaining is None else remaining) if i not in used]
+        used = _plan_subset(examples, remaining, **layout, **epoch_settings).trained_positions(segment["steps"])
+        if remaining is None:
+            remaining = np.arange(len(examples), dtype=np.int64)
+        trained = np.zeros(len(examples), dtype=bool)
+        trained[used] = True
+        remaining = remaining[~trained[remaining]]
     layout = {"micro_batch_tokens": micro_batch_tokens, "packing": packing, "world_size": world_size}
     return _plan_subset(examples, remaining, **layout, **epoch_settings)
 
@@ -138,7 +204,7 @@ def epoch_planner(bundle, *, micro_batch_tokens: int, batch_tokens: int, packing
     Each epoch draws its own mix from the pool (the same positions, in order, when nothing is subsampled).
     """
 
-    def plan_for_epoch(epoch: int, done: Sequence[dict] = ()) -> list[Step]:
+    def plan_for_epoch(epoch: int, done: Sequence[dict] = ()) -> EpochPlan:
         return plan_steps_after(
             bundle.pool,
             done,
@@ -154,21 +220,10 @@ def epoch_planner(bundle, *, micro_batch_tokens: int, batch_tokens: int, packing
     return plan_for_epoch
 
 
-def _plan_subset(examples: Sequence[Item], subset: Sequence[int] | None, **layout) -> list[Step]:
+def _plan_subset(examples: Sequence[Item], subset: np.ndarray | None, **layout) -> EpochPlan:
     if subset is None:
         return plan_steps(examples, **layout)
-    if not subset:
-        return []
-    steps = plan_steps(Subset(examples, subset), **layout)
-    return [
-        Step(
-            tuple(tuple(tuple(subset[j] for j in batch) for batch in rank) for rank in step.micro_batches),
-            step.real_tokens,
-            step.trained_tokens,
-            step.examples,
-        )
-        for step in steps
-    ]
+    return plan_steps(Subset(examples, subset), **layout).mapped(subset)
 
 
 def group_into_steps(
@@ -177,7 +232,7 @@ def group_into_steps(
     *,
     batch_tokens: int,
     world_size: int = 1,
-) -> list[Step]:
+) -> EpochPlan:
     """Consecutive micro-batches grouped into steps of about ``batch_tokens`` real tokens over all ranks.
 
     A step holds a multiple of ``world_size`` micro-batches, dealt to the ranks in turn. It closes at
@@ -191,28 +246,140 @@ def group_into_steps(
     below ``batch_tokens``, or steps grow past what was asked.
     """
     measures = examples if isinstance(examples, Measures) else measure(examples)
-    tokens = [sum(measures.tokens[i] for i in micro_batch) for micro_batch in micro_batches]
-    groups: list[list[MicroBatch]] = []
-    current: list[MicroBatch] = []
-    current_tokens = 0
-    for position, micro_batch in enumerate(micro_batches):
-        current.append(micro_batch)
-        current_tokens += tokens[position]
-        if len(current) % world_size:
-            continue
-        next_round = tokens[position + 1 : position + 1 + world_size]
-        overshoot = current_tokens + sum(next_round) - batch_tokens
-        if current_tokens >= batch_tokens or (
-            len(next_round) == world_size and overshoot > batch_tokens - current_tokens
-        ):
-            groups.append(current)
-            current, current_tokens = [], 0
-    if current:
-        if groups and current_tokens < batch_tokens / 2:
-            groups[-1].extend(current)
+    positions = np.fromiter(itertools.chain.from_iterable(micro_batches), dtype=np.int64)
+    bounds = np.cumsum([0, *map(len, micro_batches)], dtype=np.int64)
+    return _grouped(positions, bounds, measures, batch_tokens=batch_tokens, world_size=world_size)
+
+
+def _micro_batches(
+    measures: Measures, budget: int, packing: bool, seed: int, epoch: int, window: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """An epoch's micro-batches as (positions, bounds): shuffled, cut into windows, packed or bucketed, reshuffled."""
+    count = len(measures)
+    order = seeded_permutation(count, seed, "epoch", epoch)
+    # Within each window, longest first (stable: equal lengths keep their shuffled order).
+    length = measures.tokens if packing else measures.longest
+    order = order[np.lexsort((-length[order], np.arange(count) // window))]
+    if packing:
+        batch_of = _pack(length[order].tolist(), budget, window)
+        order = order[np.argsort(batch_of, kind="stable")]  # each pack's examples in the order they went in
+        starts = np.flatnonzero(np.diff(np.sort(batch_of), prepend=-1))
+    else:
+        starts = _bucket_starts(measures.longest[order], 2 if measures.pairs else 1, budget, window)
+    bounds = np.append(starts, count).astype(np.int64)
+    # Shuffle the micro-batches: length must not drift through the epoch.
+    shuffled = seeded_permutation(len(starts), seed, "micro-batch-order", epoch)
+    sizes = np.diff(bounds)[shuffled]
+    starts = bounds[:-1][shuffled]
+    positions = order[expand_ranges(starts, starts + sizes)]
+    return positions, np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+
+
+def _pack(lengths: list[int], budget: int, window: int) -> np.ndarray:
+    """Best-fit decreasing within each window: each example, longest first, into the fullest pack it still
+    fits in. ``lengths`` is in that order; returns each example's pack number (packs of a window follow the
+    packs of the windows before)."""
+    batch_of = np.empty(len(lengths), dtype=np.int64)
+    numbers: list[int] = []
+    packs = 0
+    scale = window + 1  # free rooms are room * scale + pack (a window has at most ``window`` packs)
+    for start in range(0, len(lengths), window):
+        free: list[int] = []  # sorted: bisect finds the tightest fit, then the oldest pack
+        first = packs
+        for length in lengths[start : start + window]:
+            if length > budget:
+                numbers.append(packs)
+                packs += 1
+                continue
+            position = bisect.bisect_left(free, length * scale)
+            if position < len(free):
+                encoded = free.pop(position)
+                room, number = divmod(encoded, scale)
+            else:
+                room, number = budget, packs - first
+                packs += 1
+            numbers.append(first + number)
+            bisect.insort(free, (room - length) * scale + number)
+    batch_of[:] = numbers
+    return batch_of
+
+
+def _bucket_starts(longest: np.ndarray, item_rows: int, budget: int, window: int) -> np.ndarray:
+    """Where each padded micro-batch starts; ``longest`` is sorted longest first within each window.
+
+    A micro-batch takes examples while rows x its first (longest) example's length fits the budget,
+    and at least one. All windows are cut side by side, one micro-batch per window per round.
+    """
+    count = len(longest)
+    if not count:
+        return np.zeros(0, dtype=np.int64)
+    takes = np.maximum(1, budget // (item_rows * np.maximum(longest, 1)))
+    position = np.arange(0, count, window, dtype=np.int64)
+    end = np.minimum(position + window, count)
+    starts = []
+    while len(position):
+        starts.append(position)
+        position = np.minimum(position + takes[position], end)
+        open_ = position < end
+        position, end = position[open_], end[open_]
+    return np.sort(np.concatenate(starts))
+
+
+def _grouped(
+    positions: np.ndarray, bounds: np.ndarray, measures: Measures, *, batch_tokens: int, world_size: int
+) -> EpochPlan:
+    """The micro-batches (positions, bounds) grouped into steps (see :func:`group_into_steps`)."""
+    batches = len(bounds) - 1
+    tokens = _sums(measures.tokens[positions], bounds)
+    # A step is a run of rounds of world_size micro-batches; the last round may be short.
+    rounds = _sums(tokens, np.minimum(np.arange(0, batches + world_size, world_size), batches))
+    closes = _step_closes(rounds.tolist(), batches // world_size, batch_tokens)
+    step_bounds = np.minimum(np.asarray([0, *closes], dtype=np.int64) * world_size, batches)
+    if len(step_bounds) > 1 and (step_bounds[-1] - step_bounds[-2]) % world_size:
+        bounds = _divisible_tail(positions, bounds, int(step_bounds[-2]), world_size)
+        step_bounds[-1] = len(bounds) - 1
+    return EpochPlan(positions, bounds, step_bounds, measures, world_size)
+
+
+def _step_closes(rounds: list[int], full_rounds: int, batch_tokens: int) -> list[int]:
+    """After how many rounds each step closes, for rounds of these token counts (the last may be short)."""
+    closes: list[int] = []
+    current = 0
+    for position, tokens in enumerate(rounds):
+        current += tokens
+        following = position + 1
+        if following > full_rounds:
+            break  # a short last round: part of the tail
+        next_full = following < full_rounds
+        overshoot = current + (rounds[following] if next_full else 0) - batch_tokens
+        if current >= batch_tokens or (next_full and overshoot > batch_tokens - current):
+            closes.append(following)
+            current = 0
+    if rounds and (not closes or closes[-1] != len(rounds)):
+        # The tail: a step of its own with at least half a step's tokens, else part of the step before.
+        if closes and current < batch_tokens / 2:
+            closes[-1] = len(rounds)
         else:
-            groups.append(current)
-    return [_step(_make_divisible(group, world_size), measures, world_size) for group in groups]
+            closes.append(len(rounds))
+    return closes
+
+
+def _divisible_tail(positions: np.ndarray, bounds: np.ndarray, first: int, world_size: int) -> np.ndarray:
+    """The micro-batch bounds with the last step's (from micro-batch ``first``) made a multiple of world_size.
+
+    Halving a micro-batch keeps the order of the positions, and empty ones add none: only bounds change.
+    """
+    base = int(bounds[first])
+    flat = positions[base:].tolist()
+    group = [flat[start - base : end - base] for start, end in itertools.pairwise(bounds[first:].tolist())]
+    sizes = [len(batch) for batch in _make_divisible(group, world_size)]
+    return np.concatenate([bounds[:first], base + np.cumsum([0, *sizes])]).astype(np.int64)
+
+
+def _sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """The sum of ``values[bounds[k]:bounds[k + 1]]`` for every k (an empty range sums to 0)."""
+    running = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
+    return running[bounds[1:]] - running[bounds[:-1]]
 
 
 def collate(examples: Sequence[Item], indices: Sequence[int], packing: bool, pad_id: int) -> Batch:
@@ -251,44 +418,6 @@ def trained_tokens(item: Item) -> int:
     return sum(trained_in(sequence.labels) for sequence in _sequences([item]))
 
 
-def _pack(chunk: Sequence[int], lengths: Sequence[int], budget: int) -> list[MicroBatch]:
-    """Best-fit decreasing: each example, longest first, into the fullest pack it still fits in."""
-    packs: list[MicroBatch] = []
-    free: list[tuple[int, int]] = []  # (room left, pack number), sorted: bisect finds the tightest fit
-    for length, index in sorted(zip(lengths, chunk, strict=True), key=lambda pair: -pair[0]):
-        if length > budget:
-            packs.append([index])
-            continue
-        position = bisect.bisect_left(free, (length, -1))
-        if position < len(free):
-            room, number = free.pop(position)
-            packs[number].append(index)
-        else:
-            room, number = budget, len(packs)
-            packs.append([index])
-        bisect.insort(free, (room - length, number))
-    return packs
-
-
-def _bucket(chunk: Sequence[int], measures: Measures, budget: int) -> list[MicroBatch]:
-    """Longest first, rows added while rows x longest row (the padded size) stays within the budget."""
-    batches: list[MicroBatch] = []
-    current: MicroBatch = []
-    rows = longest = 0
-    item_rows = 2 if measures.pairs else 1
-    for index in sorted(chunk, key=lambda i: -measures.longest[i]):
-        item_longest = measures.longest[index]
-        if current and (rows + item_rows) * max(longest, item_longest) > budget:
-            batches.append(current)
-            current, rows, longest = [], 0, 0
-        current.append(index)
-        rows += item_rows
-        longest = max(longest, item_longest)
-    if current:
-        batches.append(current)
-    return batches
-
-
 def _make_divisible(group: list[MicroBatch], world_size: int) -> list[MicroBatch]:
     group = list(group)
     while len(group) % world_size:
@@ -299,18 +428,6 @@ def _make_divisible(group: list[MicroBatch], world_size: int) -> list[MicroBatch
         half = len(group[largest]) // 2
         group[largest : largest + 1] = [group[largest][:half], group[largest][half:]]
     return group
-
-
-def _step(group: list[MicroBatch], measures: Measures, world_size: int) -> Step:
-    indices = [i for micro_batch in group for i in micro_batch]
-    return Step(
-        micro_batches=tuple(
-            tuple(tuple(micro_batch) for micro_batch in group[rank::world_size]) for rank in range(world_size)
-        ),
-        real_tokens=sum(measures.tokens[i] for i in indices),
-        trained_tokens=sum(measures.trained[i] for i in indices),
-        examples=len(indices),
-    )
 
 
 def _sequences(items: Sequence[Item]) -> list[Example]:

@@ -30,7 +30,7 @@ from finetune_core.api import (
 from finetune_core.api.plan import MAX_ORIGIN_LENGTH, MAX_PREFLIGHT_ORIGINS, ORIGIN_PATTERN
 
 from . import log
-from .batching import Step, epoch_planner
+from .batching import EpochPlan, epoch_planner
 from .cached_models import cache_stats, fetch_model_shared, shared_cache
 from .config import load_config
 from .data import DataBundle, load_data
@@ -132,13 +132,13 @@ def _training_attention(config: TrainerConfig, topology: TrainingTopology) -> st
     return attention_implementation(placement_for(config.training, device))
 
 
-def planned_tokens(plan_for_epoch: PlanForEpoch, total_steps: int, first_epoch: Sequence[Step]) -> int:
+def planned_tokens(plan_for_epoch: PlanForEpoch, total_steps: int, first_epoch: EpochPlan) -> int:
     """Real tokens over the run's first ``total_steps`` steps, epoch after epoch as the loop takes them."""
     tokens, steps, epoch, plan = 0, 0, 0, first_epoch
-    while steps < total_steps and plan:
-        for step in plan[: total_steps - steps]:
-            tokens += step.real_tokens
-            steps += 1
+    while steps < total_steps and len(plan):
+        taken = plan.real_tokens[: total_steps - steps]
+        tokens += int(taken.sum())
+        steps += len(taken)
         epoch += 1
         plan = plan_for_epoch(epoch, ())
     return tokens
@@ -162,7 +162,7 @@ def source_plans(bundle: DataBundle) -> list[SourcePlan]:
 
 
 def _tokens(examples: Sequence[Any]) -> int:
-    return int(sum(measure(examples).tokens)) if len(examples) else 0
+    return int(measure(examples).tokens.sum()) if len(examples) else 0
 
 
 def parameter_count(model_path: Path) -> int | None:

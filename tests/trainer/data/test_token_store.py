@@ -20,10 +20,9 @@ import psutil
 import pytest
 from finetune_trainer.batching import plan_steps
 from finetune_trainer.data import load_data, store_build, store_cache
-from finetune_trainer.data.pipeline import _expand
 from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, file_sha256, write_manifest
 from finetune_trainer.data.store_cache import STORES_DIR
-from finetune_trainer.data.views import Concat, Listed, Subset, measure
+from finetune_trainer.data.views import Concat, Listed, Subset, expand_ranges, measure
 
 pytestmark = pytest.mark.trainer
 
@@ -504,10 +503,10 @@ def test_manifest_lists_every_file_with_its_checksum(tmp_path, make_config, toke
 # index and mixing arithmetic
 
 
-def test_expand_lists_every_position_of_the_ranges_in_order():
+def test_expand_ranges_lists_every_position_of_the_ranges_in_order():
     starts, ends = np.array([3, 10, 10, 0]), np.array([5, 10, 13, 2])
-    assert _expand(starts, ends).tolist() == [3, 4, 10, 11, 12, 0, 1]
-    assert _expand(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
+    assert expand_ranges(starts, ends).tolist() == [3, 4, 10, 11, 12, 0, 1]
+    assert expand_ranges(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)).tolist() == []
 
 
 def test_views_index_and_measure_like_the_lists_they_stand_for(tokenizer):

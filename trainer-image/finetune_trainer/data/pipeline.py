@@ -23,7 +23,7 @@ from .sources import LoadedSource, SourceSpec, check_usable, load_source, source
 from .store_cache import open_or_build, store_key
 from .tokenize import ExampleBuilder
 from .types import Example, PreferenceExample, SourceStats
-from .views import Concat, ExampleView, Listed, Subset
+from .views import Concat, ExampleView, Listed, Subset, expand_ranges
 
 # spec.data.eval's documented default when the configuration leaves it out.
 DEFAULT_EVAL_SPLIT_FRACTION = 0.05
@@ -96,7 +96,7 @@ class DataBundle:
         starts, ends = _row_spans(
             self.sources, [_picked(rows, pick) for rows, pick in zip(self.train_rows, picks, strict=True)]
         )
-        return _expand(starts, ends), counts
+        return expand_ranges(starts, ends), counts
 
     @property
     def formats(self) -> list[str]:
@@ -168,7 +168,7 @@ def load_data(config: TrainerConfig, tokenizer: Any, resolve: Resolve, store_roo
         chosen = [_picked(rows, pick) for rows, pick in zip(held_out_rows, picks, strict=True)]
         starts, ends = _row_spans(train_sources, chosen)
         kept = _kept(len(starts), max_samples, seed, "eval")
-        eval_examples = Subset(pool, _expand(starts[kept], ends[kept]))
+        eval_examples = Subset(pool, expand_ranges(starts[kept], ends[kept]))
     else:
         eval_examples = Listed([], pairs=preference)
 
@@ -274,17 +274,6 @@ def _row_spans(sources: Sequence[SourceData], rows: Sequence[np.ndarray]) -> tup
     return np.concatenate(starts).astype(np.int64), np.concatenate(ends).astype(np.int64)
 
 
-def _expand(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Every position of the ranges [start, end), in order, without a Python loop."""
-    lengths = ends - starts
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64)
-    # Each position is its range's start plus its rank within the range.
-    firsts = np.repeat(starts - np.cumsum(lengths) + lengths, lengths)
-    return firsts + np.arange(total, dtype=np.int64)
-
-
 def _kept(count: int, max_rows: int, seed: int, purpose: str) -> np.ndarray:
     kept = cap_positions(count, max_rows, seed=seed, purpose=purpose)
     if kept is None:
@@ -295,4 +284,4 @@ def _kept(count: int, max_rows: int, seed: int, purpose: str) -> np.ndarray:
 def _capped(source: SourceData, max_rows: int, seed: int, purpose: str) -> Subset:
     """A whole source's examples, at most ``max_rows`` of its rows (eval set, general data)."""
     kept = _kept(source.rows, max_rows, seed, purpose)
-    return Subset(source.examples, _expand(source.row_offsets[kept], source.row_offsets[kept + 1]))
+    return Subset(source.examples, expand_ranges(source.row_offsets[kept], source.row_offsets[kept + 1]))
