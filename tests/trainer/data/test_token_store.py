@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import psutil
 import pytest
+from finetune_core.api.manifest import file_sha256
 from finetune_trainer.batching import plan_steps
 from finetune_trainer.data import load_data, store_build, store_cache
-from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, file_sha256, write_manifest
+from finetune_trainer.data.store import FILES, StoreCorrupt, TokenStore, write_manifest
 from finetune_trainer.data.store_cache import STORES_DIR
 from finetune_trainer.data.views import Concat, Listed, Subset, expand_ranges, measure
 

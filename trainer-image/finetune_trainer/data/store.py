@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from finetune_core.api.manifest import file_sha256
 
 from .sources import MAX_INVALID_EXAMPLES
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
@@ -77,7 +76,7 @@ class TokenStore:
         self.manifest = _read_manifest(self.directory)
         if expected_key is not None and self.manifest.get("key") != expected_key:
             raise StoreCorrupt(f"{self.directory}: built for another key")
-        _check_files(self.directory, self.manifest)
+        largest_id = _check_files(self.directory, self.manifest)
         counts = self.manifest["counts"]
         self.pairs: bool = bool(self.manifest["pairs"])
         self.has_mask: bool = bool(self.manifest["has_mask"])
@@ -86,7 +85,7 @@ class TokenStore:
         self.seq_offsets = _map(self.directory / "seq_offsets.bin", np.dtype(np.int64), counts["sequences"] + 1)
         self.seq_trained = _map(self.directory / "seq_trained.bin", np.dtype(np.int32), counts["sequences"])
         self.row_offsets = _map(self.directory / "row_offsets.bin", np.dtype(np.int64), counts["rows"] + 1)
-        self._check_bounds(counts)
+        self._check_bounds(counts, largest_id)
 
     @property
     def stats(self) -> SourceStats:
@@ -96,7 +95,7 @@ class TokenStore:
         """The store's examples, each recording ``source`` (the position of its source in the configuration)."""
         return StoredExamples(self, source)
 
-    def _check_bounds(self, counts: dict[str, int]) -> None:
+    def _check_bounds(self, counts: dict[str, int], largest_id: int) -> None:
         # Offsets index the arrays: a store whose offsets run backwards or past the end is refused whole,
         # so no slice taken later can be out of bounds or negative.
         sequences_per_example = 2 if self.pairs else 1
@@ -112,7 +111,7 @@ class TokenStore:
         if np.any(self.seq_trained < 0) or np.any(self.seq_trained > lengths):
             raise StoreCorrupt(f"{self.directory}: trained-token counts out of bounds")
         vocab = int(self.manifest["key"]["tokenizer"]["vocab_size"])
-        if len(self.ids) and _max_id(self.directory / "ids.bin", self.ids.dtype) >= vocab:
+        if largest_id >= vocab:
             raise StoreCorrupt(f"{self.directory}: a token id past the vocabulary ({vocab})")
 
     def sequence(self, index: int, source: int) -> Example:
@@ -226,7 +225,9 @@ def _natural(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
+def _check_files(directory: Path, manifest: dict[str, Any]) -> int:
+    """Every file against its size and sha256; returns the largest token id, found in the same read of ids.bin."""
+    largest_id = 0
     for name, facts in manifest["files"].items():
         path = directory / name
         try:
@@ -236,8 +237,14 @@ def _check_files(directory: Path, manifest: dict[str, Any]) -> None:
         # A device has no size to check and no end to hash: a symlink to /dev/zero would be read forever.
         if not stat.S_ISREG(facts_on_disk.st_mode):
             raise StoreCorrupt(f"{path}: not a regular file")
-        if facts_on_disk.st_size != facts["bytes"] or file_sha256(path) != facts["sha256"]:
+        if facts_on_disk.st_size != facts["bytes"]:
             raise StoreCorrupt(f"{path}: does not match its checksum")
+        ids = np.dtype(manifest["id_dtype"]) if name == "ids.bin" else None
+        digest, largest = _scan(path, ids)
+        if digest != facts["sha256"]:
+            raise StoreCorrupt(f"{path}: does not match its checksum")
+        largest_id = max(largest_id, largest)
+    return largest_id
 
 
 def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
@@ -248,11 +255,18 @@ def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
 
 
-def _max_id(path: Path, dtype: np.dtype, block: int = 16 << 20) -> int:
-    """The largest id, read a block at a time with read(), not through the map: scanning a mapped file
-    would count all of it in the process's resident memory."""
-    largest = 0
+def _scan(path: Path, dtype: np.dtype | None, block: int = 16 << 20) -> tuple[str, int]:
+    """A file's sha256 and, as values of ``dtype`` (None: skip), its largest value, in one pass.
+
+    The store's biggest file is checked for its checksum and for ids past the vocabulary on every open:
+    one read instead of two. Read with read(), not through the map: scanning a mapped file would count
+    all of it in the process's resident memory.
+    """
+    digest, largest = hashlib.sha256(), 0
     with path.open("rb") as stream:
-        while len(values := np.fromfile(stream, dtype=dtype, count=block)):
-            largest = max(largest, int(values.max()))
-    return largest
+        while chunk := stream.read(block):
+            digest.update(chunk)
+            if dtype is not None and len(chunk) >= dtype.itemsize:
+                values = np.frombuffer(chunk, dtype=dtype, count=len(chunk) // dtype.itemsize)
+                largest = max(largest, int(values.max()))
+    return digest.hexdigest(), largest

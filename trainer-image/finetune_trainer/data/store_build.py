@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from finetune_core.api.manifest import file_sha256
 
 from . import readers
 from .readers import RawRow, read_file, source_files
 from .sources import MAX_INVALID_EXAMPLES, account_row
-from .store import FILES, STORE_VERSION, file_sha256, id_dtype, write_manifest
+from .store import FILES, STORE_VERSION, id_dtype, write_manifest
 from .tokenize import ExampleBuilder
 from .types import IGNORE_INDEX, Example, PreferenceExample, SourceStats
 
