@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from .cluster import free_port
 
@@ -26,7 +27,7 @@ class OperatorProcess:
 
     def start(self) -> OperatorProcess:
         argv = [
-            sys.executable,
+            *_python(),
             "-m",
             "finetune_operator",
             f"--kubeconfig={self.kubeconfig}",
@@ -45,7 +46,7 @@ class OperatorProcess:
             argv,
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, **defaults, **self.env},
+            env={**os.environ, **defaults, **_coverage_env(), **self.env},
             cwd=REPO,
             start_new_session=True,
         )
@@ -78,3 +79,27 @@ class OperatorProcess:
 
     def tail(self, lines: int = 60) -> str:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _measuring() -> Any:
+    """The coverage measurement of this process (make test's pytest-cov), or None."""
+    try:
+        import coverage
+    except ImportError:
+        return None
+    return coverage.Coverage.current()
+
+
+def _python() -> list[str]:
+    """The operator's interpreter: under coverage when this process is measured, so that make test's report of
+    the glue modules counts what the e2e tier's operator processes run (handlers.py runs nowhere else)."""
+    if _measuring() is None:
+        return [sys.executable]
+    return [sys.executable, "-m", "coverage", "run", "--parallel-mode", f"--rcfile={REPO / 'pyproject.toml'}"]
+
+
+def _coverage_env() -> dict[str, str]:
+    """Where the operator writes its coverage data: beside the test session's, which pytest-cov combines at its end
+    (the operator saves it when it exits after SIGTERM; a SIGKILLed operator's run is not counted)."""
+    measuring = _measuring()
+    return {"COVERAGE_FILE": os.path.abspath(measuring.config.data_file)} if measuring is not None else {}
