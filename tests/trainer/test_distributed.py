@@ -28,7 +28,10 @@ LORA = {"type": "lora", "lora": {"rank": 8, "alpha": 16, "dropout": 0.1}}
 
 
 def two_ranks(config) -> list[str]:
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "finetune_trainer"]
+    # --standalone: the rendezvous on a free port, so that two-rank runs of parallel test workers never meet on
+    # torchrun's fixed default (29500).
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    launcher += ["-m", "finetune_trainer"]
     return [sys.executable, "-m", "finetune_trainer.launch", "--", *launcher, "--config", str(config)]
 
 

@@ -105,7 +105,11 @@ LAUNCHERS = {
         *("--cpu", "--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
         *("-m", "finetune_trainer"),
     ],
-    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "finetune_trainer"],
+    # --standalone: a rendezvous on a free port, not the fixed 29500 another test's ranks may hold.
+    "torchrun": [
+        *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"),
+        *("-m", "finetune_trainer"),
+    ],
 }
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 import bisect
 import copy
 import itertools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ import numpy as np
 from finetune_trainer.data.seeding import seeded_permutation
 from finetune_trainer.data.types import IGNORE_INDEX, Batch, Example, PreferenceExample
 from finetune_trainer.data.views import Measures, Subset, expand_ranges, measure, trained_in
+from finetune_trainer.heap import release_freed_heap
 
 Item = Example | PreferenceExample
 MicroBatch = list[int]  # indices into the examples
@@ -202,10 +204,19 @@ def epoch_planner(bundle, *, micro_batch_tokens: int, batch_tokens: int, packing
     """The plan of each epoch of a run over ``bundle`` (a data.DataBundle), as training and the preflight use it.
 
     Each epoch draws its own mix from the pool (the same positions, in order, when nothing is subsampled).
+    The last plan is kept: the run's total steps and then its training ask for the same one.
     """
+    last: dict[str, EpochPlan] = {}
 
     def plan_for_epoch(epoch: int, done: Sequence[dict] = ()) -> EpochPlan:
-        return plan_steps_after(
+        key = json.dumps([epoch, list(done)], sort_keys=True)
+        if key not in last:
+            last.clear()  # one epoch's plan in memory at a time
+            last[key] = _planned(epoch, done)
+        return last[key]
+
+    def _planned(epoch: int, done: Sequence[dict]) -> EpochPlan:
+        plan = plan_steps_after(
             bundle.pool,
             done,
             subset=bundle.epoch_mix(epoch),
@@ -216,6 +227,8 @@ def epoch_planner(bundle, *, micro_batch_tokens: int, batch_tokens: int, packing
             epoch=epoch,
             world_size=world_size,
         )
+        release_freed_heap()  # the plan's temporaries (several times the plan) would stay resident under training
+        return plan
 
     return plan_for_epoch
 

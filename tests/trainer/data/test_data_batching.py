@@ -384,3 +384,26 @@ def test_the_epoch_order_is_pinned_so_a_resume_on_another_numpy_plans_the_same_s
     # since a job resumed by an image with another numpy would then train on another order.
     assert seeded_permutation(10, 1, "epoch", 0).tolist() == PINNED_ORDER
     assert seeded_permutation(10, 1, "epoch", 1).tolist() != PINNED_ORDER
+
+
+def test_the_planner_keeps_its_last_plan_and_only_that_one(monkeypatch):
+    from types import SimpleNamespace
+
+    from finetune_trainer import batching
+    from finetune_trainer.batching import epoch_planner
+    from finetune_trainer.data.views import Listed
+
+    examples = corpus(200)
+    bundle = SimpleNamespace(pool=Listed(examples), epoch_mix=lambda epoch: np.arange(len(examples), dtype=np.int64))
+    planned = []
+    monkeypatch.setattr(batching, "plan_steps_after", lambda *a, **k: planned.append(k["epoch"]) or object())
+    plan_for_epoch = epoch_planner(
+        bundle, micro_batch_tokens=BUDGET, batch_tokens=512, packing=False, seed=0, world_size=1
+    )
+
+    first = plan_for_epoch(0)
+    assert plan_for_epoch(0) is first  # the run's total steps, then its training: planned once
+    plan_for_epoch(1)
+    plan_for_epoch(0, [{"micro_batch_tokens": 64, "packing": False, "world_size": 2, "steps": 3}])
+    assert plan_for_epoch(0) is not first  # one plan held at a time: epoch 0's was let go, and is planned again
+    assert planned == [0, 1, 0, 0]

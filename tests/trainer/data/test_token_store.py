@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import operator
 import os
 import random
 import threading
@@ -382,6 +383,27 @@ def test_a_corrupted_store_is_detected_and_rebuilt(name, tmp_path, make_config, 
     TokenStore(_store_dir(tmp_path))  # sound again
 
 
+def test_token_files_are_read_by_position_never_mapped(tmp_path, make_config, tokenizer, resolve):
+    # Mapped, each example read would map the cached pages around it too: resident memory growing with the corpus.
+    bundle = _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    expected = flat(bundle.train)
+    maps = Path("/proc/self/maps").read_text()
+    assert "seq_offsets.bin" in maps  # the index files are mapped (this test sees the process's mappings)
+    assert "ids.bin" not in maps and "mask.bin" not in maps
+    assert flat(_stored_bundle(tmp_path, make_config, tokenizer, resolve).train) == expected
+
+
+def test_a_token_file_cut_short_after_the_open_is_refused_when_read(tmp_path, make_config, tokenizer, resolve):
+    _stored_bundle(tmp_path, make_config, tokenizer, resolve)
+    store = TokenStore(_store_dir(tmp_path))
+    last = len(store.seq_offsets) - 2
+    store.sequence(last, 0)
+    with (_store_dir(tmp_path) / "ids.bin").open("r+b") as ids:
+        ids.truncate(int(store.seq_offsets[last]) * store.ids.dtype.itemsize)
+    with pytest.raises(StoreCorrupt, match="shorter than when it was opened"):
+        store.sequence(last, 0)
+
+
 def _poison(directory: Path, name: str, values: np.ndarray) -> None:
     """Rewrite a file and its checksum, as someone able to write the store could: checksums alone do not help."""
     values.tofile(directory / name)
@@ -523,6 +545,8 @@ def test_views_index_and_measure_like_the_lists_they_stand_for(tokenizer):
     positions = [59, 0, 24, 25, 7, 7]
     subset = Subset(joined, positions)
     assert list(joined) == examples
+    one_part = Concat(parts[:1], pairs=False).measure_arrays()
+    assert all(map(operator.is_, one_part, parts[0].measure_arrays()))  # the part's own arrays, not a copy
     assert list(subset) == [examples[i] for i in positions]
     assert measure(subset) == measure([examples[i] for i in positions])
     plan = plan_steps(subset, micro_batch_tokens=64, batch_tokens=128, packing=True, seed=0, epoch=0)

@@ -1,9 +1,11 @@
-"""The token store: one data source tokenized once, on disk, read memory-mapped by every rank.
+"""The token store: one data source tokenized once, on disk, read in place by every rank.
 
-Why numpy memory maps and not Arrow IPC: no dependency beyond numpy (already the trainer's),
-a slice of the mapped array is the example's tokens without a copy or a decode step, and a file
-mapped read-only by several ranks is one copy in the page cache, shared by all of them. Arrow's
-strengths (nested types, columns of many kinds, interchange) are not needed for arrays of ints.
+Why flat numpy files and not Arrow IPC: no dependency beyond numpy (already the trainer's), an example's
+tokens are one slice of one file without a decode step, and a file read by several ranks is one copy in the
+page cache, shared by all of them. Arrow's strengths (nested types, columns of many kinds, interchange) are
+not needed for arrays of ints. The index files are mapped; the token files, as large as the corpus, are read
+by position (pread), a slice per example: mapped, each example read would also map the 64 KiB of cached
+pages around it (the kernel's fault-around), resident memory growing with the corpus's size.
 
 A store is a directory:
 
@@ -28,7 +30,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import stat
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -80,8 +84,10 @@ class TokenStore:
         counts = self.manifest["counts"]
         self.pairs: bool = bool(self.manifest["pairs"])
         self.has_mask: bool = bool(self.manifest["has_mask"])
-        self.ids = _map(self.directory / "ids.bin", np.dtype(self.manifest["id_dtype"]), counts["tokens"])
-        self.mask = _map(self.directory / "mask.bin", np.dtype(np.uint8), counts["tokens"]) if self.has_mask else None
+        self.ids = _Slices(self.directory / "ids.bin", np.dtype(self.manifest["id_dtype"]), counts["tokens"])
+        self.mask = (
+            _Slices(self.directory / "mask.bin", np.dtype(np.uint8), counts["tokens"]) if self.has_mask else None
+        )
         self.seq_offsets = _map(self.directory / "seq_offsets.bin", np.dtype(np.int64), counts["sequences"] + 1)
         self.seq_trained = _map(self.directory / "seq_trained.bin", np.dtype(np.int32), counts["sequences"])
         self.row_offsets = _map(self.directory / "row_offsets.bin", np.dtype(np.int64), counts["rows"] + 1)
@@ -116,9 +122,9 @@ class TokenStore:
 
     def sequence(self, index: int, source: int) -> Example:
         start, end = int(self.seq_offsets[index]), int(self.seq_offsets[index + 1])
-        tokens = self.ids[start:end].astype(np.int64)  # uint16 would wrap IGNORE_INDEX
+        tokens = self.ids.read(start, end).astype(np.int64)  # uint16 would wrap IGNORE_INDEX
         ids = tokens.tolist()
-        mask = self.mask[start:end] if self.mask is not None else None
+        mask = self.mask.read(start, end) if self.mask is not None else None
         labels = list(ids) if mask is None else np.where(mask != 0, tokens, IGNORE_INDEX).tolist()
         if labels:
             labels[0] = IGNORE_INDEX
@@ -245,6 +251,33 @@ def _check_files(directory: Path, manifest: dict[str, Any]) -> int:
             raise StoreCorrupt(f"{path}: does not match its checksum")
         largest_id = max(largest_id, largest)
     return largest_id
+
+
+class _Slices:
+    """A file of ``count`` values of ``dtype``, read a slice at a time by position, never mapped.
+
+    pread keeps no file position, so ranks' forked workers may share the descriptor. A file cut short after the
+    open (its checksum was checked then) reads short: refused as corrupt, never a shorter example.
+    """
+
+    def __init__(self, path: Path, dtype: np.dtype, count: int) -> None:
+        if path.stat().st_size != count * dtype.itemsize:
+            raise StoreCorrupt(f"{path}: {path.stat().st_size} bytes where {count} values of {dtype} were expected")
+        self.path, self.dtype, self.count = path, dtype, count
+        self._descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        weakref.finalize(self, os.close, self._descriptor)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, start: int, end: int) -> np.ndarray:
+        if not 0 <= start <= end <= self.count:
+            raise IndexError(f"{self.path}: values {start}:{end} of {self.count}")
+        size = (end - start) * self.dtype.itemsize
+        data = os.pread(self._descriptor, size, start * self.dtype.itemsize) if size else b""
+        if len(data) != size:
+            raise StoreCorrupt(f"{self.path}: shorter than when it was opened")
+        return np.frombuffer(data, dtype=self.dtype)
 
 
 def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:

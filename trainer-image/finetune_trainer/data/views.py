@@ -78,9 +78,12 @@ class Concat(ExampleView):
     def measure_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if self._arrays is None:
             arrays = [part.measure_arrays() for part in self.parts]
-            self._arrays = tuple(  # type: ignore[assignment]
-                np.concatenate([np.zeros(0, dtype=np.int64), *(a[k] for a in arrays)]) for k in range(3)
-            )
+            if len(arrays) == 1:
+                self._arrays = arrays[0]  # the part's own: a copy would be 24 more bytes per example, held all run
+            else:
+                self._arrays = tuple(  # type: ignore[assignment]
+                    np.concatenate([np.zeros(0, dtype=np.int64), *(a[k] for a in arrays)]) for k in range(3)
+                )
         return self._arrays  # type: ignore[return-value]
 
 
