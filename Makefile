@@ -21,11 +21,15 @@ binaries: ## build the test control plane, Kueue, MinIO, helm and kubeconform fr
 
 # The coverage of the glue modules (pyproject.toml [tool.coverage.run]) is printed, not enforced.
 COVERAGE ?= --cov --cov-report=term
+# Test workers (pytest-xdist), each with its own control plane, MinIO and Kueue, a test file to one worker:
+# most of the suite waits on processes it started, so two workers use the 2 cores a single one leaves half idle.
+TEST_WORKERS ?= 2
 
-test: install ## the whole suite, as CI runs it: lint, CRD staleness, unit, in-process, trainer and e2e tests
+# binaries first: the workers would otherwise each start building a missing one.
+test: install binaries ## the whole suite, as CI runs it: lint, CRD staleness, unit, in-process, trainer and e2e tests
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(PY) -m pytest $(COVERAGE) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(COVERAGE) $(PYTEST_ARGS)
 
 test-unit: install
 	$(PY) -m pytest -m "not e2e and not inprocess and not trainer and not s3" $(PYTEST_ARGS)
