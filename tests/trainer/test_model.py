@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import statistics
+import subprocess
+import sys
 
 import pytest
 from finetune_trainer.errors import ConfigError
@@ -50,3 +53,26 @@ def test_packed_micro_batches_train_like_the_varlen_path_on_gpu(make_job, monkey
     assert report.device["packing"] is True
     losses = step_losses(config)
     assert statistics.mean(losses[-3:]) < statistics.mean(losses[:3])
+
+
+QUANTIZATION_PROBE = """
+import importlib.util, sys
+from finetune_core.api import Method
+from finetune_trainer.model import skip_unused_quantization
+method = {"type": sys.argv[1], **({} if sys.argv[1] == "full" else {"lora": {"rank": 8}})}
+skip_unused_quantization(Method.model_validate(method))
+import peft
+print(importlib.util.find_spec("bitsandbytes") is not None, sys.modules.get("bitsandbytes") is not None)
+"""
+
+
+@pytest.mark.parametrize(
+    ("method", "loaded"), [("lora", "False False"), ("full", "False False"), ("qlora", "True True")]
+)
+def test_only_a_qlora_process_loads_bitsandbytes(method, loaded):
+    if importlib.util.find_spec("bitsandbytes") is None:
+        pytest.skip("bitsandbytes is not installed here")
+    probe = subprocess.run(
+        [sys.executable, "-c", QUANTIZATION_PROBE, method], capture_output=True, text=True, check=True, timeout=300
+    )
+    assert probe.stdout.split("\n")[-2] == loaded, probe.stderr[-2000:]

@@ -57,7 +57,9 @@ def parse_preflight_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, own_process: bool = False) -> int:
+    """``own_process``: this process runs one training and ends (``python -m finetune_trainer``), so the run may
+    shape the process for itself (model.skip_unused_quantization); tests calling main() in theirs leave it False."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["preflight"]:
         return preflight_main(argv[1:])
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from .run import run  # torch and transformers load here, after --help has had its chance
 
-        run(args.config)
+        run(args.config, own_process=own_process)
         code = ExitCode.SUCCESS
     except Exception as error:
         code = exit_code_of(error)
@@ -123,4 +125,4 @@ def _tell_launcher(kind: str, value: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(own_process=True))

@@ -13,6 +13,7 @@ import copy
 import functools
 import importlib.util
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +90,19 @@ def check_method_supported(method: Method, placement: Placement) -> None:
             )
         if importlib.util.find_spec("bitsandbytes") is None:
             raise ConfigError("method.type qlora needs the bitsandbytes package, which this trainer image lacks")
+
+
+def skip_unused_quantization(method: Method) -> None:
+    """Keep bitsandbytes unloaded in a process whose run quantizes nothing (every method but QLoRA).
+
+    peft imports it whenever it is installed (peft.helpers), and it loads its kernels' wrappers: about 1 s of
+    every run's start, LoRA and full fine-tuning included, for a library they never call. ``sys.modules[name] =
+    None`` is Python's own way to make an import fail: ``importlib.util.find_spec`` answers None, so peft and
+    transformers see the package absent, as in an image without it, and never reach for it. Process-wide and
+    for good (peft caches what it saw), hence only for a process that runs this one training and ends.
+    """
+    if method.type != "qlora" and "bitsandbytes" not in sys.modules:
+        sys.modules["bitsandbytes"] = None  # type: ignore[assignment]
 
 
 def _io_failure(error: Exception) -> bool:

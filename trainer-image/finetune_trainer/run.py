@@ -53,6 +53,7 @@ from .model import (
     load_tokenizer,
     load_trainable_model,
     placement_for,
+    skip_unused_quantization,
 )
 from .objectives import DirectPreference, LanguageModelling, Objective
 from .optim import build_optimizer, build_scheduler
@@ -64,11 +65,18 @@ from .storage import FetchedModel, open_location, resolve_data, scratch_dir
 from .termination import write_final_summary
 
 
-def run(config_path: Path, hooks: list[TrainingHooks] | None = None) -> TrainingReport | None:
-    """Train, evaluate and publish as ``config_path`` says; returns the report (None when already published)."""
+def run(
+    config_path: Path, hooks: list[TrainingHooks] | None = None, *, own_process: bool = False
+) -> TrainingReport | None:
+    """Train, evaluate and publish as ``config_path`` says; returns the report (None when already published).
+
+    ``own_process``: the process exists for this run alone (see __main__.main).
+    """
     started = time.monotonic()
     with StopRequest.installed() as stop:
         loaded = load_config(config_path)
+        if own_process:
+            skip_unused_quantization(loaded.config.method)
         recipe = _Recipe(loaded, hooks or [], stop)
         if not recipe.setup():
             published = _published_report(loaded)
