@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 from trainer_data import chat_rows, general_rows, sft_rows, text_rows, write_jsonl
 
-# The test machines have two cores; more threads than cores only adds contention.
-TORCH_THREADS = 2
+# The test machines have two cores, shared by make test's workers (pytest-xdist sets the count): more threads
+# than cores only adds contention, two workers' torch each spinning two OpenMP threads on two cores.
+TORCH_THREADS = max(1, 2 // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
 
 
 def _corpus() -> list[str]:
