@@ -261,8 +261,7 @@ class _Slices:
     """
 
     def __init__(self, path: Path, dtype: np.dtype, count: int) -> None:
-        if path.stat().st_size != count * dtype.itemsize:
-            raise StoreCorrupt(f"{path}: {path.stat().st_size} bytes where {count} values of {dtype} were expected")
+        _expect_size(path, dtype, count)
         self.path, self.dtype, self.count = path, dtype, count
         self._descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         weakref.finalize(self, os.close, self._descriptor)
@@ -281,8 +280,7 @@ class _Slices:
 
 
 def _map(path: Path, dtype: np.dtype, count: int) -> np.ndarray:
-    if path.stat().st_size != count * dtype.itemsize:
-        raise StoreCorrupt(f"{path}: {path.stat().st_size} bytes where {count} values of {dtype} were expected")
+    _expect_size(path, dtype, count)
     if count == 0:
         return np.zeros(0, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", shape=(count,))
@@ -303,3 +301,8 @@ def _scan(path: Path, dtype: np.dtype | None, block: int = 16 << 20) -> tuple[st
                 values = np.frombuffer(chunk, dtype=dtype, count=len(chunk) // dtype.itemsize)
                 largest = max(largest, int(values.max()))
     return digest.hexdigest(), largest
+
+
+def _expect_size(path: Path, dtype: np.dtype, count: int) -> None:
+    if path.stat().st_size != count * dtype.itemsize:
+        raise StoreCorrupt(f"{path}: {path.stat().st_size} bytes where {count} values of {dtype} were expected")
