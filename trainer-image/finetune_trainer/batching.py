@@ -204,7 +204,7 @@ def epoch_planner(bundle, *, micro_batch_tokens: int, batch_tokens: int, packing
     """The plan of each epoch of a run over ``bundle`` (a data.DataBundle), as training and the preflight use it.
 
     Each epoch draws its own mix from the pool (the same positions, in order, when nothing is subsampled).
-    The last plan is kept: the run's total steps and then its training ask for the same one.
+    The last plan is kept: the run's set-up, its total steps and the loop (at every step) ask for the same one.
     """
     last: dict[str, EpochPlan] = {}
 

@@ -20,7 +20,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,8 @@ from .report import StepMetrics, TrainingHooks
 from .signals import StopRequest
 from .state import TrainState, capture_rng, restore_rng
 
-# (epoch, the layouts it already ran under) -> its remaining optimizer steps (batching.plan_steps[_after])
+# (epoch, the layouts it already ran under) -> its remaining optimizer steps (batching.plan_steps[_after]); asked
+# at every step, so it keeps the plan it gave last (batching.epoch_planner does)
 PlanForEpoch = Callable[[int, Sequence[dict]], Sequence[Step]]
 
 
@@ -91,13 +92,9 @@ class TrainingRun:
     metrics_file: Path | None = None
     evaluate_every: int | None = None
     periodic_eval: Callable[[torch.nn.Module], dict[str, float]] | None = None
-    _plans: dict[tuple[int, int], Sequence[Step]] = field(default_factory=dict)
 
     def plan(self, epoch: int, done: Sequence[dict] = ()) -> Sequence[Step]:
-        key = (epoch, len(done))
-        if key not in self._plans:
-            self._plans = {key: self.plan_for_epoch(epoch, done)}  # one epoch's plan in memory at a time
-        return self._plans[key]
+        return self.plan_for_epoch(epoch, done)  # batching.epoch_planner keeps the plan asked for last
 
 
 @dataclass(frozen=True)

@@ -96,7 +96,7 @@ def skip_unused_quantization(method: Method) -> None:
     """Keep bitsandbytes unloaded in a process whose run quantizes nothing (every method but QLoRA).
 
     peft imports it whenever it is installed (peft.helpers), and it loads its kernels' wrappers: about 1 s of
-    every run's start, LoRA and full fine-tuning included, for a library they never call. ``sys.modules[name] =
+    every LoRA run's start, for a library it never calls (full fine-tuning imports neither). ``sys.modules[name] =
     None`` is Python's own way to make an import fail: ``importlib.util.find_spec`` answers None, so peft and
     transformers see the package absent, as in an image without it, and never reach for it. Process-wide and
     for good (peft caches what it saw), hence only for a process that runs this one training and ends.

@@ -40,7 +40,6 @@ from .data.store_cache import token_store_root
 from .distributed import Distributed, make_accelerator
 from .errors import ConfigError, DataError, GateFailed, Preempted
 from .evaluate import EvalSet, Evaluator, SetScores
-from .heap import release_freed_heap
 from .layout import BatchLayout, choose_layout
 from .loop import PlanForEpoch, TrainingRun, save_checkpoint, total_steps_for, train
 from .metrics_server import metrics_hooks
@@ -200,7 +199,6 @@ class _Recipe:
             self.fetched = fetch_model_shared(config.model.uri, config.model.revision)
             self.tokenizer = load_tokenizer(self.fetched.path)
             self.bundle = load_data(config, self.tokenizer, resolve_data, store_root=token_store_root())
-        release_freed_heap()  # loading's temporaries (rows tokenized in memory, a store's index arrays)
         if not self.bundle.train:
             raise DataError("spec.data.train: no usable training rows: check the files and their format")
         self.plan_for_epoch = epoch_planner(
@@ -212,8 +210,9 @@ class _Recipe:
             world_size=self.dist.world_size,
         )
         self.total_steps = total_steps_for(self.plan_for_epoch, config.training.epochs, config.training.max_steps)
-        # The first epoch's plan now, before the model: its temporaries are given back (heap.py) before the
-        # model's and training's memory is taken, instead of adding to it. The planner keeps it for the loop.
+        # The first epoch's plan now, before the model: its temporaries, and loading's, are given back (heap.py)
+        # before the model's and training's memory is taken, instead of adding to it. The planner keeps it for the
+        # loop of a run that starts at the beginning; a resumed one plans its own position there.
         self.plan_for_epoch(0)
 
     def _setup_model(self) -> None:

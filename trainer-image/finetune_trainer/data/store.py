@@ -266,9 +266,6 @@ class _Slices:
         self._descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         weakref.finalize(self, os.close, self._descriptor)
 
-    def __len__(self) -> int:
-        return self.count
-
     def read(self, start: int, end: int) -> np.ndarray:
         if not 0 <= start <= end <= self.count:
             raise IndexError(f"{self.path}: values {start}:{end} of {self.count}")
